@@ -1,0 +1,1 @@
+"""The artifact contract: stage folders, manifests, hashes, lineage and time ledgers."""

@@ -1,0 +1,1 @@
+"""Token shards in the challenge format, document sources and the train/val split."""

@@ -1,0 +1,1 @@
+"""`golf eval`: exact bits per byte, evaluation windows and the eval stage."""

@@ -1,0 +1,1 @@
+"""The GPT shared by train, quantize and eval (shipped inside every artifact)."""

@@ -1,0 +1,1 @@
+"""`golf pack`: the artifact container, the shipped code bundle and the size gate."""

@@ -1,0 +1,1 @@
+"""`golf quantize`: weight quantizers and the quantize stage."""

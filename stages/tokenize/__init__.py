@@ -1,0 +1,1 @@
+"""`golf tokenize`: tokenizer training, shard export and the byte audit."""

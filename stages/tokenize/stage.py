@@ -1,0 +1,153 @@
+"""`golf tokenize`: documents -> tokenizer -> challenge-format shards, a val byte sidecar, and a byte audit.
+
+Reads: a document source (the embedded news corpus, JSONL, or text files), optionally an
+existing tokenizer. Writes: ``tokenizer.model``, ``fineweb_{train,val}_NNNNNN.bin``,
+``fineweb_val_bytes_NNNNNN.bin`` and a manifest with the split, the audit and the overlap check.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+
+from ..config import to_dict
+from ..contract.hashing import sha256_bytes
+from ..contract.stage_dir import StageWriter, atomic_write_bytes
+from ..data.corpus import load_corpus
+from ..data.overlap import shared_documents
+from ..data.shards import DEFAULT_SHARD_TOKENS, ShardWriter
+from ..data.split import make_split
+from ..errors import GolfError
+from ..evaluate.bpb import build_byte_table
+from ..progress import Reporter
+from .audit import audit_val_bytes, surface_bytes
+from .spm import BOS_ID, load_processor, spec_of, train_tokenizer
+
+TOKENIZER_FILE = "tokenizer.model"
+ENCODE_BATCH_DOCS = 512
+
+
+@dataclass(frozen=True)
+class TokenizeConfig:
+    """What to tokenize and how."""
+
+    source: Literal["news", "jsonl", "text"] = "news"
+    """Document source: the embedded news corpus, a JSONL file with a 'text' field, or .txt files."""
+    input: str | None = None
+    """Path of the JSONL file or text file/folder (the news corpus is found in site-packages)."""
+    max_docs: int | None = None
+    """Use only the first N documents of the source (None: all)."""
+    val_docs: int | None = None
+    """Val = the first N documents. None: 50,000, or 10% of a corpus under 500,000 documents."""
+    vocab_size: int = 1024
+    """Vocabulary size of the trained tokenizer."""
+    spec: Literal["exact", "challenge"] = "exact"
+    """Trainer settings: 'challenge' (nmt_nfkc) or 'exact' (identity normalization, round-trips)."""
+    tokenizer: str | None = None
+    """Reuse this SentencePiece model instead of training one."""
+    tokenizer_train_docs: int | None = None
+    """Train the tokenizer on the first N train documents (None: all of them)."""
+    shard_tokens: int = DEFAULT_SHARD_TOKENS
+    """Tokens per shard file (the challenge uses 10^8)."""
+    max_shared_docs: int = 0
+    """Val documents allowed to reappear verbatim in train (duplicates in the source); more refuses."""
+
+
+def run_tokenize(config: TokenizeConfig, out_dir: str | Path, force: bool = False, reporter: Reporter | None = None):
+    reporter = reporter or Reporter()
+    with StageWriter(out_dir, "tokenize", force) as writer:
+        ledger = writer.ledger
+        with ledger.measure("read_corpus", note="data preparation: outside both budgets"):
+            corpus = load_corpus(config.source, config.input, config.max_docs)
+        split = make_split(len(corpus.documents), config.val_docs)
+        val_texts = corpus.documents[split.val[0] : split.val[1]]
+        train_texts = corpus.documents[split.train[0] : split.train[1]]
+        reporter.log(stage="tokenize", source=config.source, docs=len(corpus.documents), val_docs=len(val_texts), train_docs=len(train_texts))
+
+        with ledger.measure("tokenizer", note="data preparation: outside both budgets"):
+            model_bytes = _tokenizer_bytes(config, train_texts)
+            atomic_write_bytes(writer.path(TOKENIZER_FILE), model_bytes)
+            sp = load_processor(model_bytes, TOKENIZER_FILE)
+        spec = spec_of(sp)
+        if sp.bos_id() != BOS_ID:
+            raise GolfError(f"tokenizer BOS id is {sp.bos_id()}, the challenge format needs {BOS_ID}")
+
+        with ledger.measure("encode_and_write", note="data preparation: outside both budgets"):
+            val_docs = _encode(sp, val_texts, reporter, "encode val")
+            train_docs = _encode(sp, train_texts, reporter, "encode train")
+            sidecar = surface_bytes(sp)[np.concatenate(val_docs)]
+            names = _write_split(writer, "val", val_docs, config.shard_tokens)
+            names += _write_split(writer, "val_bytes", [sidecar], config.shard_tokens)
+            names += _write_split(writer, "train", train_docs, config.shard_tokens)
+
+        with ledger.measure("audit", note="data preparation: outside both budgets"):
+            table = build_byte_table(sp)
+            audit = audit_val_bytes(sp, table, val_docs, val_texts if spec == "exact" else None, sidecar)
+            overlap = shared_documents(val_docs, train_docs)
+        reporter.log(audit="passed", **{k: v for k, v in audit.items() if k.endswith("bytes")})
+        if overlap["val_docs_in_train"] > config.max_shared_docs:
+            raise GolfError(
+                f"leak: {overlap['val_docs_in_train']} val documents also occur verbatim in train "
+                f"(allowed: {config.max_shared_docs}; raise max_shared_docs only for known duplicates)"
+            )
+
+        writer.add_output("tokenizer", writer.path(TOKENIZER_FILE))
+        for name in names:
+            writer.add_output(name.removesuffix(".bin"), writer.path(name))
+        val_tokens = int(sum(doc.size for doc in val_docs))
+        train_tokens = int(sum(doc.size for doc in train_docs))
+        metrics = {
+            "documents": len(corpus.documents),
+            "val_tokens": val_tokens,
+            "train_tokens": train_tokens,
+            "val_bytes_per_token": audit["decoded_bytes"] / val_tokens,
+            "byte_audit": audit,
+            "sidecar": "original text bytes" if spec == "exact" else "normalized (decoded) text bytes",
+            "split": {**split.to_dict(), **overlap},
+            "source": corpus.source,
+        }
+        lineage = _lineage(model_bytes, sp, spec)
+        manifest = writer.commit(to_dict(config), lineage, metrics)
+    reporter.log(stage="tokenize", val_tokens=val_tokens, train_tokens=train_tokens, bytes_per_token=metrics["val_bytes_per_token"], out=str(out_dir))
+    return manifest
+
+
+def _lineage(model_bytes: bytes, sp, spec: str) -> dict:
+    return {
+        "tokenizer_sha256": sha256_bytes(model_bytes),
+        "vocab_size": sp.vocab_size(),
+        "bos_id": sp.bos_id(),
+        "tokenizer_spec": spec,
+    }
+
+
+def _tokenizer_bytes(config: TokenizeConfig, train_texts: list[str]) -> bytes:
+    if config.tokenizer:
+        path = Path(config.tokenizer)
+        if not path.is_file():
+            raise GolfError(f"{path}: no such tokenizer model")
+        return path.read_bytes()
+    docs = train_texts[: config.tokenizer_train_docs] if config.tokenizer_train_docs else train_texts
+    return train_tokenizer(docs, config.vocab_size, config.spec)
+
+
+def _encode(sp, texts: list[str], reporter: Reporter, label: str) -> list[np.ndarray]:
+    """Each document as [BOS] + its tokens, uint16."""
+    out = []
+    with reporter.progress(label, len(texts)) as advance:
+        for start in range(0, len(texts), ENCODE_BATCH_DOCS):
+            batch = texts[start : start + ENCODE_BATCH_DOCS]
+            for ids in sp.encode(batch, out_type=int):
+                out.append(np.asarray([BOS_ID, *ids], dtype=np.uint16))
+            advance(len(batch))
+    return out
+
+
+def _write_split(writer: StageWriter, split: str, arrays: list[np.ndarray], shard_tokens: int) -> list[str]:
+    shards = ShardWriter(split, lambda name, data: atomic_write_bytes(writer.path(name), data), shard_tokens)
+    for array in arrays:
+        shards.add(array)
+    return shards.close()

@@ -1,0 +1,1 @@
+"""`golf train`: presets, optimizers, schedule and the training loop."""
