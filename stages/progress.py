@@ -11,14 +11,20 @@ from contextlib import contextmanager
 from typing import Callable, Iterator
 
 
-def format_value(value) -> str:
+# Losses and bits per byte are printed with 8 decimals, as the leaderboard quotes them.
+PRECISE_KEYS = ("loss", "bpb")
+
+
+def format_value(key: str, value) -> str:
     if isinstance(value, float):
-        return f"{value:.8f}" if abs(value) < 1e6 else f"{value:.1f}"
+        if any(word in key for word in PRECISE_KEYS):
+            return f"{value:.8f}"
+        return f"{value:.6g}"
     return str(value)
 
 
 def format_line(fields: dict) -> str:
-    return " ".join(f"{key}:{format_value(value)}" for key, value in fields.items())
+    return " ".join(f"{key}:{format_value(key, value)}" for key, value in fields.items())
 
 
 class Reporter:

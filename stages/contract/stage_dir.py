@@ -64,9 +64,9 @@ class StageDir:
             self._verified[name] = record
         return path
 
-    def files(self, prefix: str) -> list[Path]:
-        """All outputs whose name starts with ``prefix``, in name order, each verified."""
-        return [self.file(name) for name in sorted(self.manifest.outputs) if name.startswith(prefix)]
+    def files(self, keep) -> list[Path]:
+        """All outputs whose name passes ``keep(name)``, in name order, each verified."""
+        return [self.file(name) for name in sorted(self.manifest.outputs) if keep(name)]
 
     def resolve(self, record: FileRecord) -> Path:
         path = Path(record.path)

@@ -26,6 +26,19 @@ def shard_name(split: str, index: int, prefix: str = "fineweb") -> str:
     return f"{prefix}_{split}_{index:06d}.bin"
 
 
+def shard_index(name: str, split: str, prefix: str = "fineweb") -> int | None:
+    """The index of a shard name (with or without .bin) of the given split, else None.
+
+    ``fineweb_val_000001`` is a val shard; ``fineweb_val_bytes_000001`` is not (its split is val_bytes).
+    """
+    stem = name.removesuffix(".bin")
+    head = f"{prefix}_{split}_"
+    digits = stem[len(head) :]
+    if stem.startswith(head) and len(digits) == 6 and digits.isdigit():
+        return int(digits)
+    return None
+
+
 def read_header(path: str | Path) -> int:
     """Check magic, version and exact file size; return the token count."""
     path = Path(path)

@@ -1,0 +1,42 @@
+"""Score a model on (a prefix of) the val split with progress; used by train, quantize and eval."""
+
+from __future__ import annotations
+
+import torch
+
+from ..progress import Reporter
+from . import scoring
+from .bpb import BpbSums
+from .val_data import ValData
+
+
+def validate(
+    model: torch.nn.Module,
+    val: ValData,
+    seq_len: int,
+    stride: int | None = None,
+    batch_windows: int = 8,
+    device: torch.device | str = "cpu",
+    max_tokens: int = 0,
+    reporter: Reporter | None = None,
+    label: str = "validate",
+    score_stream=scoring.score_stream,
+    count_windows=scoring.count_windows,
+) -> BpbSums:
+    """Non-overlapping windows unless ``stride`` is given. ``max_tokens`` > 0 scores a prefix only.
+
+    ``score_stream`` and ``count_windows`` default to this package's; `golf eval` passes the
+    ones shipped inside the artifact so that the counted code is the code that scores.
+    """
+    reporter = reporter or Reporter()
+    stride = stride or seq_len
+    tokens = val.tokens[: max_tokens + 1] if max_tokens else val.tokens
+    sidecar = None if val.sidecar is None else val.sidecar[: len(tokens)]
+    device = torch.device(device)
+    autocast = torch.bfloat16 if device.type == "cuda" else None
+    with reporter.progress(label, count_windows(len(tokens), seq_len, stride)) as advance:
+        sums = score_stream(
+            model, tokens, val.table, seq_len, stride, batch_windows, device,
+            sidecar=sidecar, autocast_dtype=autocast, on_windows=advance,
+        )
+    return sums.all_reduce(device)
