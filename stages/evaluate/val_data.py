@@ -36,8 +36,12 @@ def train_shard_paths(data: StageDir):
     return paths
 
 
-def load_val(data: StageDir, vocab_size: int | None = None, use_sidecar: bool = True) -> ValData:
-    """Read and verify the val shards, the optional sidecar and the tokenizer of a tokenize folder."""
+def load_val(data: StageDir, vocab_size: int | None = None, use_sidecar: bool = True,
+             build_table=build_byte_table) -> ValData:
+    """Read and verify the val shards, the optional sidecar and the tokenizer of a tokenize folder.
+
+    ``build_table`` lets `golf eval` build the byte table with the code shipped in the artifact.
+    """
     val_paths = split_files(data, "val")
     if not val_paths:
         raise GolfError(f"{data.path}: no val shards listed in its manifest")
@@ -49,7 +53,7 @@ def load_val(data: StageDir, vocab_size: int | None = None, use_sidecar: bool = 
         if sidecar.size != tokens.size:
             raise GolfError(f"{data.path}: byte sidecar has {sidecar.size} entries for {tokens.size} val tokens")
     sp = load_processor(data.file("tokenizer").read_bytes(), str(data.file("tokenizer")))
-    table = build_byte_table(sp, vocab_size)
+    table = build_table(sp, vocab_size)
     if tokens.size and int(tokens.max()) >= table.vocab_size:
         raise GolfError(f"{data.path}: val token id {int(tokens.max())} is outside the vocab ({table.vocab_size})")
     return ValData(tokens, sidecar, table, data.lineage.get("tokenizer_sha256", ""))

@@ -1,0 +1,51 @@
+"""golf inspect: print a stage's manifest, re-verify its hashes and lineage, show every ledger."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from stages.contract.audit import audit_lineage
+from stages.contract.environment import hardware_name
+from stages.contract.ledger import budget_report
+from stages.contract.manifest import STAGES
+from stages.contract.stage_dir import StageDir
+from stages.progress import format_line
+
+from .common import handle_errors
+
+console = Console()
+
+
+@handle_errors
+def inspect(path: Path = typer.Argument(..., help="A stage folder (any of tokenize, train, quantize, pack, eval).")):
+    """Exit 0 only if every hash in the folder and in its whole lineage still matches."""
+    stage = StageDir(path)
+    manifest = stage.manifest
+    print(format_line({"stage": manifest.stage, "path": str(stage.path), "started": manifest.started_at,
+                       "finished": manifest.finished_at}))
+    for key, value in manifest.metrics.items():
+        if not isinstance(value, (dict, list)):
+            print(format_line({key: value}))
+    checks = sorted(audit_lineage(path), key=lambda c: STAGES.index(c.stage) if c.stage in STAGES else len(STAGES))
+    table = Table("stage", "bucket", "seconds", "counts toward", title="time ledger of the lineage")
+    for check in checks:
+        for name, bucket in check.ledger.buckets.items():
+            table.add_row(check.stage, name, f"{bucket.seconds:.2f}", bucket.counts_toward or "-")
+            print(format_line({"ledger": f"{check.stage}.{name}", "seconds": round(bucket.seconds, 3),
+                               "counts_toward": bucket.counts_toward or "none"}))
+    console.print(table)
+    for budget, verdict in budget_report(check.ledger for check in checks).items():
+        # A budget is measured on the hardware of the stage that owns it (train / eval).
+        owner = next((c for c in checks if c.stage == budget), None)
+        measured_on = hardware_name(owner.environment) if owner else "n/a (stage not in this lineage)"
+        print(format_line({"budget": budget, **verdict, "measured_on": measured_on}))
+    problems = [f"{check.stage} ({check.path}): {p}" for check in checks for p in check.problems]
+    for problem in problems:
+        print(f"problem:{problem}")
+    print(format_line({"lineage_stages": len(checks), "verified": not problems}))
+    if problems:
+        raise typer.Exit(1)

@@ -1,0 +1,95 @@
+"""`golf tokenize --import DIR`: adopt an existing export in the challenge layout, copying nothing.
+
+Every shard header and size is checked, token ids are checked against the tokenizer, the val
+split gets the byte audit (table == decoded text; a sidecar, if present, must cover every val
+token) and the content overlap check, and the manifest points at the files where they are.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from ..contract.hashing import sha256_bytes
+from ..contract.stage_dir import StageWriter
+from ..data.overlap import iter_documents, shared_documents
+from ..data.shards import read_shard, shard_index
+from ..errors import GolfError
+from ..evaluate.bpb import build_byte_table
+from ..progress import Reporter
+from .audit import audit_val_bytes
+from .spm import BOS_ID, load_processor, spec_of
+
+
+def _shards(folder: Path, split: str) -> list[Path]:
+    return sorted(p for p in folder.glob("*.bin") if shard_index(p.name, split) is not None)
+
+
+def _tokenizer_path(folder: Path, explicit: str | None) -> Path:
+    if explicit:
+        path = Path(explicit)
+        if not path.is_file():
+            raise GolfError(f"{path}: no such tokenizer model")
+        return path
+    models = sorted(folder.glob("*.model"))
+    if len(models) != 1:
+        raise GolfError(f"{folder}: expected exactly one *.model tokenizer, found {len(models)}; pass --tokenizer")
+    return models[0]
+
+
+def run_import(folder: str | Path, out_dir: str | Path, tokenizer: str | None = None, force: bool = False,
+               reporter: Reporter | None = None, max_shared_docs: int = 0):
+    reporter = reporter or Reporter()
+    folder = Path(folder).resolve()
+    if not folder.is_dir():
+        raise GolfError(f"{folder}: no such folder")
+    train, val, sidecar_paths = _shards(folder, "train"), _shards(folder, "val"), _shards(folder, "val_bytes")
+    if not train or not val:
+        raise GolfError(f"{folder}: needs fineweb_train_*.bin and fineweb_val_*.bin shards")
+    tok_path = _tokenizer_path(folder, tokenizer)
+    model_bytes = tok_path.read_bytes()
+    sp = load_processor(model_bytes, str(tok_path))
+    with StageWriter(out_dir, "tokenize", force) as writer:
+        with writer.ledger.measure("verify", note="data preparation: outside both budgets"):
+            counts = {}
+            with reporter.progress("verify shards", len(train) + len(val) + len(sidecar_paths)) as advance:
+                for path in [*train, *val, *sidecar_paths]:
+                    tokens = read_shard(path)
+                    if path not in sidecar_paths and tokens.size and int(tokens.max()) >= sp.vocab_size():
+                        raise GolfError(f"{path}: token id {int(tokens.max())} outside the tokenizer vocab ({sp.vocab_size()})")
+                    counts[path] = int(tokens.size)
+                    advance(1)
+            val_tokens = np.concatenate([np.asarray(read_shard(p)) for p in val]).astype(np.int64)
+            sidecar = None
+            if sidecar_paths:
+                sidecar = np.concatenate([np.asarray(read_shard(p)) for p in sidecar_paths]).astype(np.int64)
+                if sidecar.size != val_tokens.size:
+                    raise GolfError(f"{folder}: sidecar has {sidecar.size} entries for {val_tokens.size} val tokens")
+            val_docs = list(iter_documents([val_tokens], BOS_ID))
+            table = build_byte_table(sp)
+            # An imported sidecar may count original bytes of transformed text (CaseOps), so it
+            # is checked for coverage above, not for equality with the decoded text.
+            audit = audit_val_bytes(sp, table, val_docs, None, None)
+            overlap = shared_documents(val_docs, iter_documents((read_shard(p) for p in train), BOS_ID))
+        if overlap["val_docs_in_train"] > max_shared_docs:
+            raise GolfError(f"leak: {overlap['val_docs_in_train']} val documents also occur verbatim in train")
+        writer.add_output("tokenizer", tok_path)
+        for path in [*train, *val, *sidecar_paths]:
+            writer.add_output(path.name.removesuffix(".bin"), path)
+        lineage = {"tokenizer_sha256": sha256_bytes(model_bytes), "vocab_size": sp.vocab_size(),
+                   "bos_id": sp.bos_id(), "tokenizer_spec": spec_of(sp)}
+        n_val = len(val_docs)
+        metrics = {
+            "imported_from": str(folder),
+            "val_tokens": int(val_tokens.size),
+            "train_tokens": int(sum(counts[p] for p in train)),
+            "val_bytes_per_token": audit["decoded_bytes"] / max(1, val_tokens.size),
+            "byte_audit": audit,
+            "sidecar": "imported" if sidecar is not None else "none",
+            "split": {"val_docs": [0, n_val], "train_docs": [n_val, n_val + overlap["train_docs_checked"]],
+                      "disjoint": True, "rule": "challenge layout: val shards hold the first documents", **overlap},
+        }
+        manifest = writer.commit({"import": str(folder), "tokenizer": str(tok_path)}, lineage, metrics)
+    reporter.log(stage="tokenize", imported=str(folder), val_tokens=metrics["val_tokens"], train_tokens=metrics["train_tokens"])
+    return manifest
