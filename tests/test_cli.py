@@ -150,3 +150,15 @@ def test_quantize_against_another_tokenizers_data(run_dir, tmp_path):
 def test_unknown_override_key(run_dir):
     result = golf("train", "--run", "t", "--set", "train.warmup_stepz=3", "--out", "artifacts/t/x", cwd=run_dir)
     assert_one_line_error(result, "unknown config key 'train.warmup_stepz'")
+
+
+def test_import_adopts_an_export_without_copying(run_dir, tmp_path):
+    export = run_dir / "artifacts" / "t" / "tokenize"
+    result = golf("tokenize", "--import", export, "--out", tmp_path / "adopted")
+    assert result.returncode == 0, result.stderr
+    adopted = json.loads((tmp_path / "adopted" / "manifest.json").read_text())
+    original = json.loads((export / "manifest.json").read_text())
+    assert sorted(p.name for p in (tmp_path / "adopted").iterdir()) == ["manifest.json"]
+    assert adopted["lineage"]["tokenizer_sha256"] == original["lineage"]["tokenizer_sha256"]
+    assert adopted["metrics"]["val_tokens"] == original["metrics"]["val_tokens"]
+    assert adopted["metrics"]["byte_audit"]["table_bytes"] == original["metrics"]["byte_audit"]["table_bytes"]
