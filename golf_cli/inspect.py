@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import typer
@@ -27,6 +28,7 @@ def inspect(path: Path = typer.Argument(..., help="A stage folder (any of tokeni
     manifest = stage.manifest
     print(format_line({"stage": manifest.stage, "path": str(stage.path), "started": manifest.started_at,
                        "finished": manifest.finished_at}))
+    print(format_line({"config": json.dumps(manifest.config, separators=(",", ":"))}))
     for key, value in manifest.metrics.items():
         if not isinstance(value, (dict, list)):
             print(format_line({key: value}))

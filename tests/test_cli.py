@@ -158,7 +158,7 @@ def test_import_adopts_an_export_without_copying(run_dir, tmp_path):
     assert result.returncode == 0, result.stderr
     adopted = json.loads((tmp_path / "adopted" / "manifest.json").read_text())
     original = json.loads((export / "manifest.json").read_text())
-    assert sorted(p.name for p in (tmp_path / "adopted").iterdir()) == ["manifest.json"]
+    assert sorted(p.name for p in (tmp_path / "adopted").iterdir()) == ["log.txt", "manifest.json"]
     assert adopted["lineage"]["tokenizer_sha256"] == original["lineage"]["tokenizer_sha256"]
     assert adopted["metrics"]["val_tokens"] == original["metrics"]["val_tokens"]
     assert adopted["metrics"]["byte_audit"]["table_bytes"] == original["metrics"]["byte_audit"]["table_bytes"]

@@ -21,6 +21,9 @@ from .ledger import TimeLedger
 from .manifest import MANIFEST_NAME, FileRecord, InputRecord, Manifest
 
 
+LOG_FILE = "log.txt"
+
+
 def default_stage_dir(run: str, stage: str, root: str | Path = "artifacts") -> Path:
     """Where a stage of a named run lives unless a path is given: artifacts/<run>/<stage>."""
     return Path(root) / run / stage
@@ -145,8 +148,14 @@ class StageWriter:
     def add_input(self, role: str, upstream: StageDir) -> None:
         self.inputs[role] = upstream.as_input()
 
-    def commit(self, config: dict, lineage: dict, metrics: dict) -> Manifest:
-        """Write the manifest, then move the folder into place (replacing the old one if forced)."""
+    def commit(self, config: dict, lineage: dict, metrics: dict, log_text: str | None = None) -> Manifest:
+        """Write the manifest, then move the folder into place (replacing the old one if forced).
+
+        ``log_text`` (the stage's key:value lines) is saved as ``log.txt`` beside the manifest.
+        """
+        if log_text is not None:
+            atomic_write_text(self.path(LOG_FILE), log_text)
+            self.add_output("log", self.path(LOG_FILE))
         manifest = Manifest(
             stage=self.stage,
             config=config,

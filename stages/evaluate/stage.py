@@ -113,7 +113,7 @@ def run_eval(config: EvalConfig, artifact: str | Path, data_dir: str | Path | No
             "code_sha256": header["code"]["bundle_sha256"],
             **_compare_in_memory(pack, sums.bpb, seq_len, stride, config),
         }
-        manifest = writer.commit(to_dict(config), dict(data.lineage), metrics)
+        manifest = writer.commit(to_dict(config), dict(data.lineage), metrics, reporter.text())
     reporter.log(stage="eval", val_loss=sums.loss, val_bpb=sums.bpb, artifact_bytes=len(data_bytes),
                  mode=metrics["mode"], out=str(out_dir))
     return manifest

@@ -110,7 +110,7 @@ def run_pack(config: PackConfig, quantize_dir: str | Path, out_dir: str | Path, 
         atomic_write_bytes(writer.path(ARTIFACT_FILE), data)
         writer.add_input("quantized", quant)
         writer.add_output("artifact", writer.path(ARTIFACT_FILE))
-        manifest = writer.commit(to_dict(config), dict(quant.lineage), {**breakdown, **verdict})
+        manifest = writer.commit(to_dict(config), dict(quant.lineage), {**breakdown, **verdict}, reporter.text())
     return manifest
 
 

@@ -90,7 +90,7 @@ def run_quantize(config: QuantizeConfig, train_dir: str | Path, out_dir: str | P
             "raw_stored_bytes": sum(r["stored_bytes"] for r in report),
             "tensors": report,
         }
-        manifest = writer.commit(to_dict(config), lineage, metrics)
+        manifest = writer.commit(to_dict(config), lineage, metrics, reporter.text())
     reporter.log(stage="quantize", pre_quant_val_bpb=pre.bpb, post_quant_val_bpb=post.bpb,
                  quant_gap_bpb=post.bpb - pre.bpb, out=str(out_dir))
     return manifest

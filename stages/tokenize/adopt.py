@@ -90,6 +90,6 @@ def run_import(folder: str | Path, out_dir: str | Path, tokenizer: str | None = 
             "split": {"val_docs": [0, n_val], "train_docs": [n_val, n_val + overlap["train_docs_checked"]],
                       "disjoint": True, "rule": "challenge layout: val shards hold the first documents", **overlap},
         }
-        manifest = writer.commit({"import": str(folder), "tokenizer": str(tok_path)}, lineage, metrics)
+        manifest = writer.commit({"import": str(folder), "tokenizer": str(tok_path)}, lineage, metrics, reporter.text())
     reporter.log(stage="tokenize", imported=str(folder), val_tokens=metrics["val_tokens"], train_tokens=metrics["train_tokens"])
     return manifest

@@ -37,8 +37,6 @@ SPECS: dict[str, dict] = {
     "exact": {**_COMMON, "normalization_rule_name": "identity", "remove_extra_whitespaces": False},
 }
 
-EXACT_SPECS = ("exact",)
-
 
 def train_tokenizer(documents: list[str], vocab_size: int, spec: str) -> bytes:
     """Train a BPE model on whole documents (one per 'sentence'); return the model file bytes."""

@@ -110,7 +110,7 @@ def run_tokenize(config: TokenizeConfig, out_dir: str | Path, force: bool = Fals
             "source": corpus.source,
         }
         lineage = _lineage(model_bytes, sp, spec)
-        manifest = writer.commit(to_dict(config), lineage, metrics)
+        manifest = writer.commit(to_dict(config), lineage, metrics, reporter.text())
     reporter.log(stage="tokenize", val_tokens=val_tokens, train_tokens=train_tokens, bytes_per_token=metrics["val_bytes_per_token"], out=str(out_dir))
     return manifest
 

@@ -90,7 +90,7 @@ def run_train(config: RunConfig, data_dir: str | Path, out_dir: str | Path, forc
             atomic_write_text(writer.path(CURVES_FILE), json.dumps(curves, indent=1) + "\n")
             writer.add_output("curves", writer.path(CURVES_FILE))
         metrics = _metrics(model, config, step, elapsed, stop_reason, curves, device, params)
-        manifest = writer.commit({"preset": preset, **to_dict(config)}, lineage, metrics)
+        manifest = writer.commit({"preset": preset, **to_dict(config)}, lineage, metrics, reporter.text())
     reporter.log(stage="train", steps=step, train_seconds=elapsed, tok_per_s=metrics["tokens_per_second"],
                  val_bpb=metrics["val_bpb"], out=str(out_dir))
     return manifest
