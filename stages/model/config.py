@@ -1,18 +1,23 @@
-"""The model's shape and switches: everything needed to rebuild the network from an artifact."""
+"""The model's shape and switches: everything needed to rebuild the network from an artifact.
+
+Every record technique (REFERENCE section 6) is a field here, off by default; the defaults are
+the naive baseline (REFERENCE section 5). Presets in stages/train/config.py turn them on.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """A GPT of the naive-baseline family (REFERENCE section 5)."""
+    """A GPT of the baseline family plus every switchable record technique."""
 
     vocab_size: int = 1024
     """Embedding rows; at least the tokenizer's vocab size."""
     num_layers: int = 9
-    """Transformer blocks. The first half push U-Net skips, the second half pop them."""
+    """Physical transformer blocks (depth recurrence can run some of them more than once)."""
     model_dim: int = 512
     """Residual stream width."""
     num_heads: int = 8
@@ -21,31 +26,98 @@ class ModelConfig:
     """Key/value heads (grouped-query attention when fewer than num_heads)."""
     mlp_mult: float = 2.0
     """MLP hidden width as a multiple of model_dim."""
+    mlp_activation: Literal["relu2", "leaky_relu2"] = "relu2"
+    """relu(x)^2 (baseline) or leaky_relu(x, 0.5)^2 (records from PR #549 on)."""
     rope_base: float = 10000.0
     """RoPE frequency base."""
-    logit_softcap: float = 30.0
-    """Logits become softcap * tanh(z / softcap); 0 disables the cap."""
+    rope_dims: int = 0
+    """Rotary on the first N dims of each head (partial RoPE; records use 16 of 64). 0: all dims."""
+    qk_norm: bool = True
+    """RMSNorm on queries and keys before RoPE."""
     qk_gain_init: float = 1.5
-    """Initial value of the learned per-head query scale (after QK RMSNorm)."""
+    """Initial learned per-head query scale (baseline 1.5; records 5.0-5.25)."""
+    logit_softcap: float = 30.0
+    """Logits become softcap * tanh(z / softcap); 0 disables the cap (records: 30, or 15 in PR #1880)."""
     tie_embeddings: bool = True
     """Use the token embedding as the output head."""
     tied_embed_init_std: float = 0.005
     """Init std of the (tied) embedding."""
+    orthogonal_init: bool = False
+    """Orthogonal init for matrices with both sides >= 64 (output projections stay zero)."""
+    xsa_last_n: int = 0
+    """Exclusive self attention on the last N physical layers (remove each head's component along
+    its own value vector); >= num_layers means all layers. 0: off."""
+    attn_gate_width: int = 0
+    """Attention output gate: per head y_h *= 2 sigmoid(W_h x[:w]), zero-init (12 or 24). 0: off."""
+    attn_gate_sparse: bool = False
+    """Sparse gate variant: sigmoid(0.5 W_h x[:w]) (halves the heads' output at init)."""
+    smear_gate: bool = False
+    """SmearGate: x_t += lambda sigmoid(W x_t[:12]) x_{t-1}, zero-init, gate 0 at BOS tokens."""
+    ln_scale: bool = False
+    """Scale each block's normalized inputs by 1/sqrt(layer + 1)."""
+    unet_skips: bool = True
+    """U-Net skips: the first half of the (virtual) layers push, the second half pop."""
+    skip_gates: bool = False
+    """Gated skips: x = lerp(w * skip, x, sigmoid(g)), gates zero-init (records); off: x += w * skip."""
+    parallel_residual_from: int = -1
+    """From this physical layer on, attention and MLP read the same input (GPT-J style). -1: off."""
+    loop_first: int = -1
+    """Depth recurrence: first physical layer of the looped span (-1: off)."""
+    loop_last: int = -1
+    """Depth recurrence: last physical layer of the looped span (inclusive)."""
+    loop_passes: int = 1
+    """Total passes through the looped span once looping is on (records: 3 for layers 3-5)."""
+    loop_start_frac: float = 0.0
+    """Training fraction at which looping switches on (records: 0.35); eval always loops."""
+    bigram_hash_buckets: int = 0
+    """BigramHash embedding buckets (seed 003: 2048). 0: off."""
+    bigram_hash_dim: int = 128
+    """BigramHash embedding width, projected to model_dim by a zero-init matrix."""
+    value_embed_dim: int = 0
+    """Shared value embedding width (seed 003: 128). 0: off."""
+    value_embed_layers: tuple[int, ...] = ()
+    """Physical layers whose values get the shared value embedding (seed 003: 9, 10)."""
+    doc_mask: bool = False
+    """Mask attention at BOS so that no position attends across a document boundary."""
+    bos_id: int = 1
+    """Token id that starts every document (SmearGate, BigramHash and doc_mask use it)."""
 
     def __post_init__(self) -> None:
         if self.model_dim % self.num_heads:
             raise ValueError(f"model_dim {self.model_dim} is not divisible by num_heads {self.num_heads}")
         if self.num_heads % self.num_kv_heads:
             raise ValueError(f"num_heads {self.num_heads} is not divisible by num_kv_heads {self.num_kv_heads}")
-        if (self.model_dim // self.num_heads) % 2:
-            raise ValueError("head dim must be even for RoPE")
+        if self.rotary_dims % 2 or self.rotary_dims > self.head_dim:
+            raise ValueError("rope_dims must be even and at most the head dim")
         if self.num_layers < 1 or self.vocab_size < 2:
             raise ValueError("need at least one layer and two tokens")
+        if self.attn_gate_width > self.model_dim:
+            raise ValueError("attn_gate_width exceeds model_dim")
+        if self.looped and not (0 <= self.loop_first <= self.loop_last < self.num_layers and self.loop_passes >= 2):
+            raise ValueError("depth recurrence needs 0 <= loop_first <= loop_last < num_layers and loop_passes >= 2")
+        if any(not 0 <= layer < self.num_layers for layer in self.value_embed_layers):
+            raise ValueError("value_embed_layers must name existing layers")
 
     @property
     def head_dim(self) -> int:
         return self.model_dim // self.num_heads
 
     @property
+    def rotary_dims(self) -> int:
+        return self.rope_dims or self.head_dim
+
+    @property
     def mlp_hidden(self) -> int:
         return int(self.mlp_mult * self.model_dim)
+
+    @property
+    def looped(self) -> bool:
+        return self.loop_first >= 0
+
+    def layer_sequence(self, looping: bool) -> list[int]:
+        """Physical block indices in execution order (the 'virtual layers')."""
+        layers = list(range(self.num_layers))
+        if not (self.looped and looping):
+            return layers
+        span = layers[self.loop_first : self.loop_last + 1]
+        return layers[: self.loop_first] + span * self.loop_passes + layers[self.loop_last + 1 :]

@@ -1,114 +1,69 @@
-"""The GPT of the naive baseline (REFERENCE section 5), written to be read top-down.
+"""The GPT, written to be read top-down: embeddings -> (virtual) layers with U-Net skips -> head.
 
-Embedding -> RMSNorm -> blocks with U-Net skips (first half push, second half pop) -> RMSNorm
--> tied head -> logit softcap. Each block mixes its input with the first embedding (resid_mix),
-then adds scaled attention and scaled relu^2-MLP outputs. Output projections start at zero, so
-every block is the identity at init.
+With every switch off this is the naive baseline (REFERENCE section 5, 17,059,912 parameters
+at its defaults): RMSNorm'd embedding, blocks that mix their input with the first embedding
+(resid_mix) and add scaled attention and relu^2-MLP outputs, U-Net skips (the first half of
+the layers push, the second half pop), a tied head and a logit softcap. Output projections start
+at zero, so every block is the identity at init. The record techniques (stages/model/config.py)
+switch on one by one.
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .attention import CausalSelfAttention
 from .config import ModelConfig
+from .embeddings import BigramHash, SmearGate, ValueEmbedding
+from .layers import Linear, document_ids, rms_norm
 
 # Small learned tensors that steer the residual stream; optimizers give them Adam, not Muon,
 # and quantizers keep them in float.
-CONTROL_TENSOR_NAMES = ("attn_scale", "mlp_scale", "resid_mix", "q_gain", "skip_weights")
-
-
-def rms_norm(x: torch.Tensor) -> torch.Tensor:
-    return F.rms_norm(x, (x.size(-1),))
-
-
-class Rotary(nn.Module):
-    """Rotary position embedding over the full head dim, cached per sequence length."""
-
-    def __init__(self, head_dim: int, base: float):
-        super().__init__()
-        inv_freq = 1.0 / (base ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim))
-        self.register_buffer("inv_freq", inv_freq, persistent=False)
-        self._cache: tuple[int, torch.device, torch.Tensor, torch.Tensor] | None = None
-
-    def cos_sin(self, seq_len: int, device: torch.device, dtype: torch.dtype):
-        if self._cache is None or self._cache[0] != seq_len or self._cache[1] != device:
-            positions = torch.arange(seq_len, device=device, dtype=torch.float32)
-            freqs = torch.outer(positions, self.inv_freq.to(device))
-            self._cache = (seq_len, device, freqs.cos()[None, None], freqs.sin()[None, None])
-        return self._cache[2].to(dtype), self._cache[3].to(dtype)
-
-
-def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    half = x.size(-1) // 2
-    x1, x2 = x[..., :half], x[..., half:]
-    return torch.cat((x1 * cos + x2 * sin, x2 * cos - x1 * sin), dim=-1)
-
-
-def zero_init_linear(in_features: int, out_features: int) -> nn.Linear:
-    layer = nn.Linear(in_features, out_features, bias=False)
-    nn.init.zeros_(layer.weight)
-    return layer
-
-
-class CausalSelfAttention(nn.Module):
-    """GQA attention with QK RMSNorm, RoPE and a learned per-head query gain."""
-
-    def __init__(self, config: ModelConfig):
-        super().__init__()
-        self.num_heads, self.num_kv_heads, self.head_dim = config.num_heads, config.num_kv_heads, config.head_dim
-        kv_dim = self.num_kv_heads * self.head_dim
-        self.c_q = nn.Linear(config.model_dim, config.model_dim, bias=False)
-        self.c_k = nn.Linear(config.model_dim, kv_dim, bias=False)
-        self.c_v = nn.Linear(config.model_dim, kv_dim, bias=False)
-        self.proj = zero_init_linear(config.model_dim, config.model_dim)
-        self.q_gain = nn.Parameter(torch.full((self.num_heads,), config.qk_gain_init))
-        self.rotary = Rotary(self.head_dim, config.rope_base)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        batch, seq_len, dim = x.shape
-        q = self.c_q(x).view(batch, seq_len, self.num_heads, self.head_dim).transpose(1, 2)
-        k = self.c_k(x).view(batch, seq_len, self.num_kv_heads, self.head_dim).transpose(1, 2)
-        v = self.c_v(x).view(batch, seq_len, self.num_kv_heads, self.head_dim).transpose(1, 2)
-        q, k = rms_norm(q), rms_norm(k)
-        cos, sin = self.rotary.cos_sin(seq_len, x.device, q.dtype)
-        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
-        q = q * self.q_gain.to(q.dtype)[None, :, None, None]
-        y = F.scaled_dot_product_attention(
-            q, k, v, is_causal=True, enable_gqa=self.num_kv_heads != self.num_heads
-        )
-        return self.proj(y.transpose(1, 2).reshape(batch, seq_len, dim))
+CONTROL_TENSOR_NAMES = ("attn_scale", "mlp_scale", "resid_mix", "q_gain", "skip_weights", "skip_gates",
+                        "attn.gate", "smear")
 
 
 class MLP(nn.Module):
-    """relu(x W_up)^2 W_down."""
+    """act(x W_up)^2 W_down with act = relu or leaky_relu(0.5)."""
 
     def __init__(self, config: ModelConfig):
         super().__init__()
-        self.fc = nn.Linear(config.model_dim, config.mlp_hidden, bias=False)
-        self.proj = zero_init_linear(config.mlp_hidden, config.model_dim)
+        self.fc = Linear(config.model_dim, config.mlp_hidden)
+        self.proj = Linear(config.mlp_hidden, config.model_dim, zero_init=True)
+        self.leaky = config.mlp_activation == "leaky_relu2"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.proj(torch.relu(self.fc(x)).square())
+        h = self.fc(x)
+        h = F.leaky_relu(h, 0.5) if self.leaky else torch.relu(h)
+        return self.proj(h.square())
 
 
 class Block(nn.Module):
-    def __init__(self, config: ModelConfig):
+    def __init__(self, config: ModelConfig, layer: int):
         super().__init__()
         dim = config.model_dim
-        self.attn = CausalSelfAttention(config)
+        self.attn = CausalSelfAttention(config, layer)
         self.mlp = MLP(config)
         self.attn_scale = nn.Parameter(torch.ones(dim))
         self.mlp_scale = nn.Parameter(torch.ones(dim))
         # Row 0 weighs the running stream, row 1 the first embedding x0.
         self.resid_mix = nn.Parameter(torch.stack((torch.ones(dim), torch.zeros(dim))))
+        self.input_scale = 1 / math.sqrt(layer + 1) if config.ln_scale else 1.0
+        self.parallel = 0 <= config.parallel_residual_from <= layer
 
-    def forward(self, x: torch.Tensor, x0: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, x0: torch.Tensor, doc_ids=None, value_embed=None) -> torch.Tensor:
         mix = self.resid_mix.to(x.dtype)
         x = mix[0] * x + mix[1] * x0
-        x = x + self.attn_scale.to(x.dtype) * self.attn(rms_norm(x))
-        return x + self.mlp_scale.to(x.dtype) * self.mlp(rms_norm(x))
+        h = rms_norm(x) * self.input_scale
+        attn_out = self.attn_scale.to(x.dtype) * self.attn(h, doc_ids, value_embed)
+        if self.parallel:  # attention and MLP both read the block's input
+            return x + attn_out + self.mlp_scale.to(x.dtype) * self.mlp(h)
+        x = x + attn_out
+        return x + self.mlp_scale.to(x.dtype) * self.mlp(rms_norm(x) * self.input_scale)
 
 
 class GPT(nn.Module):
@@ -117,30 +72,62 @@ class GPT(nn.Module):
         self.config = config
         self.tok_emb = nn.Embedding(config.vocab_size, config.model_dim)
         nn.init.normal_(self.tok_emb.weight, std=config.tied_embed_init_std)
-        self.blocks = nn.ModuleList(Block(config) for _ in range(config.num_layers))
-        self.num_encoder_layers = config.num_layers // 2
-        self.num_decoder_layers = config.num_layers - self.num_encoder_layers
-        num_skips = min(self.num_encoder_layers, self.num_decoder_layers)
-        self.skip_weights = nn.Parameter(torch.ones(num_skips, config.model_dim))
-        self.lm_head = None if config.tie_embeddings else zero_init_linear(config.model_dim, config.vocab_size)
+        self.bigram = BigramHash(config) if config.bigram_hash_buckets else None
+        self.smear = SmearGate(config) if config.smear_gate else None
+        self.value_embed = ValueEmbedding(config) if config.value_embed_dim else None
+        self.blocks = nn.ModuleList(Block(config, layer) for layer in range(config.num_layers))
+        longest = len(config.layer_sequence(looping=True))
+        num_skips = longest // 2 if config.unet_skips else 0
+        self.skip_weights = nn.Parameter(torch.ones(min(num_skips, longest - num_skips), config.model_dim))
+        self.skip_gates = nn.Parameter(torch.zeros_like(self.skip_weights)) if config.skip_gates else None
+        self.lm_head = None if config.tie_embeddings else Linear(config.model_dim, config.vocab_size, zero_init=True)
+        # Depth recurrence runs only once the trainer switches it on; a built model (eval) loops.
+        self.looping = True
+        if config.orthogonal_init:
+            self._orthogonal_init()
+
+    def _orthogonal_init(self) -> None:
+        for module in self.modules():
+            if isinstance(module, Linear) and not module.zero_init and min(module.weight.shape) >= 64:
+                nn.init.orthogonal_(module.weight)
 
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
         """Logits (batch, seq, vocab) after the softcap."""
-        x = rms_norm(self.tok_emb(input_ids))
+        cfg = self.config
+        x = self.tok_emb(input_ids)
+        if self.bigram is not None:
+            x = x + self.bigram(input_ids)
+        x = rms_norm(x)
+        if self.smear is not None:
+            x = self.smear(x, input_ids)
         x0 = x
-        skips = []
-        for block in self.blocks[: self.num_encoder_layers]:
-            x = block(x, x0)
-            skips.append(x)
-        for i, block in enumerate(self.blocks[self.num_encoder_layers :]):
-            if skips:
-                x = x + self.skip_weights[i].to(x.dtype) * skips.pop()
-            x = block(x, x0)
+        doc_ids = document_ids(input_ids, cfg.bos_id) if cfg.doc_mask else None
+        value_embed = self.value_embed(input_ids) if self.value_embed is not None else None
+        x = self._run_layers(x, x0, doc_ids, value_embed)
         x = rms_norm(x)
         head = self.tok_emb.weight if self.lm_head is None else self.lm_head.weight
         logits = F.linear(x, head.to(x.dtype))
-        cap = self.config.logit_softcap
+        cap = cfg.logit_softcap
         return cap * torch.tanh(logits / cap) if cap > 0 else logits
+
+    def _run_layers(self, x, x0, doc_ids, value_embed) -> torch.Tensor:
+        """Virtual layers in order; the first half push U-Net skips, the second half pop them."""
+        sequence = self.config.layer_sequence(self.looping)
+        num_encoder = len(sequence) // 2 if self.config.unet_skips else 0
+        skips = []
+        for position, layer in enumerate(sequence):
+            if position >= num_encoder and skips:
+                x = self._add_skip(x, skips.pop(), position - num_encoder)
+            x = self.blocks[layer](x, x0, doc_ids, value_embed)
+            if position < num_encoder:
+                skips.append(x)
+        return x
+
+    def _add_skip(self, x: torch.Tensor, skip: torch.Tensor, index: int) -> torch.Tensor:
+        weighted = self.skip_weights[index].to(x.dtype) * skip
+        if self.skip_gates is None:
+            return x + weighted
+        return torch.lerp(weighted, x, torch.sigmoid(self.skip_gates[index]).to(x.dtype))
 
     def loss(self, input_ids: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """Mean cross-entropy in fp32 over every target."""

@@ -9,20 +9,29 @@ from .config import TrainConfig
 from .muon import Muon
 
 
+def is_embedding(name: str) -> bool:
+    """Lookup tables (token, bigram-hash and value embeddings): Adam at the embedding LR."""
+    return name in ("tok_emb.weight", "bigram.embed.weight", "value_embed.embed.weight")
+
+
 def is_matrix(name: str, param: torch.Tensor) -> bool:
-    """Block weights trained by Muon: 2-D, inside a block, not a control tensor."""
-    return name.startswith("blocks.") and param.ndim == 2 and not any(c in name for c in CONTROL_TENSOR_NAMES)
+    """Weights trained by Muon: 2-D projections that are neither embeddings nor control tensors."""
+    return (param.ndim == 2 and not is_embedding(name) and name != "lm_head.weight"
+            and not any(c in name for c in CONTROL_TENSOR_NAMES))
 
 
 def build_optimizers(model: GPT, config: TrainConfig) -> list[torch.optim.Optimizer]:
-    matrices, scalars = [], []
+    matrices, embeddings, scalars = [], [], []
     for name, param in model.named_parameters():
-        if name in ("tok_emb.weight", "lm_head.weight"):
+        if name == "lm_head.weight":
             continue
-        (matrices if is_matrix(name, param) else scalars).append(param)
+        if is_embedding(name):
+            embeddings.append(param)
+        else:
+            (matrices if is_matrix(name, param) else scalars).append(param)
     betas = (config.adam_beta1, config.adam_beta2)
     adam_groups = [
-        {"params": [model.tok_emb.weight], "lr": config.embed_lr, "base_lr": config.embed_lr},
+        {"params": embeddings, "lr": config.embed_lr, "base_lr": config.embed_lr},
         {"params": scalars, "lr": config.scalar_lr, "base_lr": config.scalar_lr},
     ]
     if model.lm_head is not None:

@@ -1,0 +1,73 @@
+"""Small building blocks shared by the attention, MLP and embedding code."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def rms_norm(x: torch.Tensor) -> torch.Tensor:
+    """RMSNorm without weights over the last dim."""
+    return F.rms_norm(x, (x.size(-1),))
+
+
+def fake_quantize_rows(weight: torch.Tensor, bits: int) -> torch.Tensor:
+    """Round each row to a symmetric int grid with the row's max |w| as the top level."""
+    levels = 2 ** (bits - 1) - 1
+    scale = weight.detach().abs().amax(dim=-1, keepdim=True).clamp_min(1e-12) / levels
+    return torch.clamp(torch.round(weight / scale), -levels, levels) * scale
+
+
+class Linear(nn.Linear):
+    """Bias-free linear layer that can train through fake quantization (late QAT).
+
+    With ``fake_quant_bits`` set, the forward pass uses the quantized weight while gradients flow
+    to the float weight unchanged (straight-through estimator).
+    """
+
+    def __init__(self, in_features: int, out_features: int, zero_init: bool = False):
+        super().__init__(in_features, out_features, bias=False)
+        self.fake_quant_bits = 0
+        # Zero-init output projections make a new block the identity; orthogonal init skips them.
+        self.zero_init = zero_init
+        if zero_init:
+            nn.init.zeros_(self.weight)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        weight = self.weight
+        if self.fake_quant_bits:
+            weight = weight + (fake_quantize_rows(weight, self.fake_quant_bits) - weight).detach()
+        return F.linear(x, weight.to(x.dtype))
+
+
+class Rotary(nn.Module):
+    """Rotary position embedding over the first ``dims`` dims of each head, cached per length."""
+
+    def __init__(self, dims: int, base: float):
+        super().__init__()
+        self.dims = dims
+        inv_freq = 1.0 / (base ** (torch.arange(0, dims, 2, dtype=torch.float32) / dims))
+        self.register_buffer("inv_freq", inv_freq, persistent=False)
+        self._cache: tuple | None = None
+
+    def cos_sin(self, seq_len: int, device: torch.device, dtype: torch.dtype):
+        if self._cache is None or self._cache[0] != seq_len or self._cache[1] != device:
+            positions = torch.arange(seq_len, device=device, dtype=torch.float32)
+            freqs = torch.outer(positions, self.inv_freq.to(device))
+            self._cache = (seq_len, device, freqs.cos()[None, None], freqs.sin()[None, None])
+        return self._cache[2].to(dtype), self._cache[3].to(dtype)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Rotate the first ``dims`` dims of x (batch, heads, seq, head_dim); the rest pass through."""
+        cos, sin = self.cos_sin(x.size(-2), x.device, x.dtype)
+        rot, rest = x[..., : self.dims], x[..., self.dims :]
+        half = self.dims // 2
+        x1, x2 = rot[..., :half], rot[..., half:]
+        rotated = torch.cat((x1 * cos + x2 * sin, x2 * cos - x1 * sin), dim=-1)
+        return torch.cat((rotated, rest), dim=-1) if rest.numel() else rotated
+
+
+def document_ids(input_ids: torch.Tensor, bos_id: int) -> torch.Tensor:
+    """Running document index per position: increments at every BOS."""
+    return torch.cumsum((input_ids == bos_id).to(torch.int32), dim=-1)
