@@ -8,7 +8,7 @@ import typer
 from rich.table import Table
 
 from stages.config import field_docs
-from stages.train.config import PRESETS, get_preset
+from stages.train.presets import PRESETS, get_preset
 from stages.train.stage import run_train
 
 from .common import ForceOption, RichReporter, RunOption, SetOption, err_console, handle_errors, resolve_config, stage_path

@@ -18,7 +18,7 @@ from stages.pack.stage import PackConfig, run_pack
 from stages.quantize.config import QuantizeConfig
 from stages.quantize.stage import run_quantize
 from stages.tokenize.stage import TokenizeConfig, run_tokenize
-from stages.train.config import get_preset
+from stages.train.presets import get_preset
 from stages.train.stage import run_train
 
 SMALL_DOCS = 240

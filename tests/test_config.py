@@ -9,7 +9,8 @@ from stages.model.config import ModelConfig
 from stages.pack.stage import PackConfig
 from stages.quantize.config import QuantizeConfig
 from stages.tokenize.stage import TokenizeConfig
-from stages.train.config import PRESETS, RunConfig, TrainConfig
+from stages.train.config import RunConfig, TrainConfig
+from stages.train.presets import PRESETS
 
 CONFIGS = [ModelConfig, TrainConfig, RunConfig, TokenizeConfig, QuantizeConfig, PackConfig, EvalConfig]
 

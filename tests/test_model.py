@@ -2,7 +2,7 @@ import torch
 
 from stages.model.config import ModelConfig
 from stages.model.gpt import GPT, count_parameters
-from stages.train.config import get_preset
+from stages.train.presets import get_preset
 from stages.train.optim import build_optimizers
 
 

@@ -7,7 +7,7 @@ import torch
 
 from stages.model.config import ModelConfig
 from stages.model.gpt import GPT
-from stages.train.config import get_preset
+from stages.train.presets import get_preset
 from stages.train.optim import build_optimizers
 
 BASE = ModelConfig(vocab_size=64, num_layers=4, model_dim=32, num_heads=4, num_kv_heads=2)

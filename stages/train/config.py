@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Literal
 
-from ..errors import GolfError
 from ..model.config import ModelConfig
 
 
@@ -25,15 +25,22 @@ class TrainConfig:
     max_seconds: float = 600.0
     """Wall-clock budget of the timed loop in seconds (0: none). Validation pauses the clock."""
     warmdown_frac: float = 0.087
-    """Share of the budget (steps or seconds, whichever runs out first) over which LR decays linearly to 0."""
+    """Share of the budget over which LR decays linearly to min_lr (records: 0.72-0.85)."""
+    min_lr: float = 0.0
+    """LR floor at the end of the warm-down, as a fraction of the peak (records: 0 or 0.1)."""
+    schedule: Literal["auto", "steps", "time"] = "auto"
+    """What drives the warm-down: 'steps' (deterministic), 'time' (elapsed / usable seconds, as the
+    records do) or 'auto' (whichever budget runs out first)."""
+    gptq_reserve_seconds: float = 0.0
+    """Seconds kept back from max_seconds for GPTQ calibration on training data (records: 4-5)."""
     matrix_lr: float = 0.04
-    """Muon learning rate for the 2-D block weights."""
+    """Muon learning rate for the 2-D weights."""
     embed_lr: float = 0.05
-    """Adam learning rate of the (tied) embedding."""
+    """Adam learning rate of the embeddings (token, bigram, value)."""
     head_lr: float = 0.008
     """Adam learning rate of an untied output head."""
     scalar_lr: float = 0.04
-    """Adam learning rate of vectors and control tensors (scales, mixes, gains, skip weights)."""
+    """Adam learning rate of vectors and control tensors (scales, mixes, gains, gates, skip weights)."""
     muon_momentum: float = 0.95
     """Muon momentum after warm-up."""
     muon_momentum_start: float = 0.85
@@ -42,14 +49,36 @@ class TrainConfig:
     """Steps of the momentum warm-up."""
     muon_ns_steps: int = 5
     """Newton-Schulz iterations per Muon update."""
+    muon_coefficients: Literal["stock", "polar_express"] = "stock"
+    """Newton-Schulz coefficients: the stock quintic, or Polar Express (one triple per iteration)."""
+    muon_row_normalize: bool = False
+    """MuonEq-R: normalize each row of the update before Newton-Schulz."""
+    muon_weight_decay: float = 0.0
+    """Decoupled weight decay of Muon weights: p *= 1 - lr * wd (records: 0.085-0.095)."""
+    embed_weight_decay: float = 0.0
+    """Decoupled (AdamW) weight decay of the embeddings (records: 0.085)."""
+    scalar_weight_decay: float = 0.0
+    """Decoupled (AdamW) weight decay of the small tensors (records: 0.02)."""
     adam_beta1: float = 0.9
     """Adam beta1."""
     adam_beta2: float = 0.95
-    """Adam beta2."""
+    """Adam beta2 (records: 0.99)."""
     adam_eps: float = 1e-8
     """Adam epsilon."""
     grad_clip: float = 0.0
-    """Clip the global gradient norm to this value (0: off)."""
+    """Clip the global gradient norm to this value (0: off; records: 0.3)."""
+    ema_decay: float = 0.0
+    """EMA of all weights with this decay, exported instead of the raw weights (0: off; records 0.997/0.9965)."""
+    swa_every: int = 0
+    """Tight SWA: average the EMA weights every N steps while the LR scale is below swa_lr_scale (0: off)."""
+    swa_lr_scale: float = 0.2
+    """Tight SWA collects only below this LR scale."""
+    qat_bits: int = 0
+    """Late QAT: straight-through fake quantization to this many bits (0: off; seed 003: 6)."""
+    qat_lr_scale: float = 0.15
+    """Late QAT switches on once the LR scale falls below this."""
+    loader: Literal["contiguous", "shuffled"] = "contiguous"
+    """Batches from contiguous spans in shard order (baseline) or shuffled windows (seeded)."""
     val_every: int = 0
     """Validate every N steps with the clock paused (0: only at the end)."""
     val_tokens: int = 0
@@ -78,45 +107,3 @@ class RunConfig:
     """The network."""
     train: TrainConfig = field(default_factory=TrainConfig)
     """The optimizer, schedule and budgets."""
-
-
-@dataclass(frozen=True)
-class Preset:
-    name: str
-    source: str
-    config: RunConfig
-
-
-PRESETS: dict[str, Preset] = {
-    "baseline": Preset(
-        "baseline",
-        "The challenge's naive baseline (REFERENCE section 5): 9x512, sp1024, Muon 0.04, "
-        "524,288 tokens/step at seq 1024, 600 s; warm-down ~1200 of ~13,780 steps (0.087).",
-        RunConfig(ModelConfig(), TrainConfig()),
-    ),
-    "tiny": Preset(
-        "tiny",
-        "The baseline architecture shrunk for 2 CPU cores and the embedded news corpus: "
-        "4x128, seq 256, 4,096 tokens/step, a step budget for reproducible runs.",
-        RunConfig(
-            ModelConfig(vocab_size=1024, num_layers=4, model_dim=128, num_heads=4, num_kv_heads=2),
-            TrainConfig(
-                seq_len=256,
-                batch_tokens=4096,
-                max_steps=500,
-                max_seconds=300.0,
-                warmdown_frac=0.3,
-                muon_momentum_warmup_steps=100,
-                val_tokens=65_536,
-                log_every=50,
-                device="cpu",
-            ),
-        ),
-    ),
-}
-
-
-def get_preset(name: str) -> Preset:
-    if name not in PRESETS:
-        raise GolfError(f"unknown preset {name!r}; available: {', '.join(PRESETS)}")
-    return PRESETS[name]

@@ -31,13 +31,19 @@ def build_optimizers(model: GPT, config: TrainConfig) -> list[torch.optim.Optimi
             (matrices if is_matrix(name, param) else scalars).append(param)
     betas = (config.adam_beta1, config.adam_beta2)
     adam_groups = [
-        {"params": embeddings, "lr": config.embed_lr, "base_lr": config.embed_lr},
-        {"params": scalars, "lr": config.scalar_lr, "base_lr": config.scalar_lr},
+        {"params": embeddings, "lr": config.embed_lr, "base_lr": config.embed_lr,
+         "weight_decay": config.embed_weight_decay},
+        {"params": scalars, "lr": config.scalar_lr, "base_lr": config.scalar_lr,
+         "weight_decay": config.scalar_weight_decay},
     ]
     if model.lm_head is not None:
-        adam_groups.append({"params": [model.lm_head.weight], "lr": config.head_lr, "base_lr": config.head_lr})
-    adam = torch.optim.Adam(adam_groups, betas=betas, eps=config.adam_eps)
-    muon = Muon(matrices, lr=config.matrix_lr, momentum=config.muon_momentum, ns_steps=config.muon_ns_steps)
+        adam_groups.append({"params": [model.lm_head.weight], "lr": config.head_lr, "base_lr": config.head_lr,
+                            "weight_decay": config.embed_weight_decay})
+    # AdamW's decay is decoupled (p *= 1 - lr * wd); with wd 0 it is exactly the baseline's Adam.
+    adam = torch.optim.AdamW(adam_groups, betas=betas, eps=config.adam_eps)
+    muon = Muon(matrices, lr=config.matrix_lr, momentum=config.muon_momentum, ns_steps=config.muon_ns_steps,
+                coefficients=config.muon_coefficients, row_normalize=config.muon_row_normalize,
+                weight_decay=config.muon_weight_decay)
     for group in muon.param_groups:
         group["base_lr"] = config.matrix_lr
     return [adam, muon]

@@ -7,7 +7,6 @@ clock) -> save ``model.safetensors``, ``curves.json`` and the manifest.
 from __future__ import annotations
 
 import json
-import math
 import resource
 import time
 from pathlib import Path
@@ -23,9 +22,8 @@ from ..model.checkpoint import model_metadata, save_tensors
 from ..model.gpt import GPT, count_parameters
 from ..progress import Reporter
 from .config import RunConfig
-from .loader import ContiguousLoader
-from .optim import build_optimizers
-from .schedule import lr_multiplier, muon_momentum, progress
+from .loader import make_loader
+from .loop import Trainer
 
 WEIGHTS_FILE = "model.safetensors"
 CURVES_FILE = "curves.json"
@@ -60,11 +58,10 @@ def run_train(config: RunConfig, data_dir: str | Path, out_dir: str | Path, forc
         ledger = writer.ledger
         with ledger.measure("setup", note="model build and input verification: outside the budget"):
             torch.manual_seed(tcfg.seed)
-            train_paths = train_shard_paths(data)
+            loader = make_loader(tcfg.loader, train_shard_paths(data), 0, 1, tcfg.seed, tcfg.grad_accum)
             val = load_val(data, config.model.vocab_size)
             model = GPT(config.model).to(device)
-            optimizers = build_optimizers(model, tcfg)
-            loader = ContiguousLoader(train_paths)
+            trainer = Trainer(model, config, loader, device)
         writer.add_input("data", data)
         params = count_parameters(model)
         reporter.log(stage="train", preset=preset or "custom", params=params, device=str(device),
@@ -72,85 +69,62 @@ def run_train(config: RunConfig, data_dir: str | Path, out_dir: str | Path, forc
 
         curves = {"train": [], "val": []}
 
-        def run_validation(step: int) -> None:
-            with ledger.measure("validation", note="periodic validation with the clock paused: not counted"):
+        def run_validation() -> None:
+            with ledger.measure("validation", note="validation with the clock paused: not counted"):
                 sums = validate(model, val, tcfg.seq_len, None, tcfg.val_batch_windows, device,
                                 tcfg.val_tokens, reporter, "validate")
-            curves["val"].append({"step": step, "val_loss": sums.loss, "val_bpb": sums.bpb})
-            reporter.log(step=step, val_loss=sums.loss, val_bpb=sums.bpb)
+            curves["val"].append({"step": trainer.step, "val_loss": sums.loss, "val_bpb": sums.bpb})
+            reporter.log(step=trainer.step, val_loss=sums.loss, val_bpb=sums.bpb)
 
-        step, elapsed, stop_reason = _train_loop(model, optimizers, loader, config, device, ledger,
-                                                 reporter, curves, run_validation)
-        run_validation(step)
+        stop_reason = _train_loop(trainer, ledger, reporter, curves, run_validation)
+        exported, export_kind = trainer.export_state()
+        model.load_state_dict(exported)
+        for module in model.modules():  # the exported float weights are scored without fake quantization
+            if hasattr(module, "fake_quant_bits"):
+                module.fake_quant_bits = 0
+        run_validation()
 
         with ledger.measure("save", note="writing outputs: outside the budget"):
             lineage = {**data.lineage, "model_config": to_dict(config.model)}
-            save_tensors(writer.path(WEIGHTS_FILE), model.state_dict(), model_metadata(config.model, lineage))
+            save_tensors(writer.path(WEIGHTS_FILE), exported, model_metadata(config.model, lineage))
             writer.add_output("weights", writer.path(WEIGHTS_FILE))
             atomic_write_text(writer.path(CURVES_FILE), json.dumps(curves, indent=1) + "\n")
             writer.add_output("curves", writer.path(CURVES_FILE))
-        metrics = _metrics(model, config, step, elapsed, stop_reason, curves, device, params)
+        metrics = _metrics(model, config, trainer, stop_reason, curves, device, params)
+        metrics["exported_weights"] = export_kind
         manifest = writer.commit({"preset": preset, **to_dict(config)}, lineage, metrics, reporter.text())
-    reporter.log(stage="train", steps=step, train_seconds=elapsed, tok_per_s=metrics["tokens_per_second"],
-                 val_bpb=metrics["val_bpb"], out=str(out_dir))
+    reporter.log(stage="train", steps=trainer.step, train_seconds=trainer.elapsed, tok_per_s=metrics["tokens_per_second"],
+                 val_bpb=metrics["val_bpb"], exported=export_kind, out=str(out_dir))
     return manifest
 
 
-def _train_loop(model, optimizers, loader, config: RunConfig, device, ledger, reporter, curves, run_validation):
-    tcfg = config.train
-    local_tokens = tcfg.batch_tokens // tcfg.grad_accum
-    autocast = device.type == "cuda"
-    step, elapsed = 0, 0.0
-    stop_reason = "max_steps"
+def _train_loop(trainer: Trainer, ledger, reporter: Reporter, curves: dict, run_validation) -> str:
+    """Step until a budget runs out; only the steps are timed (validation pauses the clock)."""
+    tcfg = trainer.tcfg
     with reporter.progress("train", tcfg.max_steps) as advance:
-        while step < tcfg.max_steps:
-            if tcfg.max_seconds > 0 and elapsed >= tcfg.max_seconds:
-                stop_reason = "max_seconds"
-                break
+        while (stop_reason := trainer.done()) is None:
             start = time.perf_counter()
-            loss = _train_step(model, optimizers, loader, tcfg, step, elapsed, local_tokens, device, autocast)
-            if device.type == "cuda":
+            loss = trainer.train_step()
+            if trainer.device.type == "cuda":
                 torch.cuda.synchronize()
-            step_seconds = time.perf_counter() - start
-            elapsed += step_seconds
-            ledger.add("train_loop", step_seconds, "train", "timed optimizer steps on training data")
-            step += 1
+            seconds = time.perf_counter() - start
+            trainer.elapsed += seconds
+            ledger.add("train_loop", seconds, "train", "timed optimizer steps on training data")
             advance(1)
-            curves["train"].append({"step": step, "loss": loss, "seconds": round(elapsed, 4)})
+            step = trainer.step
+            curves["train"].append({"step": step, "loss": loss, "seconds": round(trainer.elapsed, 4),
+                                    "lr_scale": round(trainer.lr_scale(), 6)})
             if step % tcfg.log_every == 0 or step == 1:
-                reporter.log(step=step, train_loss=loss, train_seconds=round(elapsed, 2),
-                             step_ms=round(1000 * elapsed / step, 2))
-            if tcfg.val_every and step % tcfg.val_every == 0 and step < tcfg.max_steps:
-                run_validation(step)
-    return step, elapsed, stop_reason
+                reporter.log(step=step, train_loss=loss, train_seconds=round(trainer.elapsed, 2),
+                             step_ms=round(1000 * trainer.elapsed / step, 2), lr_scale=round(trainer.lr_scale(), 4))
+            if tcfg.val_every and step % tcfg.val_every == 0 and trainer.done() is None:
+                run_validation()
+    return stop_reason
 
 
-def _train_step(model, optimizers, loader, tcfg, step, elapsed, local_tokens, device, autocast) -> float:
-    multiplier = lr_multiplier(tcfg, progress(tcfg, step, elapsed))
-    for optimizer in optimizers:
-        for group in optimizer.param_groups:
-            group["lr"] = group["base_lr"] * multiplier
-            if "momentum" in group:
-                group["momentum"] = muon_momentum(tcfg, step)
-        optimizer.zero_grad(set_to_none=True)
-    total = 0.0
-    for _ in range(tcfg.grad_accum):
-        x, y = loader.next_batch(local_tokens, tcfg.seq_len, device)
-        with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=autocast):
-            loss = model.loss(x, y)
-        (loss / tcfg.grad_accum).backward()
-        total += loss.item() / tcfg.grad_accum
-    if tcfg.grad_clip > 0:
-        torch.nn.utils.clip_grad_norm_(model.parameters(), tcfg.grad_clip)
-    for optimizer in optimizers:
-        optimizer.step()
-    if not math.isfinite(total):
-        raise GolfError(f"train loss became {total} at step {step}: lower the learning rates")
-    return total
-
-
-def _metrics(model, config, step, elapsed, stop_reason, curves, device, params) -> dict:
+def _metrics(model, config, trainer: Trainer, stop_reason, curves, device, params) -> dict:
     tcfg = config.train
+    step, elapsed = trainer.step, trainer.elapsed
     tokens = step * tcfg.batch_tokens
     tok_s = tokens / elapsed if elapsed > 0 else 0.0
     fpt = flops_per_token(model, tcfg.seq_len)
@@ -178,4 +152,6 @@ def _metrics(model, config, step, elapsed, stop_reason, curves, device, params) 
         "val_loss": final_val["val_loss"],
         "val_bpb": final_val["val_bpb"],
         "val_tokens_scored": tcfg.val_tokens or "all",
+        "loop_on_step": trainer.loop_on_step,
+        "qat_on_step": trainer.qat_on_step,
     }

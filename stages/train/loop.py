@@ -1,0 +1,125 @@
+"""The training loop: one optimizer step at a time, with the schedule and the late switches.
+
+Per step: compute the schedule (progress -> LR scale, Muon momentum), flip the switches that
+depend on it (depth recurrence from ``loop_start_frac``, late QAT below ``qat_lr_scale``), run
+the micro-batches, clip, step the optimizers, then update the EMA and tight SWA averages. Only
+the step itself is timed; the caller books the seconds to the ledger.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from ..errors import GolfError
+from ..model.gpt import GPT
+from ..model.layers import Linear
+from .averaging import EMA, TightSWA
+from .config import RunConfig
+from .optim import build_optimizers
+from .schedule import lr_multiplier, muon_momentum, progress
+
+
+class Trainer:
+    def __init__(self, model: GPT, config: RunConfig, loader, device: torch.device):
+        self.model, self.config, self.loader, self.device = model, config, loader, device
+        self.tcfg = config.train
+        self.optimizers = build_optimizers(model, self.tcfg)
+        self.ema = EMA(model, self.tcfg.ema_decay) if self.tcfg.ema_decay else None
+        self.swa = TightSWA(self.tcfg.swa_every, self.tcfg.swa_lr_scale) if self.tcfg.swa_every else None
+        self.step = 0
+        self.elapsed = 0.0
+        self.qat_on_step: int | None = None
+        self.loop_on_step: int | None = None
+        self.model.looping = config.model.loop_start_frac <= 0
+
+    # ---- budget and schedule ----
+    def usable_seconds(self) -> float:
+        """The wall-clock budget less the seconds reserved for GPTQ calibration (0: no clock)."""
+        return max(0.0, self.tcfg.max_seconds - self.tcfg.gptq_reserve_seconds) if self.tcfg.max_seconds > 0 else 0.0
+
+    def done(self) -> str | None:
+        if self.step >= self.tcfg.max_steps:
+            return "max_steps"
+        if self.usable_seconds() and self.elapsed >= self.usable_seconds():
+            return "max_seconds"
+        return None
+
+    def progress(self) -> float:
+        return progress(self.tcfg, self.step, self.elapsed)
+
+    def lr_scale(self) -> float:
+        return lr_multiplier(self.tcfg, self.progress())
+
+    # ---- one step ----
+    def train_step(self) -> float:
+        """One optimizer step; returns the mean micro-batch loss."""
+        tcfg = self.tcfg
+        frac, scale = self.progress(), self.lr_scale()
+        self._apply_switches(frac, scale)
+        momentum = muon_momentum(tcfg, self.step)
+        for optimizer in self.optimizers:
+            for group in optimizer.param_groups:
+                group["lr"] = group["base_lr"] * scale
+                if "momentum" in group:
+                    group["momentum"] = momentum
+            optimizer.zero_grad(set_to_none=True)
+        local_tokens = tcfg.batch_tokens // (tcfg.grad_accum * self.world_size())
+        total = 0.0
+        for _ in range(tcfg.grad_accum):
+            x, y = self.loader.next_batch(local_tokens, tcfg.seq_len, self.device)
+            with torch.autocast(device_type=self.device.type, dtype=torch.bfloat16, enabled=self.device.type == "cuda"):
+                loss = self.model.loss(x, y)
+            (loss / tcfg.grad_accum).backward()
+            total += loss.item() / tcfg.grad_accum
+        if not math.isfinite(total):
+            raise GolfError(f"train loss became {total} at step {self.step}: lower the learning rates")
+        self._sync_gradients()
+        if tcfg.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), tcfg.grad_clip)
+        for optimizer in self.optimizers:
+            optimizer.step()
+        self.step += 1
+        if self.ema is not None:
+            self.ema.update(self.model)
+        if self.swa is not None:
+            self.swa.maybe_collect(self.step, scale, self.ema.state_dict() if self.ema else self.model.state_dict())
+        return total
+
+    def _apply_switches(self, frac: float, scale: float) -> None:
+        cfg = self.config.model
+        if cfg.looped and not self.model.looping and frac >= cfg.loop_start_frac:
+            self.model.looping, self.loop_on_step = True, self.step
+        if self.tcfg.qat_bits and self.qat_on_step is None and scale < self.tcfg.qat_lr_scale:
+            for module in self.model.modules():
+                if isinstance(module, Linear):
+                    module.fake_quant_bits = self.tcfg.qat_bits
+            self.qat_on_step = self.step
+
+    # ---- distributed hooks (single process: no-ops) ----
+    def world_size(self) -> int:
+        import torch.distributed as dist
+
+        return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+    def _sync_gradients(self) -> None:
+        """Average gradients across ranks so every rank steps identically."""
+        if self.world_size() == 1:
+            return
+        import torch.distributed as dist
+
+        world = self.world_size()
+        for param in self.model.parameters():
+            if param.grad is not None:
+                dist.all_reduce(param.grad)  # SUM: gloo has no AVG
+                param.grad /= world
+
+    # ---- what gets exported ----
+    def export_state(self) -> tuple[dict[str, torch.Tensor], str]:
+        """The weights to save and which average they are: SWA over EMA, else EMA, else raw."""
+        if self.swa is not None and self.swa.count:
+            return self.swa.average(), f"tight SWA of {self.swa.count} EMA snapshots"
+        if self.ema is not None:
+            return self.ema.state_dict(), f"EMA (decay {self.tcfg.ema_decay})"
+        return self.model.state_dict(), "raw"
