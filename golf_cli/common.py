@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -24,11 +25,19 @@ SetOption = typer.Option(None, "--set", help="Config override key=value (repeata
 
 
 class RichReporter(Reporter):
-    """key:value lines on stdout, progress bars on stderr (transient, so logs stay clean)."""
+    """key:value lines on stdout, progress bars on stderr (transient, so logs stay clean).
+
+    Under torchrun only rank 0 speaks; the other ranks' lines go nowhere.
+    """
+
+    def __init__(self):
+        quiet = int(os.environ.get("RANK", "0")) != 0
+        super().__init__(stream=open(os.devnull, "w") if quiet else None)
+        self.quiet = quiet
 
     @contextmanager
     def progress(self, description: str, total: int | None):
-        if not err_console.is_terminal:
+        if self.quiet or not err_console.is_terminal:
             yield lambda n=1: None
             return
         columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import typer
 from rich.table import Table
 
-from stages.config import field_docs
+from stages.config import field_docs, from_dict
+from stages.train.checkpointing import read_checkpoint_config
+from stages.train.config import RunConfig
 from stages.train.presets import PRESETS, get_preset
 from stages.train.stage import run_train
 
@@ -24,6 +29,8 @@ def train(
     max_seconds: float = typer.Option(None, "--max-seconds", help="Wall-clock budget of the timed loop."),
     seed: int = typer.Option(None, "--seed", help="Seed for init and data order."),
     overrides: list[str] = SetOption,
+    resume: Path = typer.Option(None, "--resume", help="Continue from a checkpoint folder (its config, plus --set)."),
+    nproc: int = typer.Option(1, "--nproc", help="Processes to launch with torchrun (GPUs, or gloo on CPU)."),
     list_presets: bool = typer.Option(False, "--list-presets", help="Show the presets and exit."),
     force: bool = ForceOption,
 ):
@@ -31,10 +38,29 @@ def train(
     if list_presets:
         _print_presets()
         return
+    if nproc > 1 and "WORLD_SIZE" not in os.environ:
+        raise typer.Exit(_launch_torchrun(nproc))
     reporter = RichReporter()
     flags = [f"train.{k}={v}" for k, v in (("max_steps", max_steps), ("max_seconds", max_seconds), ("seed", seed)) if v is not None]
-    config = resolve_config(get_preset(preset).config, [*flags, *(overrides or [])], reporter)
-    run_train(config, stage_path(data, run, "tokenize"), stage_path(out, run, "train"), force, reporter, preset)
+    base = from_dict(RunConfig, read_checkpoint_config(resume)) if resume else get_preset(preset).config
+    config = resolve_config(base, [*flags, *(overrides or [])], reporter)
+    run_train(config, stage_path(data, run, "tokenize"), stage_path(out, run, "train"), force, reporter,
+              "resumed" if resume else preset, resume)
+
+
+def _launch_torchrun(nproc: int) -> int:
+    """Re-run this very command under torchrun with --nproc removed; return its exit code."""
+    args, skip = [], False
+    for arg in sys.argv[1:]:
+        if skip:
+            skip = False
+        elif arg == "--nproc":
+            skip = True
+        elif not arg.startswith("--nproc="):
+            args.append(arg)
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+               "-m", "golf_cli", *args]
+    return subprocess.call(command)
 
 
 def _print_presets() -> None:

@@ -68,6 +68,11 @@ def pack_dir(workdir, quant_dir) -> Path:
     return out
 
 
+def sets(overrides: list[str]) -> list[str]:
+    """--set arguments for a list of key=value overrides."""
+    return [arg for item in overrides for arg in ("--set", item)]
+
+
 def golf(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
     """Run the real CLI in a subprocess; returns the completed process (never raises)."""
     env = {**os.environ, "COLUMNS": "200"}

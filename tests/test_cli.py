@@ -9,11 +9,7 @@ import pytest
 from stages.contract.hashing import sha256_file
 from stages.data.shards import encode_shard
 
-from .conftest import SMALL_DOCS, SMALL_VOCAB, TINY_OVERRIDES, golf
-
-
-def sets(overrides):
-    return [arg for item in overrides for arg in ("--set", item)]
+from .conftest import SMALL_DOCS, SMALL_VOCAB, TINY_OVERRIDES, golf, sets
 
 
 @pytest.fixture(scope="module")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+import torch.distributed as dist
 
 from ..progress import Reporter
 from . import scoring
@@ -34,9 +35,11 @@ def validate(
     sidecar = None if val.sidecar is None else val.sidecar[: len(tokens)]
     device = torch.device(device)
     autocast = torch.bfloat16 if device.type == "cuda" else None
-    with reporter.progress(label, count_windows(len(tokens), seq_len, stride)) as advance:
+    distributed = dist.is_available() and dist.is_initialized()
+    rank, world = (dist.get_rank(), dist.get_world_size()) if distributed else (0, 1)
+    with reporter.progress(label, count_windows(len(tokens), seq_len, stride) // world) as advance:
         sums = score_stream(
             model, tokens, val.table, seq_len, stride, batch_windows, device,
-            sidecar=sidecar, autocast_dtype=autocast, on_windows=advance,
+            sidecar=sidecar, rank=rank, world_size=world, autocast_dtype=autocast, on_windows=advance,
         )
     return sums.all_reduce(device)

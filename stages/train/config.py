@@ -85,6 +85,8 @@ class TrainConfig:
     """Val tokens used by in-training validation (0: the whole val split)."""
     val_batch_windows: int = 8
     """Sequences per forward pass during validation."""
+    checkpoint_every: int = 0
+    """Save a resumable checkpoint (weights, optimizer, loader, averages) every N steps (0: off)."""
     log_every: int = 50
     """Log a train-loss line every N steps."""
     device: str = "auto"

@@ -7,13 +7,16 @@ clock) -> save ``model.safetensors``, ``curves.json`` and the manifest.
 from __future__ import annotations
 
 import json
+import os
 import resource
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from ..config import to_dict
+from ..contract.ledger import TimeLedger
 from ..contract.stage_dir import StageDir, StageWriter, atomic_write_text
 from ..errors import GolfError
 from ..evaluate.val_data import load_val, train_shard_paths
@@ -22,6 +25,8 @@ from ..model.checkpoint import model_metadata, save_tensors
 from ..model.gpt import GPT, count_parameters
 from ..progress import Reporter
 from .config import RunConfig
+from .checkpointing import restore_checkpoint, save_checkpoint
+from .distributed import DistContext, all_reduce_max, all_reduce_mean, init_distributed, shutdown
 from .loader import make_loader
 from .loop import Trainer
 
@@ -46,69 +51,86 @@ def flops_per_token(model: GPT, seq_len: int) -> float:
 
 
 def run_train(config: RunConfig, data_dir: str | Path, out_dir: str | Path, force: bool = False,
-              reporter: Reporter | None = None, preset: str | None = None):
+              reporter: Reporter | None = None, preset: str | None = None, resume: str | Path | None = None):
+    """Train on every rank torchrun started (or alone); rank 0 writes the stage folder."""
     reporter = reporter or Reporter()
     data = StageDir(data_dir, "tokenize")
     tokenizer_vocab = int(data.lineage["vocab_size"])
     if config.model.vocab_size < tokenizer_vocab:
         raise GolfError(f"model.vocab_size {config.model.vocab_size} is smaller than the tokenizer's {tokenizer_vocab}")
-    tcfg = config.train
-    device = resolve_device(tcfg.device)
-    with StageWriter(out_dir, "train", force) as writer:
-        ledger = writer.ledger
-        with ledger.measure("setup", note="model build and input verification: outside the budget"):
-            torch.manual_seed(tcfg.seed)
-            loader = make_loader(tcfg.loader, train_shard_paths(data), 0, 1, tcfg.seed, tcfg.grad_accum)
-            val = load_val(data, config.model.vocab_size)
-            model = GPT(config.model).to(device)
-            trainer = Trainer(model, config, loader, device)
-        writer.add_input("data", data)
-        params = count_parameters(model)
-        reporter.log(stage="train", preset=preset or "custom", params=params, device=str(device),
-                     steps=tcfg.max_steps, max_seconds=tcfg.max_seconds, batch_tokens=tcfg.batch_tokens)
-
-        curves = {"train": [], "val": []}
-
-        def run_validation() -> None:
-            with ledger.measure("validation", note="validation with the clock paused: not counted"):
-                sums = validate(model, val, tcfg.seq_len, None, tcfg.val_batch_windows, device,
-                                tcfg.val_tokens, reporter, "validate")
-            curves["val"].append({"step": trainer.step, "val_loss": sums.loss, "val_bpb": sums.bpb})
-            reporter.log(step=trainer.step, val_loss=sums.loss, val_bpb=sums.bpb)
-
-        stop_reason = _train_loop(trainer, ledger, reporter, curves, run_validation)
-        exported, export_kind = trainer.export_state()
-        model.load_state_dict(exported)
-        for module in model.modules():  # the exported float weights are scored without fake quantization
-            if hasattr(module, "fake_quant_bits"):
-                module.fake_quant_bits = 0
-        run_validation()
-
-        with ledger.measure("save", note="writing outputs: outside the budget"):
-            lineage = {**data.lineage, "model_config": to_dict(config.model)}
-            save_tensors(writer.path(WEIGHTS_FILE), exported, model_metadata(config.model, lineage))
-            writer.add_output("weights", writer.path(WEIGHTS_FILE))
-            atomic_write_text(writer.path(CURVES_FILE), json.dumps(curves, indent=1) + "\n")
-            writer.add_output("curves", writer.path(CURVES_FILE))
-        metrics = _metrics(model, config, trainer, stop_reason, curves, device, params)
-        metrics["exported_weights"] = export_kind
-        manifest = writer.commit({"preset": preset, **to_dict(config)}, lineage, metrics, reporter.text())
-    reporter.log(stage="train", steps=trainer.step, train_seconds=trainer.elapsed, tok_per_s=metrics["tokens_per_second"],
-                 val_bpb=metrics["val_bpb"], exported=export_kind, out=str(out_dir))
-    return manifest
+    if Path(out_dir).exists() and not force:  # checked on every rank, before any rank waits on another
+        raise GolfError(f"{out_dir}: already exists (pass --force to replace it)")
+    ctx = init_distributed(resolve_device(config.train.device))
+    try:
+        if not ctx.is_main:
+            _fit(config, data, ctx, TimeLedger(), Reporter(stream=open(os.devnull, "w")), out_dir, resume)
+            return None
+        with StageWriter(out_dir, "train", force) as writer:
+            fit = _fit(config, data, ctx, writer.ledger, reporter, out_dir, resume)
+            writer.add_input("data", data)
+            return _save(writer, fit, config, data, ctx, reporter, preset, out_dir)
+    finally:
+        shutdown(ctx)
 
 
-def _train_loop(trainer: Trainer, ledger, reporter: Reporter, curves: dict, run_validation) -> str:
+@dataclass
+class Fit:
+    """What a finished training run hands to saving."""
+
+    model: GPT
+    trainer: Trainer
+    curves: dict
+    stop_reason: str
+    exported: dict
+    export_kind: str
+
+
+def _fit(config: RunConfig, data: StageDir, ctx: DistContext, ledger: TimeLedger, reporter: Reporter,
+         out_dir, resume) -> Fit:
+    tcfg, device = config.train, ctx.device
+    with ledger.measure("setup", note="model build and input verification: outside the budget"):
+        torch.manual_seed(tcfg.seed)
+        loader = make_loader(tcfg.loader, train_shard_paths(data), ctx.rank, ctx.world_size, tcfg.seed, tcfg.grad_accum)
+        val = load_val(data, config.model.vocab_size)
+        model = GPT(config.model).to(device)
+        trainer = Trainer(model, config, loader, device)
+        if resume is not None:
+            restore_checkpoint(trainer, resume)
+    reporter.log(stage="train", params=count_parameters(model), device=str(device), world_size=ctx.world_size,
+                 steps=tcfg.max_steps, max_seconds=tcfg.max_seconds, batch_tokens=tcfg.batch_tokens,
+                 resumed_from_step=trainer.step)
+    curves = {"train": [], "val": []}
+
+    def run_validation() -> None:
+        with ledger.measure("validation", note="validation with the clock paused: not counted"):
+            sums = validate(model, val, tcfg.seq_len, None, tcfg.val_batch_windows, device,
+                            tcfg.val_tokens, reporter, "validate")
+        curves["val"].append({"step": trainer.step, "val_loss": sums.loss, "val_bpb": sums.bpb})
+        reporter.log(step=trainer.step, val_loss=sums.loss, val_bpb=sums.bpb)
+
+    stop_reason = _train_loop(trainer, ctx, ledger, reporter, curves, run_validation, out_dir)
+    exported, export_kind = trainer.export_state()
+    model.load_state_dict(exported)
+    for module in model.modules():  # the exported float weights are scored without fake quantization
+        if hasattr(module, "fake_quant_bits"):
+            module.fake_quant_bits = 0
+    run_validation()
+    return Fit(model, trainer, curves, stop_reason, exported, export_kind)
+
+
+def _train_loop(trainer: Trainer, ctx: DistContext, ledger, reporter: Reporter, curves: dict,
+                run_validation, out_dir) -> str:
     """Step until a budget runs out; only the steps are timed (validation pauses the clock)."""
     tcfg = trainer.tcfg
-    with reporter.progress("train", tcfg.max_steps) as advance:
+    with reporter.progress("train", tcfg.max_steps - trainer.step) as advance:
         while (stop_reason := trainer.done()) is None:
             start = time.perf_counter()
-            loss = trainer.train_step()
+            loss = all_reduce_mean(trainer.train_step())
             if trainer.device.type == "cuda":
                 torch.cuda.synchronize()
             seconds = time.perf_counter() - start
-            trainer.elapsed += seconds
+            # The slowest rank's clock counts, so a timed budget ends on the same step everywhere.
+            trainer.elapsed = all_reduce_max(trainer.elapsed + seconds)
             ledger.add("train_loop", seconds, "train", "timed optimizer steps on training data")
             advance(1)
             step = trainer.step
@@ -117,9 +139,30 @@ def _train_loop(trainer: Trainer, ledger, reporter: Reporter, curves: dict, run_
             if step % tcfg.log_every == 0 or step == 1:
                 reporter.log(step=step, train_loss=loss, train_seconds=round(trainer.elapsed, 2),
                              step_ms=round(1000 * trainer.elapsed / step, 2), lr_scale=round(trainer.lr_scale(), 4))
+            if tcfg.checkpoint_every and step % tcfg.checkpoint_every == 0 and ctx.is_main:
+                with ledger.measure("checkpoint", note="writing a resumable checkpoint: outside the budget"):
+                    reporter.log(step=step, checkpoint=str(save_checkpoint(trainer, out_dir)))
             if tcfg.val_every and step % tcfg.val_every == 0 and trainer.done() is None:
                 run_validation()
     return stop_reason
+
+
+def _save(writer: StageWriter, fit: Fit, config: RunConfig, data: StageDir, ctx: DistContext,
+          reporter: Reporter, preset: str | None, out_dir):
+    with writer.ledger.measure("save", note="writing outputs: outside the budget"):
+        lineage = {**data.lineage, "model_config": to_dict(config.model)}
+        save_tensors(writer.path(WEIGHTS_FILE), fit.exported, model_metadata(config.model, lineage))
+        writer.add_output("weights", writer.path(WEIGHTS_FILE))
+        atomic_write_text(writer.path(CURVES_FILE), json.dumps(fit.curves, indent=1) + "\n")
+        writer.add_output("curves", writer.path(CURVES_FILE))
+    metrics = _metrics(fit.model, config, fit.trainer, fit.stop_reason, fit.curves, ctx.device,
+                       count_parameters(fit.model))
+    metrics.update(exported_weights=fit.export_kind, world_size=ctx.world_size)
+    manifest = writer.commit({"preset": preset, **to_dict(config)}, lineage, metrics, reporter.text())
+    reporter.log(stage="train", steps=fit.trainer.step, train_seconds=fit.trainer.elapsed,
+                 tok_per_s=metrics["tokens_per_second"], val_bpb=metrics["val_bpb"], exported=fit.export_kind,
+                 out=str(out_dir))
+    return manifest
 
 
 def _metrics(model, config, trainer: Trainer, stop_reason, curves, device, params) -> dict:

@@ -1,0 +1,57 @@
+"""The train stage end to end: resume, torchrun on 2 CPU processes, and the late switches."""
+
+import json
+
+import torch
+from safetensors.torch import load_file
+
+from stages.config import apply_overrides
+from stages.train.presets import get_preset
+from stages.train.stage import run_train
+
+from .conftest import TINY_OVERRIDES, golf, sets, tiny_run_config
+
+
+def losses(train_dir):
+    return [entry["loss"] for entry in json.loads((train_dir / "curves.json").read_text())["train"]]
+
+
+def test_resume_continues_the_exact_loss_sequence(data_dir, tmp_path):
+    config = apply_overrides(tiny_run_config(), ["train.max_steps=6", "train.checkpoint_every=3", "train.schedule=steps"])
+    run_train(config, data_dir, tmp_path / "full")
+    checkpoint = tmp_path / "full.checkpoints" / "step_000003"
+    assert (checkpoint / "tensors.safetensors").is_file() and (checkpoint / "state.json").is_file()
+    run_train(config, data_dir, tmp_path / "resumed", resume=checkpoint)
+    assert losses(tmp_path / "resumed") == losses(tmp_path / "full")[3:]
+    full, resumed = load_file(tmp_path / "full" / "model.safetensors"), load_file(tmp_path / "resumed" / "model.safetensors")
+    assert all(torch.equal(full[k], resumed[k]) for k in full)
+
+
+def test_two_gloo_processes_match_one_process_with_accumulation(data_dir, tmp_path):
+    common = ["--data", data_dir, *sets(TINY_OVERRIDES), "--set", "train.max_steps=4"]
+    two = golf("train", *common, "--nproc", "2", "--out", tmp_path / "two", cwd=tmp_path)
+    assert two.returncode == 0, two.stderr[-2000:]
+    one = golf("train", *common, "--set", "train.grad_accum=2", "--out", tmp_path / "one", cwd=tmp_path)
+    assert one.returncode == 0, one.stderr[-2000:]
+    manifest = json.loads((tmp_path / "two" / "manifest.json").read_text())
+    assert manifest["metrics"]["world_size"] == 2
+    a, b = load_file(tmp_path / "one" / "model.safetensors"), load_file(tmp_path / "two" / "model.safetensors")
+    assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-5
+    one_losses, two_losses = losses(tmp_path / "one"), losses(tmp_path / "two")
+    assert len(one_losses) == len(two_losses) == 4
+    assert all(abs(x - y) < 1e-5 for x, y in zip(one_losses, two_losses))
+
+
+def test_late_switches_fire_and_averages_are_exported(data_dir, tmp_path):
+    config = apply_overrides(get_preset("pr401-cpu").config, [
+        f"model.vocab_size={tiny_run_config().model.vocab_size}", "train.max_steps=6", "train.val_tokens=2048",
+        "train.qat_lr_scale=0.7", "train.swa_lr_scale=0.7", "train.swa_every=1", "train.warmdown_frac=1.0",
+    ])
+    metrics = run_train(config, data_dir, tmp_path / "pr401").metrics
+    assert metrics["qat_on_step"] is not None and metrics["exported_weights"].startswith("tight SWA")
+    config = apply_overrides(get_preset("top-cpu").config, [
+        f"model.vocab_size={tiny_run_config().model.vocab_size}", "train.max_steps=6", "train.val_tokens=2048",
+        "model.loop_start_frac=0.5",
+    ])
+    metrics = run_train(config, data_dir, tmp_path / "top").metrics
+    assert metrics["loop_on_step"] == 3 and metrics["exported_weights"].startswith("EMA")
