@@ -1,0 +1,66 @@
+"""Post-quantization val bpb of the baseline and every seed preset's CPU form at equal CPU time.
+
+    python bench/train_quality.py --seconds 180
+
+Each preset trains for the same wall-clock budget on the embedded news corpus (time-based
+schedule, as the records), then `golf quantize` (RTN int8) scores pre- and post-quant bpb on
+the whole val split. Prints one table and saves bench/results/train_quality.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+
+from common import ROOT, news_data, print_table, save
+
+from stages.config import apply_overrides
+from stages.quantize.config import QuantizeConfig
+from stages.quantize.stage import run_quantize
+from stages.train.presets import get_preset
+from stages.train.stage import run_train
+
+PRESETS = ["tiny", "pr401-cpu", "pr1413-cpu", "pr1776-cpu", "pr1880-cpu", "pr1790-cpu", "top-cpu"]
+
+
+def measure(name: str, seconds: float, data: Path, work: Path) -> dict:
+    config = apply_overrides(get_preset(name).config, [
+        f"train.max_seconds={seconds}", "train.max_steps=1000000", "train.schedule=time", "train.log_every=100000",
+    ])
+    start = time.perf_counter()
+    train = run_train(config, data, work / name / "train", preset=name)
+    quant = run_quantize(QuantizeConfig(), work / name / "train", work / name / "quantize")
+    return {
+        "preset": name,
+        "params": train.metrics["params"],
+        "steps": train.metrics["steps"],
+        "ms_per_step": train.metrics["ms_per_step"],
+        "pre_quant_bpb": quant.metrics["pre_quant_val_bpb"],
+        "post_quant_bpb": quant.metrics["post_quant_val_bpb"],
+        "wall_seconds": round(time.perf_counter() - start, 1),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=float, default=180.0, help="training seconds per preset")
+    parser.add_argument("--presets", nargs="*", default=PRESETS)
+    parser.add_argument("--data", type=Path, default=ROOT / "artifacts" / "bench" / "tokenize")
+    args = parser.parse_args()
+    data = news_data(args.data)
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in args.presets:
+            rows.append(measure(name, args.seconds, data, Path(tmp)))
+            baseline = rows[0]["post_quant_bpb"]
+            for row in rows:
+                row["vs_baseline"] = row["post_quant_bpb"] - baseline
+            print_table(f"post-quant val bpb at {args.seconds:g} s of CPU training", rows,
+                        ["preset", "params", "steps", "ms_per_step", "pre_quant_bpb", "post_quant_bpb", "vs_baseline"])
+            save("train_quality", rows, {"seconds": args.seconds, "data": str(args.data)})
+
+
+if __name__ == "__main__":
+    main()
