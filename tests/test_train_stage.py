@@ -55,3 +55,13 @@ def test_late_switches_fire_and_averages_are_exported(data_dir, tmp_path):
     ])
     metrics = run_train(config, data_dir, tmp_path / "top").metrics
     assert metrics["loop_on_step"] == 3 and metrics["exported_weights"].startswith("EMA")
+
+
+def test_compile_warmup_restores_the_initial_state(data_dir, tmp_path):
+    plain = apply_overrides(tiny_run_config(), ["train.max_steps=4", "train.schedule=steps"])
+    warmed = apply_overrides(plain, ["train.warmup_steps=3"])
+    run_train(plain, data_dir, tmp_path / "plain")
+    manifest = run_train(warmed, data_dir, tmp_path / "warmed")
+    assert losses(tmp_path / "warmed") == losses(tmp_path / "plain")
+    assert manifest.ledger["compile_warmup"]["counts_toward"] is None
+    assert (tmp_path / "warmed" / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

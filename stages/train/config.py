@@ -79,6 +79,11 @@ class TrainConfig:
     """Late QAT switches on once the LR scale falls below this."""
     loader: Literal["contiguous", "shuffled"] = "contiguous"
     """Batches from contiguous spans in shard order (baseline) or shuffled windows (seeded)."""
+    compile: bool = False
+    """torch.compile the training loss (worth it on CUDA; the records all compile)."""
+    warmup_steps: int = 0
+    """Untimed warm-up steps on random tokens before the timed loop (compile and allocator costs);
+    weights, optimizer state and averages are restored afterwards (records: ~20 with and without looping)."""
     val_every: int = 0
     """Validate every N steps with the clock paused (0: only at the end)."""
     val_tokens: int = 0

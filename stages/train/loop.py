@@ -8,6 +8,7 @@ the step itself is timed; the caller books the seconds to the ledger.
 
 from __future__ import annotations
 
+import copy
 import math
 
 import torch
@@ -19,6 +20,18 @@ from .averaging import EMA, TightSWA
 from .config import RunConfig
 from .optim import build_optimizers
 from .schedule import lr_multiplier, muon_momentum, progress
+
+
+class RandomTokens:
+    """Dummy batches for the compile warm-up: never training or val data."""
+
+    def __init__(self, vocab_size: int, seed: int):
+        self.vocab_size = vocab_size
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def next_batch(self, local_tokens: int, seq_len: int, device):
+        rows = torch.randint(0, self.vocab_size, (local_tokens // seq_len, seq_len + 1), generator=self.generator)
+        return rows[:, :-1].to(device), rows[:, 1:].to(device)
 
 
 class Trainer:
@@ -33,6 +46,8 @@ class Trainer:
         self.qat_on_step: int | None = None
         self.loop_on_step: int | None = None
         self.model.looping = config.model.loop_start_frac <= 0
+        # Compiled once here: the warm-up pays the compile cost outside the timed loop.
+        self.loss_fn = torch.compile(model.loss) if self.tcfg.compile else model.loss
 
     # ---- budget and schedule ----
     def usable_seconds(self) -> float:
@@ -70,7 +85,7 @@ class Trainer:
         for _ in range(tcfg.grad_accum):
             x, y = self.loader.next_batch(local_tokens, tcfg.seq_len, self.device)
             with torch.autocast(device_type=self.device.type, dtype=torch.bfloat16, enabled=self.device.type == "cuda"):
-                loss = self.model.loss(x, y)
+                loss = self.loss_fn(x, y)
             (loss / tcfg.grad_accum).backward()
             total += loss.item() / tcfg.grad_accum
         if not math.isfinite(total):
@@ -96,6 +111,32 @@ class Trainer:
                 if isinstance(module, Linear):
                     module.fake_quant_bits = self.tcfg.qat_bits
             self.qat_on_step = self.step
+
+    # ---- compile warm-up ----
+    def warm_up(self, steps: int) -> None:
+        """Run ``steps`` steps on random tokens (half of them with looping on, when the model loops),
+        then restore every weight, optimizer state, average and counter: only compile caches stay."""
+        saved = copy.deepcopy({
+            "model": self.model.state_dict(), "optimizers": [o.state_dict() for o in self.optimizers],
+            "ema": self.ema.shadow if self.ema else None, "looping": self.model.looping,
+        })
+        real_loader, self.loader = self.loader, RandomTokens(self.config.model.vocab_size, self.tcfg.seed)
+        try:
+            for i in range(steps):
+                if self.config.model.looped:
+                    self.model.looping = i >= steps // 2
+                self.train_step()
+        finally:
+            self.loader = real_loader
+        self.model.load_state_dict(saved["model"])
+        for optimizer, state in zip(self.optimizers, saved["optimizers"]):
+            optimizer.load_state_dict(state)
+        if self.ema is not None:
+            self.ema.shadow = saved["ema"]
+        if self.swa is not None:
+            self.swa.count, self.swa.mean = 0, {}
+        self.model.looping = saved["looping"]
+        self.step, self.elapsed, self.qat_on_step, self.loop_on_step = 0, 0.0, None, None
 
     # ---- distributed hooks (single process: no-ops) ----
     def world_size(self) -> int:

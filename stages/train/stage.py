@@ -29,9 +29,11 @@ from .checkpointing import restore_checkpoint, save_checkpoint
 from .distributed import DistContext, all_reduce_max, all_reduce_mean, init_distributed, shutdown
 from .loader import make_loader
 from .loop import Trainer
+from .plot import plot_curves
 
 WEIGHTS_FILE = "model.safetensors"
 CURVES_FILE = "curves.json"
+PLOT_FILE = "curves.png"
 # Dense bf16 peak of the GPUs we quote MFU against (REFERENCE section 7).
 PEAK_FLOPS = {"H100": 989e12, "H200": 989e12}
 
@@ -94,8 +96,11 @@ def _fit(config: RunConfig, data: StageDir, ctx: DistContext, ledger: TimeLedger
         val = load_val(data, config.model.vocab_size)
         model = GPT(config.model).to(device)
         trainer = Trainer(model, config, loader, device)
-        if resume is not None:
-            restore_checkpoint(trainer, resume)
+    if tcfg.warmup_steps:
+        with ledger.measure("compile_warmup", note="dummy-data warm-up, state restored after: not counted"):
+            trainer.warm_up(tcfg.warmup_steps)
+    if resume is not None:
+        restore_checkpoint(trainer, resume)
     reporter.log(stage="train", params=count_parameters(model), device=str(device), world_size=ctx.world_size,
                  steps=tcfg.max_steps, max_seconds=tcfg.max_seconds, batch_tokens=tcfg.batch_tokens,
                  resumed_from_step=trainer.step)
@@ -155,6 +160,8 @@ def _save(writer: StageWriter, fit: Fit, config: RunConfig, data: StageDir, ctx:
         writer.add_output("weights", writer.path(WEIGHTS_FILE))
         atomic_write_text(writer.path(CURVES_FILE), json.dumps(fit.curves, indent=1) + "\n")
         writer.add_output("curves", writer.path(CURVES_FILE))
+        plot_curves(fit.curves, writer.path(PLOT_FILE), f"golf train: {preset or 'custom'}")
+        writer.add_output("curves_plot", writer.path(PLOT_FILE))
     metrics = _metrics(fit.model, config, fit.trainer, fit.stop_reason, fit.curves, ctx.device,
                        count_parameters(fit.model))
     metrics.update(exported_weights=fit.export_kind, world_size=ctx.world_size)
