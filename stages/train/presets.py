@@ -27,7 +27,9 @@ class Preset:
 
 
 # ---- the naive baseline (REFERENCE section 5) ----
-BASELINE = RunConfig(ModelConfig(), TrainConfig())
+# The GPU recipes compile and warm up on dummy data for ~20 steps, as the records do.
+GPU_WARMUP = dict(compile=True, warmup_steps=20)
+BASELINE = RunConfig(ModelConfig(), TrainConfig(**GPU_WARMUP))
 
 # ---- the record family's shared settings (REFERENCE section 6, "Architecture" and "Training") ----
 RECORD_MODEL = ModelConfig(
@@ -41,7 +43,7 @@ RECORD_TRAIN = TrainConfig(
     matrix_lr=0.022, muon_momentum=0.99, muon_momentum_start=0.92, muon_momentum_warmup_steps=1500,
     muon_row_normalize=True, muon_weight_decay=0.095,
     embed_lr=0.03, embed_weight_decay=0.085, scalar_lr=0.02, scalar_weight_decay=0.02, adam_beta2=0.99,
-    grad_clip=0.3, ema_decay=0.9965, loader="shuffled",
+    grad_clip=0.3, ema_decay=0.9965, loader="shuffled", **GPU_WARMUP,
 )
 
 PR401 = RunConfig(
@@ -52,7 +54,7 @@ PR401 = RunConfig(
             matrix_lr=0.025, muon_momentum=0.99, muon_momentum_start=0.92, muon_momentum_warmup_steps=1500,
             muon_weight_decay=0.04, embed_lr=0.035, embed_weight_decay=0.04, scalar_lr=0.025,
             scalar_weight_decay=0.04, grad_clip=0.3, ema_decay=0.997, swa_every=50, swa_lr_scale=0.2,
-            qat_bits=6, qat_lr_scale=0.15),
+            qat_bits=6, qat_lr_scale=0.15, **GPU_WARMUP),
 )
 PR1413 = RunConfig(
     replace(RECORD_MODEL, loop_first=4, loop_last=5, loop_passes=2, loop_start_frac=0.5),
@@ -72,7 +74,7 @@ PR1790 = RunConfig(
     replace(RECORD_TRAIN, matrix_lr=0.026),
 )
 TOP = RunConfig(
-    replace(PR1790.model, attn_gate_width=12, attn_gate_sparse=True),
+    replace(PR1790.model, attn_gate_width=12, attn_gate_sparse=True, doc_mask=True),
     replace(PR1790.train, muon_coefficients="polar_express", min_lr=0.1, warmdown_frac=0.85),
 )
 
@@ -94,14 +96,15 @@ FULL_PRESETS: dict[str, Preset] = {p.name: p for p in [
     Preset("pr1790", "seed 000 (PR #1790, 1.06991): pr1776 + SmearGate, output gate width 24, MATRIX_LR 0.026, "
            "GPTQ reserve 4 s (from the seed); softcap 30.", PR1790),
     Preset("top", "PR #1855 (1.0611) as far as REFERENCE describes it: pr1790 + sparse gate and Polar Express "
-           "Newton-Schulz; MIN_LR 0.1 and warm-down 0.85 from the REFERENCE ranges. Its '9 tuned knobs' are not "
+           "Newton-Schulz, document-masked attention; MIN_LR 0.1 and warm-down 0.85 from the REFERENCE ranges. Its '9 tuned knobs' are not "
            "listed in REFERENCE and are not reproduced; CaseOps and LQER belong to tokenize and quantize.", TOP),
 ]}
 
 # ---- CPU forms: same switches, sized for 2 cores and the news corpus ----
 CPU_LAYERS, CPU_DIM, CPU_HEADS = 6, 128, 4
 CPU_TRAIN = dict(seq_len=256, batch_tokens=4096, max_steps=500, max_seconds=300.0, device="cpu",
-                 val_tokens=65_536, log_every=50, schedule="steps", gptq_reserve_seconds=0.0)
+                 val_tokens=65_536, log_every=50, schedule="steps", gptq_reserve_seconds=0.0,
+                 compile=False, warmup_steps=0)
 # The records run ~5,000-7,000 steps; the CPU forms run 500. Step-counted settings shrink by this.
 STEP_RATIO = 10
 
