@@ -68,6 +68,23 @@ def pack_dir(workdir, quant_dir) -> Path:
     return out
 
 
+def fit_batch(model, batch, steps: int) -> list[float]:
+    """Train ``model`` on one batch for a few steps with the tiny preset's optimizers; the losses."""
+    from stages.train.optim import build_optimizers
+
+    optimizers = build_optimizers(model, get_preset("tiny").config.train)
+    losses = []
+    for _ in range(steps):
+        for opt in optimizers:
+            opt.zero_grad()
+        loss = model.loss(batch[:, :-1], batch[:, 1:])
+        loss.backward()
+        for opt in optimizers:
+            opt.step()
+        losses.append(loss.item())
+    return losses
+
+
 def sets(overrides: list[str]) -> list[str]:
     """--set arguments for a list of key=value overrides."""
     return [arg for item in overrides for arg in ("--set", item)]

@@ -5,6 +5,8 @@ from stages.model.gpt import GPT, count_parameters
 from stages.train.presets import get_preset
 from stages.train.optim import build_optimizers
 
+from .conftest import fit_batch
+
 
 def test_baseline_has_the_reference_parameter_count():
     assert count_parameters(GPT(ModelConfig())) == 17_059_912
@@ -47,16 +49,5 @@ def test_optimizer_groups_cover_every_parameter_once():
 
 
 def test_a_few_steps_lower_the_loss():
-    model = small()
-    optimizers = build_optimizers(model, get_preset("tiny").config.train)
-    ids = torch.randint(0, 64, (4, 16))
-    losses = []
-    for _ in range(15):
-        for opt in optimizers:
-            opt.zero_grad()
-        loss = model.loss(ids[:, :-1], ids[:, 1:])
-        loss.backward()
-        for opt in optimizers:
-            opt.step()
-        losses.append(loss.item())
+    losses = fit_batch(small(), torch.randint(0, 64, (4, 17)), 15)
     assert losses[-1] < losses[0] - 0.5

@@ -7,8 +7,8 @@ import torch
 
 from stages.model.config import ModelConfig
 from stages.model.gpt import GPT
-from stages.train.presets import get_preset
-from stages.train.optim import build_optimizers
+
+from .conftest import fit_batch
 
 BASE = ModelConfig(vocab_size=64, num_layers=4, model_dim=32, num_heads=4, num_kv_heads=2)
 BOS = BASE.bos_id
@@ -93,18 +93,8 @@ def test_switch_changes_the_output(name):
 def test_switch_trains(name):
     changes = {**TRANSPARENT, **CHANGING, "orthogonal": {"orthogonal_init": True}}[name]
     model = build(**changes)
-    optimizers = build_optimizers(model, get_preset("tiny").config.train)
-    batch = ids(length=33)
     before = [p.detach().clone() for p in model.parameters()]
-    losses = []
-    for _ in range(4):
-        for opt in optimizers:
-            opt.zero_grad()
-        loss = model.loss(batch[:, :-1], batch[:, 1:])
-        loss.backward()
-        for opt in optimizers:
-            opt.step()
-        losses.append(loss.item())
+    losses = fit_batch(model, ids(length=33), 4)
     assert all(torch.isfinite(torch.tensor(losses))) and losses[-1] < losses[0]
     changed = [not torch.equal(a, b) for a, b in zip(before, model.parameters()) if a.numel()]
     assert all(changed), "every parameter, the switch's included, receives updates"

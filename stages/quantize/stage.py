@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import torch
 
 from ..config import from_dict, to_dict
 from ..contract.lineage import require_same_tokenizer
