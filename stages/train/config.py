@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
+from ..errors import GolfError
+
 from ..model.config import ModelConfig
 
 
@@ -19,7 +21,8 @@ class TrainConfig:
     batch_tokens: int = 524_288
     """Global tokens per optimizer step (all ranks and accumulation steps together)."""
     grad_accum: int = 1
-    """Micro-batches per step on each rank (the global batch stays batch_tokens)."""
+    """Micro-batches per step on each rank (the global batch stays batch_tokens). 0: 8 / world size,
+    so a recipe made for 8 GPUs keeps its per-GPU micro-batch on fewer (the baseline's rule)."""
     max_steps: int = 20_000
     """Step budget: training stops after this many optimizer steps."""
     max_seconds: float = 600.0
@@ -98,12 +101,24 @@ class TrainConfig:
     """'auto' (cuda when available), 'cpu' or 'cuda'."""
 
     def __post_init__(self) -> None:
-        if self.seq_len < 1 or self.batch_tokens % (self.seq_len * self.grad_accum):
+        if self.seq_len < 1 or self.grad_accum < 0 or self.batch_tokens % (self.seq_len * max(1, self.grad_accum)):
             raise ValueError(f"batch_tokens {self.batch_tokens} must be a multiple of seq_len * grad_accum")
         if not 0 <= self.warmdown_frac <= 1:
             raise ValueError("warmdown_frac must be in [0, 1]")
         if self.max_steps < 1:
             raise ValueError("max_steps must be at least 1")
+
+
+REFERENCE_WORLD_SIZE = 8
+
+
+def resolve_grad_accum(config: TrainConfig, world_size: int) -> int:
+    """Micro-batches per rank per step; refuses a split that does not divide the global batch."""
+    accum = config.grad_accum or max(1, REFERENCE_WORLD_SIZE // world_size)
+    if config.batch_tokens % (config.seq_len * accum * world_size):
+        raise GolfError(f"batch_tokens {config.batch_tokens} does not split into {world_size} ranks x {accum} "
+                         f"micro-batches of whole {config.seq_len}-token sequences")
+    return accum
 
 
 @dataclass(frozen=True)

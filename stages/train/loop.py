@@ -17,7 +17,7 @@ from ..errors import GolfError
 from ..model.gpt import GPT
 from ..model.layers import Linear
 from .averaging import EMA, TightSWA
-from .config import RunConfig
+from .config import RunConfig, resolve_grad_accum
 from .optim import build_optimizers
 from .schedule import lr_multiplier, muon_momentum, progress
 
@@ -41,6 +41,7 @@ class Trainer:
         self.optimizers = build_optimizers(model, self.tcfg)
         self.ema = EMA(model, self.tcfg.ema_decay) if self.tcfg.ema_decay else None
         self.swa = TightSWA(self.tcfg.swa_every, self.tcfg.swa_lr_scale) if self.tcfg.swa_every else None
+        self.grad_accum = resolve_grad_accum(self.tcfg, self.world_size())
         self.step = 0
         self.elapsed = 0.0
         self.qat_on_step: int | None = None
@@ -80,14 +81,14 @@ class Trainer:
                 if "momentum" in group:
                     group["momentum"] = momentum
             optimizer.zero_grad(set_to_none=True)
-        local_tokens = tcfg.batch_tokens // (tcfg.grad_accum * self.world_size())
+        local_tokens = tcfg.batch_tokens // (self.grad_accum * self.world_size())
         total = 0.0
-        for _ in range(tcfg.grad_accum):
+        for _ in range(self.grad_accum):
             x, y = self.loader.next_batch(local_tokens, tcfg.seq_len, self.device)
             with torch.autocast(device_type=self.device.type, dtype=torch.bfloat16, enabled=self.device.type == "cuda"):
                 loss = self.loss_fn(x, y)
-            (loss / tcfg.grad_accum).backward()
-            total += loss.item() / tcfg.grad_accum
+            (loss / self.grad_accum).backward()
+            total += loss.item() / self.grad_accum
         if not math.isfinite(total):
             raise GolfError(f"train loss became {total} at step {self.step}: lower the learning rates")
         self._sync_gradients()

@@ -28,7 +28,7 @@ class Preset:
 
 # ---- the naive baseline (REFERENCE section 5) ----
 # The GPU recipes compile and warm up on dummy data for ~20 steps, as the records do.
-GPU_WARMUP = dict(compile=True, warmup_steps=20)
+GPU_WARMUP = dict(compile=True, warmup_steps=20, grad_accum=0)
 BASELINE = RunConfig(ModelConfig(), TrainConfig(**GPU_WARMUP))
 
 # ---- the record family's shared settings (REFERENCE section 6, "Architecture" and "Training") ----
@@ -104,7 +104,7 @@ FULL_PRESETS: dict[str, Preset] = {p.name: p for p in [
 CPU_LAYERS, CPU_DIM, CPU_HEADS = 6, 128, 4
 CPU_TRAIN = dict(seq_len=256, batch_tokens=4096, max_steps=500, max_seconds=300.0, device="cpu",
                  val_tokens=65_536, log_every=50, schedule="steps", gptq_reserve_seconds=0.0,
-                 compile=False, warmup_steps=0)
+                 compile=False, warmup_steps=0, grad_accum=1)
 # The records run ~5,000-7,000 steps; the CPU forms run 500. Step-counted settings shrink by this.
 STEP_RATIO = 10
 

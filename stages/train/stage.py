@@ -24,7 +24,7 @@ from ..evaluate.validate import validate
 from ..model.checkpoint import model_metadata, save_tensors
 from ..model.gpt import GPT, count_parameters
 from ..progress import Reporter
-from .config import RunConfig
+from .config import RunConfig, resolve_grad_accum
 from .checkpointing import restore_checkpoint, save_checkpoint
 from .distributed import DistContext, all_reduce_max, all_reduce_mean, init_distributed, shutdown
 from .loader import make_loader
@@ -32,6 +32,7 @@ from .loop import Trainer
 from .plot import plot_curves
 
 WEIGHTS_FILE = "model.safetensors"
+RAW_WEIGHTS_FILE = "model_raw.safetensors"
 CURVES_FILE = "curves.json"
 PLOT_FILE = "curves.png"
 # Dense bf16 peak of the GPUs we quote MFU against (REFERENCE section 7).
@@ -85,6 +86,7 @@ class Fit:
     stop_reason: str
     exported: dict
     export_kind: str
+    raw: dict
 
 
 def _fit(config: RunConfig, data: StageDir, ctx: DistContext, ledger: TimeLedger, reporter: Reporter,
@@ -92,7 +94,8 @@ def _fit(config: RunConfig, data: StageDir, ctx: DistContext, ledger: TimeLedger
     tcfg, device = config.train, ctx.device
     with ledger.measure("setup", note="model build and input verification: outside the budget"):
         torch.manual_seed(tcfg.seed)
-        loader = make_loader(tcfg.loader, train_shard_paths(data), ctx.rank, ctx.world_size, tcfg.seed, tcfg.grad_accum)
+        accum = resolve_grad_accum(tcfg, ctx.world_size)
+        loader = make_loader(tcfg.loader, train_shard_paths(data), ctx.rank, ctx.world_size, tcfg.seed, accum)
         val = load_val(data, config.model.vocab_size)
         model = GPT(config.model).to(device)
         trainer = Trainer(model, config, loader, device)
@@ -114,13 +117,16 @@ def _fit(config: RunConfig, data: StageDir, ctx: DistContext, ledger: TimeLedger
         reporter.log(step=trainer.step, val_loss=sums.loss, val_bpb=sums.bpb)
 
     stop_reason = _train_loop(trainer, ctx, ledger, reporter, curves, run_validation, out_dir)
+    if tcfg.checkpoint_every and ctx.is_main and trainer.step % tcfg.checkpoint_every:
+        _checkpoint(trainer, ledger, reporter, out_dir)  # the end state, so a finished run can be extended
+    raw = {name: tensor.detach().clone() for name, tensor in model.state_dict().items()}
     exported, export_kind = trainer.export_state()
     model.load_state_dict(exported)
     for module in model.modules():  # the exported float weights are scored without fake quantization
         if hasattr(module, "fake_quant_bits"):
             module.fake_quant_bits = 0
     run_validation()
-    return Fit(model, trainer, curves, stop_reason, exported, export_kind)
+    return Fit(model, trainer, curves, stop_reason, exported, export_kind, raw)
 
 
 def _train_loop(trainer: Trainer, ctx: DistContext, ledger, reporter: Reporter, curves: dict,
@@ -145,11 +151,15 @@ def _train_loop(trainer: Trainer, ctx: DistContext, ledger, reporter: Reporter, 
                 reporter.log(step=step, train_loss=loss, train_seconds=round(trainer.elapsed, 2),
                              step_ms=round(1000 * trainer.elapsed / step, 2), lr_scale=round(trainer.lr_scale(), 4))
             if tcfg.checkpoint_every and step % tcfg.checkpoint_every == 0 and ctx.is_main:
-                with ledger.measure("checkpoint", note="writing a resumable checkpoint: outside the budget"):
-                    reporter.log(step=step, checkpoint=str(save_checkpoint(trainer, out_dir)))
+                _checkpoint(trainer, ledger, reporter, out_dir)
             if tcfg.val_every and step % tcfg.val_every == 0 and trainer.done() is None:
                 run_validation()
     return stop_reason
+
+
+def _checkpoint(trainer: Trainer, ledger, reporter: Reporter, out_dir) -> None:
+    with ledger.measure("checkpoint", note="writing a resumable checkpoint: outside the budget"):
+        reporter.log(step=trainer.step, checkpoint=str(save_checkpoint(trainer, out_dir)))
 
 
 def _save(writer: StageWriter, fit: Fit, config: RunConfig, data: StageDir, ctx: DistContext,
@@ -158,6 +168,9 @@ def _save(writer: StageWriter, fit: Fit, config: RunConfig, data: StageDir, ctx:
         lineage = {**data.lineage, "model_config": to_dict(config.model)}
         save_tensors(writer.path(WEIGHTS_FILE), fit.exported, model_metadata(config.model, lineage))
         writer.add_output("weights", writer.path(WEIGHTS_FILE))
+        if fit.export_kind != "raw":  # the averaged weights are what ships; keep the raw ones beside them
+            save_tensors(writer.path(RAW_WEIGHTS_FILE), fit.raw, model_metadata(config.model, lineage))
+            writer.add_output("raw_weights", writer.path(RAW_WEIGHTS_FILE))
         atomic_write_text(writer.path(CURVES_FILE), json.dumps(fit.curves, indent=1) + "\n")
         writer.add_output("curves", writer.path(CURVES_FILE))
         plot_curves(fit.curves, writer.path(PLOT_FILE), f"golf train: {preset or 'custom'}")
