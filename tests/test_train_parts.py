@@ -1,13 +1,9 @@
-"""Muon options, schedules, EMA / tight SWA and the train loaders."""
+"""Muon options, schedules, EMA and tight SWA (the loaders have tests/test_loader.py)."""
 
-import numpy as np
 import pytest
 import torch
 
-from stages.data.shards import encode_shard
-from stages.train import loader as loader_module
 from stages.train.averaging import EMA, TightSWA
-from stages.train.loader import ContiguousLoader, ShuffledLoader, make_loader
 from stages.train.muon import COEFFICIENTS, Muon, newton_schulz, normalize_rows
 from stages.train.schedule import momentum_warmup, time_fraction, warmdown_multiplier
 
@@ -86,74 +82,3 @@ def test_ema_and_tight_swa():
     assert swa.maybe_collect(4, 0.1, {"w": torch.ones(1)})
     assert swa.maybe_collect(6, 0.05, {"w": torch.full((1,), 3.0)})
     assert swa.count == 2 and swa.average()["w"].item() == pytest.approx(2.0)
-
-
-@pytest.fixture
-def shards(tmp_path):
-    rng = np.random.default_rng(0)
-    paths = []
-    for index, size in enumerate([3000, 1200, 5000]):
-        path = tmp_path / f"fineweb_train_{index:06d}.bin"
-        path.write_bytes(encode_shard((rng.integers(0, 60000, size) + index).astype(np.uint16)))
-        paths.append(path)
-    val = tmp_path / "fineweb_val_000000.bin"
-    val.write_bytes(encode_shard(np.full(500, 7, dtype=np.uint16)))
-    return paths
-
-
-def test_inputs_and_targets_shift_by_one(shards):
-    for loader in (ContiguousLoader(shards), ShuffledLoader(shards, seed=3)):
-        x, y = loader.next_batch(256, 64, "cpu")
-        assert x.shape == (4, 64) and torch.equal(x[:, 1:], y[:, :-1])
-
-
-def test_contiguous_resume(shards):
-    loader = ContiguousLoader(shards)
-    for _ in range(5):
-        loader.next_batch(512, 64, "cpu")
-    resumed = ContiguousLoader(shards)
-    resumed.load_state_dict(loader.state_dict())
-    for _ in range(12):  # crosses shard ends and wraps around
-        assert torch.equal(loader.next_batch(512, 64, "cpu")[0], resumed.next_batch(512, 64, "cpu")[0])
-
-
-def test_shuffled_is_seeded_and_resumable(shards):
-    a, b, c = ShuffledLoader(shards, seed=1), ShuffledLoader(shards, seed=1), ShuffledLoader(shards, seed=2)
-    assert torch.equal(a.next_batch(256, 64, "cpu")[0], b.next_batch(256, 64, "cpu")[0])
-    assert not torch.equal(a.next_batch(256, 64, "cpu")[0], c.next_batch(256, 64, "cpu")[0])
-    resumed = ShuffledLoader(shards, seed=1)
-    resumed.load_state_dict(a.state_dict())
-    assert torch.equal(a.next_batch(256, 64, "cpu")[0], resumed.next_batch(256, 64, "cpu")[0])
-
-
-def test_shuffled_windows_never_straddle_shards(shards):
-    loader = ShuffledLoader(shards, seed=5)
-    contents = [set(np.asarray(loader_module.read_shard(p)).tolist()) for p in shards]
-    for _ in range(5):
-        x, y = loader.next_batch(1024, 64, "cpu")
-        for row in torch.cat([x, y[:, -1:]], dim=1).tolist():
-            assert any(set(row) <= c for c in contents)
-
-
-@pytest.mark.parametrize("world", [1, 2, 4, 8])
-def test_global_batch_is_the_same_for_any_world_size(shards, world):
-    seq, global_rows, accum = 32, 16, 2
-    single = ShuffledLoader(shards, seed=9, grad_accum=1)
-    x_single = single.next_batch(global_rows * seq, seq, "cpu")[0]
-    rows = []
-    for rank in range(world):
-        loader = ShuffledLoader(shards, rank=rank, world_size=world, seed=9, grad_accum=accum)
-        for _ in range(accum):
-            rows.append(loader.next_batch(global_rows * seq // (world * accum), seq, "cpu")[0])
-    assert torch.equal(torch.cat(rows), x_single)
-
-
-def test_loaders_open_only_the_paths_given(shards, monkeypatch):
-    opened = []
-    real = loader_module.read_shard
-    monkeypatch.setattr(loader_module, "read_shard", lambda p: opened.append(p.name) or real(p))
-    for mode in ("contiguous", "shuffled"):
-        loader = make_loader(mode, shards, 0, 1, 0)
-        for _ in range(30):
-            loader.next_batch(512, 64, "cpu")
-    assert opened and all("val" not in name for name in opened)

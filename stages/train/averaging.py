@@ -1,49 +1,92 @@
 """Weight averaging: an EMA of every weight, and tight SWA over EMA snapshots late in training.
 
 EMA (records: decay 0.997 or 0.9965) keeps a float32 shadow of each parameter and floating
-buffer and is what the records export. Tight SWA (seed 003, PR #401: every 50 steps while the LR
-scale is below 0.2, averaging the EMA weights) adds a second, orthogonal average on top.
+buffer; the records export it instead of the raw weights.
+
+Tight SWA (seed 003, PR #401): every 50 steps while the LR scale is below 0.2, add the *EMA*
+weights to a running mean; that mean is what gets exported. Averaging only late, low-LR points
+keeps them in one basin ("tight"), and averaging EMA snapshots smooths a second time.
 """
 
 from __future__ import annotations
 
 import torch
 
+State = dict[str, torch.Tensor]
+
+# Seed 003's tight-SWA settings (REFERENCE section 6).
+SEED_003_SWA_EVERY = 50
+SEED_003_SWA_LR_SCALE = 0.2
+
 
 class EMA:
-    """shadow = decay * shadow + (1 - decay) * weight after every optimizer step."""
+    """shadow = decay * shadow + (1 - decay) * weight after every optimizer step.
+
+    Shadows are float32 even for bf16 weights: with decay 0.997 each step moves the average by
+    0.3% of the gap, which bf16's 8-bit mantissa would round away.
+    """
 
     def __init__(self, model: torch.nn.Module, decay: float):
+        if not 0.0 <= decay < 1.0:
+            raise ValueError(f"EMA decay must be in [0, 1), got {decay}")
         self.decay = decay
-        self.shadow = {name: t.detach().float().clone() for name, t in model.state_dict().items()
-                       if t.is_floating_point()}
+        # state_dict covers parameters and (persistent) buffers under the names export uses;
+        # integer buffers (counters, masks) are not averaged.
+        self.shadow: State = {name: t.detach().float().clone() for name, t in model.state_dict().items()
+                              if t.is_floating_point()}
 
     @torch.no_grad()
     def update(self, model: torch.nn.Module) -> None:
+        """Fold the model's current weights into the shadows (call after each optimizer step)."""
         for name, tensor in model.state_dict().items():
             if name in self.shadow:
+                # lerp_ is shadow + (1 - decay) * (weight - shadow): the same average, one kernel.
                 self.shadow[name].lerp_(tensor.detach().float(), 1 - self.decay)
 
-    def state_dict(self) -> dict[str, torch.Tensor]:
-        """The averaged weights under the model's own names (float32)."""
+    def state_dict(self) -> State:
+        """The averaged weights under the model's own names (float32 copies)."""
         return {name: t.clone() for name, t in self.shadow.items()}
 
-    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+    def load_state_dict(self, state: State) -> None:
+        """Replace the shadows (e.g. from a checkpoint)."""
         self.shadow = {name: t.detach().float().clone() for name, t in state.items()}
+
+    @torch.no_grad()
+    def copy_to(self, model: torch.nn.Module) -> None:
+        """Write the averages into ``model`` in place, cast to each tensor's own dtype."""
+        for name, tensor in model.state_dict().items():
+            if name in self.shadow:
+                tensor.copy_(self.shadow[name])
 
 
 class TightSWA:
-    """Running mean of snapshots taken every ``every`` steps while the LR scale is under ``lr_scale``."""
+    """Running mean of snapshots taken every ``every`` steps while the LR scale is under a threshold.
 
-    def __init__(self, every: int, lr_scale: float):
-        self.every, self.lr_scale = every, lr_scale
+    Seed 003: every 50 steps once the LR scale is below 0.2, averaging the EMA weights
+    (``SEED_003_SWA_EVERY``, ``SEED_003_SWA_LR_SCALE``). ``count`` is how many snapshots it holds.
+    """
+
+    def __init__(self, every: int = SEED_003_SWA_EVERY, lr_scale_threshold: float = SEED_003_SWA_LR_SCALE,
+                 *, lr_scale: float | None = None):
+        if every < 1:
+            raise ValueError(f"tight SWA cadence must be at least 1 step, got {every}")
+        self.every = every
+        # ``lr_scale`` is the keyword's earlier name, still accepted for existing callers.
+        self.lr_scale_threshold = lr_scale if lr_scale is not None else lr_scale_threshold
         self.count = 0
-        self.mean: dict[str, torch.Tensor] = {}
+        self.mean: State = {}
+
+    def due(self, step: int, lr_scale: float) -> bool:
+        """Whether ``step`` is a collection step: on the cadence and late enough in the warm-down.
+
+        Callers can check this before building the source state, which costs a copy of the weights.
+        """
+        return lr_scale < self.lr_scale_threshold and step % self.every == 0
 
     @torch.no_grad()
-    def maybe_collect(self, step: int, lr_scale: float, state: dict[str, torch.Tensor]) -> bool:
-        """Add ``state`` to the mean if this step is on the cadence and late enough; say whether it did."""
-        if lr_scale >= self.lr_scale or step % self.every:
+    def maybe_collect(self, step: int, lr_scale: float, state: State) -> bool:
+        """Add ``state`` to the mean if this step is due; say whether it did."""
+        if not self.due(step, lr_scale):
             return False
         self.count += 1
         for name, tensor in state.items():
@@ -51,8 +94,18 @@ class TightSWA:
             if name not in self.mean:
                 self.mean[name] = value.clone()
             else:
+                # Incremental mean: no sum that grows with the count, same result as sum / count.
                 self.mean[name] += (value - self.mean[name]) / self.count
         return True
 
-    def average(self) -> dict[str, torch.Tensor]:
+    def __call__(self, step: int, lr_scale: float, state: State) -> State | None:
+        """Collect if due, then return the running mean (None while it holds nothing).
+
+        The mean is returned without copying, since this runs every step: clone before mutating.
+        """
+        self.maybe_collect(step, lr_scale, state)
+        return self.mean if self.count else None
+
+    def average(self) -> State:
+        """A copy of the averaged weights, for export."""
         return {name: t.clone() for name, t in self.mean.items()}

@@ -37,14 +37,16 @@ def momentum_warmup(step: int, start: float, end: float, warmup_steps: int) -> f
 
 def progress(config: TrainConfig, step: int, elapsed: float) -> float:
     """How far through its budget a run is, by the config's schedule mode."""
-    by_steps = step / config.max_steps
+    by_steps = min(1.0, step / config.max_steps)
     by_time = time_fraction(elapsed, config.max_seconds, config.gptq_reserve_seconds) if config.max_seconds > 0 else 0.0
     return {"steps": by_steps, "time": by_time, "auto": max(by_steps, by_time)}[config.schedule]
 
 
 def lr_multiplier(config: TrainConfig, frac: float) -> float:
+    """The config's warm-down: 1, then linear to ``config.min_lr`` over the last ``warmdown_frac``."""
     return warmdown_multiplier(frac, config.warmdown_frac, config.min_lr)
 
 
 def muon_momentum(config: TrainConfig, step: int) -> float:
+    """The config's Muon momentum at ``step`` (``muon_momentum_start`` warmed to ``muon_momentum``)."""
     return momentum_warmup(step, config.muon_momentum_start, config.muon_momentum, config.muon_momentum_warmup_steps)
