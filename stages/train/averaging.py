@@ -51,13 +51,6 @@ class EMA:
         """Replace the shadows (e.g. from a checkpoint)."""
         self.shadow = {name: t.detach().float().clone() for name, t in state.items()}
 
-    @torch.no_grad()
-    def copy_to(self, model: torch.nn.Module) -> None:
-        """Write the averages into ``model`` in place, cast to each tensor's own dtype."""
-        for name, tensor in model.state_dict().items():
-            if name in self.shadow:
-                tensor.copy_(self.shadow[name])
-
 
 class TightSWA:
     """Running mean of snapshots taken every ``every`` steps while the LR scale is under a threshold.
@@ -66,13 +59,11 @@ class TightSWA:
     (``SEED_003_SWA_EVERY``, ``SEED_003_SWA_LR_SCALE``). ``count`` is how many snapshots it holds.
     """
 
-    def __init__(self, every: int = SEED_003_SWA_EVERY, lr_scale_threshold: float = SEED_003_SWA_LR_SCALE,
-                 *, lr_scale: float | None = None):
+    def __init__(self, every: int = SEED_003_SWA_EVERY, lr_scale_threshold: float = SEED_003_SWA_LR_SCALE):
         if every < 1:
             raise ValueError(f"tight SWA cadence must be at least 1 step, got {every}")
         self.every = every
-        # ``lr_scale`` is the keyword's earlier name, still accepted for existing callers.
-        self.lr_scale_threshold = lr_scale if lr_scale is not None else lr_scale_threshold
+        self.lr_scale_threshold = lr_scale_threshold
         self.count = 0
         self.mean: State = {}
 
@@ -97,14 +88,6 @@ class TightSWA:
                 # Incremental mean: no sum that grows with the count, same result as sum / count.
                 self.mean[name] += (value - self.mean[name]) / self.count
         return True
-
-    def __call__(self, step: int, lr_scale: float, state: State) -> State | None:
-        """Collect if due, then return the running mean (None while it holds nothing).
-
-        The mean is returned without copying, since this runs every step: clone before mutating.
-        """
-        self.maybe_collect(step, lr_scale, state)
-        return self.mean if self.count else None
 
     def average(self) -> State:
         """A copy of the averaged weights, for export."""

@@ -99,7 +99,7 @@ class Trainer:
         self.step += 1
         if self.ema is not None:
             self.ema.update(self.model)
-        if self.swa is not None:
+        if self.swa is not None and self.swa.due(self.step, scale):  # the snapshot copies every weight
             self.swa.maybe_collect(self.step, scale, self.ema.state_dict() if self.ema else self.model.state_dict())
         return total
 
