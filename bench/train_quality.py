@@ -1,6 +1,7 @@
 """Post-quantization val bpb of the baseline and every seed preset's CPU form at equal CPU time.
 
-    python bench/train_quality.py --seconds 180
+    python bench/train_quality.py --seconds 150          # the comparison the README quotes
+    python bench/train_quality.py --steps 200            # diagnostic: equal steps instead of equal time
 
 Each preset trains for the same wall-clock budget on the embedded news corpus (time-based
 schedule, as the records), then `golf quantize` (RTN int8) scores pre- and post-quant bpb on
@@ -25,10 +26,15 @@ from stages.train.stage import run_train
 PRESETS = ["tiny", "pr401-cpu", "pr1413-cpu", "pr1776-cpu", "pr1880-cpu", "pr1790-cpu", "top-cpu"]
 
 
-def measure(name: str, seconds: float, data: Path, work: Path) -> dict:
-    config = apply_overrides(get_preset(name).config, [
-        f"train.max_seconds={seconds}", "train.max_steps=1000000", "train.schedule=time", "train.log_every=100000",
-    ])
+def budget(seconds: float, steps: int) -> list[str]:
+    """Equal wall-clock time (time-based schedule, as the records) or, with ``steps``, equal steps."""
+    if steps:
+        return [f"train.max_steps={steps}", "train.max_seconds=0", "train.schedule=steps"]
+    return [f"train.max_seconds={seconds}", "train.max_steps=1000000", "train.schedule=time"]
+
+
+def measure(name: str, seconds: float, steps: int, data: Path, work: Path) -> dict:
+    config = apply_overrides(get_preset(name).config, [*budget(seconds, steps), "train.log_every=100000"])
     start = time.perf_counter()
     train = run_train(config, data, work / name / "train", preset=name)
     quant = run_quantize(QuantizeConfig(), work / name / "train", work / name / "quantize")
@@ -46,6 +52,7 @@ def measure(name: str, seconds: float, data: Path, work: Path) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=180.0, help="training seconds per preset")
+    parser.add_argument("--steps", type=int, default=0, help="equal step budget instead of equal time")
     parser.add_argument("--presets", nargs="*", default=PRESETS)
     parser.add_argument("--data", type=Path, default=ROOT / "artifacts" / "bench" / "tokenize")
     args = parser.parse_args()
@@ -53,13 +60,15 @@ def main() -> None:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.presets:
-            rows.append(measure(name, args.seconds, data, Path(tmp)))
+            rows.append(measure(name, args.seconds, args.steps, data, Path(tmp)))
             baseline = rows[0]["post_quant_bpb"]
             for row in rows:
                 row["vs_baseline"] = row["post_quant_bpb"] - baseline
-            print_table(f"post-quant val bpb at {args.seconds:g} s of CPU training", rows,
+            title = f"{args.steps} steps" if args.steps else f"{args.seconds:g} s of CPU training"
+            print_table(f"post-quant val bpb at {title}", rows,
                         ["preset", "params", "steps", "ms_per_step", "pre_quant_bpb", "post_quant_bpb", "vs_baseline"])
-            save("train_quality", rows, {"seconds": args.seconds, "data": str(args.data)})
+            save("train_quality_steps" if args.steps else "train_quality", rows,
+                 {"seconds": args.seconds, "steps": args.steps, "data": str(args.data)})
 
 
 if __name__ == "__main__":

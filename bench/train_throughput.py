@@ -1,7 +1,7 @@
 """Training throughput of the baseline and `top` configurations: tok/s, ms/step, MFU, peak memory.
 
-    python bench/train_throughput.py                      # CPU: full widths at seq 256
-    python bench/train_throughput.py --device cuda --seq-len 2048 --batch-tokens 98304 --compile
+    python bench/train_throughput.py                              # CPU: full widths at seq 256
+    python bench/train_throughput.py --device cuda --full-size --compile   # one GPU's share of the record batch
 
 Synthetic tokens (the loader is not what is measured); a few untimed warm-up steps, then the
 median of the timed steps. Saves bench/results/train_throughput_<device>.json.
@@ -23,9 +23,22 @@ from stages.train.presets import get_preset
 from stages.train.stage import PEAK_FLOPS, flops_per_token
 
 
+# The records split their batch over 8 GPUs, one micro-batch each; --full-size times one GPU's share.
+RECORD_GPUS = 8
+
+
+def shape(name: str, args) -> tuple[int, int]:
+    """(seq_len, batch tokens per step) for this configuration."""
+    train = get_preset(name).config.train
+    if args.full_size:
+        return train.seq_len, train.batch_tokens // RECORD_GPUS
+    return args.seq_len, args.batch_tokens
+
+
 def measure(name: str, args) -> dict:
+    seq_len, batch_tokens = shape(name, args)
     config = apply_overrides(get_preset(name).config, [
-        f"train.seq_len={args.seq_len}", f"train.batch_tokens={args.batch_tokens}", "train.grad_accum=1",
+        f"train.seq_len={seq_len}", f"train.batch_tokens={batch_tokens}", "train.grad_accum=1",
         f"train.device={args.device}", f"train.compile={args.compile}", "train.max_steps=1000000",
         "train.max_seconds=0", "model.loop_start_frac=0",
     ])
@@ -46,12 +59,13 @@ def measure(name: str, args) -> dict:
             torch.cuda.synchronize()
         times.append(time.perf_counter() - start)
     step_s = statistics.median(times)
-    tok_s = args.batch_tokens / step_s
-    fpt = flops_per_token(model, args.seq_len)
+    tok_s = batch_tokens / step_s
+    fpt = flops_per_token(model, seq_len)
     gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else ""
     peak = next((v for k, v in PEAK_FLOPS.items() if k in gpu), None)
     return {
-        "config": name, "params": count_parameters(model), "seq_len": args.seq_len, "batch_tokens": args.batch_tokens,
+        "config": name, "compiled": args.compile, "params": count_parameters(model), "seq_len": seq_len,
+        "batch_tokens": batch_tokens,
         "ms_per_step": round(1000 * step_s, 2), "tokens_per_second": round(tok_s, 1),
         "achieved_tflops": round(fpt * tok_s / 1e12, 4), "mfu": round(fpt * tok_s / peak, 4) if peak else None,
         "peak_memory_gib": round(torch.cuda.max_memory_allocated(device) / 2**30, 2) if device.type == "cuda" else None,
@@ -67,12 +81,16 @@ def main() -> None:
     parser.add_argument("--batch-tokens", type=int, default=2048)
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--full-size", action="store_true",
+                        help="each preset's own sequence length and 1/8 of its batch (one GPU of eight)")
     parser.add_argument("--compile", action="store_true")
+    parser.add_argument("--tag", default="", help="suffix of the results file name")
     args = parser.parse_args()
     rows = [measure(name, args) for name in args.configs]
     print_table(f"training throughput on {args.device}", rows,
-                ["config", "params", "seq_len", "batch_tokens", "ms_per_step", "tokens_per_second", "achieved_tflops", "mfu"])
-    save(f"train_throughput_{args.device}", rows, vars(args))
+                ["config", "compiled", "params", "seq_len", "batch_tokens", "ms_per_step", "tokens_per_second",
+                 "achieved_tflops", "mfu", "peak_memory_gib"])
+    save(f"train_throughput_{args.device}{args.tag}", rows, vars(args))
 
 
 if __name__ == "__main__":

@@ -65,3 +65,18 @@ def test_compile_warmup_restores_the_initial_state(data_dir, tmp_path):
     assert losses(tmp_path / "warmed") == losses(tmp_path / "plain")
     assert manifest.ledger["compile_warmup"]["counts_toward"] is None
     assert (tmp_path / "warmed" / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_flops_count_every_pass_of_a_looped_layer():
+    from stages.model.gpt import GPT, count_parameters
+    from stages.train.stage import flops_per_token
+
+    cfg = get_preset("top-cpu").config.model
+    model = GPT(cfg)
+    model.looping = False
+    plain = flops_per_token(model, 256)
+    assert plain == 6 * count_parameters(model) + 12 * cfg.num_layers * cfg.model_dim * 256
+    model.looping = True
+    extra_passes = (cfg.loop_passes - 1) * (cfg.loop_last - cfg.loop_first + 1)
+    block = count_parameters(model.blocks[cfg.loop_first])
+    assert flops_per_token(model, 256) - plain == 6 * extra_passes * block + 12 * extra_passes * cfg.model_dim * 256

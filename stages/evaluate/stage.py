@@ -17,6 +17,7 @@ from ..contract.hashing import sha256_bytes
 from ..contract.lineage import require_same_tokenizer
 from ..contract.manifest import MANIFEST_NAME, FileRecord, InputRecord
 from ..contract.stage_dir import StageDir, StageWriter
+from ..device import resolve_device
 from ..errors import GolfError
 from ..pack.bundle import load_bundle
 from ..pack.codecs import decompress
@@ -42,7 +43,7 @@ class EvalConfig:
     eval_tokens: int = 0
     """Score only a prefix of this many val tokens (0: the whole val split)."""
     device: str = "cpu"
-    """'cpu' or 'cuda'."""
+    """'cpu', 'cuda' or 'auto' (cuda when available)."""
     use_sidecar: bool = True
     """Count bytes from the val byte sidecar when the data has one (else from the tokenizer's table)."""
 
@@ -95,7 +96,8 @@ def run_eval(config: EvalConfig, artifact: str | Path, data_dir: str | Path | No
             val = load_val(data, header["model_config"]["vocab_size"], config.use_sidecar,
                            build_table=runtime.build_byte_table)
         with ledger.measure("score", "eval", "scoring every val target once"):
-            sums = validate(model.to(config.device), val, seq_len, stride, config.batch_windows, config.device,
+            device = resolve_device(config.device)
+            sums = validate(model.to(device), val, seq_len, stride, config.batch_windows, device,
                             config.eval_tokens, reporter, "eval",
                             score_stream=runtime.score_stream, count_windows=runtime.count_windows)
         writer.inputs["artifact"] = _artifact_input(artifact_path, data_bytes, pack)

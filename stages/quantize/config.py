@@ -28,6 +28,8 @@ class QuantizeConfig:
     """Windows per forward pass while scoring."""
     eval_tokens: int = 0
     """Score only a prefix of this many val tokens (0: the whole val split)."""
+    device: str = "cpu"
+    """Where the pre/post-quant scoring runs: 'cpu', 'cuda' or 'auto' (cuda when available)."""
 
     def __post_init__(self) -> None:
         if not 0.5 < self.clip_quantile <= 1.0:

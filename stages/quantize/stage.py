@@ -15,6 +15,7 @@ from pathlib import Path
 from ..config import from_dict, to_dict
 from ..contract.lineage import require_same_tokenizer
 from ..contract.stage_dir import StageDir, StageWriter
+from ..device import resolve_device
 from ..errors import GolfError
 from ..evaluate.val_data import load_val
 from ..evaluate.validate import validate
@@ -54,12 +55,14 @@ def run_quantize(config: QuantizeConfig, train_dir: str | Path, out_dir: str | P
             state = load_tensors(train.file("weights"))
             model = load_model_weights(GPT(model_config), state, str(train.file("weights")))
             val = load_val(data, model_config.vocab_size)
+            device = resolve_device(config.device)
+            model.to(device)
         writer.add_input("checkpoint", train)
         writer.add_input("data", data)
 
         def score(label: str):
             with ledger.measure(f"evaluate_{label}", note="diagnostic scoring on val: outside both budgets"):
-                sums = validate(model, val, seq_len, stride, config.eval_batch_windows, "cpu",
+                sums = validate(model, val, seq_len, stride, config.eval_batch_windows, device,
                                 config.eval_tokens, reporter, f"{label} bpb")
             reporter.log(**{f"{label}_val_loss": sums.loss, f"{label}_val_bpb": sums.bpb})
             return sums

@@ -18,6 +18,7 @@ import torch
 from ..config import to_dict
 from ..contract.ledger import TimeLedger
 from ..contract.stage_dir import StageDir, StageWriter, atomic_write_text
+from ..device import resolve_device
 from ..errors import GolfError
 from ..evaluate.val_data import load_val, train_shard_paths
 from ..evaluate.validate import validate
@@ -39,18 +40,13 @@ PLOT_FILE = "curves.png"
 PEAK_FLOPS = {"H100": 989e12, "H200": 989e12}
 
 
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise GolfError("device 'cuda' requested but CUDA is not available")
-    return torch.device(name)
-
-
 def flops_per_token(model: GPT, seq_len: int) -> float:
-    """Training FLOPs per token: 6N + 12 L d T (REFERENCE section 7)."""
+    """Training FLOPs per token: 6N + 12 L d T (REFERENCE section 7), where a looped block counts
+    once per pass in both N and L (depth recurrence reuses weights, not compute)."""
     cfg = model.config
-    return 6 * count_parameters(model) + 12 * cfg.num_layers * cfg.model_dim * seq_len
+    sequence = cfg.layer_sequence(model.looping)
+    repeated = sum(count_parameters(model.blocks[layer]) for layer in sequence) - count_parameters(model.blocks)
+    return 6 * (count_parameters(model) + repeated) + 12 * len(sequence) * cfg.model_dim * seq_len
 
 
 def run_train(config: RunConfig, data_dir: str | Path, out_dir: str | Path, force: bool = False,
