@@ -5,11 +5,18 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
+from rich.console import Console
+from rich.table import Table
 
-from stages.quantize.config import QuantizeConfig
+from stages.quantize.schemes import DEFAULT_SCHEME, SCHEMES, get_scheme
 from stages.quantize.stage import run_quantize
 
 from .common import ForceOption, RichReporter, RunOption, SetOption, handle_errors, resolve_config, stage_path
+
+REPORT_COLUMNS = [("name", "tensor"), ("group", "group"), ("method", "method"), ("bits", "bits"),
+                  ("clip_sigmas", "k"), ("relative_error", "rel err"), ("hessian_error", "H err"),
+                  ("predicted_bits_per_weight", "bits/w"), ("predicted_bytes", "predicted B"),
+                  ("compressed_bytes", "compressed B")]
 
 
 @handle_errors
@@ -18,11 +25,31 @@ def quantize(
     train: Path = typer.Option(None, "--train", help="Train folder (default artifacts/<run>/train)."),
     data: Path = typer.Option(None, "--data", help="Tokenize folder to score on (default: the one train used)."),
     out: Path = typer.Option(None, "--out", help="Output folder (default artifacts/<run>/quantize)."),
+    scheme: str = typer.Option(DEFAULT_SCHEME, "--scheme", help=f"Named settings: {', '.join(SCHEMES)}."),
+    target_bytes: int = typer.Option(None, "--target-bytes", help="Fit the clip widths so the packed artifact lands under this."),
     stride: int = typer.Option(None, "--stride", help="Scoring stride for pre/post-quant bpb (default non-overlapping)."),
     overrides: list[str] = SetOption,
     force: bool = ForceOption,
 ):
     """Quantize a checkpoint and report pre- and post-quant val bpb side by side."""
     reporter = RichReporter()
-    config = resolve_config(QuantizeConfig(eval_stride=stride), overrides, reporter)
-    run_quantize(config, stage_path(train, run, "train"), stage_path(out, run, "quantize"), data, force, reporter)
+    base = get_scheme(scheme, eval_stride=stride, target_bytes=target_bytes or 0)
+    config = resolve_config(base, overrides, reporter)
+    manifest = run_quantize(config, stage_path(train, run, "train"), stage_path(out, run, "quantize"), data, force,
+                            reporter)
+    if not reporter.quiet:
+        print_report(manifest.metrics["tensors"])
+
+
+def print_report(rows: list[dict]) -> None:
+    table = Table(*(title for _, title in REPORT_COLUMNS), title="per-tensor quantization report")
+    for row in rows:
+        if row["kind"] != "float":
+            table.add_row(*(_cell(row.get(key)) for key, _ in REPORT_COLUMNS))
+    Console(stderr=True).print(table)
+
+
+def _cell(value) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return "" if value is None else str(value)

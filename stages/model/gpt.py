@@ -81,6 +81,8 @@ class GPT(nn.Module):
         self.skip_weights = nn.Parameter(torch.ones(min(num_skips, longest - num_skips), config.model_dim))
         self.skip_gates = nn.Parameter(torch.zeros_like(self.skip_weights)) if config.skip_gates else None
         self.lm_head = None if config.tie_embeddings else Linear(config.model_dim, config.vocab_size, zero_init=True)
+        # No weights: a named point where GPTQ calibration hooks the head's input (the final norm).
+        self.head_input = nn.Identity()
         # Depth recurrence runs only once the trainer switches it on; a built model (eval) loops.
         self.looping = True
         if config.orthogonal_init:
@@ -104,7 +106,7 @@ class GPT(nn.Module):
         doc_ids = document_ids(input_ids, cfg.bos_id) if cfg.doc_mask else None
         value_embed = self.value_embed(input_ids) if self.value_embed is not None else None
         x = self._run_layers(x, x0, doc_ids, value_embed)
-        x = rms_norm(x)
+        x = self.head_input(rms_norm(x))
         head = self.tok_emb.weight if self.lm_head is None else self.lm_head.weight
         logits = F.linear(x, head.to(x.dtype))
         cap = cfg.logit_softcap

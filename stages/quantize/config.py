@@ -1,25 +1,95 @@
-"""Settings of `golf quantize`."""
+"""Settings of `golf quantize`: the quantizer, per-group bits and clip widths, calibration, LQER."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
+
+
+@dataclass(frozen=True)
+class GroupQuant:
+    """Bits and clip width of one tensor group (attention, mlp, embedding, other)."""
+
+    bits: int = 6
+    """Code width: codes lie in [-R, R] with R = 2^(bits-1) - 1, stored one per byte."""
+    clip_sigmas: float = 12.0
+    """SDClip k: the row scale is k * std(row) / R, so k sets the step and the entropy."""
+
+    def __post_init__(self) -> None:
+        if not 2 <= self.bits <= 8:
+            raise ValueError("bits must be between 2 and 8")
+        if self.clip_sigmas <= 0:
+            raise ValueError("clip_sigmas must be positive")
+
+
+@dataclass(frozen=True)
+class CalibrationConfig:
+    """Where the GPTQ Hessians come from. Reading training data counts toward the train budget."""
+
+    source: Literal["train", "generated"] = "train"
+    """'train': windows of the training shards; 'generated': text the model samples itself."""
+    batches: int = 16
+    """Forward passes whose layer inputs are accumulated (the records use 16-64)."""
+    batch_tokens: int = 16_384
+    """Tokens per calibration batch."""
+    seq_len: int | None = None
+    """Window length (None: the training sequence length)."""
+    seed: int = 4242
+    """Seed of the calibration windows (or of the sampling for 'generated')."""
+    temperature: float = 1.0
+    """Sampling temperature for 'generated' calibration text."""
+
+    def __post_init__(self) -> None:
+        if self.batches < 1 or self.batch_tokens < 1:
+            raise ValueError("batches and batch_tokens must be at least 1")
 
 
 @dataclass(frozen=True)
 class QuantizeConfig:
     """How weights are quantized and how the pre/post-quant bpb is measured."""
 
-    method: Literal["rtn_int8"] = "rtn_int8"
-    """Quantizer: per-row int8 round-to-nearest (the baseline's export)."""
+    method: Literal["gptq", "rtn"] = "gptq"
+    """'gptq': error-feedback rounding against calibration Hessians; 'rtn': round-to-nearest."""
+    clip: Literal["sdclip", "quantile"] = "sdclip"
+    """Row scale rule: 'sdclip' (k * std / R) or 'quantile' (the baseline: a quantile of |w| / R)."""
     clip_quantile: float = 0.9999984
-    """Per-row clip at this quantile of |w| (the baseline's 99.99984th percentile)."""
+    """Per-row clip quantile of |w| for clip='quantile' (the baseline's 99.99984th percentile)."""
+    attention: GroupQuant = GroupQuant(bits=6, clip_sigmas=13.0)
+    """Attention matrices (q, k, v, output, value projection): int6, k 13.0 in the records."""
+    mlp: GroupQuant = GroupQuant(bits=6, clip_sigmas=12.0)
+    """MLP matrices: int6, k 11.5-12.85 in the records."""
+    embedding: GroupQuant = GroupQuant(bits=8, clip_sigmas=20.0)
+    """Embedding tables (the tied head included): int7 or int8, k 14-20 in the records."""
+    other: GroupQuant = GroupQuant(bits=8, clip_sigmas=20.0)
+    """Any other large matrix (BigramHash projection, an untied head)."""
     keep_float_max_numel: int = 65_536
     """Tensors with at most this many elements (and all non-matrices) stay float."""
     control_dtype: Literal["float32", "float16"] = "float32"
     """Storage dtype of kept-float control tensors (scales, mixes, gains, skip weights)."""
     other_float_dtype: Literal["float16", "float32"] = "float16"
     """Storage dtype of the other kept-float tensors."""
+    damping: float = 0.01
+    """GPTQ damping: this fraction of mean(diag H) is added to the diagonal."""
+    act_order: bool = True
+    """GPTQ quantizes columns in order of decreasing diag H (largest activations first)."""
+    block_size: int = 128
+    """GPTQ columns per block: exact error feedback inside a block, one lazy update after it."""
+    calibration: CalibrationConfig = field(default_factory=CalibrationConfig)
+    """Hessian collection (GPTQ only)."""
+    lqer_rank: int = 0
+    """LQER: rank of the low-rank correction of the quantization error (0: off; the top record: 4)."""
+    lqer_top_k: int = 3
+    """LQER corrects the k matrices with the largest ||W - Q||_F."""
+    lqer_a_bits: int = 2
+    """Bits of the left factor A (asymmetric, per group)."""
+    lqer_b_bits: int = 4
+    """Bits of the right factor B (asymmetric, per group)."""
+    lqer_group: int = 64
+    """Elements per scale/offset group of the LQER factors."""
+    target_bytes: int = 0
+    """Choose the clip widths so the packed artifact lands under this many bytes (0: use the k given)."""
+    target_codec: Literal["brotli", "lzma", "zstd", "zlib"] = "brotli"
+    """Codec the target size is verified with (pack's default)."""
     eval_stride: int | None = None
     """Scoring stride for the pre/post-quant bpb (None: non-overlapping windows)."""
     eval_seq_len: int | None = None
@@ -29,8 +99,20 @@ class QuantizeConfig:
     eval_tokens: int = 0
     """Score only a prefix of this many val tokens (0: the whole val split)."""
     device: str = "cpu"
-    """Where the pre/post-quant scoring runs: 'cpu', 'cuda' or 'auto' (cuda when available)."""
+    """Where calibration, GPTQ and scoring run: 'cpu', 'cuda' or 'auto' (cuda when available)."""
 
     def __post_init__(self) -> None:
         if not 0.5 < self.clip_quantile <= 1.0:
             raise ValueError("clip_quantile must be in (0.5, 1]")
+        if not 0 <= self.damping < 1:
+            raise ValueError("damping must be in [0, 1)")
+        if self.block_size < 1 or self.lqer_group < 1 or self.lqer_rank < 0 or self.lqer_top_k < 0:
+            raise ValueError("block_size and lqer_group must be positive; lqer_rank and lqer_top_k not negative")
+        if not (1 <= self.lqer_a_bits <= 8 and 1 <= self.lqer_b_bits <= 8):
+            raise ValueError("LQER factor bits must be between 1 and 8")
+        if self.target_bytes < 0:
+            raise ValueError("target_bytes must not be negative")
+
+    def group(self, name: str) -> GroupQuant:
+        """The bits and clip width of a named group."""
+        return getattr(self, name)

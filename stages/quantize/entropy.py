@@ -1,0 +1,33 @@
+"""How many bytes quantized codes will take once entropy-coded, predicted without compressing.
+
+SDClip rounds w / s with s = k * std / R, so for roughly Gaussian rows the codes are a Gaussian
+of standard deviation R / k rounded to integers, whose entropy is about
+log2(sqrt(2 pi e) * R / k) bits (REFERENCE section 6: within 0.5% of the top record's size).
+The predictor used for sizing is the measured order-0 entropy of the actual codes, which also
+holds for rows that are not Gaussian and for GPTQ's codes.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from .rows import code_max
+
+
+def gaussian_bits(bits: int, clip_sigmas: float) -> float:
+    """Bits per weight SDClip gives a Gaussian row (capped at the code width)."""
+    return min(float(bits), max(0.0, math.log2(math.sqrt(2 * math.pi * math.e) * code_max(bits) / clip_sigmas)))
+
+
+def code_entropy_bits(codes: torch.Tensor) -> float:
+    """Order-0 entropy of the codes, in bits per code."""
+    counts = torch.bincount((codes.flatten().long() + 128)).float()
+    p = counts[counts > 0] / codes.numel()
+    return float(-(p * p.log2()).sum())
+
+
+def predicted_code_bytes(codes: torch.Tensor) -> float:
+    """Bytes an ideal order-0 coder needs for these codes."""
+    return codes.numel() * code_entropy_bits(codes) / 8

@@ -1,0 +1,139 @@
+"""Quantize a float state dict tensor by tensor: matrices to per-row int codes (GPTQ or RTN on an
+SDClip or quantile grid, optionally with an LQER correction), small tensors kept float.
+
+Returns the stored tensors, the index dequant.py reads, and a per-tensor report (bits, k, errors,
+predicted bits per weight). Every reported error is measured on exactly the weights the artifact
+will rebuild (dequant.dequantize_entry).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..model.gpt import CONTROL_TENSOR_NAMES
+from .config import QuantizeConfig
+from .dequant import KIND_FLOAT, KIND_ROWS, dequantize_entry
+from .entropy import code_entropy_bits, gaussian_bits, predicted_code_bytes
+from .gptq import GptqSettings, gptq_codes, hessian_error
+from .groups import tensor_group
+from .lqer import lqer_correction
+from .rows import quantile_scales, rtn_codes, sdclip_scales
+
+FLOAT_DTYPES = {"float16": torch.float16, "float32": torch.float32}
+
+
+def is_quantized(name: str, tensor: torch.Tensor, config: QuantizeConfig) -> bool:
+    """Matrices above the size threshold get codes; control tensors and everything else stay float."""
+    return tensor.ndim == 2 and tensor.numel() > config.keep_float_max_numel and not is_control(name)
+
+
+def is_control(name: str) -> bool:
+    """Scales, mixes, gains and gates that steer the residual stream: always kept float."""
+    return any(c in name for c in CONTROL_TENSOR_NAMES)
+
+
+def row_scales(weight: torch.Tensor, bits: int, clip_sigmas: float, config: QuantizeConfig) -> torch.Tensor:
+    if config.clip == "quantile":
+        return quantile_scales(weight, bits, config.clip_quantile)
+    return sdclip_scales(weight, bits, clip_sigmas)
+
+
+def quantize_state(state: dict[str, torch.Tensor], config: QuantizeConfig,
+                   hessians: dict[str, torch.Tensor] | None = None, device="cpu",
+                   clip_scale: float = 1.0):
+    """(stored tensors, index, report). ``clip_scale`` multiplies every group's clip width
+    (the knob --target-bytes turns)."""
+    hessians = hessians or {}
+    tensors: dict[str, torch.Tensor] = {}
+    index: dict[str, dict] = {}
+    report: list[dict] = []
+    for name, weight in state.items():
+        weight = weight.detach().float()
+        if is_quantized(name, weight, config):
+            entry, stored, row = _quantize_matrix(name, weight, config, hessians.get(name), device, clip_scale)
+        else:
+            entry, stored, row = _keep_float(name, weight, config)
+        index[name] = entry
+        tensors.update(stored)
+        report.append(row)
+    if config.lqer_rank:
+        _add_lqer(state, tensors, index, report, config, hessians)
+    return tensors, index, report
+
+
+def _quantize_matrix(name, weight, config: QuantizeConfig, hessian, device, clip_scale):
+    group = tensor_group(name)
+    settings = config.group(group)
+    clip_sigmas = settings.clip_sigmas * clip_scale
+    scale = row_scales(weight, settings.bits, clip_sigmas, config)
+    use_gptq = config.method == "gptq" and hessian is not None
+    if use_gptq:
+        gptq = GptqSettings(settings.bits, config.damping, config.act_order, config.block_size)
+        codes = gptq_codes(weight.to(device), hessian.to(device), scale.to(device), gptq).cpu()
+    else:
+        codes = rtn_codes(weight, scale, settings.bits)
+    entry = {"kind": KIND_ROWS, "shape": list(weight.shape), "bits": settings.bits}
+    stored = {name + ".q": codes.contiguous(), name + ".scale": scale.contiguous()}
+    restored = dequantize_entry(name, entry, stored)
+    row = {
+        "name": name, "group": group, "kind": KIND_ROWS, "shape": list(weight.shape),
+        "method": "gptq" if use_gptq else "rtn", "bits": settings.bits,
+        "clip": config.clip, "clip_sigmas": round(clip_sigmas, 6) if config.clip == "sdclip" else None,
+        "relative_error": _relative_error(weight, restored),
+        "predicted_bits_per_weight": code_entropy_bits(codes),
+        "gaussian_bits_per_weight": gaussian_bits(settings.bits, clip_sigmas) if config.clip == "sdclip" else None,
+        "predicted_bytes": predicted_code_bytes(codes) + 2 * scale.numel(),
+        "stored_bytes": codes.numel() + 2 * scale.numel(),
+    }
+    if hessian is not None:
+        row["hessian_error"] = hessian_error(weight, restored, hessian)
+        rtn_restored = rtn_codes(weight, scale, settings.bits).float() * scale.float()[:, None]
+        row["rtn_hessian_error"] = hessian_error(weight, rtn_restored, hessian)
+    return entry, stored, row
+
+
+def _keep_float(name, weight, config: QuantizeConfig):
+    dtype = FLOAT_DTYPES[config.control_dtype if is_control(name) else config.other_float_dtype]
+    stored = weight.to(dtype).contiguous()
+    entry = {"kind": KIND_FLOAT, "shape": list(weight.shape), "dtype": str(dtype).removeprefix("torch.")}
+    row = {
+        "name": name, "group": tensor_group(name), "kind": KIND_FLOAT, "shape": list(weight.shape),
+        "method": "float", "bits": 8 * stored.element_size(), "clip": None, "clip_sigmas": None,
+        "relative_error": _relative_error(weight, stored.float()),
+        "predicted_bits_per_weight": float(8 * stored.element_size()), "gaussian_bits_per_weight": None,
+        "predicted_bytes": float(stored.numel() * stored.element_size()),
+        "stored_bytes": stored.numel() * stored.element_size(),
+    }
+    return entry, {name: stored}, row
+
+
+def _add_lqer(state, tensors, index, report, config: QuantizeConfig, hessians) -> None:
+    """Correct the ``lqer_top_k`` matrices with the largest ||W - Q||_F by a low-rank A @ B."""
+    rows = {row["name"]: row for row in report}
+    candidates = []
+    for name, entry in index.items():
+        if entry["kind"] == KIND_ROWS:
+            error = state[name].float() - dequantize_entry(name, entry, tensors)
+            candidates.append((float(error.norm()), name, error))
+    candidates.sort(key=lambda item: item[0], reverse=True)
+    for norm, name, error in candidates[: config.lqer_top_k]:
+        rank = min(config.lqer_rank, *error.shape)
+        stored = lqer_correction(error, rank, config.lqer_a_bits, config.lqer_b_bits, config.lqer_group)
+        for key, tensor in stored.items():
+            tensors[f"{name}.lqer.{key}"] = tensor
+        entry = index[name]
+        entry["lqer"] = {"rank": rank, "group": config.lqer_group, "a_bits": config.lqer_a_bits,
+                         "b_bits": config.lqer_b_bits}
+        restored = dequantize_entry(name, entry, tensors)
+        row = rows[name]
+        extra = sum(t.numel() * t.element_size() for t in stored.values())
+        row.update(lqer_rank=rank, relative_error_before_lqer=row["relative_error"],
+                   relative_error=_relative_error(state[name].float(), restored),
+                   stored_bytes=row["stored_bytes"] + extra, predicted_bytes=row["predicted_bytes"] + extra)
+        if name in hessians:
+            row["hessian_error_before_lqer"] = row["hessian_error"]
+            row["hessian_error"] = hessian_error(state[name].float(), restored, hessians[name])
+
+
+def _relative_error(weight: torch.Tensor, restored: torch.Tensor) -> float:
+    return float((restored - weight).norm() / weight.norm().clamp_min(1e-12))

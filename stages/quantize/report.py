@@ -1,0 +1,39 @@
+"""The per-tensor report: real compressed bytes of each tensor, and one log line per tensor."""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+
+import torch
+
+from ..pack.codecs import compress
+from ..progress import Reporter
+
+
+def stored_pieces(name: str, tensors: dict[str, torch.Tensor]) -> list[torch.Tensor]:
+    """Everything stored for one parameter: itself, or its codes, scales and LQER factors."""
+    return [tensor for key, tensor in tensors.items() if key == name or key.startswith(name + ".")]
+
+
+def compressed_sizes(tensors: dict[str, torch.Tensor], report: list[dict], codec: str) -> list[int]:
+    """Bytes of each parameter's stored tensors compressed on their own (threads: the codecs
+    release the GIL, and brotli at quality 11 is slow)."""
+    def size(name: str) -> int:
+        raw = b"".join(t.contiguous().numpy().tobytes() for t in stored_pieces(name, tensors))
+        return len(compress(raw, codec))
+
+    with ThreadPoolExecutor() as pool:
+        return list(pool.map(size, [row["name"] for row in report]))
+
+
+def log_report(report: list[dict], reporter: Reporter) -> None:
+    """One greppable line per quantized tensor (kept-float ones are in the manifest)."""
+    for row in report:
+        if row["kind"] == "float":
+            continue
+        reporter.log(tensor=row["name"], group=row["group"], method=row["method"], bits=row["bits"],
+                     k=row["clip_sigmas"], rel_error=round(row["relative_error"], 6),
+                     h_error=round(row["hessian_error"], 8) if "hessian_error" in row else None,
+                     bits_per_weight=round(row["predicted_bits_per_weight"], 4),
+                     predicted_bytes=round(row["predicted_bytes"]), compressed_bytes=row.get("compressed_bytes"),
+                     lqer_rank=row.get("lqer_rank", 0))

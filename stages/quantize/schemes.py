@@ -1,0 +1,30 @@
+"""Named quantization settings (`golf quantize --scheme NAME`); --set overrides any field after.
+
+- baseline-int8: the naive baseline's export: int8 round-to-nearest, rows clipped at a quantile.
+- rtn-int6: the records' int6/int8 SDClip grid, round-to-nearest (the reference for GPTQ).
+- gptq-int6: the records' export (PR #1776 on): full-Hessian GPTQ on the SDClip grid (the default).
+- gptq-lqer: gptq-int6 plus LQER rank 4 on the 3 worst matrices (the top record, PR #1855).
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from ..errors import GolfError
+from .config import GroupQuant, QuantizeConfig
+
+INT8 = GroupQuant(bits=8, clip_sigmas=20.0)
+
+SCHEMES: dict[str, QuantizeConfig] = {
+    "baseline-int8": QuantizeConfig(method="rtn", clip="quantile", attention=INT8, mlp=INT8, embedding=INT8, other=INT8),
+    "rtn-int6": QuantizeConfig(method="rtn"),
+    "gptq-int6": QuantizeConfig(),
+    "gptq-lqer": QuantizeConfig(lqer_rank=4, lqer_top_k=3),
+}
+DEFAULT_SCHEME = "gptq-int6"
+
+
+def get_scheme(name: str, **changes) -> QuantizeConfig:
+    if name not in SCHEMES:
+        raise GolfError(f"unknown quantization scheme {name!r}; available: {', '.join(SCHEMES)}")
+    return replace(SCHEMES[name], **changes)

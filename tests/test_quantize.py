@@ -1,0 +1,193 @@
+"""The quantizers: SDClip and quantile grids, GPTQ against RTN, LQER, the entropy predictor and
+the --target-bytes fit."""
+
+import math
+from dataclasses import replace
+
+import pytest
+import torch
+
+from stages.contract.stage_dir import StageDir
+from stages.evaluate.val_data import train_shard_paths
+from stages.model.checkpoint import load_model_weights, load_tensors
+from stages.model.gpt import GPT
+from stages.quantize.calibration import collect_hessians, training_batches
+from stages.quantize.config import CalibrationConfig, QuantizeConfig
+from stages.quantize.dequant import dequantize_state
+from stages.quantize.entropy import code_entropy_bits, gaussian_bits
+from stages.quantize.gptq import GptqSettings, gptq_codes, hessian_error
+from stages.quantize.quantizer import is_quantized, quantize_state
+from stages.quantize.rows import code_max, quantile_scales, rtn_codes, sdclip_scales
+from stages.train.loader import make_loader
+
+from .conftest import tiny_run_config
+
+ALL_MATRICES = QuantizeConfig(keep_float_max_numel=0)
+
+
+def correlated_hessian(cols: int, samples: int = 2048, seed: int = 0) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(seed)
+    mix = torch.randn(cols, cols, generator=generator) * 0.3 + torch.eye(cols)
+    x = torch.randn(samples, cols, generator=generator) @ mix * torch.linspace(0.2, 3.0, cols)
+    return x.T @ x / samples
+
+
+def restored(codes: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    return codes.float() * scale.float()[:, None]
+
+
+# ---- grids ----
+def test_sdclip_scale_is_k_sigma_over_r_and_rtn_is_within_half_a_step():
+    torch.manual_seed(0)
+    w = torch.randn(32, 400)
+    scale = sdclip_scales(w, 6, 12.0)
+    assert scale.dtype == torch.float16
+    expected = 12.0 * w.std(dim=1, correction=0) / code_max(6)
+    assert torch.allclose(scale.float(), expected, rtol=1e-3)
+    codes = rtn_codes(w, scale, 6)
+    assert codes.abs().max() <= 31
+    inside = w.abs() <= 31 * scale.float()[:, None]
+    assert ((restored(codes, scale) - w).abs()[inside] <= scale.float()[:, None].expand_as(w)[inside] / 2 + 1e-6).all()
+
+
+def test_quantile_grid_ignores_a_single_outlier():
+    w = torch.ones(2, 1000)
+    w[0, 0] = 1000.0
+    assert float(quantile_scales(w, 8, 0.99)[0]) < 1.0
+
+
+def test_small_and_control_tensors_stay_float_and_dequantize_back():
+    state = {"blocks.0.attn_scale": torch.randn(8), "tiny": torch.randn(4, 4),
+             "blocks.0.mlp.fc.weight": torch.randn(300, 300)}
+    tensors, index, report = quantize_state(state, QuantizeConfig(method="rtn"))
+    assert index["blocks.0.mlp.fc.weight"] == {"kind": "rows", "shape": [300, 300], "bits": 6}
+    assert tensors["blocks.0.mlp.fc.weight.q"].dtype == torch.int8
+    assert tensors["blocks.0.attn_scale"].dtype == torch.float32 and tensors["tiny"].dtype == torch.float16
+    assert set(dequantize_state(tensors, index)) == set(state)
+    assert {r["name"]: r["bits"] for r in report}["blocks.0.mlp.fc.weight"] == 6
+
+
+# ---- GPTQ ----
+@pytest.fixture(scope="module")
+def trained(train_dir, data_dir):
+    """The tiny trained model, its weights and Hessians from 4 batches of training data."""
+    config = tiny_run_config()
+    state = load_tensors(StageDir(train_dir).file("weights"))
+    model = load_model_weights(GPT(config.model), state, "tiny").eval()
+    names = {name for name, tensor in state.items() if is_quantized(name, tensor, ALL_MATRICES)}
+    loader = make_loader("shuffled", train_shard_paths(StageDir(data_dir)), seed=1)
+    calib = CalibrationConfig(batches=4, batch_tokens=2048)
+    hessians = collect_hessians(model, training_batches(loader, calib, config.train.seq_len, "cpu"), names, "cpu")
+    return state, hessians
+
+
+def test_every_matrix_has_a_hessian_and_the_tied_head_reads_the_final_norm(trained):
+    state, hessians = trained
+    quantized = {name for name, tensor in state.items() if is_quantized(name, tensor, ALL_MATRICES)}
+    assert set(hessians.matrices) == quantized
+    assert "tok_emb.weight" in hessians.matrices
+    for name, h in hessians.matrices.items():
+        assert h.shape == (state[name].shape[1],) * 2 and torch.allclose(h, h.T, atol=1e-5)
+
+
+def test_gptq_beats_rtn_on_every_matrix_of_a_trained_model(trained):
+    state, hessians = trained
+    _tensors, _index, report = quantize_state(state, ALL_MATRICES, hessians.matrices)
+    rows = [row for row in report if row["kind"] == "rows"]
+    assert rows and all(row["method"] == "gptq" for row in rows)
+    for row in rows:
+        assert row["hessian_error"] < row["rtn_hessian_error"], row["name"]
+
+
+def test_looped_layers_accumulate_every_pass():
+    config = replace(tiny_run_config().model, num_layers=3, loop_first=1, loop_last=1, loop_passes=3)
+    model = GPT(config).eval()
+    calls = []
+    model.blocks[1].attn.c_q.register_forward_hook(lambda *args: calls.append(1))
+    ids = torch.randint(0, config.vocab_size, (2, 16))
+    hessians = collect_hessians(model, iter([ids]), {"blocks.1.attn.c_q.weight", "blocks.0.attn.c_q.weight"}, "cpu")
+    assert len(calls) == 3
+    assert set(hessians.matrices) == {"blocks.1.attn.c_q.weight", "blocks.0.attn.c_q.weight"}
+
+
+def test_diagonal_hessian_makes_gptq_round_to_nearest_with_or_without_act_order():
+    torch.manual_seed(1)
+    w = torch.randn(16, 200)
+    h = torch.diag(torch.rand(200) + 0.1)  # no correlation: no error to push anywhere
+    scale = sdclip_scales(w, 4, 6.0)
+    for act_order in (True, False):
+        codes = gptq_codes(w, h, scale, GptqSettings(bits=4, damping=0.0, act_order=act_order, block_size=32))
+        assert torch.equal(codes, rtn_codes(w, scale, 4))
+
+
+def test_act_order_and_blocks_both_lower_the_error_on_correlated_inputs():
+    torch.manual_seed(2)
+    w = torch.randn(64, 256)
+    h = correlated_hessian(256)
+    scale = sdclip_scales(w, 4, 6.0)
+    rtn = hessian_error(w, restored(rtn_codes(w, scale, 4), scale), h)
+    for act_order in (True, False):
+        for block in (256, 32, 7):
+            codes = gptq_codes(w, h, scale, GptqSettings(bits=4, act_order=act_order, block_size=block))
+            assert hessian_error(w, restored(codes, scale), h) < 0.8 * rtn
+
+
+def test_block_size_only_reorders_arithmetic():
+    torch.manual_seed(3)
+    w = torch.randn(8, 96, dtype=torch.float32)
+    h = correlated_hessian(96)
+    scale = sdclip_scales(w, 6, 12.0)
+    whole = gptq_codes(w, h, scale, GptqSettings(bits=6, block_size=96))
+    blocked = gptq_codes(w, h, scale, GptqSettings(bits=6, block_size=16))
+    assert (whole != blocked).float().mean() < 0.02  # float rounding order only
+
+
+def test_dead_columns_get_zero_weight():
+    torch.manual_seed(4)
+    w = torch.randn(8, 64)
+    h = correlated_hessian(64)
+    h[5, :] = 0
+    h[:, 5] = 0
+    codes = gptq_codes(w, h, sdclip_scales(w, 6, 12.0), GptqSettings(bits=6))
+    assert (codes[:, 5] == 0).all()
+
+
+def test_singular_hessian_without_damping_is_damped_until_it_factors():
+    torch.manual_seed(5)
+    w = torch.randn(8, 64)
+    x = torch.randn(16, 64)  # 16 samples for 64 columns: rank 16
+    codes = gptq_codes(w, x.T @ x / 16, sdclip_scales(w, 6, 12.0), GptqSettings(bits=6, damping=0.0))
+    assert codes.abs().max() <= 31
+
+
+# ---- LQER ----
+def test_lqer_lowers_the_error_of_the_tensors_it_corrects(trained):
+    state, hessians = trained
+    config = QuantizeConfig(keep_float_max_numel=0, lqer_rank=4, lqer_top_k=2, lqer_group=16)
+    tensors, index, report = quantize_state(state, config, hessians.matrices)
+    corrected = [row for row in report if row.get("lqer_rank")]
+    assert len(corrected) == 2
+    for row in corrected:
+        assert row["relative_error"] < row["relative_error_before_lqer"]
+        assert row["hessian_error"] < row["hessian_error_before_lqer"]
+    rebuilt = dequantize_state(tensors, index)
+    for row in corrected:  # the reported error is the error of what the artifact rebuilds
+        name = row["name"]
+        error = (rebuilt[name] - state[name]).norm() / state[name].norm()
+        assert float(error) == pytest.approx(row["relative_error"], rel=1e-5)
+
+
+# ---- the entropy predictor ----
+def test_entropy_of_uniform_codes_is_log2_of_their_count():
+    codes = torch.arange(-8, 8).repeat(100).to(torch.int8)
+    assert code_entropy_bits(codes) == pytest.approx(4.0)
+
+
+def test_gaussian_formula_predicts_sdclip_entropy():
+    torch.manual_seed(6)
+    w = torch.randn(512, 512)
+    for bits, k in ((6, 12.0), (6, 8.0), (8, 20.0)):
+        codes = rtn_codes(w, sdclip_scales(w, bits, k), bits)
+        assert code_entropy_bits(codes) == pytest.approx(gaussian_bits(bits, k), rel=0.02)
+    assert gaussian_bits(6, 1.0) == 6.0  # capped at the code width
+    assert math.isclose(gaussian_bits(6, 12.0), math.log2(math.sqrt(2 * math.pi * math.e) * 31 / 12))
