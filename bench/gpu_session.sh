@@ -37,12 +37,15 @@ stages)
     timeout 300 python3 -m golf_cli train --preset "${PRESET:-top}" --data "$data" --out "$run/train" --force ${TRAIN_SET:-} \
         --set train.max_seconds="${SECONDS_BUDGET:-90}" --set train.warmup_steps=4 --set train.val_every=0 \
         --set train.checkpoint_every=0 2>&1 | tee "$OUT/train.log" | grep -v "^\s*$" | tail -25
-    golf quantize --train "$run/train" --data "$data" --out "$run/quantize" --force \
-        --set device="${DEVICE:-cuda}" --set eval_batch_windows=64 2>&1 | tee "$OUT/quantize.log" | tail -6
-    golf pack --quantized "$run/quantize" --out "$run/pack" --force 2>&1 | tee "$OUT/pack.log" | tail -6
+    golf quantize --train "$run/train" --data "$data" --out "$run/quantize" --force --scheme "${SCHEME:-gptq-lqer}" \
+        --set device="${DEVICE:-cuda}" --set eval_batch_windows=64 2>&1 | tee "$OUT/quantize.log" | grep -v "^tensor:" | tail -8
+    # A generous limit here so that eval always runs; the 16,000,000 gate is applied after.
+    golf pack --quantized "$run/quantize" --out "$run/pack" --force --compare --limit 40000000 2>&1 | tee "$OUT/pack.log" | tail -12
+    golf pack --check "$run/pack/model.golf" 2>&1 | tee -a "$OUT/pack.log" | tail -2
     golf eval "$run/pack" --data "$data" --out "$run/eval" --stride 64 --force \
         --set device="${DEVICE:-cuda}" --set batch_windows=64 2>&1 | tee "$OUT/eval.log" | tail -6
-    for stage in train quantize pack eval; do cp "$run/$stage/manifest.json" "$OUT/${stage}_manifest.json"; done
+    # $OUT returns at most 8 files: the four manifests travel as one tar.
+    tar cf "$OUT/manifests.tar" -C "$run" train/manifest.json quantize/manifest.json pack/manifest.json eval/manifest.json
     cp "$run/train/curves.png" "$OUT/" 2>/dev/null
     ;;
 *)

@@ -4,8 +4,9 @@
     python bench/train_quality.py --steps 200            # diagnostic: equal steps instead of equal time
 
 Each preset trains for the same wall-clock budget on the embedded news corpus (time-based
-schedule, as the records), then `golf quantize` (RTN int8) scores pre- and post-quant bpb on
-the whole val split. Prints one table and saves bench/results/train_quality.json.
+schedule, as the records), then `golf quantize` with the records' scheme (GPTQ int6 on the SDClip
+grid, embeddings int8) scores pre- and post-quant bpb on the whole val split. Run it on an idle
+machine: the budget is wall-clock time. Prints one table and saves bench/results/train_quality.json.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from pathlib import Path
 from common import ROOT, news_data, print_table, save
 
 from stages.config import apply_overrides
-from stages.quantize.config import QuantizeConfig
+from stages.quantize.schemes import get_scheme
 from stages.quantize.stage import run_quantize
 from stages.train.presets import get_preset
 from stages.train.stage import run_train
@@ -37,7 +38,7 @@ def measure(name: str, seconds: float, steps: int, data: Path, work: Path) -> di
     config = apply_overrides(get_preset(name).config, [*budget(seconds, steps), "train.log_every=100000"])
     start = time.perf_counter()
     train = run_train(config, data, work / name / "train", preset=name)
-    quant = run_quantize(QuantizeConfig(), work / name / "train", work / name / "quantize")
+    quant = run_quantize(get_scheme("gptq-int6"), work / name / "train", work / name / "quantize")
     return {
         "preset": name,
         "params": train.metrics["params"],

@@ -5,8 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
+from rich.console import Console
+from rich.table import Table
 
-from stages.pack.stage import SIZE_EXIT_CODE, SIZE_LIMIT, PackConfig, check_artifact, run_pack
+from stages.errors import GolfError
+from stages.pack.stage import (
+    COMPARE_COLUMNS, SIZE_EXIT_CODE, SIZE_LIMIT, PackConfig, check_artifact, over_limit_message, run_pack,
+)
 from stages.progress import format_line
 
 from .common import ForceOption, RichReporter, RunOption, SetOption, handle_errors, resolve_config, stage_path
@@ -17,19 +22,38 @@ def pack(
     run: str = RunOption,
     quantized: Path = typer.Option(None, "--quantized", help="Quantize folder (default artifacts/<run>/quantize)."),
     out: Path = typer.Option(None, "--out", help="Output folder (default artifacts/<run>/pack)."),
-    codec: str = typer.Option("brotli", "--codec", help="Weights codec: brotli, lzma or zlib."),
+    codec: str = typer.Option("brotli", "--codec", help="Weights codec: brotli, lzma, zstd, zlib, or best (per group the smallest)."),
     limit: int = typer.Option(SIZE_LIMIT, "--limit", help="Size limit in bytes; over it, exit 3 and write nothing."),
+    compare: bool = typer.Option(False, "--compare", help="First print the size under every codec, per group and in total."),
     check: Path = typer.Option(None, "--check", help="Only apply the size gate to this existing artifact file."),
     overrides: list[str] = SetOption,
     force: bool = ForceOption,
 ):
-    """Write model.golf (header, shipped code, compressed weights) and apply the size gate."""
+    """Write model.golf (header, shipped code, one compressed section per tensor group) and apply the size gate."""
     if check is not None:
         verdict = check_artifact(check, limit)
         print(format_line({"artifact": str(check), **verdict}))
         if verdict["verdict"] != "PASS":
-            raise typer.Exit(SIZE_EXIT_CODE)
+            raise GolfError(f"{check}: {over_limit_message(verdict)}", exit_code=SIZE_EXIT_CODE)
         return
     reporter = RichReporter()
-    config = resolve_config(PackConfig(codec=codec, limit=limit), overrides, reporter)
-    run_pack(config, stage_path(quantized, run, "quantize"), stage_path(out, run, "pack"), force, reporter)
+    # Flags go through the typed overrides, so a misspelt codec is a one-line error listing the choices.
+    config = resolve_config(PackConfig(), [f"codec={codec}", f"limit={limit}", *(overrides or [])], reporter)
+    run_pack(config, stage_path(quantized, run, "quantize"), stage_path(out, run, "pack"), force, reporter,
+             compare=compare, show_comparison=None if reporter.quiet else _print_comparison)
+
+
+def _print_comparison(rows: dict[str, dict]) -> None:
+    """Bytes per group and in total under each codec; the smallest codec of each row in bold."""
+    table = Table("section", "raw", *COMPARE_COLUMNS, title="artifact bytes by codec")
+    for row, sizes in rows.items():
+        smallest = min(sizes[column] for column in COMPARE_COLUMNS)
+        cells = [_cell(sizes[column], sizes[column] == smallest) for column in COMPARE_COLUMNS]
+        if "best_codec" in sizes:
+            cells[-1] += f" ({sizes['best_codec']})"
+        table.add_row(row, f"{sizes['raw']:,}" if "raw" in sizes else "", *cells)
+    Console().print(table)
+
+
+def _cell(size: int, bold: bool) -> str:
+    return f"[bold]{size:,}[/]" if bold else f"{size:,}"

@@ -11,6 +11,7 @@ import ast
 import dataclasses
 import inspect
 import textwrap
+import types
 import typing
 from functools import lru_cache
 
@@ -63,7 +64,7 @@ def _parse_value(text: str, hint, key: str):
         if lowered in ("0", "false", "no", "off"):
             return False
         raise GolfError(f"{key}: expected a boolean, got {text!r}")
-    if origin is typing.Union or str(origin) == "types.UnionType":
+    if origin is typing.Union or origin is types.UnionType:
         args = [a for a in typing.get_args(hint) if a is not type(None)]
         if text.strip().lower() in ("none", "null", ""):
             return None

@@ -158,3 +158,44 @@ def test_import_adopts_an_export_without_copying(run_dir, tmp_path):
     assert adopted["lineage"]["tokenizer_sha256"] == original["lineage"]["tokenizer_sha256"]
     assert adopted["metrics"]["val_tokens"] == original["metrics"]["val_tokens"]
     assert adopted["metrics"]["byte_audit"]["table_bytes"] == original["metrics"]["byte_audit"]["table_bytes"]
+
+
+def test_requantize_with_new_clip_widths_then_pack_and_eval_without_retraining(run_dir):
+    root = run_dir / "artifacts" / "t"
+    weights_hash = sha256_file(root / "train" / "model.safetensors")
+    train_manifest = (root / "train" / "manifest.json").read_text()
+    new_widths = ["keep_float_max_numel=0", "attention.clip_sigmas=8", "mlp.clip_sigmas=8", "calibration.batches=2"]
+    steps = [
+        ["quantize", "--run", "t", "--out", "artifacts/t/quantize-k8", *sets(new_widths)],
+        ["pack", "--quantized", "artifacts/t/quantize-k8", "--out", "artifacts/t/pack-k8"],
+        ["eval", "artifacts/t/pack-k8", "--out", "artifacts/t/eval-k8"],
+    ]
+    for args in steps:
+        result = golf(*args, cwd=run_dir)
+        assert result.returncode == 0, f"golf {args[0]} failed:\n{result.stdout}\n{result.stderr}"
+    quant = json.loads((root / "quantize-k8" / "manifest.json").read_text())["metrics"]
+    widths = {row["group"]: row["clip_sigmas"] for row in quant["tensors"] if row["kind"] == "rows"}
+    assert widths["attention"] == 8 and widths["mlp"] == 8
+    assert all(row["method"] == "gptq" for row in quant["tensors"] if row["kind"] == "rows")
+    evaluated = json.loads((root / "eval-k8" / "manifest.json").read_text())["metrics"]
+    assert abs(evaluated["val_bpb"] - quant["post_quant_val_bpb"]) <= 1e-6
+    assert sha256_file(root / "train" / "model.safetensors") == weights_hash
+    assert (root / "train" / "manifest.json").read_text() == train_manifest
+
+
+def test_target_bytes_lands_under_the_target(run_dir):
+    root = run_dir / "artifacts" / "t"
+    every_matrix = sets(["keep_float_max_numel=0", "calibration.batches=2"])
+    for args in (["quantize", "--run", "t", "--out", "artifacts/t/quantize-ref", *every_matrix],
+                 ["pack", "--quantized", "artifacts/t/quantize-ref", "--out", "artifacts/t/pack-ref"]):
+        assert golf(*args, cwd=run_dir).returncode == 0
+    target = int((root / "pack-ref" / "model.golf").stat().st_size * 0.95)
+    result = golf("quantize", "--run", "t", "--out", "artifacts/t/quantize-fit", "--target-bytes", target,
+                  *every_matrix, cwd=run_dir)
+    assert result.returncode == 0, result.stderr
+    metrics = json.loads((root / "quantize-fit" / "manifest.json").read_text())["metrics"]
+    assert metrics["clip_scale"] > 1.0  # a smaller artifact needs wider clips (a coarser grid)
+    packed = golf("pack", "--quantized", "artifacts/t/quantize-fit", "--out", "artifacts/t/pack-fit", "--limit", target,
+                  cwd=run_dir)
+    assert packed.returncode == 0, packed.stderr
+    assert (root / "pack-fit" / "model.golf").stat().st_size <= target

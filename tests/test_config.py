@@ -7,12 +7,13 @@ from stages.errors import GolfError
 from stages.evaluate.stage import EvalConfig
 from stages.model.config import ModelConfig
 from stages.pack.stage import PackConfig
-from stages.quantize.config import QuantizeConfig
+from stages.quantize.config import CalibrationConfig, GroupQuant, QuantizeConfig
 from stages.tokenize.stage import TokenizeConfig
 from stages.train.config import RunConfig, TrainConfig
 from stages.train.presets import PRESETS
 
-CONFIGS = [ModelConfig, TrainConfig, RunConfig, TokenizeConfig, QuantizeConfig, PackConfig, EvalConfig]
+CONFIGS = [ModelConfig, TrainConfig, RunConfig, TokenizeConfig, QuantizeConfig, GroupQuant, CalibrationConfig,
+           PackConfig, EvalConfig]
 
 
 @pytest.mark.parametrize("cls", CONFIGS)
@@ -38,6 +39,12 @@ def test_overrides_are_typed_and_nested():
 def test_bad_overrides_are_one_line_errors(override, message):
     with pytest.raises(GolfError, match=message):
         apply_overrides(RunConfig(), [override])
+
+
+def test_optional_fields_take_a_value_or_none():
+    assert apply_overrides(EvalConfig(), ["stride=5"]).stride == 5
+    assert apply_overrides(EvalConfig(stride=5), ["stride=none"]).stride is None
+    assert apply_overrides(QuantizeConfig(), ["calibration.seq_len=128"]).calibration.seq_len == 128
 
 
 def test_round_trip_through_dict():

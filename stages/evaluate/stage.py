@@ -87,7 +87,7 @@ def run_eval(config: EvalConfig, artifact: str | Path, data_dir: str | Path | No
             except ContainerError as exc:
                 raise GolfError(f"{artifact_path}: {exc}") from None
             runtime = load_runtime(header, sections)
-            model = runtime.build_model(header, sections["weights"])
+            model = runtime.build_model(header, sections)
         data = _data_dir(data_dir, pack)
         require_same_tokenizer(header["lineage"], f"artifact {artifact_path}", data.lineage, f"data {data.path}")
         seq_len = config.seq_len or header["train_seq_len"]

@@ -85,7 +85,7 @@ def run_quantize(config: QuantizeConfig, train_dir: str | Path, out_dir: str | P
         }
 
         def quantize_at(clip_scale: float):
-            return quantize_state(state, config, hessians, device, clip_scale)
+            return quantize_state(state, config, hessians.matrices if hessians else None, device, clip_scale)
 
         with ledger.measure("quantize", note="the solve after training: outside both budgets (records: ~10 s)"):
             if config.target_bytes:
@@ -126,11 +126,11 @@ def run_quantize(config: QuantizeConfig, train_dir: str | Path, out_dir: str | P
 def _calibrate(config: QuantizeConfig, model: GPT, state, data: StageDir, train_seq_len: int, device,
                ledger: TimeLedger, reporter: Reporter):
     """GPTQ Hessians, timed into the ledger: reading training data counts toward the train budget."""
-    if config.method != "gptq":
+    names = {name for name, tensor in state.items() if is_quantized(name, tensor, config)}
+    if config.method != "gptq" or not names:
         return None
     calib = config.calibration
     seq_len = calib.seq_len or train_seq_len
-    names = {name for name, tensor in state.items() if is_quantized(name, tensor, config)}
     model.eval()
     if calib.source == "train":
         bucket, budget, note = "calibration", "train", "GPTQ calibration reads training data: counts toward training"

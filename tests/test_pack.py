@@ -1,0 +1,252 @@
+"""`golf pack`: codecs, byte shuffle, per-group sections, the container, the size gate, the bundle."""
+
+import json
+import lzma
+import struct
+
+import pytest
+import torch
+
+from stages import runtime
+from stages.config import apply_overrides
+from stages.contract.stage_dir import StageDir
+from stages.errors import GolfError
+from stages.model.checkpoint import load_tensors_and_metadata
+from stages.pack.bundle import collect_sources, load_bundle
+from stages.pack.codecs import BEST_CANDIDATES, CODECS, byte_shuffle, byte_unshuffle, compress, decompress
+from stages.pack.container import MAGIC, ContainerError, read_container, write_container
+from stages.pack.stage import (
+    CODE_ROOT, COMPARE_COLUMNS, PackConfig, artifact_parts, build_artifact, check_artifact, compare_codecs,
+    compress_streams, run_pack, shipped_sources,
+)
+
+# One tensor per dtype in every group, named the way the quantize stage stores them.
+GROUP_OF = {
+    "blocks.0.attn.c_q.weight.q": "attention",
+    "blocks.0.attn.c_q.weight.scale": "attention",
+    "blocks.0.mlp.fc.weight.q": "mlp",
+    "blocks.0.mlp.fc.weight.lqer_a.q": "mlp",
+    "tok_emb.weight.q": "embedding",
+    "tok_emb.weight.scale": "embedding",
+    "blocks.0.attn_scale": "other",
+    "skip_weights": "other",
+}
+METADATA = {
+    "lineage": json.dumps({"tokenizer_sha256": "0" * 64, "vocab_size": 32}),
+    "model_config": json.dumps({"vocab_size": 32}),
+    "quant_index": json.dumps({"tok_emb.weight": {"kind": "int8_rows"}}),
+    "train_seq_len": "16",
+}
+
+
+@pytest.fixture(scope="module")
+def tensors():
+    g = torch.Generator().manual_seed(0)
+    return {
+        "blocks.0.attn.c_q.weight.q": torch.randint(-31, 32, (16, 24), generator=g, dtype=torch.int8),
+        "blocks.0.attn.c_q.weight.scale": torch.rand(16, generator=g).half(),
+        "blocks.0.mlp.fc.weight.q": torch.randint(-31, 32, (32, 16), generator=g, dtype=torch.int8),
+        "blocks.0.mlp.fc.weight.lqer_a.q": torch.randint(-1, 2, (32, 4), generator=g, dtype=torch.int8),
+        "tok_emb.weight.q": torch.randint(-127, 128, (32, 16), generator=g, dtype=torch.int8),
+        "tok_emb.weight.scale": torch.rand(32, generator=g).half(),
+        "blocks.0.attn_scale": torch.randn(16, generator=g),
+        "skip_weights": torch.randn(2, 3, generator=g).half(),
+    }
+
+
+def assert_same_tensors(decoded, tensors):
+    assert set(decoded) == set(tensors)
+    for name, tensor in tensors.items():
+        assert decoded[name].dtype == tensor.dtype and decoded[name].shape == tensor.shape
+        assert torch.equal(decoded[name], tensor), name
+
+
+# Byte shuffle and codecs
+
+
+@pytest.mark.parametrize("itemsize", [1, 2, 4])
+def test_byte_shuffle_round_trip(itemsize):
+    raw = bytes(range(256)) * 3 + bytes(4)  # 772 bytes: a whole number of items for 1, 2 and 4
+    shuffled = byte_shuffle(raw, itemsize)
+    assert len(shuffled) == len(raw) and byte_unshuffle(shuffled, itemsize) == raw
+    assert (shuffled == raw) == (itemsize == 1)
+
+
+def test_byte_shuffle_groups_bytes_by_position():
+    assert byte_shuffle(b"aAbBcC", 2) == b"abcABC"
+    assert byte_shuffle(b"abcdABCD", 4) == b"aAbBcCdD"
+    with pytest.raises(ValueError, match="items of 2 bytes"):
+        byte_shuffle(b"abc", 2)
+
+
+@pytest.mark.parametrize("codec", CODECS)
+def test_codecs_round_trip(codec):
+    data = bytes(range(256)) * 50
+    packed = compress(data, codec)
+    assert len(packed) < len(data) and decompress(packed, codec) == data
+    assert decompress(compress(data, codec, level=1), codec) == data
+
+
+def test_unknown_codec_is_refused():
+    with pytest.raises(ValueError, match="unknown codec 'xz'"):
+        compress(b"x", "xz")
+    with pytest.raises(GolfError, match="expected one of brotli, lzma, zstd, zlib, best"):
+        apply_overrides(PackConfig(), ["codec=xz"])
+    with pytest.raises(ValueError, match="leave it unset with codec 'best'"):
+        PackConfig(codec="best", level=5)
+
+
+# Per-group sections and the artifact round trip
+
+
+@pytest.mark.parametrize("codec", [*CODECS, "best"])
+def test_artifact_round_trip_is_bit_exact(tensors, codec):
+    data, breakdown = build_artifact(tensors, METADATA, PackConfig(codec=codec))
+    header, sections = read_container(data)
+    assert_same_tensors(runtime.decode_tensors(header, sections), tensors)
+    assert list(sections) == ["code", "weights.attention", "weights.mlp", "weights.embedding", "weights.other"]
+    used = {entry["name"]: entry["codec"] for entry in header["sections"]}
+    allowed = BEST_CANDIDATES if codec == "best" else (codec,)
+    assert all(used[f"weights.{group}"] in allowed for group in breakdown["groups"])
+    assert breakdown["bytes_total"] == len(data)
+    assert breakdown["bytes_header"] + breakdown["bytes_code"] + breakdown["bytes_weights"] == len(data)
+
+
+def test_header_records_each_tensor(tensors):
+    data, _ = build_artifact(tensors, METADATA, PackConfig())
+    header, _ = read_container(data)
+    entries = {entry["name"]: entry for entry in header["weights"]["tensors"]}
+    assert set(entries) == set(tensors)
+    for name, tensor in tensors.items():
+        entry = entries[name]
+        assert entry["group"] == GROUP_OF[name]
+        assert entry["dtype"] == str(tensor.dtype).removeprefix("torch.") and entry["shape"] == list(tensor.shape)
+        assert entry["shuffled"] == (tensor.element_size() > 1)  # int8 has nothing to shuffle
+
+
+def test_header_is_compressed_json(tensors):
+    data, _ = build_artifact(tensors, METADATA, PackConfig())
+    assert data.startswith(MAGIC) and MAGIC == b"GOLFPK02"
+    (length,) = struct.unpack("<I", data[len(MAGIC) : len(MAGIC) + 4])
+    header = json.loads(lzma.decompress(data[len(MAGIC) + 4 : len(MAGIC) + 4 + length]))
+    assert header["format"] == 2 and header["train_seq_len"] == 16
+
+
+def test_unshuffled_artifact_round_trips(tensors):
+    data, _ = build_artifact(tensors, METADATA, PackConfig(shuffle=False))
+    header, sections = read_container(data)
+    assert not any(entry["shuffled"] for entry in header["weights"]["tensors"])
+    assert_same_tensors(runtime.decode_tensors(header, sections), tensors)
+
+
+def test_best_keeps_the_smallest_codec_per_group(tensors):
+    parts = artifact_parts(tensors, METADATA, PackConfig())
+    measured = compress_streams(parts.streams, CODECS, None)
+    _, breakdown = build_artifact(tensors, METADATA, PackConfig(codec="best"))
+    for group, sizes in breakdown["groups"].items():
+        assert sizes["bytes"] == min(len(measured[group][codec]) for codec in BEST_CANDIDATES)
+
+
+def test_comparison_totals_are_the_real_artifact_sizes(tensors):
+    parts = artifact_parts(tensors, METADATA, PackConfig())
+    rows = compare_codecs(parts, compress_streams(parts.streams, CODECS, None))
+    assert list(rows) == ["attention", "mlp", "embedding", "other", "code+header", "total"]
+    for column in COMPARE_COLUMNS:
+        data, _ = build_artifact(tensors, METADATA, PackConfig(codec=column))
+        assert rows["total"][column] == len(data)
+        assert sum(rows[row][column] for row in rows if row != "total") == len(data)
+    assert rows["mlp"]["raw"] == sum(t.numel() * t.element_size() for n, t in tensors.items() if GROUP_OF[n] == "mlp")
+
+
+def test_unsupported_dtype_is_a_one_line_error(tensors):
+    with pytest.raises(GolfError, match="is bfloat16"):
+        build_artifact({**tensors, "extra": torch.zeros(4, dtype=torch.bfloat16)}, METADATA, PackConfig())
+
+
+# The container
+
+
+def test_container_detects_corruption_and_truncation(tensors):
+    data, _ = build_artifact(tensors, METADATA, PackConfig())
+    flipped = bytearray(data)
+    flipped[-3] ^= 0xFF
+    with pytest.raises(ContainerError, match="weights.other.*sha256"):
+        read_container(bytes(flipped))
+    with pytest.raises(ContainerError, match="truncated"):
+        read_container(data[:-1])
+    with pytest.raises(ContainerError, match="truncated artifact header"):
+        read_container(data[: len(MAGIC) + 10])
+    with pytest.raises(ContainerError, match="trailing"):
+        read_container(data + b"\0")
+    with pytest.raises(ContainerError, match="bad magic"):
+        read_container(b"GOLFPK01" + data[len(MAGIC) :])
+    header_byte = bytearray(data)
+    header_byte[len(MAGIC) + 20] ^= 0xFF
+    with pytest.raises(ContainerError, match="header is corrupt"):
+        read_container(bytes(header_byte))
+
+
+def test_container_round_trips_sections():
+    data = write_container({"format": 2}, [("a", "zlib", b"xyz"), ("b", "lzma", b"")])
+    header, sections = read_container(data)
+    assert sections == {"a": b"xyz", "b": b""} and header["format"] == 2
+
+
+# The size gate
+
+
+def test_size_gate_is_exact(tensors, tmp_path):
+    data, _ = build_artifact(tensors, METADATA, PackConfig())
+    path = tmp_path / "a.golf"
+    path.write_bytes(data)
+    assert check_artifact(path, limit=len(data)) == {"bytes_total": len(data), "limit": len(data), "margin": 0,
+                                                      "verdict": "PASS"}
+    assert check_artifact(path, limit=len(data) - 1)["verdict"] == "FAIL"
+    bad = tmp_path / "bad.golf"
+    bad.write_bytes(b"x" * 100)
+    with pytest.raises(GolfError, match="bad magic"):
+        check_artifact(bad)
+
+
+# The shipped code, and a real pack of the tiny pipeline
+
+
+def test_bundle_holds_exactly_the_runtime_closure():
+    files = shipped_sources()
+    assert "stages/runtime.py" in files and "stages/model/gpt.py" in files
+    assert "stages/pack/codecs.py" in files and "stages/pack/container.py" in files
+    assert "stages/train/stage.py" not in files and "stages/contract/stage_dir.py" not in files
+    assert "stages/pack/stage.py" not in files  # the packer itself never ships
+    for rel, source in files.items():
+        assert source == (CODE_ROOT / rel).read_text()
+
+
+def test_absolute_stages_import_is_refused(tmp_path):
+    pkg = tmp_path / "stages"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("")
+    (pkg / "runtime.py").write_text("from stages.model import gpt\n")
+    with pytest.raises(ValueError, match="absolute import"):
+        collect_sources(tmp_path, ["stages/runtime.py"])
+
+
+def test_packed_pipeline_round_trips_through_the_shipped_code(quant_dir, pack_dir):
+    tensors, _ = load_tensors_and_metadata(StageDir(quant_dir).file("quantized"))
+    header, sections = read_container(StageDir(pack_dir).file("artifact").read_bytes())
+    files = json.loads(decompress(sections["code"], header["code"]["codec"]))
+    shipped = load_bundle(files, header["code"]["entry"])
+    assert shipped.__name__.startswith("golf_artifact_")
+    assert_same_tensors(shipped.decode_tensors(header, sections), tensors)
+    model = shipped.build_model(header, sections)
+    assert type(model).__module__.startswith("golf_artifact_")  # the shipped code, not the installed one
+
+
+def test_pack_compare_goes_into_the_manifest(quant_dir, tmp_path):
+    shown = []
+    manifest = run_pack(PackConfig(codec="best"), quant_dir, tmp_path / "pack", compare=True,
+                        show_comparison=shown.append)
+    metrics = manifest.metrics
+    assert shown and shown[0] == metrics["compare"]
+    assert metrics["compare"]["total"]["best"] == metrics["bytes_total"]
+    assert metrics["verdict"] == "PASS" and metrics["margin"] == metrics["limit"] - metrics["bytes_total"]
+    assert set(metrics["groups"]) <= {"attention", "mlp", "embedding", "other"}
