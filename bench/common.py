@@ -39,4 +39,4 @@ def print_table(title: str, rows: list[dict], columns: list[str]) -> None:
     table = Table(*columns, title=title)
     for row in rows:
         table.add_row(*(f"{row[c]:.4f}" if isinstance(row[c], float) else str(row[c]) for c in columns))
-    Console().print(table)
+    Console(width=max(Console().width, 160)).print(table)

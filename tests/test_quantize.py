@@ -12,7 +12,7 @@ from stages.evaluate.val_data import train_shard_paths
 from stages.model.checkpoint import load_model_weights, load_tensors
 from stages.model.gpt import GPT
 from stages.quantize.calibration import collect_hessians, training_batches
-from stages.quantize.config import CalibrationConfig, QuantizeConfig
+from stages.quantize.config import CalibrationConfig, GroupQuant, QuantizeConfig
 from stages.quantize.dequant import dequantize_state
 from stages.quantize.entropy import code_entropy_bits, gaussian_bits
 from stages.quantize.gptq import GptqSettings, gptq_codes, hessian_error
@@ -54,6 +54,20 @@ def test_quantile_grid_ignores_a_single_outlier():
     w = torch.ones(2, 1000)
     w[0, 0] = 1000.0
     assert float(quantile_scales(w, 8, 0.99)[0]) < 1.0
+
+
+def test_clip_rule_is_per_group_and_the_target_knob_leaves_quantile_groups_alone():
+    torch.manual_seed(0)
+    state = {"tok_emb.weight": torch.randn(64, 32), "blocks.0.mlp.fc.weight": torch.randn(64, 32)}
+    config = replace(ALL_MATRICES, method="rtn", embedding=GroupQuant(bits=8, clip="quantile"))
+    _tensors, _index, report = quantize_state(state, config)
+    _tensors, _index, wider = quantize_state(state, config, clip_scale=2.0)
+    rows = {row["name"]: row for row in report}
+    wider_rows = {row["name"]: row for row in wider}
+    assert rows["tok_emb.weight"]["clip"] == "quantile" and rows["tok_emb.weight"]["clip_sigmas"] is None
+    assert rows["blocks.0.mlp.fc.weight"]["clip"] == "sdclip"
+    assert wider_rows["tok_emb.weight"]["relative_error"] == rows["tok_emb.weight"]["relative_error"]
+    assert wider_rows["blocks.0.mlp.fc.weight"]["clip_sigmas"] == 2 * rows["blocks.0.mlp.fc.weight"]["clip_sigmas"]
 
 
 def test_small_and_control_tensors_stay_float_and_dequantize_back():

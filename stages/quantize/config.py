@@ -8,18 +8,24 @@ from typing import Literal
 
 @dataclass(frozen=True)
 class GroupQuant:
-    """Bits and clip width of one tensor group (attention, mlp, embedding, other)."""
+    """Bits and row-scale rule of one tensor group (attention, mlp, embedding, other)."""
 
     bits: int = 6
     """Code width: codes lie in [-R, R] with R = 2^(bits-1) - 1, stored one per byte."""
+    clip: Literal["sdclip", "quantile"] = "sdclip"
+    """Row scale rule: 'sdclip' (k * std / R, the records) or 'quantile' (a quantile of |w| / R, the baseline)."""
     clip_sigmas: float = 12.0
     """SDClip k: the row scale is k * std(row) / R, so k sets the step and the entropy."""
+    clip_quantile: float = 0.9999984
+    """Per-row clip quantile of |w| for clip='quantile' (the baseline's 99.99984th percentile)."""
 
     def __post_init__(self) -> None:
         if not 2 <= self.bits <= 8:
             raise ValueError("bits must be between 2 and 8")
         if self.clip_sigmas <= 0:
             raise ValueError("clip_sigmas must be positive")
+        if not 0.5 < self.clip_quantile <= 1.0:
+            raise ValueError("clip_quantile must be in (0.5, 1]")
 
 
 @dataclass(frozen=True)
@@ -50,10 +56,6 @@ class QuantizeConfig:
 
     method: Literal["gptq", "rtn"] = "gptq"
     """'gptq': error-feedback rounding against calibration Hessians; 'rtn': round-to-nearest."""
-    clip: Literal["sdclip", "quantile"] = "sdclip"
-    """Row scale rule: 'sdclip' (k * std / R) or 'quantile' (the baseline: a quantile of |w| / R)."""
-    clip_quantile: float = 0.9999984
-    """Per-row clip quantile of |w| for clip='quantile' (the baseline's 99.99984th percentile)."""
     attention: GroupQuant = GroupQuant(bits=6, clip_sigmas=13.0)
     """Attention matrices (q, k, v, output, value projection): int6, k 13.0 in the records."""
     mlp: GroupQuant = GroupQuant(bits=6, clip_sigmas=12.0)
@@ -102,8 +104,6 @@ class QuantizeConfig:
     """Where calibration, GPTQ and scoring run: 'cpu', 'cuda' or 'auto' (cuda when available)."""
 
     def __post_init__(self) -> None:
-        if not 0.5 < self.clip_quantile <= 1.0:
-            raise ValueError("clip_quantile must be in (0.5, 1]")
         if not 0 <= self.damping < 1:
             raise ValueError("damping must be in [0, 1)")
         if self.block_size < 1 or self.lqer_group < 1 or self.lqer_rank < 0 or self.lqer_top_k < 0:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 
 from ..model.gpt import CONTROL_TENSOR_NAMES
-from .config import QuantizeConfig
+from .config import GroupQuant, QuantizeConfig
 from .dequant import KIND_FLOAT, KIND_ROWS, dequantize_entry
 from .entropy import code_entropy_bits, gaussian_bits, predicted_code_bytes
 from .gptq import GptqSettings, gptq_codes, hessian_error
@@ -32,17 +32,17 @@ def is_control(name: str) -> bool:
     return any(c in name for c in CONTROL_TENSOR_NAMES)
 
 
-def row_scales(weight: torch.Tensor, bits: int, clip_sigmas: float, config: QuantizeConfig) -> torch.Tensor:
-    if config.clip == "quantile":
-        return quantile_scales(weight, bits, config.clip_quantile)
-    return sdclip_scales(weight, bits, clip_sigmas)
+def row_scales(weight: torch.Tensor, settings: GroupQuant, clip_sigmas: float) -> torch.Tensor:
+    if settings.clip == "quantile":
+        return quantile_scales(weight, settings.bits, settings.clip_quantile)
+    return sdclip_scales(weight, settings.bits, clip_sigmas)
 
 
 def quantize_state(state: dict[str, torch.Tensor], config: QuantizeConfig,
                    hessians: dict[str, torch.Tensor] | None = None, device="cpu",
                    clip_scale: float = 1.0):
-    """(stored tensors, index, report). ``clip_scale`` multiplies every group's clip width
-    (the knob --target-bytes turns)."""
+    """(stored tensors, index, report). ``clip_scale`` multiplies the k of every SDClip group
+    (the knob --target-bytes turns; quantile-clipped groups keep their grid)."""
     hessians = hessians or {}
     tensors: dict[str, torch.Tensor] = {}
     index: dict[str, dict] = {}
@@ -64,8 +64,9 @@ def quantize_state(state: dict[str, torch.Tensor], config: QuantizeConfig,
 def _quantize_matrix(name, weight, config: QuantizeConfig, hessian, device, clip_scale):
     group = tensor_group(name)
     settings = config.group(group)
-    clip_sigmas = settings.clip_sigmas * clip_scale
-    scale = row_scales(weight, settings.bits, clip_sigmas, config)
+    sdclip = settings.clip == "sdclip"
+    clip_sigmas = settings.clip_sigmas * clip_scale if sdclip else None
+    scale = row_scales(weight, settings, clip_sigmas)
     use_gptq = config.method == "gptq" and hessian is not None
     if use_gptq:
         gptq = GptqSettings(settings.bits, config.damping, config.act_order, config.block_size)
@@ -78,10 +79,10 @@ def _quantize_matrix(name, weight, config: QuantizeConfig, hessian, device, clip
     row = {
         "name": name, "group": group, "kind": KIND_ROWS, "shape": list(weight.shape),
         "method": "gptq" if use_gptq else "rtn", "bits": settings.bits,
-        "clip": config.clip, "clip_sigmas": round(clip_sigmas, 6) if config.clip == "sdclip" else None,
+        "clip": settings.clip, "clip_sigmas": round(clip_sigmas, 6) if sdclip else None,
         "relative_error": _relative_error(weight, restored),
         "predicted_bits_per_weight": code_entropy_bits(codes),
-        "gaussian_bits_per_weight": gaussian_bits(settings.bits, clip_sigmas) if config.clip == "sdclip" else None,
+        "gaussian_bits_per_weight": gaussian_bits(settings.bits, clip_sigmas) if sdclip else None,
         "predicted_bytes": predicted_code_bytes(codes) + 2 * scale.numel(),
         "stored_bytes": codes.numel() + 2 * scale.numel(),
     }

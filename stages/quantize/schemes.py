@@ -13,10 +13,11 @@ from dataclasses import replace
 from ..errors import GolfError
 from .config import GroupQuant, QuantizeConfig
 
-INT8 = GroupQuant(bits=8, clip_sigmas=20.0)
+BASELINE_INT8 = GroupQuant(bits=8, clip="quantile")
 
 SCHEMES: dict[str, QuantizeConfig] = {
-    "baseline-int8": QuantizeConfig(method="rtn", clip="quantile", attention=INT8, mlp=INT8, embedding=INT8, other=INT8),
+    "baseline-int8": QuantizeConfig(method="rtn", attention=BASELINE_INT8, mlp=BASELINE_INT8,
+                                    embedding=BASELINE_INT8, other=BASELINE_INT8),
     "rtn-int6": QuantizeConfig(method="rtn"),
     "gptq-int6": QuantizeConfig(),
     "gptq-lqer": QuantizeConfig(lqer_rank=4, lqer_top_k=3),

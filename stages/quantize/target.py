@@ -1,6 +1,6 @@
 """--target-bytes: choose the clip widths so that the packed artifact lands just under a size.
 
-Every group's k is multiplied by one factor c (a wider clip -> a coarser step -> fewer bits).
+Every SDClip group's k is multiplied by one factor c (a wider clip -> a coarser step -> fewer bits).
 The entropy predictor (entropy.py) on round-to-nearest codes gives the size as a function of c
 in about a second, so c is found by bisection; the real quantizer then runs at that c and the
 artifact is really packed. What the predictor does not see (the code, the header, float tensors,
