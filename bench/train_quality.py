@@ -5,7 +5,9 @@
 
 Each preset trains for the same wall-clock budget on the embedded news corpus (time-based
 schedule, as the records), then `golf quantize` with the records' scheme (GPTQ int6 on the SDClip
-grid, embeddings int8) scores pre- and post-quant bpb on the whole val split. Run it on an idle
+grid) scores pre- and post-quant bpb on the whole val split. The tied embedding goes on a max-abs
+int8 grid, as in run_all.sh: at these sizes the records' int8 k-20 embedding grid alone costs
+~0.04 bpb (bench/quant_quality.py) and would swamp the differences between presets. Run it on an idle
 machine: the budget is wall-clock time. Prints one table and saves bench/results/train_quality.json.
 """
 
@@ -19,11 +21,13 @@ from pathlib import Path
 from common import ROOT, news_data, print_table, save
 
 from stages.config import apply_overrides
+from stages.quantize.config import GroupQuant
 from stages.quantize.schemes import get_scheme
 from stages.quantize.stage import run_quantize
 from stages.train.presets import get_preset
 from stages.train.stage import run_train
 
+SCHEME = get_scheme("gptq-int6", embedding=GroupQuant(bits=8, clip="quantile"))
 PRESETS = ["tiny", "pr401-cpu", "pr1413-cpu", "pr1776-cpu", "pr1880-cpu", "pr1790-cpu", "top-cpu"]
 
 
@@ -38,7 +42,7 @@ def measure(name: str, seconds: float, steps: int, data: Path, work: Path) -> di
     config = apply_overrides(get_preset(name).config, [*budget(seconds, steps), "train.log_every=100000"])
     start = time.perf_counter()
     train = run_train(config, data, work / name / "train", preset=name)
-    quant = run_quantize(get_scheme("gptq-int6"), work / name / "train", work / name / "quantize")
+    quant = run_quantize(SCHEME, work / name / "train", work / name / "quantize")
     return {
         "preset": name,
         "params": train.metrics["params"],
