@@ -16,7 +16,7 @@ from stages.quantize.config import CalibrationConfig, GroupQuant, QuantizeConfig
 from stages.quantize.dequant import dequantize_state
 from stages.quantize.entropy import code_entropy_bits, gaussian_bits
 from stages.quantize.gptq import GptqSettings, gptq_codes, hessian_error
-from stages.quantize.quantizer import is_quantized, quantize_state
+from stages.quantize.quantizer import is_quantized, predicted_rtn_bytes, quantize_state
 from stages.quantize.rows import code_max, quantile_scales, rtn_codes, sdclip_scales
 from stages.train.loader import make_loader
 
@@ -68,6 +68,16 @@ def test_clip_rule_is_per_group_and_the_target_knob_leaves_quantile_groups_alone
     assert rows["blocks.0.mlp.fc.weight"]["clip"] == "sdclip"
     assert wider_rows["tok_emb.weight"]["relative_error"] == rows["tok_emb.weight"]["relative_error"]
     assert wider_rows["blocks.0.mlp.fc.weight"]["clip_sigmas"] == 2 * rows["blocks.0.mlp.fc.weight"]["clip_sigmas"]
+
+
+def test_size_prediction_equals_the_reports_predicted_bytes():
+    torch.manual_seed(0)
+    state = {"tok_emb.weight": torch.randn(96, 32), "blocks.0.attn.c_q.weight": torch.randn(32, 32),
+             "blocks.0.attn_scale": torch.randn(32)}
+    config = replace(ALL_MATRICES, method="rtn", embedding=GroupQuant(bits=8, clip="quantile"))
+    for clip_scale in (0.5, 1.0, 2.0):
+        _tensors, _index, report = quantize_state(state, config, clip_scale=clip_scale)
+        assert predicted_rtn_bytes(state, config, clip_scale) == sum(row["predicted_bytes"] for row in report)
 
 
 def test_small_and_control_tensors_stay_float_and_dequantize_back():

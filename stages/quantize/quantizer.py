@@ -12,7 +12,7 @@ import torch
 
 from ..model.gpt import CONTROL_TENSOR_NAMES
 from .config import GroupQuant, QuantizeConfig
-from .dequant import KIND_FLOAT, KIND_ROWS, dequantize_entry
+from .dequant import KIND_FLOAT, KIND_ROWS, dequantize_entry, dequantize_rows
 from .entropy import code_entropy_bits, gaussian_bits, predicted_code_bytes
 from .gptq import GptqSettings, gptq_codes, hessian_error
 from .groups import tensor_group
@@ -36,6 +36,35 @@ def row_scales(weight: torch.Tensor, settings: GroupQuant, clip_sigmas: float) -
     if settings.clip == "quantile":
         return quantile_scales(weight, settings.bits, settings.clip_quantile)
     return sdclip_scales(weight, settings.bits, clip_sigmas)
+
+
+def _clip_sigmas(settings: GroupQuant, clip_scale: float) -> float | None:
+    """The group's k scaled by the --target-bytes knob (None for quantile-clipped groups)."""
+    return settings.clip_sigmas * clip_scale if settings.clip == "sdclip" else None
+
+
+def _float_dtype(name: str, config: QuantizeConfig) -> torch.dtype:
+    return FLOAT_DTYPES[config.control_dtype if is_control(name) else config.other_float_dtype]
+
+
+def _predicted_row_bytes(codes: torch.Tensor, scale: torch.Tensor) -> float:
+    """Entropy-coded codes plus their fp16 scales."""
+    return predicted_code_bytes(codes) + 2 * scale.numel()
+
+
+def predicted_rtn_bytes(state: dict[str, torch.Tensor], config: QuantizeConfig, clip_scale: float) -> float:
+    """The report's predicted bytes summed, with round-to-nearest codes, and nothing else computed
+    (no dequantization, no errors): what --target-bytes evaluates at every probe of its search."""
+    total = 0.0
+    for name, weight in state.items():
+        weight = weight.detach().float()
+        if is_quantized(name, weight, config):
+            settings = config.group(tensor_group(name))
+            scale = row_scales(weight, settings, _clip_sigmas(settings, clip_scale))
+            total += _predicted_row_bytes(rtn_codes(weight, scale, settings.bits), scale)
+        else:
+            total += weight.numel() * _float_dtype(name, config).itemsize
+    return total
 
 
 def quantize_state(state: dict[str, torch.Tensor], config: QuantizeConfig,
@@ -64,8 +93,8 @@ def quantize_state(state: dict[str, torch.Tensor], config: QuantizeConfig,
 def _quantize_matrix(name, weight, config: QuantizeConfig, hessian, device, clip_scale):
     group = tensor_group(name)
     settings = config.group(group)
-    sdclip = settings.clip == "sdclip"
-    clip_sigmas = settings.clip_sigmas * clip_scale if sdclip else None
+    clip_sigmas = _clip_sigmas(settings, clip_scale)
+    sdclip = clip_sigmas is not None
     scale = row_scales(weight, settings, clip_sigmas)
     use_gptq = config.method == "gptq" and hessian is not None
     if use_gptq:
@@ -83,18 +112,18 @@ def _quantize_matrix(name, weight, config: QuantizeConfig, hessian, device, clip
         "relative_error": _relative_error(weight, restored),
         "predicted_bits_per_weight": code_entropy_bits(codes),
         "gaussian_bits_per_weight": gaussian_bits(settings.bits, clip_sigmas) if sdclip else None,
-        "predicted_bytes": predicted_code_bytes(codes) + 2 * scale.numel(),
+        "predicted_bytes": _predicted_row_bytes(codes, scale),
         "stored_bytes": codes.numel() + 2 * scale.numel(),
     }
     if hessian is not None:
         row["hessian_error"] = hessian_error(weight, restored, hessian)
-        rtn_restored = rtn_codes(weight, scale, settings.bits).float() * scale.float()[:, None]
+        rtn_restored = dequantize_rows(rtn_codes(weight, scale, settings.bits), scale)
         row["rtn_hessian_error"] = hessian_error(weight, rtn_restored, hessian)
     return entry, stored, row
 
 
 def _keep_float(name, weight, config: QuantizeConfig):
-    dtype = FLOAT_DTYPES[config.control_dtype if is_control(name) else config.other_float_dtype]
+    dtype = _float_dtype(name, config)
     stored = weight.to(dtype).contiguous()
     entry = {"kind": KIND_FLOAT, "shape": list(weight.shape), "dtype": str(dtype).removeprefix("torch.")}
     row = {

@@ -11,13 +11,11 @@ next round, until the packed size is under the target and within ``TOLERANCE`` o
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, replace
-
-import torch
+from dataclasses import dataclass
 
 from ..errors import GolfError
 from .config import QuantizeConfig
-from .quantizer import quantize_state
+from .quantizer import predicted_rtn_bytes
 
 TOLERANCE = 0.002  # stop once the artifact uses at least 99.8% of the target
 MAX_ROUNDS = 5
@@ -29,13 +27,6 @@ class Attempt:
     clip_scale: float
     predicted_bytes: int
     actual_bytes: int
-
-
-def predicted_size(state: dict[str, torch.Tensor], config: QuantizeConfig, clip_scale: float) -> float:
-    """Predicted bytes of every stored tensor with round-to-nearest codes at ``clip_scale``."""
-    rtn = replace(config, method="rtn", lqer_rank=0)
-    _tensors, _index, report = quantize_state(state, rtn, clip_scale=clip_scale)
-    return sum(row["predicted_bytes"] for row in report)
 
 
 def solve_clip_scale(predict: Callable[[float], float], goal: float) -> float:
@@ -59,7 +50,7 @@ def fit_to_target(state, config: QuantizeConfig, quantize_at: Callable[[float], 
 
     def predict(scale: float) -> float:
         if scale not in cache:
-            cache[scale] = predicted_size(state, config, scale)
+            cache[scale] = predicted_rtn_bytes(state, config, scale)
         return cache[scale]
 
     attempts: list[Attempt] = []
