@@ -24,7 +24,7 @@ console = Console()
 @handle_errors
 def inspect(path: Path = typer.Argument(..., help="A stage folder (any of tokenize, train, quantize, pack, eval).")):
     """Exit 0 only if every hash in the folder and in its whole lineage still matches."""
-    stage = StageDir(path)
+    stage = StageDir(path, strict=False)
     manifest = stage.manifest
     print(format_line({"stage": manifest.stage, "path": str(stage.path), "started": manifest.started_at,
                        "finished": manifest.finished_at}))
@@ -45,7 +45,9 @@ def inspect(path: Path = typer.Argument(..., help="A stage folder (any of tokeni
         owner = next((c for c in checks if c.stage == budget), None)
         measured_on = hardware_name(owner.environment) if owner else "n/a (stage not in this lineage)"
         print(format_line({"budget": budget, **verdict, "measured_on": measured_on}))
-    problems = [f"{check.stage} ({check.path}): {p}" for check in checks for p in check.problems]
+    for note in (note for check in checks for note in check.notes):
+        print(f"note:{note}")
+    problems = [problem for check in checks for problem in check.problems]
     for problem in problems:
         print(f"problem:{problem}")
     print(format_line({"lineage_stages": len(checks), "verified": not problems}))

@@ -18,13 +18,24 @@ def losses(train_dir):
 
 def test_resume_continues_the_exact_loss_sequence(data_dir, tmp_path):
     config = apply_overrides(tiny_run_config(), ["train.max_steps=6", "train.checkpoint_every=3", "train.schedule=steps"])
-    run_train(config, data_dir, tmp_path / "full")
-    checkpoint = tmp_path / "full.checkpoints" / "step_000003"
+    full_manifest = run_train(config, data_dir, tmp_path / "full")
+    checkpoint = tmp_path / full_manifest.metrics["checkpoints"] / "step_000003"
+    assert checkpoint.parent.name == full_manifest.run_id  # the run's own checkpoints, keyed by its id
     assert (checkpoint / "tensors.safetensors").is_file() and (checkpoint / "state.json").is_file()
-    run_train(config, data_dir, tmp_path / "resumed", resume=checkpoint)
+    resumed_manifest = run_train(config, data_dir, tmp_path / "resumed", resume=checkpoint)
     assert losses(tmp_path / "resumed") == losses(tmp_path / "full")[3:]
     full, resumed = load_file(tmp_path / "full" / "model.safetensors"), load_file(tmp_path / "resumed" / "model.safetensors")
     assert all(torch.equal(full[k], resumed[k]) for k in full)
+    # The resumed ledger is the sum of its parts: the 3 steps before the checkpoint plus the 3 after.
+    state = json.loads((checkpoint / "state.json").read_text())
+    before = state["ledger"]["train_loop"]["seconds"]
+    resumed_loop = resumed_manifest.ledger["train_loop"]["seconds"]
+    assert resumed_loop > before and abs(resumed_loop - before - resumed_manifest.metrics["train_seconds"] + state["elapsed"]) < 0.05
+    assert resumed_manifest.metrics["train_seconds"] > state["elapsed"]
+    # The checkpoint is an input, pinned by hashes.
+    record = resumed_manifest.inputs["resume"]
+    assert record.stage == "checkpoint" and set(record.files) == {"tensors", "state"}
+    assert resumed_manifest.metrics["resumed_from"]["step"] == 3
 
 
 def test_two_gloo_processes_match_one_process_with_accumulation(data_dir, tmp_path):

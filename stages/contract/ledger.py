@@ -42,6 +42,11 @@ class TimeLedger:
             raise ValueError(f"bucket {name!r} counts toward {bucket.counts_toward}, not {counts_toward}")
         bucket.seconds += seconds
 
+    def merge(self, other: "TimeLedger") -> None:
+        """Add every bucket of ``other`` into this ledger (a resumed run adds the run it continues)."""
+        for name, bucket in other.buckets.items():
+            self.add(name, bucket.seconds, bucket.counts_toward, bucket.note)
+
     @contextmanager
     def measure(self, name: str, counts_toward: Budget | None = None, note: str = ""):
         """Time the body of a ``with`` block into a bucket."""

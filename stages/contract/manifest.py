@@ -6,10 +6,13 @@ import json
 from dataclasses import asdict, dataclass, field
 
 from ..errors import GolfError
+from .hashing import sha256_bytes
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 MANIFEST_NAME = "manifest.json"
 STAGES = ("tokenize", "train", "quantize", "pack", "eval")
+STATUS_OK = "ok"
+STATUS_FAILED = "failed"
 
 
 @dataclass
@@ -17,7 +20,8 @@ class FileRecord:
     """One file a stage wrote (or adopted), with the hash later stages check before reading it."""
 
     path: str
-    """Path relative to the stage folder, or absolute for adopted files outside it."""
+    """Path relative to the stage folder (adopted files outside it too: ``../..``), so a moved or copied
+    run folder still verifies."""
     sha256: str
     """sha256 of the file's bytes."""
     bytes: int
@@ -29,9 +33,10 @@ class InputRecord:
     """One upstream stage folder a stage read, pinned by the hash of its manifest."""
 
     path: str
-    """The upstream stage folder, as an absolute path."""
+    """The upstream stage folder, relative to the run root (the folder holding the reading stage's
+    folder, e.g. 'tokenize' for artifacts/<run>/tokenize), so a moved or copied run still resolves."""
     stage: str
-    """Which stage wrote it."""
+    """Which stage wrote it ('checkpoint' or 'artifact' for a folder or file without a manifest)."""
     manifest_sha256: str
     """sha256 of the upstream manifest.json: pins every output hash listed in it."""
     files: dict[str, FileRecord] = field(default_factory=dict)
@@ -62,11 +67,25 @@ class Manifest:
     """UTC start time, ISO 8601."""
     finished_at: str = ""
     """UTC end time, ISO 8601."""
+    run_id: str = ""
+    """Unique id of the run that wrote this folder (keys its checkpoints and its lock)."""
+    status: str = STATUS_OK
+    """'ok', or 'failed' when the stage wrote its evidence but a check failed (see ``failure``)."""
+    failure: str = ""
+    """Why the stage failed (empty when ok); a failed folder is never used as an input."""
     schema: int = SCHEMA_VERSION
     """Manifest schema version."""
+    content_sha256: str = ""
+    """sha256 of this manifest's own content (every other field, canonical JSON): a hand edit shows."""
 
     def to_json(self) -> str:
-        return json.dumps(asdict(self), indent=2, sort_keys=False) + "\n"
+        data = asdict(self)
+        data["content_sha256"] = content_hash(data)
+        return json.dumps(data, indent=2, sort_keys=False) + "\n"
+
+    def content_matches(self) -> bool:
+        """Whether the content hash recorded at write time still equals the content."""
+        return bool(self.content_sha256) and content_hash(asdict(self)) == self.content_sha256
 
     @classmethod
     def from_json(cls, text: str, where: str) -> "Manifest":
@@ -90,3 +109,9 @@ class Manifest:
             return cls(**{**data, "inputs": inputs, "outputs": outputs})
         except (TypeError, KeyError) as exc:
             raise GolfError(f"{where}: malformed manifest ({exc})") from None
+
+
+def content_hash(data: dict) -> str:
+    """sha256 of a manifest's fields except the hash itself, as canonical JSON (sorted keys, no spaces)."""
+    body = {key: value for key, value in data.items() if key != "content_sha256"}
+    return sha256_bytes(json.dumps(body, sort_keys=True, separators=(",", ":")).encode("utf-8"))

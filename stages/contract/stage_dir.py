@@ -1,8 +1,10 @@
 """Stage folders: reading an upstream one with hash checks, writing a new one atomically.
 
 A stage writes into a hidden temporary sibling folder and renames it into place only after the
-manifest is written, so a killed stage never leaves a folder that looks complete. An existing
-folder is replaced only with ``force``.
+manifest is written, so a killed stage never leaves a folder that looks complete. One process
+writes a folder at a time (a lock, see ``lock.py``); what a killed writer left behind is removed
+at the next start of that stage. An existing folder is replaced only with ``force``, and only if
+it is a finished golf folder of the same stage: never a folder golf did not write.
 """
 
 from __future__ import annotations
@@ -18,7 +20,8 @@ from ..errors import GolfError
 from .environment import capture
 from .hashing import sha256_bytes, sha256_file
 from .ledger import TimeLedger
-from .manifest import MANIFEST_NAME, FileRecord, InputRecord, Manifest
+from .lock import FolderLock
+from .manifest import MANIFEST_NAME, STATUS_FAILED, STATUS_OK, FileRecord, InputRecord, Manifest
 
 
 LOG_FILE = "log.txt"
@@ -33,10 +36,24 @@ def utc_now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
-class StageDir:
-    """A finished stage folder, opened for reading: every file is hash-checked before use."""
+def new_run_id() -> str:
+    """A unique id for one stage run: UTC time (sortable) plus randomness."""
+    return f"{datetime.now(timezone.utc):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:8]}"
 
-    def __init__(self, path: str | Path, expect_stage: str | None = None):
+
+def relative_path(target: str | Path, base: str | Path) -> str:
+    """``target`` relative to ``base`` (with '..' where needed), so recorded paths survive a move."""
+    return os.path.relpath(Path(target).resolve(), Path(base).resolve())
+
+
+class StageDir:
+    """A finished stage folder, opened for reading: every file is hash-checked before use.
+
+    Opening refuses a manifest whose content no longer matches its own hash (edited by hand) and
+    a stage that recorded its own failure; ``strict=False`` opens either for auditing.
+    """
+
+    def __init__(self, path: str | Path, expect_stage: str | None = None, strict: bool = True):
         self.path = Path(path).resolve()
         manifest_path = self.path / MANIFEST_NAME
         if not manifest_path.is_file():
@@ -46,6 +63,10 @@ class StageDir:
         self.manifest = Manifest.from_json(raw.decode("utf-8", errors="replace"), str(manifest_path))
         if expect_stage and self.manifest.stage != expect_stage:
             raise GolfError(f"{path}: is a '{self.manifest.stage}' folder, expected '{expect_stage}'")
+        if strict:
+            problem = self.integrity_problem()
+            if problem:
+                raise GolfError(f"{path}: {problem}")
         self._verified: dict[str, FileRecord] = {}
 
     @property
@@ -55,6 +76,30 @@ class StageDir:
     @property
     def lineage(self) -> dict:
         return self.manifest.lineage
+
+    @property
+    def run_root(self) -> Path:
+        """The folder holding this stage folder: input paths in the manifest are relative to it."""
+        return self.path.parent
+
+    def integrity_problem(self) -> str | None:
+        """Why this folder must not be used as an input (None when it may)."""
+        if not self.manifest.content_matches():
+            return f"{MANIFEST_NAME} was edited after the stage wrote it (its content hash does not match)"
+        if self.manifest.status != STATUS_OK:
+            return f"the {self.stage} stage failed: {self.manifest.failure or 'no reason recorded'}"
+        return None
+
+    def input_path(self, role: str) -> Path:
+        """Where the upstream folder (or file) of an input role is, resolved from the run root."""
+        record = self.manifest.inputs.get(role)
+        if record is None:
+            raise GolfError(f"{self.path}: records no {role!r} input")
+        return self.run_root / record.path
+
+    def upstream(self, role: str, expect_stage: str) -> "StageDir":
+        """Open the upstream stage folder of an input role."""
+        return StageDir(self.input_path(role), expect_stage)
 
     def file(self, name: str) -> Path:
         """Path of an output after checking its size and sha256 against the manifest."""
@@ -72,13 +117,12 @@ class StageDir:
         return [self.file(name) for name in sorted(self.manifest.outputs) if keep(name)]
 
     def resolve(self, record: FileRecord) -> Path:
-        path = Path(record.path)
-        return path if path.is_absolute() else self.path / path
+        return self.path / record.path
 
-    def as_input(self) -> InputRecord:
-        """The record a downstream manifest keeps of this folder and of what it read from it."""
+    def as_input(self, run_root: Path) -> InputRecord:
+        """The record a downstream manifest (of a stage under ``run_root``) keeps of this folder."""
         return InputRecord(
-            path=str(self.path),
+            path=relative_path(self.path, run_root),
             stage=self.stage,
             manifest_sha256=self.manifest_sha256,
             files=dict(self._verified),
@@ -97,22 +141,47 @@ def verify_file(path: Path, record: FileRecord) -> None:
         raise GolfError(f"{path}: sha256 {actual[:16]}... does not match manifest {record.sha256[:16]}...")
 
 
+def file_record(path: Path, base: Path) -> FileRecord:
+    """Hash a file and record it with its path relative to ``base``."""
+    return FileRecord(path=relative_path(path, base), sha256=sha256_file(path), bytes=path.stat().st_size)
+
+
 class StageWriter:
     """Builds a stage folder in a temporary sibling and renames it into place on ``commit``.
 
     Use as a context manager: leaving the block with an exception removes the temporary folder
-    and leaves any existing output untouched.
+    (and a run folder this writer created, if it stayed empty) and leaves any existing output
+    untouched. The folder's lock is held from construction to the end of the block.
     """
 
-    def __init__(self, out_dir: str | Path, stage: str, force: bool = False):
+    def __init__(self, out_dir: str | Path, stage: str, force: bool = False, reporter=None):
         self.out_dir = Path(out_dir).resolve()
         self.stage = stage
         self.force = force
-        if self.out_dir.exists() and not force:
-            raise GolfError(f"{out_dir}: already exists (pass --force to replace it)")
-        self.out_dir.parent.mkdir(parents=True, exist_ok=True)
-        self.tmp_dir = self.out_dir.parent / f".{self.out_dir.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-        self.tmp_dir.mkdir()
+        self.run_id = new_run_id()
+        self._created_parents = _missing_parents(self.out_dir.parent)
+        try:
+            self.out_dir.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise GolfError(f"{out_dir}: cannot create its parent folder ({exc.strerror})") from None
+        try:
+            self.lock = FolderLock(self.out_dir, self.run_id)
+        except PermissionError:
+            self._remove_created_parents()
+            raise GolfError(f"{out_dir}: the folder it goes in is not writable") from None
+        try:
+            check_replaceable(self.out_dir, stage, force)
+            for leftover in remove_leftovers(self.out_dir):
+                if reporter is not None:
+                    reporter.log(cleaned=leftover, reason="left by a killed run of this stage")
+            self.tmp_dir = self.out_dir.parent / f".{self.out_dir.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+            self.tmp_dir.mkdir()
+        except BaseException as exc:
+            self.lock.release()
+            self._remove_created_parents()
+            if isinstance(exc, OSError):
+                raise GolfError(f"{out_dir}: cannot write there ({exc.strerror})") from None
+            raise
         self.ledger = TimeLedger()
         self.inputs: dict[str, InputRecord] = {}
         self.outputs: dict[str, FileRecord] = {}
@@ -123,8 +192,25 @@ class StageWriter:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
-        if self.tmp_dir.exists():
-            shutil.rmtree(self.tmp_dir, ignore_errors=True)
+        try:
+            if self.tmp_dir.exists():
+                shutil.rmtree(self.tmp_dir, ignore_errors=True)
+            if exc_type is not None:
+                self._remove_created_parents()
+        finally:
+            self.lock.release()
+
+    def _remove_created_parents(self) -> None:
+        """Remove the folders this writer created for its output, if nothing else went into them."""
+        for folder in self._created_parents:  # deepest first
+            try:
+                folder.rmdir()
+            except OSError:
+                break
+
+    @property
+    def run_root(self) -> Path:
+        return self.out_dir.parent
 
     def path(self, name: str) -> Path:
         """Where to write an output file (inside the temporary folder)."""
@@ -133,25 +219,29 @@ class StageWriter:
     def add_output(self, name: str, path: Path | None = None) -> FileRecord:
         """Hash a written file and list it in the manifest. ``path`` defaults to ``self.path(name)``.
 
-        A path outside the stage folder (an adopted file) is recorded as absolute.
+        A path outside the stage folder (an adopted file) is recorded relative to it ('../..').
         """
         path = Path(path) if path is not None else self.path(name)
-        resolved = path.resolve()
-        try:
-            rel = str(resolved.relative_to(self.tmp_dir.resolve()))
-        except ValueError:
-            rel = str(resolved)
-        record = FileRecord(path=rel, sha256=sha256_file(resolved), bytes=resolved.stat().st_size)
+        record = file_record(path.resolve(), self.tmp_dir.resolve())
         self.outputs[name] = record
         return record
 
     def add_input(self, role: str, upstream: StageDir) -> None:
-        self.inputs[role] = upstream.as_input()
+        self.inputs[role] = upstream.as_input(self.run_root)
 
-    def commit(self, config: dict, lineage: dict, metrics: dict, log_text: str | None = None) -> Manifest:
+    def add_file_input(self, role: str, kind: str, folder: Path, files: dict[str, Path]) -> None:
+        """An input without a manifest (a bare artifact file, a training checkpoint), pinned by hashes."""
+        self.inputs[role] = InputRecord(
+            path=relative_path(folder, self.run_root), stage=kind, manifest_sha256="",
+            files={name: file_record(path, self.run_root) for name, path in files.items()},
+        )
+
+    def commit(self, config: dict, lineage: dict, metrics: dict, log_text: str | None = None,
+               failure: str = "") -> Manifest:
         """Write the manifest, then move the folder into place (replacing the old one if forced).
 
         ``log_text`` (the stage's key:value lines) is saved as ``log.txt`` beside the manifest.
+        A ``failure`` keeps the evidence but marks the folder failed: no later stage will read it.
         """
         if log_text is not None:
             atomic_write_text(self.path(LOG_FILE), log_text)
@@ -167,13 +257,15 @@ class StageWriter:
             environment=capture(),
             started_at=self.started_at,
             finished_at=utc_now(),
+            run_id=self.run_id,
+            status=STATUS_FAILED if failure else STATUS_OK,
+            failure=failure,
         )
         atomic_write_text(self.tmp_dir / MANIFEST_NAME, manifest.to_json())
         _fsync_dir(self.tmp_dir)
         old = None
         if self.out_dir.exists():
-            if not self.force:
-                raise GolfError(f"{self.out_dir}: appeared while the stage ran (pass --force to replace it)")
+            check_replaceable(self.out_dir, self.stage, self.force)  # it appeared while the stage ran
             old = self.out_dir.parent / f".{self.out_dir.name}.old-{uuid.uuid4().hex[:8]}"
             os.rename(self.out_dir, old)
         os.rename(self.tmp_dir, self.out_dir)
@@ -181,6 +273,48 @@ class StageWriter:
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
         return manifest
+
+
+def check_replaceable(out_dir: Path, stage: str, force: bool) -> None:
+    """Refuse to replace anything but a finished golf folder of the same stage, and that only with force."""
+    if not out_dir.exists() and not out_dir.is_symlink():
+        return
+    if not force:
+        raise GolfError(f"{out_dir}: already exists (pass --force to replace it)")
+    if out_dir.is_symlink() or not out_dir.is_dir():
+        raise GolfError(f"{out_dir}: is not a folder golf wrote; --force replaces only a golf {stage} folder")
+    try:
+        existing = StageDir(out_dir, strict=False)
+    except GolfError:
+        raise GolfError(f"{out_dir}: has no golf manifest; --force replaces only a golf {stage} folder, "
+                        "so nothing was touched") from None
+    if existing.stage != stage:
+        raise GolfError(f"{out_dir}: is a golf '{existing.stage}' folder; --force replaces only a '{stage}' "
+                        "folder, so nothing was touched")
+
+
+def leftovers(out_dir: Path) -> list[Path]:
+    """Temporary and half-replaced siblings a killed writer of ``out_dir`` left behind."""
+    patterns = (f".{out_dir.name}.tmp-*", f".{out_dir.name}.old-*")
+    return sorted(path for pattern in patterns for path in out_dir.parent.glob(pattern) if path.is_dir())
+
+
+def remove_leftovers(out_dir: Path) -> list[str]:
+    """Remove what killed writers of ``out_dir`` left; only call while holding its lock."""
+    removed = []
+    for path in leftovers(out_dir):
+        shutil.rmtree(path, ignore_errors=True)
+        removed.append(path.name)
+    return removed
+
+
+def _missing_parents(folder: Path) -> list[Path]:
+    """The folders ``mkdir(parents=True)`` would create for ``folder``, deepest first."""
+    missing = []
+    while not folder.exists():
+        missing.append(folder)
+        folder = folder.parent
+    return missing
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:

@@ -100,7 +100,7 @@ def run_eval(config: EvalConfig, artifact: str | Path, data_dir: str | Path | No
             sums = validate(model.to(device), val, seq_len, stride, config.batch_windows, device,
                             config.eval_tokens, reporter, "eval",
                             score_stream=runtime.score_stream, count_windows=runtime.count_windows)
-        writer.inputs["artifact"] = _artifact_input(artifact_path, data_bytes, pack)
+        _record_artifact_input(writer, artifact_path, data_bytes, pack)
         writer.add_input("data", data)
         metrics = {
             "val_loss": sums.loss,
@@ -115,10 +115,22 @@ def run_eval(config: EvalConfig, artifact: str | Path, data_dir: str | Path | No
             "code_sha256": header["code"]["bundle_sha256"],
             **_compare_in_memory(pack, sums.bpb, seq_len, stride, config),
         }
-        manifest = writer.commit(to_dict(config), dict(data.lineage), metrics, reporter.text())
-    reporter.log(stage="eval", val_loss=sums.loss, val_bpb=sums.bpb, artifact_bytes=len(data_bytes),
-                 mode=metrics["mode"], out=str(out_dir))
+        failure = _in_memory_failure(metrics)
+        reporter.log(stage="eval", val_loss=sums.loss, val_bpb=sums.bpb, artifact_bytes=len(data_bytes),
+                     mode=metrics["mode"], status="failed" if failure else "ok", out=str(out_dir))
+        manifest = writer.commit(to_dict(config), dict(data.lineage), metrics, reporter.text(), failure=failure)
+    if failure:
+        raise GolfError(f"{failure}; the eval folder {out_dir} is kept and marked failed")
     return manifest
+
+
+def _in_memory_failure(metrics: dict) -> str:
+    """A score of the artifact read from disk that differs from the in-memory one fails the stage."""
+    if metrics.get("matches_in_memory", True):
+        return ""
+    return (f"the artifact scores val_bpb {metrics['val_bpb']:.8f} but the same weights scored "
+            f"{metrics['post_quant_in_memory_val_bpb']:.8f} in memory (difference "
+            f"{metrics['artifact_minus_in_memory_bpb']:+.2e} > {IN_MEMORY_TOLERANCE:g})")
 
 
 def _data_dir(explicit, pack: StageDir | None) -> StageDir:
@@ -126,22 +138,24 @@ def _data_dir(explicit, pack: StageDir | None) -> StageDir:
         return StageDir(explicit, "tokenize")
     if pack is None:
         raise GolfError("a bare artifact file records no data folder: pass --data")
-    quant = StageDir(pack.manifest.inputs["quantized"].path, "quantize")
-    return StageDir(quant.manifest.inputs["data"].path, "tokenize")
+    return pack.upstream("quantized", "quantize").upstream("data", "tokenize")
 
 
-def _artifact_input(path: Path, data: bytes, pack: StageDir | None) -> InputRecord:
-    record = FileRecord(path=str(path.resolve()), sha256=sha256_bytes(data), bytes=len(data))
+def _record_artifact_input(writer: StageWriter, path: Path, data: bytes, pack: StageDir | None) -> None:
+    """Pin the artifact that was scored: through its pack folder's manifest, or by its own hash."""
     if pack is not None:
-        return InputRecord(str(pack.path), "pack", pack.manifest_sha256, {"artifact": record})
-    return InputRecord(str(path.resolve()), "artifact", "", {"artifact": record})
+        writer.add_input("artifact", pack)
+    else:
+        writer.add_file_input("artifact", "artifact", path.parent, {"artifact": path})
+    if writer.inputs["artifact"].files["artifact"].sha256 != sha256_bytes(data):
+        raise GolfError(f"{path}: changed while it was being evaluated")
 
 
 def _compare_in_memory(pack: StageDir | None, bpb: float, seq_len: int, stride: int, config: EvalConfig) -> dict:
     """Set the artifact's score beside the post-quant bpb quantize measured on the same weights in memory."""
     if pack is None:
         return {}
-    quant = StageDir(pack.manifest.inputs["quantized"].path, "quantize")
+    quant = pack.upstream("quantized", "quantize")
     measured = quant.manifest.metrics.get("eval", {})
     same_setup = (measured.get("seq_len") == seq_len and measured.get("stride") == stride
                   and quant.manifest.config.get("eval_tokens") == config.eval_tokens)

@@ -43,10 +43,9 @@ def data_dir_of(stage: StageDir, explicit: str | Path | None) -> StageDir:
     """The tokenize folder to score on: the one given, else the one the upstream stage recorded."""
     if explicit is not None:
         return StageDir(explicit, "tokenize")
-    record = stage.manifest.inputs.get("data")
-    if record is None:
+    if "data" not in stage.manifest.inputs:
         raise GolfError(f"{stage.path}: records no data input; pass --data")
-    return StageDir(record.path, "tokenize")
+    return stage.upstream("data", "tokenize")
 
 
 def run_quantize(config: QuantizeConfig, train_dir: str | Path, out_dir: str | Path,

@@ -17,7 +17,7 @@ import torch
 
 from ..config import to_dict
 from ..contract.ledger import TimeLedger
-from ..contract.stage_dir import StageDir, StageWriter, atomic_write_text
+from ..contract.stage_dir import StageDir, StageWriter, atomic_write_text, check_replaceable, relative_path
 from ..device import resolve_device
 from ..errors import GolfError
 from ..evaluate.val_data import load_val, train_shard_paths
@@ -26,7 +26,9 @@ from ..model.checkpoint import model_metadata, save_tensors
 from ..model.gpt import GPT, count_parameters
 from ..progress import Reporter
 from .config import RunConfig, resolve_grad_accum
-from .checkpointing import restore_checkpoint, save_checkpoint
+from .checkpointing import (
+    STATE_FILE, TENSORS_FILE, Resumed, data_identity, restore_checkpoint, run_checkpoint_dir, save_checkpoint,
+)
 from .distributed import DistContext, all_reduce_max, all_reduce_mean, init_distributed, shutdown
 from .loader import make_loader
 from .loop import Trainer
@@ -57,19 +59,35 @@ def run_train(config: RunConfig, data_dir: str | Path, out_dir: str | Path, forc
     tokenizer_vocab = int(data.lineage["vocab_size"])
     if config.model.vocab_size < tokenizer_vocab:
         raise GolfError(f"model.vocab_size {config.model.vocab_size} is smaller than the tokenizer's {tokenizer_vocab}")
-    if Path(out_dir).exists() and not force:  # checked on every rank, before any rank waits on another
-        raise GolfError(f"{out_dir}: already exists (pass --force to replace it)")
+    check_replaceable(Path(out_dir).resolve(), "train", force)  # on every rank, before any rank waits on another
     ctx = init_distributed(resolve_device(config.train.device))
     try:
         if not ctx.is_main:
-            _fit(config, data, ctx, TimeLedger(), Reporter(stream=open(os.devnull, "w")), out_dir, resume)
+            _fit(config, data, ctx, TimeLedger(), Reporter(stream=open(os.devnull, "w")), None, resume)
             return None
-        with StageWriter(out_dir, "train", force) as writer:
-            fit = _fit(config, data, ctx, writer.ledger, reporter, out_dir, resume)
+        with StageWriter(out_dir, "train", force, reporter) as writer:
+            checkpoints = Checkpoints(run_checkpoint_dir(out_dir, writer.run_id), data_identity(data), writer.run_id)
+            fit = _fit(config, data, ctx, writer.ledger, reporter, checkpoints, resume)
             writer.add_input("data", data)
+            if fit.resumed is not None:
+                folder = fit.resumed.folder
+                writer.add_file_input("resume", "checkpoint", folder,
+                                      {"tensors": folder / TENSORS_FILE, "state": folder / STATE_FILE})
             return _save(writer, fit, config, data, ctx, reporter, preset, out_dir)
     finally:
         shutdown(ctx)
+
+
+@dataclass
+class Checkpoints:
+    """Where and with what identity this run writes its resumable checkpoints (rank 0 only)."""
+
+    folder: Path
+    """This run's own checkpoint folder, <train>.checkpoints/<run id>."""
+    data: dict
+    """The training data's identity, stored in each checkpoint and checked on resume."""
+    run_id: str
+    """The run id of the train stage writing them."""
 
 
 @dataclass
@@ -83,10 +101,12 @@ class Fit:
     exported: dict
     export_kind: str
     raw: dict
+    resumed: Resumed | None
+    checkpoints: Checkpoints | None
 
 
 def _fit(config: RunConfig, data: StageDir, ctx: DistContext, ledger: TimeLedger, reporter: Reporter,
-         out_dir, resume) -> Fit:
+         checkpoints: Checkpoints | None, resume) -> Fit:
     tcfg, device = config.train, ctx.device
     with ledger.measure("setup", note="model build and input verification: outside the budget"):
         torch.manual_seed(tcfg.seed)
@@ -98,8 +118,11 @@ def _fit(config: RunConfig, data: StageDir, ctx: DistContext, ledger: TimeLedger
     if tcfg.warmup_steps:
         with ledger.measure("compile_warmup", note="dummy-data warm-up, state restored after: not counted"):
             trainer.warm_up(tcfg.warmup_steps)
+    resumed = None
     if resume is not None:
-        restore_checkpoint(trainer, resume)
+        resumed = restore_checkpoint(trainer, resume, data)
+        # The resumed run's ledger is the sum of its parts: the seconds before the checkpoint count too.
+        ledger.merge(TimeLedger.from_dict(resumed.ledger))
     reporter.log(stage="train", params=count_parameters(model), device=str(device), world_size=ctx.world_size,
                  steps=tcfg.max_steps, max_seconds=tcfg.max_seconds, batch_tokens=tcfg.batch_tokens,
                  resumed_from_step=trainer.step)
@@ -112,9 +135,9 @@ def _fit(config: RunConfig, data: StageDir, ctx: DistContext, ledger: TimeLedger
         curves["val"].append({"step": trainer.step, "val_loss": sums.loss, "val_bpb": sums.bpb})
         reporter.log(step=trainer.step, val_loss=sums.loss, val_bpb=sums.bpb)
 
-    stop_reason = _train_loop(trainer, ctx, ledger, reporter, curves, run_validation, out_dir)
-    if tcfg.checkpoint_every and ctx.is_main and trainer.step % tcfg.checkpoint_every:
-        _checkpoint(trainer, ledger, reporter, out_dir)  # the end state, so a finished run can be extended
+    stop_reason = _train_loop(trainer, ctx, ledger, reporter, curves, run_validation, checkpoints)
+    if tcfg.checkpoint_every and checkpoints is not None and trainer.step % tcfg.checkpoint_every:
+        _checkpoint(trainer, ledger, reporter, checkpoints)  # the end state, so a finished run can be extended
     raw = {name: tensor.detach().clone() for name, tensor in model.state_dict().items()}
     exported, export_kind = trainer.export_state()
     model.load_state_dict(exported)
@@ -122,11 +145,11 @@ def _fit(config: RunConfig, data: StageDir, ctx: DistContext, ledger: TimeLedger
         if hasattr(module, "fake_quant_bits"):
             module.fake_quant_bits = 0
     run_validation()
-    return Fit(model, trainer, curves, stop_reason, exported, export_kind, raw)
+    return Fit(model, trainer, curves, stop_reason, exported, export_kind, raw, resumed, checkpoints)
 
 
 def _train_loop(trainer: Trainer, ctx: DistContext, ledger, reporter: Reporter, curves: dict,
-                run_validation, out_dir) -> str:
+                run_validation, checkpoints: Checkpoints | None) -> str:
     """Step until a budget runs out; only the steps are timed (validation pauses the clock)."""
     tcfg = trainer.tcfg
     with reporter.progress("train", tcfg.max_steps - trainer.step) as advance:
@@ -146,16 +169,17 @@ def _train_loop(trainer: Trainer, ctx: DistContext, ledger, reporter: Reporter, 
             if step % tcfg.log_every == 0 or step == 1:
                 reporter.log(step=step, train_loss=loss, train_seconds=round(trainer.elapsed, 2),
                              step_ms=round(1000 * trainer.elapsed / step, 2), lr_scale=round(trainer.lr_scale(), 4))
-            if tcfg.checkpoint_every and step % tcfg.checkpoint_every == 0 and ctx.is_main:
-                _checkpoint(trainer, ledger, reporter, out_dir)
+            if tcfg.checkpoint_every and step % tcfg.checkpoint_every == 0 and checkpoints is not None:
+                _checkpoint(trainer, ledger, reporter, checkpoints)
             if tcfg.val_every and step % tcfg.val_every == 0 and trainer.done() is None:
                 run_validation()
     return stop_reason
 
 
-def _checkpoint(trainer: Trainer, ledger, reporter: Reporter, out_dir) -> None:
+def _checkpoint(trainer: Trainer, ledger: TimeLedger, reporter: Reporter, checkpoints: Checkpoints) -> None:
     with ledger.measure("checkpoint", note="writing a resumable checkpoint: outside the budget"):
-        reporter.log(step=trainer.step, checkpoint=str(save_checkpoint(trainer, out_dir)))
+        folder = save_checkpoint(trainer, checkpoints.folder, checkpoints.data, ledger.to_dict(), checkpoints.run_id)
+    reporter.log(step=trainer.step, checkpoint=str(folder))
 
 
 def _save(writer: StageWriter, fit: Fit, config: RunConfig, data: StageDir, ctx: DistContext,
@@ -174,6 +198,11 @@ def _save(writer: StageWriter, fit: Fit, config: RunConfig, data: StageDir, ctx:
     metrics = _metrics(fit.model, config, fit.trainer, fit.stop_reason, fit.curves, ctx.device,
                        count_parameters(fit.model))
     metrics.update(exported_weights=fit.export_kind, world_size=ctx.world_size)
+    if config.train.checkpoint_every:
+        metrics["checkpoints"] = relative_path(fit.checkpoints.folder, writer.run_root)
+    if fit.resumed is not None:
+        metrics["resumed_from"] = {"step": fit.resumed.step, "run_id": fit.resumed.run_id,
+                                   "checkpoint": relative_path(fit.resumed.folder, writer.run_root)}
     manifest = writer.commit({"preset": preset, **to_dict(config)}, lineage, metrics, reporter.text())
     reporter.log(stage="train", steps=fit.trainer.step, train_seconds=fit.trainer.elapsed,
                  tok_per_s=metrics["tokens_per_second"], val_bpb=metrics["val_bpb"], exported=fit.export_kind,
