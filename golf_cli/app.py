@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import signal
+
 import typer
 
 from .eval import evaluate
@@ -25,5 +27,12 @@ app.command("eval")(evaluate)
 app.command("inspect")(inspect)
 
 
+def _interrupt(signum, frame):
+    # SIGTERM (a job scheduler, torchrun tearing down) unwinds like Ctrl-C, so every stage's
+    # temporary folder, lock and newly created run folder are removed on the way out.
+    raise KeyboardInterrupt
+
+
 def main() -> None:
+    signal.signal(signal.SIGTERM, _interrupt)
     app()

@@ -195,10 +195,10 @@ class StageWriter:
         try:
             if self.tmp_dir.exists():
                 shutil.rmtree(self.tmp_dir, ignore_errors=True)
-            if exc_type is not None:
-                self._remove_created_parents()
         finally:
             self.lock.release()
+        if exc_type is not None:
+            self._remove_created_parents()
 
     def _remove_created_parents(self) -> None:
         """Remove the folders this writer created for its output, if nothing else went into them."""
