@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from stages.contract.hashing import sha256_file
+from stages.contract.manifest import content_hash
 from stages.data.shards import encode_shard
 
 from .conftest import SMALL_DOCS, SMALL_VOCAB, TINY_OVERRIDES, golf, sets
@@ -106,8 +107,10 @@ def test_wrong_magic(run_dir, tmp_path):
 
 
 def copy_train(run_dir, tmp_path):
+    """A copy of the run's train folder with the tokenize folder beside it (inputs are relative paths)."""
     copy = tmp_path / "train"
     shutil.copytree(run_dir / "artifacts" / "t" / "train", copy)
+    shutil.copytree(run_dir / "artifacts" / "t" / "tokenize", tmp_path / "tokenize")
     return copy
 
 
@@ -128,6 +131,7 @@ def test_corrupt_safetensors(run_dir, tmp_path):
     weights.write_bytes(b"\xff" * 64)
     manifest = json.loads((train / "manifest.json").read_text())
     manifest["outputs"]["weights"].update(sha256=sha256_file(weights), bytes=64)  # so only the parser can object
+    manifest["content_sha256"] = content_hash(manifest)
     (train / "manifest.json").write_text(json.dumps(manifest))
     result = golf("quantize", "--train", train, "--out", tmp_path / "q")
     assert_one_line_error(result, "not a readable safetensors file")
