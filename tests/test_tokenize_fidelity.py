@@ -74,6 +74,7 @@ def test_literal_space_mark_is_kept_as_its_bytes(tmp_path):
 def test_space_mark_without_byte_fallback_names_the_document(tmp_path):
     documents = [prose(seed) for seed in range(12)]
     documents[5] = "word " + SPACE_MARK + " " + documents[5]
+    documents[6] += " \t\ufb01ne 12\u00b2 A"  # every character spec_of probes, so the tokenizer is exact
     writer = io.BytesIO()
     spm.SentencePieceTrainer.train(sentence_iterator=iter(documents), model_writer=writer, vocab_size=120, minloglevel=2,
                                    **{**SPECS["exact"], "byte_fallback": False, "character_coverage": 1.0})

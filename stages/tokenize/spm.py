@@ -79,16 +79,19 @@ def spec_of(sp: spm.SentencePieceProcessor) -> str:
     return "exact" if exact else "normalizing"
 
 
-def encode_documents(sp: spm.SentencePieceProcessor, texts: list[str], origins: list[str]) -> list[list[int]]:
-    """Token ids of each text; a literal '▁' (U+2581) is kept as its three UTF-8 byte pieces.
+def encode_documents(sp: spm.SentencePieceProcessor, texts: list[str], origins: list[str], exact: bool) -> list[list[int]]:
+    """Token ids of each text; for an exact tokenizer a literal '▁' (U+2581) is kept as its three
+    UTF-8 byte pieces.
 
     SentencePiece writes spaces as '▁', so it reads a '▁' in the input as a space and decodes it
     as one: the text would lose two bytes and the byte table would disagree with it. Byte pieces
-    decode to the character itself and the table counts them as its three bytes.
+    decode to the character itself and the table counts them as its three bytes. A normalizing
+    tokenizer is left to read it as a space, like the rest of the whitespace it rewrites
+    (encoding around the mark would let it trim the real spaces next to it).
     """
     out = sp.encode(texts, out_type=int)
     for index, text in enumerate(texts):
-        if SPACE_MARK in text:
+        if exact and SPACE_MARK in text:
             out[index] = _encode_keeping_space_marks(sp, text, origins[index])
     return out
 

@@ -79,8 +79,8 @@ def run_tokenize(config: TokenizeConfig, out_dir: str | Path, force: bool = Fals
         vocab = _vocab_sizes(config, sp, reporter)
 
         with ledger.measure("encode_and_write", note="data preparation: outside both budgets"):
-            val_docs = _encode(sp, val_texts, val_origins, reporter, "encode val")
-            train_docs = _encode(sp, train_texts, train_origins, reporter, "encode train")
+            val_docs = _encode(sp, spec, val_texts, val_origins, reporter, "encode val")
+            train_docs = _encode(sp, spec, train_texts, train_origins, reporter, "encode train")
             sidecar = surface_bytes(sp)[np.concatenate(val_docs)]
             names = _write_split(writer, "val", val_docs, config.shard_tokens)
             names += _write_split(writer, "val_bytes", [sidecar], config.shard_tokens)
@@ -152,13 +152,13 @@ def _vocab_sizes(config: TokenizeConfig, sp, reporter: Reporter) -> dict:
     return {"vocab_size_requested": config.vocab_size, "vocab_size_reached": sp.vocab_size()}
 
 
-def _encode(sp, texts: list[str], origins: list[str], reporter: Reporter, label: str) -> list[np.ndarray]:
+def _encode(sp, spec: str, texts: list[str], origins: list[str], reporter: Reporter, label: str) -> list[np.ndarray]:
     """Each document as [BOS] + its tokens, uint16."""
     out = []
     with reporter.progress(label, len(texts)) as advance:
         for start in range(0, len(texts), ENCODE_BATCH_DOCS):
             batch = texts[start : start + ENCODE_BATCH_DOCS]
-            for ids in encode_documents(sp, batch, origins[start : start + ENCODE_BATCH_DOCS]):
+            for ids in encode_documents(sp, batch, origins[start : start + ENCODE_BATCH_DOCS], spec == "exact"):
                 out.append(np.asarray([BOS_ID, *ids], dtype=np.uint16))
             advance(len(batch))
     return out
