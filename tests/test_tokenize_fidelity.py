@@ -11,16 +11,15 @@ from stages.contract.stage_dir import StageDir
 from stages.data.corpus import load_corpus
 from stages.data.shards import read_shard
 from stages.errors import GolfError
+from stages.evaluate.bpb import SPACE_MARK, build_byte_table
 from stages.progress import Reporter
 from stages.tokenize.audit import audit_val_bytes
 from stages.tokenize.spm import BOS_ID, SPECS, load_processor, train_tokenizer
-from stages.evaluate.bpb import build_byte_table
 from stages.tokenize.stage import TokenizeConfig, run_tokenize
 
 from .conftest import golf
 from .test_cli import assert_one_line_error
 
-SPACE_MARK = "\u2581"
 WORDS = "the quick brown fox jumps over the lazy dog while seven wizards quietly hex a jolly vixen".split()
 
 
