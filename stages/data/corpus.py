@@ -3,7 +3,9 @@
 Every source yields documents in a fixed order, so the split "val = the first N documents" is
 deterministic. Leading whitespace is dropped from each document: the challenge's tokenizer spec
 has no dummy prefix, and a space right after BOS would be scored as 0 bytes by the byte-table
-rule (the challenge's own normalizer removes it the same way).
+rule (the challenge's own normalizer removes it the same way). Otherwise text is kept byte for
+byte: files are decoded without newline translation, so CRLF line ends stay CRLF (bpb is measured
+on the original bytes).
 """
 
 from __future__ import annotations
@@ -32,6 +34,8 @@ class Corpus:
     """Document texts, in source order, leading whitespace removed."""
     source: dict
     """Kind, path(s) and sha256 of the source files."""
+    origins: list[str]
+    """Where each document came from, for messages: 'a.txt', 'docs.jsonl:7', 'news article 3'."""
 
 
 def load_corpus(source: str, path: str | None = None, max_docs: int | None = None) -> Corpus:
@@ -41,13 +45,13 @@ def load_corpus(source: str, path: str | None = None, max_docs: int | None = Non
         raise GolfError(f"unknown source {source!r}; choose one of {', '.join(loaders)}")
     if source != "news" and not path:
         raise GolfError(f"source {source!r} needs a path (--input)")
-    documents, description = loaders[source](path)
+    documents, origins, description = loaders[source](path)
     if max_docs is not None:
-        documents = documents[:max_docs]
+        documents, origins = documents[:max_docs], origins[:max_docs]
     if not documents:
         raise GolfError(f"source {source!r} at {path or 'the embedded corpus'} has no documents")
     description["documents"] = len(documents)
-    return Corpus([doc.lstrip() for doc in documents], description)
+    return Corpus([doc.lstrip() for doc in documents], description, origins)
 
 
 def find_news_zip() -> Path:
@@ -61,11 +65,11 @@ def find_news_zip() -> Path:
     )
 
 
-def _load_news(path: str | None) -> tuple[list[str], dict]:
+def _load_news(path: str | None) -> tuple[list[str], list[str], dict]:
     zip_path = Path(path) if path else find_news_zip()
     try:
         with zipfile.ZipFile(zip_path) as archive:
-            raw = archive.read(NEWS_CSV).decode("utf-8")
+            raw = _decode_utf8(archive.read(NEWS_CSV), f"{zip_path}:{NEWS_CSV}")
     except (OSError, KeyError, zipfile.BadZipFile) as exc:
         raise GolfError(f"{zip_path}: cannot read {NEWS_CSV} ({exc})") from None
     csv.field_size_limit(1 << 30)
@@ -75,16 +79,20 @@ def _load_news(path: str | None) -> tuple[list[str], dict]:
         # Title, subtitle and body, as a reader sees the article.
         parts = [row.get("title", ""), row.get("subtitle", ""), row.get("text", "")]
         documents.append("\n\n".join(p.strip() for p in parts if p and p.strip()))
-    return documents, {"kind": "news", "path": str(zip_path), "sha256": sha256_file(zip_path)}
+    origins = [f"news article {number}" for number in range(len(documents))]
+    return documents, origins, {"kind": "news", "path": str(zip_path), "sha256": sha256_file(zip_path)}
 
 
-def _load_jsonl(path: str) -> tuple[list[str], dict]:
+def _load_jsonl(path: str) -> tuple[list[str], list[str], dict]:
     file = Path(path)
     if not file.is_file():
         raise GolfError(f"{path}: no such JSONL file")
-    documents = []
-    with open(file, encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
+    documents, origins = [], []
+    # Read bytes and split on b"\n" only: a text-mode reader would translate newlines and
+    # report a bad byte without its line.
+    with open(file, "rb") as handle:
+        for number, raw in enumerate(handle, start=1):
+            line = _decode_utf8(raw, f"{path}:{number}")
             if not line.strip():
                 continue
             try:
@@ -94,10 +102,11 @@ def _load_jsonl(path: str) -> tuple[list[str], dict]:
             if not isinstance(record, dict) or not isinstance(record.get("text"), str):
                 raise GolfError(f"{path}:{number}: expected an object with a string 'text' field")
             documents.append(record["text"])
-    return documents, {"kind": "jsonl", "path": str(file.resolve()), "sha256": sha256_file(file)}
+            origins.append(f"{file.name}:{number}")
+    return documents, origins, {"kind": "jsonl", "path": str(file.resolve()), "sha256": sha256_file(file)}
 
 
-def _load_text(path: str) -> tuple[list[str], dict]:
+def _load_text(path: str) -> tuple[list[str], list[str], dict]:
     """One document per .txt file: a single file, or every *.txt in a folder in name order."""
     root = Path(path)
     if root.is_dir():
@@ -108,14 +117,17 @@ def _load_text(path: str) -> tuple[list[str], dict]:
         files = [root]
     else:
         raise GolfError(f"{path}: no such file or folder")
-    documents = []
-    for file in files:
-        try:
-            documents.append(file.read_text(encoding="utf-8"))
-        except UnicodeDecodeError:
-            raise GolfError(f"{file}: not UTF-8 text") from None
-    return documents, {
+    # Bytes, not read_text: universal newlines would turn every CRLF into LF.
+    documents = [_decode_utf8(file.read_bytes(), str(file)) for file in files]
+    return documents, [file.name for file in files], {
         "kind": "text",
         "path": str(root.resolve()),
         "files": [{"name": f.name, "sha256": sha256_file(f)} for f in files],
     }
+
+
+def _decode_utf8(data: bytes, where: str) -> str:
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise GolfError(f"{where}: not UTF-8 text (byte 0x{data[exc.start]:02x} at byte offset {exc.start})") from None

@@ -69,14 +69,16 @@ def space_piece_id(sp) -> int | None:
     return token
 
 
+def token_bytes(table: ByteTable, tokens: np.ndarray) -> np.ndarray:
+    """Bytes the table assigns to each token of a stream (int64); the first follows a boundary."""
+    tokens = np.asarray(tokens, dtype=np.int64)
+    follows_text = np.concatenate([[False], ~table.boundary[tokens[:-1]]]) if tokens.size else np.zeros(0, dtype=bool)
+    return table.base[tokens].astype(np.int64) + (table.leading_space[tokens] & follows_text)
+
+
 def stream_bytes(table: ByteTable, tokens: np.ndarray) -> int:
     """Bytes the table assigns to a whole token stream; the first token is taken to follow a boundary."""
-    tokens = np.asarray(tokens, dtype=np.int64)
-    if tokens.size == 0:
-        return 0
-    total = int(table.base[tokens].sum())
-    follows_text = np.concatenate([[False], ~table.boundary[tokens[:-1]]])
-    return total + int((table.leading_space[tokens] & follows_text).sum())
+    return int(token_bytes(table, tokens).sum())
 
 
 class TorchByteTable:

@@ -2,7 +2,8 @@
 
 Every shard header and size is checked, token ids are checked against the tokenizer, the val
 split gets the byte audit (table == decoded text; a sidecar, if present, must cover every val
-token) and the content overlap check, and the manifest points at the files where they are.
+token and agree with the table token by token, see ``audit_sidecar``) and the content overlap
+check, and the manifest points at the files where they are.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from ..data.shards import read_shard, shard_index
 from ..errors import GolfError
 from ..evaluate.bpb import build_byte_table
 from ..progress import Reporter
-from .audit import audit_val_bytes
+from .audit import audit_sidecar, audit_val_bytes
 from .spm import BOS_ID, load_processor, spec_of
 
 
@@ -68,9 +69,11 @@ def run_import(folder: str | Path, out_dir: str | Path, tokenizer: str | None = 
                     raise GolfError(f"{folder}: sidecar has {sidecar.size} entries for {val_tokens.size} val tokens")
             val_docs = list(iter_documents([val_tokens], BOS_ID))
             table = build_byte_table(sp)
+            spec = spec_of(sp)
             # An imported sidecar may count original bytes of transformed text (CaseOps), so it
-            # is checked for coverage above, not for equality with the decoded text.
+            # is not held to the decoded text's total but audited token by token against the table.
             audit = audit_val_bytes(sp, table, val_docs, None, None)
+            sidecar_audit = None if sidecar is None else audit_sidecar(sp, table, val_tokens, sidecar, spec == "exact")
             overlap = shared_documents(val_docs, iter_documents((read_shard(p) for p in train), BOS_ID))
         if overlap["val_docs_in_train"] > max_shared_docs:
             raise GolfError(f"leak: {overlap['val_docs_in_train']} val documents also occur verbatim in train")
@@ -78,7 +81,7 @@ def run_import(folder: str | Path, out_dir: str | Path, tokenizer: str | None = 
         for path in [*train, *val, *sidecar_paths]:
             writer.add_output(path.name.removesuffix(".bin"), path)
         lineage = {"tokenizer_sha256": sha256_bytes(model_bytes), "vocab_size": sp.vocab_size(),
-                   "bos_id": sp.bos_id(), "tokenizer_spec": spec_of(sp)}
+                   "bos_id": sp.bos_id(), "tokenizer_spec": spec}
         n_val = len(val_docs)
         metrics = {
             "imported_from": str(folder),
@@ -87,9 +90,12 @@ def run_import(folder: str | Path, out_dir: str | Path, tokenizer: str | None = 
             "val_bytes_per_token": audit["decoded_bytes"] / max(1, val_tokens.size),
             "byte_audit": audit,
             "sidecar": "imported" if sidecar is not None else "none",
+            "sidecar_audit": sidecar_audit,
             "split": {"val_docs": [0, n_val], "train_docs": [n_val, n_val + overlap["train_docs_checked"]],
                       "disjoint": True, "rule": "challenge layout: val shards hold the first documents", **overlap},
         }
+        if sidecar_audit is not None:
+            reporter.log(sidecar_audit="passed", **{k: v for k, v in sidecar_audit.items() if k not in ("rule", "passed")})
         manifest = writer.commit({"import": str(folder), "tokenizer": str(tok_path)}, lineage, metrics, reporter.text())
     reporter.log(stage="tokenize", imported=str(folder), val_tokens=metrics["val_tokens"], train_tokens=metrics["train_tokens"])
     return manifest

@@ -11,9 +11,11 @@ from __future__ import annotations
 import io
 import os
 
+import numpy as np
 import sentencepiece as spm
 
 from ..errors import GolfError
+from ..evaluate.bpb import SPACE_MARK
 
 PAD_ID, BOS_ID, EOS_ID, UNK_ID = 0, 1, 2, 3
 
@@ -75,3 +77,81 @@ def spec_of(sp: spm.SentencePieceProcessor) -> str:
     """'exact' when the model gives back text unchanged, else 'normalizing' (bpb on normalized text)."""
     exact = sp.decode(sp.encode(_ROUND_TRIP_PROBE)) == _ROUND_TRIP_PROBE
     return "exact" if exact else "normalizing"
+
+
+def encode_documents(sp: spm.SentencePieceProcessor, texts: list[str], origins: list[str], exact: bool) -> list[list[int]]:
+    """Token ids of each text; for an exact tokenizer a literal '▁' (U+2581) is kept as its three
+    UTF-8 byte pieces.
+
+    SentencePiece writes spaces as '▁', so it reads a '▁' in the input as a space and decodes it
+    as one: the text would lose two bytes and the byte table would disagree with it. Byte pieces
+    decode to the character itself and the table counts them as its three bytes. A normalizing
+    tokenizer is left to read it as a space, like the rest of the whitespace it rewrites
+    (encoding around the mark would let it trim the real spaces next to it).
+    """
+    out = sp.encode(texts, out_type=int)
+    for index, text in enumerate(texts):
+        if exact and SPACE_MARK in text:
+            out[index] = _encode_keeping_space_marks(sp, text, origins[index])
+    return out
+
+
+def _encode_keeping_space_marks(sp: spm.SentencePieceProcessor, text: str, origin: str) -> list[int]:
+    mark_ids = [sp.piece_to_id(f"<0x{byte:02X}>") for byte in SPACE_MARK.encode("utf-8")]
+    if not all(sp.is_byte(token) for token in mark_ids):
+        offset = text.index(SPACE_MARK)
+        raise GolfError(
+            f"document {origin}: U+2581 at character {offset} cannot be represented: SentencePiece reads it "
+            "as a space and this tokenizer has no byte fallback pieces to keep it"
+        )
+    ids: list[int] = []
+    for number, segment in enumerate(text.split(SPACE_MARK)):
+        if number:
+            ids += mark_ids
+        ids += sp.encode(segment, out_type=int)
+    return ids
+
+
+# sentencepiece's Python API has no is_user_defined(), so the piece types are read from the
+# serialized ModelProto: field 1 holds the pieces, and in each piece field 3 is its type.
+_PIECES_FIELD, _PIECE_TYPE_FIELD, _USER_DEFINED = 1, 3, 4
+
+
+def user_defined_pieces(sp: spm.SentencePieceProcessor) -> np.ndarray:
+    """True for each user-defined piece (CaseOps reserves its case markers as these), by token id."""
+    out = np.zeros(sp.vocab_size(), dtype=bool)
+    pieces = (value for field, value in proto_fields(sp.serialized_model_proto()) if field == _PIECES_FIELD)
+    for token, piece in enumerate(pieces):
+        types = [value for field, value in proto_fields(piece) if field == _PIECE_TYPE_FIELD]
+        out[token] = bool(types) and types[-1] == _USER_DEFINED
+    return out
+
+
+def proto_fields(buffer: bytes):
+    """(field number, value) of each field of a protobuf message: ints for varints, bytes otherwise."""
+    position = 0
+    while position < len(buffer):
+        key, position = _varint(buffer, position)
+        field, wire_type = key >> 3, key & 7
+        if wire_type == 0:
+            value, position = _varint(buffer, position)
+        elif wire_type == 2:
+            length, position = _varint(buffer, position)
+            value, position = buffer[position : position + length], position + length
+        elif wire_type in (1, 5):
+            width = 8 if wire_type == 1 else 4
+            value, position = buffer[position : position + width], position + width
+        else:
+            raise GolfError(f"tokenizer model: unsupported protobuf wire type {wire_type}")
+        yield field, value
+
+
+def _varint(buffer: bytes, position: int) -> tuple[int, int]:
+    result = shift = 0
+    while True:
+        byte = buffer[position]
+        position += 1
+        result |= (byte & 0x7F) << shift
+        shift += 7
+        if byte < 0x80:
+            return result, position

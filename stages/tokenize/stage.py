@@ -24,7 +24,7 @@ from ..errors import GolfError
 from ..evaluate.bpb import build_byte_table
 from ..progress import Reporter
 from .audit import audit_val_bytes, surface_bytes
-from .spm import BOS_ID, load_processor, spec_of, train_tokenizer
+from .spm import BOS_ID, encode_documents, load_processor, spec_of, train_tokenizer
 
 TOKENIZER_FILE = "tokenizer.model"
 ENCODE_BATCH_DOCS = 512
@@ -65,6 +65,8 @@ def run_tokenize(config: TokenizeConfig, out_dir: str | Path, force: bool = Fals
         split = make_split(len(corpus.documents), config.val_docs)
         val_texts = corpus.documents[split.val[0] : split.val[1]]
         train_texts = corpus.documents[split.train[0] : split.train[1]]
+        val_origins = corpus.origins[split.val[0] : split.val[1]]
+        train_origins = corpus.origins[split.train[0] : split.train[1]]
         reporter.log(stage="tokenize", source=config.source, docs=len(corpus.documents), val_docs=len(val_texts), train_docs=len(train_texts))
 
         with ledger.measure("tokenizer", note="data preparation: outside both budgets"):
@@ -74,10 +76,11 @@ def run_tokenize(config: TokenizeConfig, out_dir: str | Path, force: bool = Fals
         spec = spec_of(sp)
         if sp.bos_id() != BOS_ID:
             raise GolfError(f"tokenizer BOS id is {sp.bos_id()}, the challenge format needs {BOS_ID}")
+        vocab = _vocab_sizes(config, sp, reporter)
 
         with ledger.measure("encode_and_write", note="data preparation: outside both budgets"):
-            val_docs = _encode(sp, val_texts, reporter, "encode val")
-            train_docs = _encode(sp, train_texts, reporter, "encode train")
+            val_docs = _encode(sp, spec, val_texts, val_origins, reporter, "encode val")
+            train_docs = _encode(sp, spec, train_texts, train_origins, reporter, "encode train")
             sidecar = surface_bytes(sp)[np.concatenate(val_docs)]
             names = _write_split(writer, "val", val_docs, config.shard_tokens)
             names += _write_split(writer, "val_bytes", [sidecar], config.shard_tokens)
@@ -85,7 +88,7 @@ def run_tokenize(config: TokenizeConfig, out_dir: str | Path, force: bool = Fals
 
         with ledger.measure("audit", note="data preparation: outside both budgets"):
             table = build_byte_table(sp)
-            audit = audit_val_bytes(sp, table, val_docs, val_texts if spec == "exact" else None, sidecar)
+            audit = audit_val_bytes(sp, table, val_docs, val_texts if spec == "exact" else None, sidecar, val_origins)
             overlap = shared_documents(val_docs, train_docs)
         reporter.log(audit="passed", **{k: v for k, v in audit.items() if k.endswith("bytes")})
         if overlap["val_docs_in_train"] > config.max_shared_docs:
@@ -108,6 +111,7 @@ def run_tokenize(config: TokenizeConfig, out_dir: str | Path, force: bool = Fals
             "sidecar": "original text bytes" if spec == "exact" else "normalized (decoded) text bytes",
             "split": {**split.to_dict(), **overlap},
             "source": corpus.source,
+            **vocab,
         }
         lineage = _lineage(model_bytes, sp, spec)
         manifest = writer.commit(to_dict(config), lineage, metrics, reporter.text())
@@ -134,13 +138,27 @@ def _tokenizer_bytes(config: TokenizeConfig, train_texts: list[str]) -> bytes:
     return train_tokenizer(docs, config.vocab_size, config.spec)
 
 
-def _encode(sp, texts: list[str], reporter: Reporter, label: str) -> list[np.ndarray]:
+def _vocab_sizes(config: TokenizeConfig, sp, reporter: Reporter) -> dict:
+    """The size asked for and the size trained, warning when training stopped short.
+
+    With hard_vocab_limit off, SentencePiece stops when the corpus has no more pieces to merge;
+    the tokenizer's real size is what lineage records and what the model must use.
+    """
+    if config.tokenizer:
+        return {"vocab_size_requested": None, "vocab_size_reached": sp.vocab_size()}
+    if sp.vocab_size() < config.vocab_size:
+        reporter.log(warning="vocab_size_not_reached", vocab_size_requested=config.vocab_size,
+                     vocab_size_reached=sp.vocab_size(), why="the training documents are too small for more pieces")
+    return {"vocab_size_requested": config.vocab_size, "vocab_size_reached": sp.vocab_size()}
+
+
+def _encode(sp, spec: str, texts: list[str], origins: list[str], reporter: Reporter, label: str) -> list[np.ndarray]:
     """Each document as [BOS] + its tokens, uint16."""
     out = []
     with reporter.progress(label, len(texts)) as advance:
         for start in range(0, len(texts), ENCODE_BATCH_DOCS):
             batch = texts[start : start + ENCODE_BATCH_DOCS]
-            for ids in sp.encode(batch, out_type=int):
+            for ids in encode_documents(sp, batch, origins[start : start + ENCODE_BATCH_DOCS], spec == "exact"):
                 out.append(np.asarray([BOS_ID, *ids], dtype=np.uint16))
             advance(len(batch))
     return out
