@@ -131,7 +131,7 @@ def test_a_moved_run_folder_still_verifies(run_copy, tmp_path):
     assert problems(moved / "eval") == []
     for stage in (*PIPELINE, "eval"):
         text = (moved / stage / "manifest.json").read_text()
-        assert str(tmp_path) not in text, f"{stage} manifest holds an absolute path"
+        assert '"/' not in text, f"{stage} manifest holds an absolute path"
 
 
 def test_leftovers_of_a_killed_run_are_removed_at_the_next_start(run_copy):

@@ -33,7 +33,7 @@ class Corpus:
     documents: list[str]
     """Document texts, in source order, leading whitespace removed."""
     source: dict
-    """Kind, path(s) and sha256 of the source files."""
+    """Kind, path(s) and sha256 of the source files (paths as given; the stage makes them relative)."""
     origins: list[str]
     """Where each document came from, for messages: 'a.txt', 'docs.jsonl:7', 'news article 3'."""
 
@@ -80,7 +80,9 @@ def _load_news(path: str | None) -> tuple[list[str], list[str], dict]:
         parts = [row.get("title", ""), row.get("subtitle", ""), row.get("text", "")]
         documents.append("\n\n".join(p.strip() for p in parts if p and p.strip()))
     origins = [f"news article {number}" for number in range(len(documents))]
-    return documents, origins, {"kind": "news", "path": str(zip_path), "sha256": sha256_file(zip_path)}
+    # The installed package is named, not where it happens to be installed: manifests travel.
+    where = str(zip_path) if path else f"{NEWS_PACKAGE}:{NEWS_MEMBER}"
+    return documents, origins, {"kind": "news", "path": where, "sha256": sha256_file(zip_path)}
 
 
 def _load_jsonl(path: str) -> tuple[list[str], list[str], dict]:
@@ -103,7 +105,7 @@ def _load_jsonl(path: str) -> tuple[list[str], list[str], dict]:
                 raise GolfError(f"{path}:{number}: expected an object with a string 'text' field")
             documents.append(record["text"])
             origins.append(f"{file.name}:{number}")
-    return documents, origins, {"kind": "jsonl", "path": str(file.resolve()), "sha256": sha256_file(file)}
+    return documents, origins, {"kind": "jsonl", "path": str(file), "sha256": sha256_file(file)}
 
 
 def _load_text(path: str) -> tuple[list[str], list[str], dict]:
@@ -121,7 +123,7 @@ def _load_text(path: str) -> tuple[list[str], list[str], dict]:
     documents = [_decode_utf8(file.read_bytes(), str(file)) for file in files]
     return documents, [file.name for file in files], {
         "kind": "text",
-        "path": str(root.resolve()),
+        "path": str(root),
         "files": [{"name": f.name, "sha256": sha256_file(f)} for f in files],
     }
 

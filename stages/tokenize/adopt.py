@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from ..contract.hashing import sha256_bytes
-from ..contract.stage_dir import StageWriter
+from ..contract.stage_dir import StageWriter, relative_path
 from ..data.overlap import iter_documents, shared_documents
 from ..data.shards import read_shard, shard_index
 from ..errors import GolfError
@@ -84,7 +84,7 @@ def run_import(folder: str | Path, out_dir: str | Path, tokenizer: str | None = 
                    "bos_id": sp.bos_id(), "tokenizer_spec": spec}
         n_val = len(val_docs)
         metrics = {
-            "imported_from": str(folder),
+            "imported_from": relative_path(folder, writer.run_root),
             "val_tokens": int(val_tokens.size),
             "train_tokens": int(sum(counts[p] for p in train)),
             "val_bytes_per_token": audit["decoded_bytes"] / max(1, val_tokens.size),
@@ -96,6 +96,7 @@ def run_import(folder: str | Path, out_dir: str | Path, tokenizer: str | None = 
         }
         if sidecar_audit is not None:
             reporter.log(sidecar_audit="passed", **{k: v for k, v in sidecar_audit.items() if k not in ("rule", "passed")})
-        manifest = writer.commit({"import": str(folder), "tokenizer": str(tok_path)}, lineage, metrics, reporter.text())
+        config = {"import": relative_path(folder, writer.run_root), "tokenizer": relative_path(tok_path, writer.run_root)}
+        manifest = writer.commit(config, lineage, metrics, reporter.text())
     reporter.log(stage="tokenize", imported=str(folder), val_tokens=metrics["val_tokens"], train_tokens=metrics["train_tokens"])
     return manifest

@@ -15,8 +15,8 @@ import numpy as np
 
 from ..config import to_dict
 from ..contract.hashing import sha256_bytes
-from ..contract.stage_dir import StageWriter, atomic_write_bytes
-from ..data.corpus import load_corpus
+from ..contract.stage_dir import StageWriter, atomic_write_bytes, relative_path
+from ..data.corpus import NEWS_PACKAGE, load_corpus
 from ..data.overlap import shared_documents
 from ..data.shards import DEFAULT_SHARD_TOKENS, ShardWriter
 from ..data.split import make_split
@@ -110,13 +110,20 @@ def run_tokenize(config: TokenizeConfig, out_dir: str | Path, force: bool = Fals
             "byte_audit": audit,
             "sidecar": "original text bytes" if spec == "exact" else "normalized (decoded) text bytes",
             "split": {**split.to_dict(), **overlap},
-            "source": corpus.source,
+            "source": _portable_source(corpus.source, writer.run_root),
             **vocab,
         }
         lineage = _lineage(model_bytes, sp, spec)
         manifest = writer.commit(to_dict(config), lineage, metrics, reporter.text())
     reporter.log(stage="tokenize", val_tokens=val_tokens, train_tokens=train_tokens, bytes_per_token=metrics["val_bytes_per_token"], out=str(out_dir))
     return manifest
+
+
+def _portable_source(source: dict, run_root: Path) -> dict:
+    """The source description with its path relative to the run root (the embedded corpus is named)."""
+    if source["path"].startswith(NEWS_PACKAGE):
+        return source  # the package member's name, not a path
+    return {**source, "path": relative_path(source["path"], run_root)}
 
 
 def _lineage(model_bytes: bytes, sp, spec: str) -> dict:
