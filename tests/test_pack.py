@@ -1,4 +1,5 @@
-"""`golf pack`: codecs, byte shuffle, per-group sections, the container, the size gate, the bundle."""
+"""`golf pack` and the artifact format: codecs, byte shuffle, per-group sections, the container, the
+size gate, the bundle. Tampered and malformed artifacts: tests/test_artifact_trust.py."""
 
 import json
 import lzma
@@ -7,17 +8,19 @@ import struct
 import pytest
 import torch
 
-from stages import runtime
+from stages.artifact.bundle import bundle_id, collect_sources, load_bundle
+from stages.artifact.codecs import CODECS, byte_unshuffle, decompress
+from stages.artifact.container import MAGIC, ContainerError, read_container, write_container
+from stages.artifact.layout import decode_tensors
+from stages.artifact.verify import CODE_ROOT, installed_sources
 from stages.config import apply_overrides
 from stages.contract.stage_dir import StageDir
 from stages.errors import GolfError
 from stages.model.checkpoint import load_tensors_and_metadata
-from stages.pack.bundle import collect_sources, load_bundle
-from stages.pack.codecs import BEST_CANDIDATES, CODECS, byte_shuffle, byte_unshuffle, compress, decompress
-from stages.pack.container import MAGIC, ContainerError, read_container, write_container
+from stages.pack.codecs import BEST_CANDIDATES, byte_shuffle, compress
 from stages.pack.stage import (
-    CODE_ROOT, COMPARE_COLUMNS, PackConfig, artifact_parts, build_artifact, check_artifact, compare_codecs,
-    compress_streams, run_pack, shipped_sources,
+    COMPARE_COLUMNS, PackConfig, artifact_parts, build_artifact, check_artifact, compare_codecs, compress_streams,
+    run_pack,
 )
 
 # One tensor per dtype in every group, named the way the quantize stage stores them.
@@ -103,7 +106,7 @@ def test_unknown_codec_is_refused():
 def test_artifact_round_trip_is_bit_exact(tensors, codec):
     data, breakdown = build_artifact(tensors, METADATA, PackConfig(codec=codec))
     header, sections = read_container(data)
-    assert_same_tensors(runtime.decode_tensors(header, sections), tensors)
+    assert_same_tensors(decode_tensors(header, sections), tensors)
     assert list(sections) == ["code", "weights.attention", "weights.mlp", "weights.embedding", "weights.other"]
     used = {entry["name"]: entry["codec"] for entry in header["sections"]}
     allowed = BEST_CANDIDATES if codec == "best" else (codec,)
@@ -136,7 +139,7 @@ def test_unshuffled_artifact_round_trips(tensors):
     data, _ = build_artifact(tensors, METADATA, PackConfig(shuffle=False))
     header, sections = read_container(data)
     assert not any(entry["shuffled"] for entry in header["weights"]["tensors"])
-    assert_same_tensors(runtime.decode_tensors(header, sections), tensors)
+    assert_same_tensors(decode_tensors(header, sections), tensors)
 
 
 def test_best_keeps_the_smallest_codec_per_group(tensors):
@@ -199,8 +202,12 @@ def test_size_gate_is_exact(tensors, tmp_path):
     data, _ = build_artifact(tensors, METADATA, PackConfig())
     path = tmp_path / "a.golf"
     path.write_bytes(data)
-    assert check_artifact(path, limit=len(data)) == {"bytes_total": len(data), "limit": len(data), "margin": 0,
-                                                      "verdict": "PASS"}
+    code_sha256 = bundle_id(installed_sources())
+    assert check_artifact(path, limit=len(data)) == {
+        "bytes_total": len(data), "limit": len(data), "margin": 0, "verdict": "PASS",
+        "code_sha256": code_sha256, "code_installed_sha256": code_sha256, "code_matches_installed": True,
+        "code_trusted_foreign": False,
+    }
     assert check_artifact(path, limit=len(data) - 1)["verdict"] == "FAIL"
     bad = tmp_path / "bad.golf"
     bad.write_bytes(b"x" * 100)
@@ -212,11 +219,13 @@ def test_size_gate_is_exact(tensors, tmp_path):
 
 
 def test_bundle_holds_exactly_the_runtime_closure():
-    files = shipped_sources()
+    files = installed_sources()
     assert "stages/runtime.py" in files and "stages/model/gpt.py" in files
-    assert "stages/pack/codecs.py" in files and "stages/pack/container.py" in files
+    assert "stages/artifact/codecs.py" in files and "stages/artifact/container.py" in files
+    assert "stages/artifact/bundle.py" in files and "stages/artifact/layout.py" in files
     assert "stages/train/stage.py" not in files and "stages/contract/stage_dir.py" not in files
-    assert "stages/pack/stage.py" not in files  # the packer itself never ships
+    assert not any(rel.startswith("stages/pack/") for rel in files)  # the packer, its encoders too, never ship
+    assert "stages/artifact/verify.py" not in files and "stages/artifact/schema.py" not in files
     for rel, source in files.items():
         assert source == (CODE_ROOT / rel).read_text()
 
