@@ -1,9 +1,12 @@
 """`golf pack` and the artifact format: codecs, byte shuffle, per-group sections, the container, the
 size gate, the bundle. Tampered and malformed artifacts: tests/test_artifact_trust.py."""
 
+import ast
 import json
 import lzma
 import struct
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -259,3 +262,46 @@ def test_pack_compare_goes_into_the_manifest(quant_dir, tmp_path):
     assert metrics["compare"]["total"]["best"] == metrics["bytes_total"]
     assert metrics["verdict"] == "PASS" and metrics["margin"] == metrics["limit"] - metrics["bytes_total"]
     assert set(metrics["groups"]) <= {"attention", "mlp", "embedding", "other"}
+
+
+# The house: the artifact format is its own package, and what ships stays small
+
+
+def imported_modules(path: Path) -> set[str]:
+    """Dotted names a module imports, relative imports resolved (``from .. import pack`` gives stages.pack)."""
+    package = list(path.relative_to(CODE_ROOT).parent.parts)
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = package[: len(package) - (node.level - 1)] if node.level else []
+            module = ".".join([*base, *(node.module.split(".") if node.module else [])])
+            names.add(module)
+            names.update(f"{module}.{alias.name}" for alias in node.names)
+    return names
+
+
+@pytest.mark.parametrize("package, forbidden", [
+    ("evaluate", ("stages.pack", "stages.tokenize")),  # eval reads the format, not the packer
+    ("pack", ("stages.quantize",)),  # pack writes the format; it reads quantize's files, not its code
+    ("artifact", ("stages.pack", "stages.evaluate", "stages.quantize", "stages.tokenize", "stages.train")),
+])
+def test_import_graph(package, forbidden):
+    for path in sorted((CODE_ROOT / "stages" / package).glob("*.py")):
+        for name in imported_modules(path):
+            assert not name.startswith(tuple(f"{prefix}." for prefix in forbidden)) and name not in forbidden, (
+                f"{path.relative_to(CODE_ROOT)} imports {name}")
+
+
+def test_shipped_code_needs_only_stdlib_numpy_and_torch():
+    allowed = set(sys.stdlib_module_names) | {"__future__", "numpy", "torch"}
+    # Optional, imported only where used: a section's decoder, the flash-attn kernels when installed.
+    lazy = {"brotli", "zstandard", "flash_attn"}
+    for rel, source in installed_sources().items():
+        tree = ast.parse(source)
+        roots = {name.split(".")[0] for name in imported_modules(CODE_ROOT / rel) if not name.startswith("stages")}
+        top_level = {alias.name.split(".")[0] for node in tree.body if isinstance(node, ast.Import) for alias in node.names}
+        top_level |= {node.module.split(".")[0] for node in tree.body if isinstance(node, ast.ImportFrom) and not node.level}
+        assert roots <= allowed | lazy, f"{rel} imports {sorted(roots - allowed - lazy)}"
+        assert top_level <= allowed, f"{rel} imports {sorted(top_level - allowed)} at import time"

@@ -20,10 +20,9 @@ import struct
 
 MAGIC = b"GOLFPK02"
 _LENGTH = struct.Struct("<I")
-
-
 # Each section entry of the header, and the JSON type of each of its fields.
 SECTION_FIELDS = {"name": str, "codec": str, "bytes": int, "sha256": str}
+_JSON_TYPE = {str: "a string", int: "an integer", bool: "a boolean", list: "a list", dict: "a JSON object"}
 
 
 class ContainerError(ValueError):
@@ -39,10 +38,7 @@ def check_fields(value, fields: dict[str, type], where: str) -> None:
             raise ContainerError(f"artifact header: {where} has no {key!r}")
         # JSON true/false load as bool, which Python also counts as int: not a count.
         if not isinstance(value[key], kind) or (kind is int and isinstance(value[key], bool)):
-            raise ContainerError(f"artifact header: {where}.{key} is not a {_JSON_TYPE[kind]}")
-
-
-_JSON_TYPE = {str: "string", int: "integer", bool: "boolean", list: "list", dict: "JSON object"}
+            raise ContainerError(f"artifact header: {where}.{key} is not {_JSON_TYPE[kind]}")
 
 
 def write_container(header: dict, sections: list[tuple[str, str, bytes]]) -> bytes:
