@@ -1,4 +1,5 @@
-"""golf inspect: print a stage's manifest, re-verify its hashes and lineage, show every ledger."""
+"""golf inspect: print a stage's manifest, re-verify its hashes and lineage, show every ledger, and say
+whether each artifact's code in the lineage is golf's own."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from stages.artifact.verify import stage_code_report
 from stages.contract.audit import audit_lineage
 from stages.contract.environment import hardware_name
 from stages.contract.ledger import budget_report
@@ -23,7 +25,7 @@ console = Console()
 
 @handle_errors
 def inspect(path: Path = typer.Argument(..., help="A stage folder (any of tokenize, train, quantize, pack, eval).")):
-    """Exit 0 only if every hash in the folder and in its whole lineage still matches."""
+    """Exit 0 only if every hash in the folder and its whole lineage still matches and no code in it is foreign."""
     stage = StageDir(path, strict=False)
     manifest = stage.manifest
     print(format_line({"stage": manifest.stage, "path": str(stage.path), "started": manifest.started_at,
@@ -48,8 +50,21 @@ def inspect(path: Path = typer.Argument(..., help="A stage folder (any of tokeni
     for note in (note for check in checks for note in check.notes):
         print(f"note:{note}")
     problems = [problem for check in checks for problem in check.problems]
+    problems += _code_problems(checks)
     for problem in problems:
         print(f"problem:{problem}")
     print(format_line({"lineage_stages": len(checks), "verified": not problems}))
     if problems:
         raise typer.Exit(1)
+
+
+def _code_problems(checks) -> list[str]:
+    """Print whether each artifact's code is golf's own; a foreign one, or a score it made, is a problem."""
+    problems = []
+    for check in checks:
+        fields, problem = stage_code_report(StageDir(check.path, strict=False))
+        if fields:
+            print(format_line(fields))
+        if problem:
+            problems.append(f"{check.stage}: {problem}")
+    return problems

@@ -8,6 +8,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from stages.artifact.verify import TRUST_FLAG
 from stages.errors import GolfError
 from stages.pack.stage import (
     COMPARE_COLUMNS, SIZE_EXIT_CODE, SIZE_LIMIT, PackConfig, check_artifact, over_limit_message, run_pack,
@@ -25,13 +26,16 @@ def pack(
     codec: str = typer.Option("brotli", "--codec", help="Weights codec: brotli, lzma, zstd, zlib, or best (per group the smallest)."),
     limit: int = typer.Option(SIZE_LIMIT, "--limit", help="Size limit in bytes; over it, exit 3 and write nothing."),
     compare: bool = typer.Option(False, "--compare", help="First print the size under every codec, per group and in total."),
-    check: Path = typer.Option(None, "--check", help="Only apply the size gate to this existing artifact file."),
+    check: Path = typer.Option(None, "--check", help="Only check this existing artifact file: well-formed, its code "
+                               "golf's own, and its size."),
+    trust_code: bool = typer.Option(False, TRUST_FLAG, help="With --check: pass even when the artifact's code is not "
+                                    "the code this golf ships (a warning line)."),
     overrides: list[str] = SetOption,
     force: bool = ForceOption,
 ):
     """Write model.golf (header, shipped code, one compressed section per tensor group) and apply the size gate."""
     if check is not None:
-        verdict = check_artifact(check, limit)
+        verdict = check_artifact(check, limit, trust_code, RichReporter())
         print(format_line({"artifact": str(check), **verdict}))
         if verdict["verdict"] != "PASS":
             raise GolfError(f"{check}: {over_limit_message(verdict)}", exit_code=SIZE_EXIT_CODE)

@@ -1,23 +1,29 @@
-"""`golf pack`: codecs, byte shuffle, per-group sections, the container, the size gate, the bundle."""
+"""`golf pack` and the artifact format: codecs, byte shuffle, per-group sections, the container, the
+size gate, the bundle. Tampered and malformed artifacts: tests/test_artifact_trust.py."""
 
+import ast
 import json
 import lzma
 import struct
+import sys
+from pathlib import Path
 
 import pytest
 import torch
 
-from stages import runtime
+from stages.artifact.bundle import bundle_id, collect_sources, load_bundle
+from stages.artifact.codecs import CODECS, byte_unshuffle, decompress
+from stages.artifact.container import MAGIC, ContainerError, read_container, write_container
+from stages.artifact.layout import decode_tensors
+from stages.artifact.verify import CODE_ROOT, installed_sources
 from stages.config import apply_overrides
 from stages.contract.stage_dir import StageDir
 from stages.errors import GolfError
 from stages.model.checkpoint import load_tensors_and_metadata
-from stages.pack.bundle import collect_sources, load_bundle
-from stages.pack.codecs import BEST_CANDIDATES, CODECS, byte_shuffle, byte_unshuffle, compress, decompress
-from stages.pack.container import MAGIC, ContainerError, read_container, write_container
+from stages.pack.codecs import BEST_CANDIDATES, byte_shuffle, compress
 from stages.pack.stage import (
-    CODE_ROOT, COMPARE_COLUMNS, PackConfig, artifact_parts, build_artifact, check_artifact, compare_codecs,
-    compress_streams, run_pack, shipped_sources,
+    COMPARE_COLUMNS, PackConfig, artifact_parts, build_artifact, check_artifact, compare_codecs, compress_streams,
+    run_pack,
 )
 
 # One tensor per dtype in every group, named the way the quantize stage stores them.
@@ -103,7 +109,7 @@ def test_unknown_codec_is_refused():
 def test_artifact_round_trip_is_bit_exact(tensors, codec):
     data, breakdown = build_artifact(tensors, METADATA, PackConfig(codec=codec))
     header, sections = read_container(data)
-    assert_same_tensors(runtime.decode_tensors(header, sections), tensors)
+    assert_same_tensors(decode_tensors(header, sections), tensors)
     assert list(sections) == ["code", "weights.attention", "weights.mlp", "weights.embedding", "weights.other"]
     used = {entry["name"]: entry["codec"] for entry in header["sections"]}
     allowed = BEST_CANDIDATES if codec == "best" else (codec,)
@@ -136,7 +142,7 @@ def test_unshuffled_artifact_round_trips(tensors):
     data, _ = build_artifact(tensors, METADATA, PackConfig(shuffle=False))
     header, sections = read_container(data)
     assert not any(entry["shuffled"] for entry in header["weights"]["tensors"])
-    assert_same_tensors(runtime.decode_tensors(header, sections), tensors)
+    assert_same_tensors(decode_tensors(header, sections), tensors)
 
 
 def test_best_keeps_the_smallest_codec_per_group(tensors):
@@ -199,8 +205,12 @@ def test_size_gate_is_exact(tensors, tmp_path):
     data, _ = build_artifact(tensors, METADATA, PackConfig())
     path = tmp_path / "a.golf"
     path.write_bytes(data)
-    assert check_artifact(path, limit=len(data)) == {"bytes_total": len(data), "limit": len(data), "margin": 0,
-                                                      "verdict": "PASS"}
+    code_sha256 = bundle_id(installed_sources())
+    assert check_artifact(path, limit=len(data)) == {
+        "bytes_total": len(data), "limit": len(data), "margin": 0, "verdict": "PASS",
+        "code_sha256": code_sha256, "code_installed_sha256": code_sha256, "code_matches_installed": True,
+        "code_trusted_foreign": False,
+    }
     assert check_artifact(path, limit=len(data) - 1)["verdict"] == "FAIL"
     bad = tmp_path / "bad.golf"
     bad.write_bytes(b"x" * 100)
@@ -212,11 +222,13 @@ def test_size_gate_is_exact(tensors, tmp_path):
 
 
 def test_bundle_holds_exactly_the_runtime_closure():
-    files = shipped_sources()
+    files = installed_sources()
     assert "stages/runtime.py" in files and "stages/model/gpt.py" in files
-    assert "stages/pack/codecs.py" in files and "stages/pack/container.py" in files
+    assert "stages/artifact/codecs.py" in files and "stages/artifact/container.py" in files
+    assert "stages/artifact/bundle.py" in files and "stages/artifact/layout.py" in files
     assert "stages/train/stage.py" not in files and "stages/contract/stage_dir.py" not in files
-    assert "stages/pack/stage.py" not in files  # the packer itself never ships
+    assert not any(rel.startswith("stages/pack/") for rel in files)  # the packer, its encoders too, never ship
+    assert "stages/artifact/verify.py" not in files and "stages/artifact/schema.py" not in files
     for rel, source in files.items():
         assert source == (CODE_ROOT / rel).read_text()
 
@@ -250,3 +262,46 @@ def test_pack_compare_goes_into_the_manifest(quant_dir, tmp_path):
     assert metrics["compare"]["total"]["best"] == metrics["bytes_total"]
     assert metrics["verdict"] == "PASS" and metrics["margin"] == metrics["limit"] - metrics["bytes_total"]
     assert set(metrics["groups"]) <= {"attention", "mlp", "embedding", "other"}
+
+
+# The house: the artifact format is its own package, and what ships stays small
+
+
+def imported_modules(path: Path) -> set[str]:
+    """Dotted names a module imports, relative imports resolved (``from .. import pack`` gives stages.pack)."""
+    package = list(path.relative_to(CODE_ROOT).parent.parts)
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = package[: len(package) - (node.level - 1)] if node.level else []
+            module = ".".join([*base, *(node.module.split(".") if node.module else [])])
+            names.add(module)
+            names.update(f"{module}.{alias.name}" for alias in node.names)
+    return names
+
+
+@pytest.mark.parametrize("package, forbidden", [
+    ("evaluate", ("stages.pack", "stages.tokenize")),  # eval reads the format, not the packer
+    ("pack", ("stages.quantize",)),  # pack writes the format; it reads quantize's files, not its code
+    ("artifact", ("stages.pack", "stages.evaluate", "stages.quantize", "stages.tokenize", "stages.train")),
+])
+def test_import_graph(package, forbidden):
+    for path in sorted((CODE_ROOT / "stages" / package).glob("*.py")):
+        for name in imported_modules(path):
+            assert not name.startswith(tuple(f"{prefix}." for prefix in forbidden)) and name not in forbidden, (
+                f"{path.relative_to(CODE_ROOT)} imports {name}")
+
+
+def test_shipped_code_needs_only_stdlib_numpy_and_torch():
+    allowed = set(sys.stdlib_module_names) | {"__future__", "numpy", "torch"}
+    # Optional, imported only where used: a section's decoder, the flash-attn kernels when installed.
+    lazy = {"brotli", "zstandard", "flash_attn"}
+    for rel, source in installed_sources().items():
+        tree = ast.parse(source)
+        roots = {name.split(".")[0] for name in imported_modules(CODE_ROOT / rel) if not name.startswith("stages")}
+        top_level = {alias.name.split(".")[0] for node in tree.body if isinstance(node, ast.Import) for alias in node.names}
+        top_level |= {node.module.split(".")[0] for node in tree.body if isinstance(node, ast.ImportFrom) and not node.level}
+        assert roots <= allowed | lazy, f"{rel} imports {sorted(roots - allowed - lazy)}"
+        assert top_level <= allowed, f"{rel} imports {sorted(top_level - allowed)} at import time"

@@ -1,1 +1,1 @@
-"""Token shards in the challenge format, document sources and the train/val split."""
+"""Token shards in the challenge format, the tokenizer file, document sources and the train/val split."""

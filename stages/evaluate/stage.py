@@ -1,17 +1,18 @@
 """`golf eval`: score a packed artifact on the val split, running the code the artifact ships.
 
-Reads only the artifact, the val shards and the tokenizer. The container is parsed, the shipped
-code is imported from the artifact's own bytes (after checking that the installed loader equals
-the shipped copy), the model is rebuilt from the shipped weights, and every second of it counts
-toward the evaluation budget.
+Reads only the artifact, the val shards and the tokenizer. The artifact is read and checked
+(``stages/artifact``: its format, the integrity of its code, and whether that code is the very
+bundle this golf ships; foreign code runs only with ``trust_code``), the shipped code is imported
+from the artifact's own bytes, the model is rebuilt from the shipped weights, and every second of
+it counts toward the evaluation budget. The manifest records the code check.
 """
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..artifact.verify import Artifact, load_runtime, read_artifact, vouch_for_code
 from ..config import to_dict
 from ..contract.hashing import sha256_bytes
 from ..contract.lineage import require_same_tokenizer
@@ -19,10 +20,6 @@ from ..contract.manifest import MANIFEST_NAME, FileRecord, InputRecord
 from ..contract.stage_dir import StageDir, StageWriter
 from ..device import resolve_device
 from ..errors import GolfError
-from ..pack.bundle import load_bundle
-from ..pack.codecs import decompress
-from ..pack.container import ContainerError, read_container
-from ..pack.stage import CODE_ROOT
 from ..progress import Reporter
 from .val_data import load_val
 from .validate import validate
@@ -63,31 +60,28 @@ def open_artifact(path: str | Path) -> tuple[Path, StageDir | None]:
     return path, None
 
 
-def load_runtime(header: dict, sections: dict[str, bytes]):
-    """Import the artifact's shipped code; refuse if the installed loader differs from the shipped one."""
-    files = json.loads(decompress(sections["code"], header["code"]["codec"]).decode("utf-8"))
-    for rel in header["code"]["bootstrap"]:
-        installed = (CODE_ROOT / rel).read_text(encoding="utf-8")
-        if files.get(rel) != installed:
-            raise GolfError(f"the installed {rel} differs from the copy shipped in the artifact: "
-                            "evaluate with the golf version that packed it")
-    return load_bundle(files, header["code"]["entry"])
+def build_model(runtime, artifact: Artifact):
+    """The artifact's model, rebuilt by its own runtime; weights that do not decode are one line."""
+    try:
+        return runtime.build_model(artifact.header, artifact.sections)
+    except (ValueError, TypeError, KeyError, RuntimeError) as exc:
+        message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise GolfError(f"{artifact.path}: the model does not rebuild from the artifact ({message})") from None
 
 
 def run_eval(config: EvalConfig, artifact: str | Path, data_dir: str | Path | None, out_dir: str | Path,
-             force: bool = False, reporter: Reporter | None = None):
+             force: bool = False, reporter: Reporter | None = None, trust_code: bool = False):
+    """Score the artifact; ``trust_code`` runs its code even when it is not the code this golf ships."""
     reporter = reporter or Reporter()
     artifact_path, pack = open_artifact(artifact)
     with StageWriter(out_dir, "eval", force) as writer:
         ledger = writer.ledger
         with ledger.measure("load_artifact", "eval", "read, decompress and dequantize the artifact"):
-            data_bytes = artifact_path.read_bytes()
-            try:
-                header, sections = read_container(data_bytes)
-            except ContainerError as exc:
-                raise GolfError(f"{artifact_path}: {exc}") from None
-            runtime = load_runtime(header, sections)
-            model = runtime.build_model(header, sections)
+            shipped = read_artifact(artifact_path)
+            code = vouch_for_code(shipped, trust_code, reporter)
+            runtime = load_runtime(shipped)
+            model = build_model(runtime, shipped)
+        header, data_bytes = shipped.header, shipped.data
         data = _data_dir(data_dir, pack)
         require_same_tokenizer(header["lineage"], f"artifact {artifact_path}", data.lineage, f"data {data.path}")
         seq_len = config.seq_len or header["train_seq_len"]
@@ -112,7 +106,7 @@ def run_eval(config: EvalConfig, artifact: str | Path, data_dir: str | Path | No
             "mode": "non-overlapping" if stride == seq_len else "sliding",
             "byte_source": "sidecar" if val.sidecar is not None else "tokenizer table",
             "artifact_bytes": len(data_bytes),
-            "code_sha256": header["code"]["bundle_sha256"],
+            **code.record(trust_code),
             **_compare_in_memory(pack, sums.bpb, seq_len, stride, config),
         }
         failure = _in_memory_failure(metrics)

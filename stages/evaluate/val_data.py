@@ -8,8 +8,8 @@ import numpy as np
 
 from ..contract.stage_dir import StageDir
 from ..data.shards import read_shards, shard_index
+from ..data.tokenizer import load_processor
 from ..errors import GolfError
-from ..tokenize.spm import load_processor
 from .bpb import ByteTable, build_byte_table
 
 

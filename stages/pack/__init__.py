@@ -1,1 +1,2 @@
-"""`golf pack`: the artifact container, the shipped code bundle and the size gate."""
+"""`golf pack`: fill the artifact format (``stages/artifact``) with quantized weights and the shipped
+code; codec choice, byte shuffle and the size gate."""

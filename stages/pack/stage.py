@@ -3,9 +3,11 @@
 The artifact (``model.golf``) holds a compressed JSON header, the shipped code
 (``stages/runtime.py`` and everything it imports, plus the container reader and bundle importer)
 and one weights section per tensor group (attention, mlp, embedding, other), each compressed on
-its own after a byte shuffle of its multi-byte tensors. Its size is the real byte count of that
-file. Over the limit, nothing is written and the command exits non-zero with a breakdown, so CI
-can gate on it.
+its own after a byte shuffle of its multi-byte tensors. The format itself (container, header
+fields, sections, the shipped bundle and its check) is ``stages/artifact``'s: this module only
+fills it. Its size is the real byte count of that file. Over the limit, nothing is written and
+the command exits non-zero with a breakdown, so CI can gate on it. ``check_artifact`` (``--check``)
+gates an existing file on its size and on its code being golf's own.
 """
 
 from __future__ import annotations
@@ -19,22 +21,18 @@ from typing import Callable, Literal
 
 import torch
 
+from ..artifact.container import write_container
+from ..artifact.layout import CODE_SECTION, NUMPY_DTYPES, weights_section
+from ..artifact.schema import FORMAT, code_header, encode_code
+from ..artifact.verify import installed_sources, read_artifact, vouch_for_code
 from ..config import to_dict
 from ..contract.stage_dir import StageDir, StageWriter, atomic_write_bytes
 from ..errors import GolfError
 from ..model.checkpoint import load_tensors_and_metadata
+from ..model.groups import GROUPS, tensor_group
 from ..progress import Reporter
-from ..quantize.groups import GROUPS, tensor_group
-from ..runtime import NUMPY_DTYPES, weights_section
-from .bundle import bundle_id, collect_sources
 from .codecs import BEST_CANDIDATES, CODECS, byte_shuffle, compress
-from .container import ContainerError, read_container, write_container
 
-CODE_ROOT = Path(__file__).resolve().parents[2]
-RUNTIME_ENTRY = "stages/runtime.py"
-# Eval parses the container and imports the bundle with these before the shipped code takes
-# over; they ship too, and eval checks the installed copies are byte-identical to them.
-BOOTSTRAP_FILES = ("stages/pack/container.py", "stages/pack/bundle.py")
 ARTIFACT_FILE = "model.golf"
 SIZE_LIMIT = 16_000_000
 SIZE_EXIT_CODE = 3
@@ -79,10 +77,6 @@ class ArtifactParts:
     """Group -> its tensors' bytes, little-endian, shuffled where the tensor entry says so, in header order."""
 
 
-def shipped_sources() -> dict[str, str]:
-    return collect_sources(CODE_ROOT, [RUNTIME_ENTRY, *BOOTSTRAP_FILES])
-
-
 def build_artifact(tensors: dict[str, torch.Tensor], metadata: dict[str, str], config: PackConfig) -> tuple[bytes, dict]:
     """The artifact bytes and their breakdown by section."""
     parts = artifact_parts(tensors, metadata, config)
@@ -93,20 +87,19 @@ def artifact_parts(tensors: dict[str, torch.Tensor], metadata: dict[str, str], c
     """The header, the compressed code and the per-group weight streams of an artifact."""
     lineage = json.loads(metadata["lineage"])
     entries, streams = tensor_streams(tensors, config.shuffle)
-    files = shipped_sources()
+    files = installed_sources()
     header = {
-        "format": 2,
+        "format": FORMAT,
         "model_config": json.loads(metadata["model_config"]),
         "quant_index": json.loads(metadata["quant_index"]),
         "train_seq_len": int(metadata["train_seq_len"]),
         "lineage": {"tokenizer_sha256": lineage["tokenizer_sha256"], "vocab_size": lineage["vocab_size"]},
-        "code": {"codec": config.code_codec, "entry": RUNTIME_ENTRY, "bootstrap": list(BOOTSTRAP_FILES),
-                 "bundle_sha256": bundle_id(files)},
+        "code": code_header(config.code_codec, files),
         "weights": {"tensors": entries},
     }
     return ArtifactParts(
         header=header,
-        code=compress(json.dumps(files, separators=(",", ":")).encode("utf-8"), config.code_codec),
+        code=compress(encode_code(files), config.code_codec),
         code_bytes_uncompressed=sum(len(source.encode("utf-8")) for source in files.values()),
         code_files=len(files),
         streams=streams,
@@ -182,7 +175,7 @@ def weight_payloads(streams: dict[str, bytes], config: PackConfig,
 
 def assemble_artifact(parts: ArtifactParts, payloads: dict[str, tuple[str, bytes]]) -> tuple[bytes, dict]:
     """The container bytes from the parts and each group's (codec, payload), with the breakdown."""
-    sections = [("code", parts.header["code"]["codec"], parts.code)]
+    sections = [(CODE_SECTION, parts.header["code"]["codec"], parts.code)]
     sections += [(weights_section(group), codec, payload) for group, (codec, payload) in payloads.items()]
     data = write_container(parts.header, sections)
     bytes_weights = sum(len(payload) for _, payload in payloads.values())
@@ -287,14 +280,13 @@ def _report_comparison(rows: dict[str, dict], reporter: Reporter, show: Callable
         show(rows)
 
 
-def check_artifact(path: str | Path, limit: int = SIZE_LIMIT) -> dict:
-    """The size gate on an existing artifact file: real bytes against the limit."""
-    path = Path(path)
-    if not path.is_file():
-        raise GolfError(f"{path}: no such artifact file")
-    data = path.read_bytes()
-    try:
-        read_container(data)
-    except ContainerError as exc:
-        raise GolfError(f"{path}: {exc}") from None
-    return size_verdict(len(data), limit)
+def check_artifact(path: str | Path, limit: int = SIZE_LIMIT, trust_code: bool = False,
+                   reporter: Reporter | None = None) -> dict:
+    """The gate on an existing artifact file: well-formed, its code golf's own, real bytes against the limit.
+
+    Foreign code is refused (a one-line error naming the files) unless ``trust_code``; the
+    verdict records the code check either way.
+    """
+    artifact = read_artifact(path)
+    code = vouch_for_code(artifact, trust_code, reporter or Reporter())
+    return {**size_verdict(len(artifact.data), limit), **code.record(trust_code)}

@@ -11,11 +11,11 @@ from __future__ import annotations
 import torch
 
 from ..model.gpt import CONTROL_TENSOR_NAMES
+from ..model.groups import tensor_group
 from .config import GroupQuant, QuantizeConfig
 from .dequant import KIND_FLOAT, KIND_ROWS, dequantize_entry, dequantize_rows
 from .entropy import code_entropy_bits, gaussian_bits, predicted_code_bytes
 from .gptq import GptqSettings, gptq_codes, hessian_error
-from .groups import tensor_group
 from .lqer import lqer_correction
 from .rows import quantile_scales, rtn_codes, sdclip_scales
 

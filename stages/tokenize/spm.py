@@ -14,6 +14,7 @@ import os
 import numpy as np
 import sentencepiece as spm
 
+from ..data.tokenizer import load_processor  # noqa: F401  (the tokenize stages load their model with it)
 from ..errors import GolfError
 from ..evaluate.bpb import SPACE_MARK
 
@@ -59,13 +60,6 @@ def train_tokenizer(documents: list[str], vocab_size: int, spec: str) -> bytes:
     except RuntimeError as exc:
         raise GolfError(f"SentencePiece training failed: {str(exc).splitlines()[0]}") from None
     return writer.getvalue()
-
-
-def load_processor(model_bytes: bytes, where: str = "tokenizer") -> spm.SentencePieceProcessor:
-    try:
-        return spm.SentencePieceProcessor(model_proto=model_bytes)
-    except (RuntimeError, TypeError) as exc:
-        raise GolfError(f"{where}: not a SentencePiece model ({str(exc).splitlines()[0]})") from None
 
 
 # Text that only an identity normalizer without whitespace cleanup gives back unchanged:

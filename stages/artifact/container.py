@@ -6,8 +6,9 @@ The header lists each section's name, codec, length and sha256 in file order. Ev
 the file is counted against the 16,000,000-byte limit, the header too: its JSON (tensor list,
 quantization index, model config) is 5-25 KB as plain JSON and a few KB at most as xz, so it is
 compressed (xz rather than zlib: smaller on these headers, and its CRC32 guards the header
-the way the sha256s guard the sections). This module ships inside the artifact (it is the first
-code eval runs on it): stdlib only.
+the way the sha256s guard the sections). Reading checks the magic, the section list, every
+length and every sha256; what the golf-specific fields must hold is ``header.py``'s. This module
+ships inside the artifact (it is the first code eval runs on it): stdlib only.
 """
 
 from __future__ import annotations
@@ -19,10 +20,25 @@ import struct
 
 MAGIC = b"GOLFPK02"
 _LENGTH = struct.Struct("<I")
+# Each section entry of the header, and the JSON type of each of its fields.
+SECTION_FIELDS = {"name": str, "codec": str, "bytes": int, "sha256": str}
+_JSON_TYPE = {str: "a string", int: "an integer", bool: "a boolean", list: "a list", dict: "a JSON object"}
 
 
 class ContainerError(ValueError):
     """The bytes are not a well-formed golf artifact."""
+
+
+def check_fields(value, fields: dict[str, type], where: str) -> None:
+    """Refuse ``value`` unless it is a JSON object holding each of ``fields`` with its type."""
+    if not isinstance(value, dict):
+        raise ContainerError(f"artifact header: {where} is not a JSON object")
+    for key, kind in fields.items():
+        if key not in value:
+            raise ContainerError(f"artifact header: {where} has no {key!r}")
+        # JSON true/false load as bool, which Python also counts as int: not a count.
+        if not isinstance(value[key], kind) or (kind is int and isinstance(value[key], bool)):
+            raise ContainerError(f"artifact header: {where}.{key} is not {_JSON_TYPE[kind]}")
 
 
 def write_container(header: dict, sections: list[tuple[str, str, bytes]]) -> bytes:
@@ -49,7 +65,7 @@ def read_container(data: bytes) -> tuple[dict, dict[str, bytes]]:
     header = _unpack_header(data[start : start + header_len])
     offset = start + header_len
     sections = {}
-    for entry in header.get("sections", []):
+    for entry in _section_entries(header):
         payload = data[offset : offset + entry["bytes"]]
         if len(payload) != entry["bytes"]:
             raise ContainerError(f"section {entry['name']!r} is truncated")
@@ -60,6 +76,20 @@ def read_container(data: bytes) -> tuple[dict, dict[str, bytes]]:
     if offset != len(data):
         raise ContainerError(f"{len(data) - offset} unexpected trailing bytes")
     return header, sections
+
+
+def _section_entries(header: dict) -> list[dict]:
+    entries = header.get("sections")
+    if not isinstance(entries, list):
+        raise ContainerError("artifact header: 'sections' is not a list")
+    for index, entry in enumerate(entries):
+        check_fields(entry, SECTION_FIELDS, f"sections[{index}]")
+        if entry["bytes"] < 0:
+            raise ContainerError(f"artifact header: sections[{index}].bytes is negative")
+    names = [entry["name"] for entry in entries]
+    if len(set(names)) != len(names):
+        raise ContainerError("artifact header: a section name appears twice")
+    return entries
 
 
 def _pack_header(header: dict) -> bytes:

@@ -3,8 +3,10 @@
 ``collect_sources`` starts at the runtime module and follows its relative imports, so the bundle
 holds exactly the modules eval executes. Shipped modules may import each other only relatively;
 an absolute ``stages`` import would silently run installed code instead, so it is refused.
-``load_bundle`` imports the bundle under a fresh package name, from the shipped bytes alone.
-This module ships inside the artifact too (the loader is counted): stdlib only.
+``bundle_id`` is the bundle's sha256 (the header's ``bundle_sha256``). ``load_bundle`` imports the
+bundle under a fresh package name, from the shipped bytes alone; whether eval may do so is
+``verify.py``'s decision. This module ships inside the artifact too (the loader is counted):
+stdlib only.
 """
 
 from __future__ import annotations

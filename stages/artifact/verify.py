@@ -1,0 +1,155 @@
+"""Reading an artifact file for use, and the one check of whether its code is golf's own.
+
+An artifact carries the code that scores it. Eval runs that code only when the WHOLE bundle
+equals the bundle this golf would ship (``installed_sources``: the same ``collect_sources`` over
+the installed tree); a changed, missing or extra file makes the code foreign. Foreign code runs
+only with ``--trust-artifact-code`` (as ``trust_remote_code`` does on model hubs), and then with
+a ``warning:`` line and a record in the eval manifest. Integrity is checked either way
+(``schema.read_code``: the header's bundle hash is the hash of the shipped files, the entry is
+the runtime), and nothing in the header chooses which files are compared. Eval, ``pack --check``
+and inspect all ask this module. Runs in golf, never shipped.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..contract.stage_dir import StageDir
+from ..errors import GolfError
+from ..progress import Reporter
+from .bundle import bundle_id, collect_sources, load_bundle
+from .container import ContainerError, read_container
+from .schema import RUNTIME_ENTRY, check_header, read_code
+
+CODE_ROOT = Path(__file__).resolve().parents[2]
+# What golf ships: the runtime and every module it imports, plus the container reader and the
+# bundle importer, which eval runs on the artifact before the shipped code takes over.
+SHIPPED_ENTRIES = (RUNTIME_ENTRY, "stages/artifact/container.py", "stages/artifact/bundle.py")
+TRUST_FLAG = "--trust-artifact-code"
+
+
+def installed_sources() -> dict[str, str]:
+    """{path: source} of the bundle this golf ships: what `golf pack` puts in every artifact."""
+    return collect_sources(CODE_ROOT, list(SHIPPED_ENTRIES))
+
+
+@dataclass(frozen=True)
+class Artifact:
+    """An artifact file, parsed and checked for well-formedness and integrity (not yet for trust)."""
+
+    path: Path
+    """Where it was read from."""
+    data: bytes
+    """The whole file."""
+    header: dict
+    """The checked header."""
+    sections: dict[str, bytes]
+    """Section name -> its payload (sha256-checked, still compressed)."""
+    code: dict[str, str]
+    """The shipped sources {path: source}, whose hash is the header's bundle_sha256."""
+
+
+def read_artifact(path: str | Path) -> Artifact:
+    """Read and check an artifact file; anything malformed is a one-line GolfError naming the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise GolfError(f"{path}: no such artifact file")
+    data = path.read_bytes()
+    try:
+        header, sections = read_container(data)
+        check_header(header)
+        code = read_code(header, sections)
+    except ContainerError as exc:
+        raise GolfError(f"{path}: {exc}") from None
+    return Artifact(path, data, header, sections, code)
+
+
+@dataclass(frozen=True)
+class CodeCheck:
+    """How an artifact's shipped code compares with the bundle this golf would ship."""
+
+    shipped_sha256: str
+    """Hash of the shipped bundle (the header's bundle_sha256, which integrity made equal)."""
+    installed_sha256: str
+    """Hash of the bundle this golf would ship."""
+    changed: tuple[str, ...]
+    """Files in both whose sources differ."""
+    missing: tuple[str, ...]
+    """Files golf ships that the artifact does not."""
+    extra: tuple[str, ...]
+    """Files the artifact ships that golf does not."""
+
+    @property
+    def matches(self) -> bool:
+        return not (self.changed or self.missing or self.extra)
+
+    def differences(self) -> dict[str, str]:
+        """{'changed' | 'missing' | 'extra': comma-separated paths}, the non-empty kinds only."""
+        kinds = {"changed": self.changed, "missing": self.missing, "extra": self.extra}
+        return {kind: ",".join(paths) for kind, paths in kinds.items() if paths}
+
+    def describe(self) -> str:
+        return "; ".join(f"{kind}: {paths}" for kind, paths in self.differences().items())
+
+    def record(self, trusted: bool) -> dict:
+        """The manifest fields of this check; ``trusted``: whether foreign code was allowed to run."""
+        fields = {"code_sha256": self.shipped_sha256, "code_installed_sha256": self.installed_sha256,
+                  "code_matches_installed": self.matches, "code_trusted_foreign": trusted and not self.matches}
+        return fields if self.matches else {**fields, "code_differences": self.describe()}
+
+
+def check_code(shipped: dict[str, str]) -> CodeCheck:
+    """Compare every shipped file with the bundle this golf would ship."""
+    installed = installed_sources()
+    both = shipped.keys() & installed.keys()
+    return CodeCheck(
+        shipped_sha256=bundle_id(shipped),
+        installed_sha256=bundle_id(installed),
+        changed=tuple(sorted(rel for rel in both if shipped[rel] != installed[rel])),
+        missing=tuple(sorted(installed.keys() - shipped.keys())),
+        extra=tuple(sorted(shipped.keys() - installed.keys())),
+    )
+
+
+def vouch_for_code(artifact: Artifact, trust: bool, reporter: Reporter) -> CodeCheck:
+    """The code check of ``artifact``; foreign code is refused unless ``trust``, then logged as a warning."""
+    check = check_code(artifact.code)
+    if check.matches:
+        return check
+    if not trust:
+        raise GolfError(f"{artifact.path}: its code is not the code this golf ships ({check.describe()}); "
+                        f"use the golf version that packed it, or pass {TRUST_FLAG} to trust it anyway")
+    reporter.log(warning=f"trusting foreign artifact code ({TRUST_FLAG}): golf does not vouch for its results",
+                 **check.differences(), shipped_sha256=check.shipped_sha256, installed_sha256=check.installed_sha256)
+    return check
+
+
+def load_runtime(artifact: Artifact):
+    """Import the runtime from the artifact's own code (ask ``vouch_for_code`` first)."""
+    return load_bundle(artifact.code, RUNTIME_ENTRY)
+
+
+def stage_code_report(stage: StageDir) -> tuple[dict, str | None]:
+    """What inspect says about the code behind a stage folder: (fields to print, problem or None).
+
+    A pack folder: whether its artifact's code is golf's own. An eval folder: whether its score
+    came from foreign code run under the trust flag (recorded by eval; not vouched for).
+    """
+    if stage.stage == "pack" and "artifact" in stage.manifest.outputs:
+        return _artifact_report(stage.resolve(stage.manifest.outputs["artifact"]))
+    if stage.stage == "eval" and stage.manifest.metrics.get("code_trusted_foreign"):
+        metrics = stage.manifest.metrics
+        return {}, (f"its score came from foreign artifact code run with {TRUST_FLAG} "
+                    f"({metrics.get('code_differences', 'differences not recorded')}): golf does not vouch for it")
+    return {}, None
+
+
+def _artifact_report(path: Path) -> tuple[dict, str | None]:
+    try:
+        check = check_code(read_artifact(path).code)
+    except GolfError as exc:
+        return {"artifact_code": str(path), "golf_own": False}, str(exc)
+    fields = {"artifact_code": str(path), "golf_own": check.matches, "shipped_sha256": check.shipped_sha256,
+              "installed_sha256": check.installed_sha256}
+    return fields, None if check.matches else f"its artifact's code is not the code this golf ships ({check.describe()})"
