@@ -20,6 +20,7 @@ from stages.artifact.container import MAGIC, read_container, write_container
 from stages.artifact.schema import encode_code
 from stages.artifact.verify import installed_sources, read_artifact, stage_code_report
 from stages.contract.hashing import sha256_file
+from stages.contract.manifest import content_hash
 from stages.contract.stage_dir import StageDir
 from stages.errors import GolfError
 from stages.evaluate.stage import EvalConfig, run_eval
@@ -28,6 +29,7 @@ from stages.pack.stage import check_artifact
 from stages.progress import Reporter
 
 from .conftest import golf
+from .test_cli import assert_one_line_error
 
 SCORING = "stages/evaluate/scoring.py"
 HONEST_NLL = "nll.double()[scored].sum().item(),"
@@ -112,16 +114,9 @@ def as_pack_folder(pack_dir, artifact, folder):
     manifest = json.loads((folder / "manifest.json").read_text())
     manifest["outputs"]["artifact"].update(sha256=sha256_file(folder / "model.golf"),
                                            bytes=(folder / "model.golf").stat().st_size)
+    manifest["content_sha256"] = content_hash(manifest)
     (folder / "manifest.json").write_text(json.dumps(manifest))
     return folder
-
-
-def assert_one_line_error(result, *patterns):
-    assert result.returncode != 0 and "Traceback" not in result.stderr
-    lines = [line for line in result.stderr.strip().splitlines() if line.strip()]
-    assert len(lines) == 1, result.stderr
-    for pattern in patterns:
-        assert pattern in lines[0], lines[0]
 
 
 def eval_metrics(out) -> dict:

@@ -30,12 +30,14 @@ def run_dir(tmp_path_factory):
     return cwd
 
 
-def assert_one_line_error(result, pattern):
+def assert_one_line_error(result, *patterns):
+    """A non-zero exit with exactly one stderr line, holding every pattern, and no traceback."""
     assert result.returncode != 0
     assert "Traceback" not in result.stderr
     lines = [line for line in result.stderr.strip().splitlines() if line.strip()]
     assert len(lines) == 1, result.stderr
-    assert pattern in lines[0], lines[0]
+    for pattern in patterns:
+        assert pattern in lines[0], lines[0]
 
 
 def test_pipeline_prints_bpb_and_matches_in_memory(run_dir):
