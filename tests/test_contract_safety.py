@@ -80,6 +80,26 @@ def test_force_replaces_a_folder_of_the_same_stage(run_copy):
     assert manifest.run_id != before and StageDir(run_copy / "eval").manifest.run_id == manifest.run_id
 
 
+def read_only_folder(tmp_path) -> Path:
+    """A folder this process cannot write in: chmod 555, or a /proc folder when running as root."""
+    folder = tmp_path / "read-only"
+    folder.mkdir()
+    folder.chmod(0o555)
+    return folder if not os.access(folder, os.W_OK) else Path("/proc/self")
+
+
+def test_a_read_only_output_folder_is_a_one_line_error(tmp_path):
+    folder = read_only_folder(tmp_path)
+    result = golf("tokenize", "--max-docs", 40, "--vocab-size", 300, "--out", folder / "tokenize")
+    assert_one_line_error(result, "cannot write in the folder it goes in")
+
+
+def test_an_output_under_a_file_is_a_one_line_error(tmp_path):
+    (tmp_path / "a-file").write_text("x")
+    result = golf("tokenize", "--max-docs", 40, "--vocab-size", 300, "--out", tmp_path / "a-file" / "tokenize")
+    assert_one_line_error(result, "cannot create the folder")
+
+
 # Item 3: failed evals, hand-edited manifests, the chain back to tokenize.
 
 def test_an_edited_metric_is_detected_and_the_stage_named(run_copy):

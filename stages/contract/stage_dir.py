@@ -163,12 +163,12 @@ class StageWriter:
         try:
             self.out_dir.parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
-            raise GolfError(f"{out_dir}: cannot create its parent folder ({exc.strerror})") from None
+            raise GolfError(f"{out_dir}: cannot create the folder {exc.filename} ({exc.strerror})") from None
         try:
             self.lock = FolderLock(self.out_dir, self.run_id)
-        except PermissionError:
+        except OSError as exc:
             self._remove_created_parents()
-            raise GolfError(f"{out_dir}: the folder it goes in is not writable") from None
+            raise GolfError(f"{out_dir}: cannot write in the folder it goes in ({exc.strerror})") from None
         try:
             check_replaceable(self.out_dir, stage, force)
             for leftover in remove_leftovers(self.out_dir):
