@@ -66,14 +66,16 @@ class Range:
         return bounds if self.off is None else f"{self.off:g} (off) or {bounds}"
 
     def check(self, name: str, value) -> None:
-        """Raise ConfigError unless ``value`` (each item of a tuple) is a number in range, or None."""
+        """Raise ConfigError unless ``value`` (each item of a tuple, or of a list read from JSON) is a
+        number in range, or None."""
         if value is None:
             return
-        for item in value if isinstance(value, tuple) else (value,):
+        several = isinstance(value, (tuple, list))
+        for item in value if several else (value,):
             if isinstance(item, bool) or not isinstance(item, (int, float)):
                 raise ConfigError(name, f"must be a number, got {item!r}")
             if not self.contains(item):
-                each = "each item " if isinstance(value, tuple) else ""
+                each = "each item " if several else ""
                 raise ConfigError(name, f"{each}must be {self}, got {item!r}")
 
 
