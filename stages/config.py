@@ -159,15 +159,14 @@ def _collect(cls: type, path: list[str], text: str, full_key: str, changes: dict
         changes[name] = _parse_value(text, hint, full_key)
 
 
-def _rebuild(config, changes: dict, group: str = ""):
+def _rebuild(config, changes: dict):
     """``config`` with ``changes`` applied, nested groups first; errors name the dotted field."""
-    values = {name: _rebuild(getattr(config, name), change, _join(group, name)) if isinstance(change, dict) else change
-              for name, change in changes.items()}
-    try:
-        return dataclasses.replace(config, **values)
-    except ConfigError as exc:
-        raise exc.under(group) from None
-
-
-def _join(group: str, name: str) -> str:
-    return f"{group}.{name}" if group else name
+    values = {}
+    for name, change in changes.items():
+        if isinstance(change, dict):
+            try:
+                change = _rebuild(getattr(config, name), change)
+            except ConfigError as exc:
+                raise exc.under(name) from None
+        values[name] = change
+    return dataclasses.replace(config, **values)

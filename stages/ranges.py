@@ -35,7 +35,7 @@ class ConfigError(GolfError, ValueError):
 
     def under(self, group: str) -> "ConfigError":
         """The same error, its key prefixed with the group that holds the config (``model``)."""
-        return ConfigError(f"{group}.{self.key}" if group else self.key, self.reason)
+        return ConfigError(f"{group}.{self.key}", self.reason)
 
 
 @dataclass(frozen=True)
