@@ -30,7 +30,7 @@ from stages.train.presets import get_preset
 from stages.train.stage import run_train
 
 SHORT_RUN = ["train.device=cpu", "train.compile=false", "train.warmup_steps=0", "train.seq_len=256",
-             "train.batch_tokens=2048", "train.grad_accum=1", "train.schedule=steps", "train.max_seconds=0",
+             "train.batch_tokens=2048", "train.grad_accum=1", "train.schedule=steps", "train.max_seconds=none",
              "train.val_tokens=8192", "train.log_every=100000", "train.gptq_reserve_seconds=0"]
 UNGATED = 2**40
 

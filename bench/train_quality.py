@@ -39,7 +39,7 @@ PRESETS = ["tiny", "pr401-cpu", "pr1413-cpu", "pr1776-cpu", "pr1880-cpu", "pr179
 def budget(seconds: float, steps: int) -> list[str]:
     """Equal wall-clock time (time-based schedule, as the records) or, with ``steps``, equal steps."""
     if steps:
-        return [f"train.max_steps={steps}", "train.max_seconds=0", "train.schedule=steps"]
+        return [f"train.max_steps={steps}", "train.max_seconds=none", "train.schedule=steps"]
     return [f"train.max_seconds={seconds}", "train.max_steps=1000000", "train.schedule=time"]
 
 

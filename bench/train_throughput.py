@@ -40,7 +40,7 @@ def measure(name: str, args) -> dict:
     config = apply_overrides(get_preset(name).config, [
         f"train.seq_len={seq_len}", f"train.batch_tokens={batch_tokens}", "train.grad_accum=1",
         f"train.device={args.device}", f"train.compile={args.compile}", "train.max_steps=1000000",
-        "train.max_seconds=0", "model.loop_start_frac=0",
+        "train.max_seconds=none", "train.schedule=steps", "model.loop_start_frac=0",
     ])
     device = torch.device(args.device)
     torch.manual_seed(0)

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from stages.config import apply_overrides, to_dict
@@ -59,14 +60,19 @@ def resolve_config(config, overrides: list[str] | None, reporter: Reporter):
 
 
 def handle_errors(command):
-    """Bad input becomes one line on stderr and a non-zero exit, never a traceback."""
+    """Bad input becomes one line on stderr and a non-zero exit, never a traceback.
+
+    This is the only place a GolfError becomes a message. The message is printed as plain text
+    (a path or a range like ``[2, 8]`` is no rich markup) and folded onto one line.
+    """
 
     @functools.wraps(command)
     def wrapper(*args, **kwargs):
         try:
             return command(*args, **kwargs)
         except GolfError as exc:
-            err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+            message = " ".join(str(exc).split())
+            err_console.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
             raise typer.Exit(exc.exit_code) from None
         except KeyboardInterrupt:
             err_console.print("error: interrupted; no partial output was kept")

@@ -2,7 +2,9 @@
 
 Overrides come as ``key=value`` strings (``model.num_layers=6``) and are parsed with the field's
 own type. An unknown key is an error that lists the valid ones: the record scripts' silently
-ignored environment variables are exactly what this replaces.
+ignored environment variables are exactly what this replaces. Each numeric field declares the
+range it accepts (``stages/ranges.py``); a value outside it is a ``ConfigError`` (a GolfError)
+naming the dotted field, whether it came from an override, a manifest or a checkpoint.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import typing
 from functools import lru_cache
 
 from .errors import GolfError
+from .ranges import ConfigError
 
 
 @lru_cache(maxsize=None)
@@ -37,8 +40,18 @@ def to_dict(config) -> dict:
     return dataclasses.asdict(config)
 
 
-def from_dict(cls: type, data: dict):
-    """Rebuild a config from ``to_dict`` output; unknown keys are errors."""
+def from_dict(cls: type, data: dict, where: str = ""):
+    """Rebuild a config from ``to_dict`` output (a manifest, a checkpoint); unknown keys and values
+    outside a field's range are errors naming the dotted field, led by ``where`` (the file) if given."""
+    try:
+        return _from_dict(cls, data)
+    except GolfError as exc:
+        if not where:
+            raise
+        raise GolfError(f"{where}: {exc}") from None
+
+
+def _from_dict(cls: type, data: dict):
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - names)
@@ -48,11 +61,29 @@ def from_dict(cls: type, data: dict):
     for name, value in data.items():
         hint = hints[name]
         if dataclasses.is_dataclass(hint) and isinstance(value, dict):
-            value = from_dict(hint, value)
+            try:
+                value = _from_dict(hint, value)
+            except ConfigError as exc:
+                raise exc.under(name) from None
         elif typing.get_origin(hint) is tuple and isinstance(value, list):
             value = tuple(value)
         values[name] = value
     return cls(**values)
+
+
+def check_scoring_window(config, seq_len: str, tokens: str, stride: str | None = None) -> None:
+    """The cross-field rule of every scoring setup, given its field names: the stride fits in the
+    window, and a token prefix holds at least one whole window (else there is nothing to score).
+    An unset window length (None: the training one) is checked where it is known, not here."""
+    length = getattr(config, seq_len)
+    if length is None:
+        return
+    step = getattr(config, stride) if stride else None
+    if step is not None and step > length:
+        raise ConfigError(stride, f"must be at most {seq_len} {length}, got {step}")
+    count = getattr(config, tokens)
+    if 0 < count < length:
+        raise ConfigError(tokens, f"must be 0 (all) or at least {seq_len} {length}, got {count}")
 
 
 def _parse_value(text: str, hint, key: str):
@@ -97,31 +128,45 @@ def valid_keys(cls: type, prefix: str = "") -> list[str]:
 
 
 def apply_overrides(config, overrides: list[str]):
-    """Return a copy of ``config`` with ``key=value`` overrides applied (dotted keys for nesting)."""
+    """Return a copy of ``config`` with ``key=value`` overrides applied (dotted keys for nesting).
+
+    All overrides are parsed first and each config is rebuilt once, so that rules relating two
+    fields see the final values whatever order the overrides come in (a later repeat of a key wins).
+    """
+    changes: dict = {}
     for item in overrides:
         if "=" not in item:
             raise GolfError(f"override {item!r} is not of the form key=value")
-        key, text = item.split("=", 1)
-        config = _override(config, key.strip().split("."), text, key.strip())
-    return config
+        key, text = (part.strip() for part in item.split("=", 1))
+        _collect(type(config), key.split("."), text, key, changes)
+    return _rebuild(config, changes)
 
 
-def _override(config, path: list[str], text: str, full_key: str):
-    hints = typing.get_type_hints(type(config))
+def _collect(cls: type, path: list[str], text: str, full_key: str, changes: dict) -> None:
+    """Parse one override into ``changes``, a nested {field: value or {field: ...}} dict."""
+    hints = typing.get_type_hints(cls)
     name = path[0]
-    if name not in hints or name not in {f.name for f in dataclasses.fields(config)}:
-        keys = ", ".join(valid_keys(type(config)))
-        raise GolfError(f"unknown config key {full_key!r}; valid keys: {keys}")
+    if name not in {f.name for f in dataclasses.fields(cls)}:
+        raise GolfError(f"unknown config key {full_key!r}; valid keys: {', '.join(valid_keys(cls))}")
     hint = hints[name]
     if dataclasses.is_dataclass(hint):
         if len(path) == 1:
             raise GolfError(f"{full_key!r} is a group; name one of its fields ({full_key}.<field>)")
-        value = _override(getattr(config, name), path[1:], text, full_key)
+        _collect(hint, path[1:], text, full_key, changes.setdefault(name, {}))
+    elif len(path) > 1:
+        raise GolfError(f"unknown config key {full_key!r}")
     else:
-        if len(path) > 1:
-            raise GolfError(f"unknown config key {full_key!r}")
-        value = _parse_value(text, hint, full_key)
-    try:
-        return dataclasses.replace(config, **{name: value})
-    except (TypeError, ValueError) as exc:
-        raise GolfError(f"{full_key}: {exc}") from None
+        changes[name] = _parse_value(text, hint, full_key)
+
+
+def _rebuild(config, changes: dict):
+    """``config`` with ``changes`` applied, nested groups first; errors name the dotted field."""
+    values = {}
+    for name, change in changes.items():
+        if isinstance(change, dict):
+            try:
+                change = _rebuild(getattr(config, name), change)
+            except ConfigError as exc:
+                raise exc.under(name) from None
+        values[name] = change
+    return dataclasses.replace(config, **values)

@@ -91,3 +91,20 @@ def test_flops_count_every_pass_of_a_looped_layer():
     extra_passes = (cfg.loop_passes - 1) * (cfg.loop_last - cfg.loop_first + 1)
     block = count_parameters(model.blocks[cfg.loop_first])
     assert flops_per_token(model, 256) - plain == 6 * extra_passes * block + 12 * extra_passes * cfg.model_dim * 256
+
+
+def test_without_a_wall_clock_cap_only_steps_end_training():
+    from stages.model.gpt import GPT
+    from stages.train.loop import RandomTokens, Trainer
+
+    def trainer(*overrides):
+        config = apply_overrides(tiny_run_config(), ["train.max_steps=100", "train.schedule=auto", *overrides])
+        made = Trainer(GPT(config.model), config, RandomTokens(config.model.vocab_size, 0), torch.device("cpu"))
+        made.step, made.elapsed = 50, 1e9
+        return made
+
+    uncapped = trainer("train.max_seconds=none")
+    assert uncapped.done() is None and uncapped.progress() == 0.5
+    capped = trainer("train.max_seconds=10", "train.gptq_reserve_seconds=4")
+    capped.elapsed = 6.0
+    assert capped.done() == "max_seconds" and capped.progress() == 1.0

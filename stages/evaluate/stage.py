@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..artifact.verify import Artifact, load_runtime, read_artifact, vouch_for_code
-from ..config import to_dict
+from ..config import check_scoring_window, to_dict
 from ..contract.hashing import sha256_bytes
 from ..contract.lineage import require_same_tokenizer
 from ..contract.manifest import MANIFEST_NAME, FileRecord, InputRecord
@@ -21,6 +21,7 @@ from ..contract.stage_dir import StageDir, StageWriter
 from ..device import resolve_device
 from ..errors import GolfError
 from ..progress import Reporter
+from ..ranges import check_ranges, ranged
 from .val_data import load_val
 from .validate import validate
 
@@ -31,18 +32,22 @@ IN_MEMORY_TOLERANCE = 1e-6
 class EvalConfig:
     """How the artifact is scored."""
 
-    stride: int | None = None
+    stride: int | None = ranged(None, ge=1)
     """Sliding-window stride (None: non-overlapping windows; the records use 64 with seq 2048)."""
-    seq_len: int | None = None
+    seq_len: int | None = ranged(None, ge=1)
     """Window length (None: the training sequence length recorded in the artifact)."""
-    batch_windows: int = 8
+    batch_windows: int = ranged(8, ge=1)
     """Windows per forward pass."""
-    eval_tokens: int = 0
+    eval_tokens: int = ranged(0, ge=0)
     """Score only a prefix of this many val tokens (0: the whole val split)."""
     device: str = "cpu"
     """'cpu', 'cuda' or 'auto' (cuda when available)."""
     use_sidecar: bool = True
     """Count bytes from the val byte sidecar when the data has one (else from the tokenizer's table)."""
+
+    def __post_init__(self) -> None:
+        check_ranges(self)
+        check_scoring_window(self, "seq_len", "eval_tokens", "stride")
 
 
 def open_artifact(path: str | Path) -> tuple[Path, StageDir | None]:

@@ -9,45 +9,47 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
+from ..ranges import ConfigError, check_ranges, ranged
+
 
 @dataclass(frozen=True)
 class ModelConfig:
     """A GPT of the baseline family plus every switchable record technique."""
 
-    vocab_size: int = 1024
+    vocab_size: int = ranged(1024, ge=2)
     """Embedding rows; at least the tokenizer's vocab size."""
-    num_layers: int = 9
+    num_layers: int = ranged(9, ge=1)
     """Physical transformer blocks (depth recurrence can run some of them more than once)."""
-    model_dim: int = 512
+    model_dim: int = ranged(512, ge=1)
     """Residual stream width."""
-    num_heads: int = 8
+    num_heads: int = ranged(8, ge=1)
     """Query heads."""
-    num_kv_heads: int = 4
+    num_kv_heads: int = ranged(4, ge=1)
     """Key/value heads (grouped-query attention when fewer than num_heads)."""
-    mlp_mult: float = 2.0
+    mlp_mult: float = ranged(2.0, gt=0)
     """MLP hidden width as a multiple of model_dim."""
     mlp_activation: Literal["relu2", "leaky_relu2"] = "relu2"
     """relu(x)^2 (baseline) or leaky_relu(x, 0.5)^2 (records from PR #549 on)."""
-    rope_base: float = 10000.0
+    rope_base: float = ranged(10000.0, gt=0)
     """RoPE frequency base."""
-    rope_dims: int = 0
+    rope_dims: int = ranged(0, ge=0)
     """Rotary on the first N dims of each head (partial RoPE; records use 16 of 64). 0: all dims."""
     qk_norm: bool = True
     """RMSNorm on queries and keys before RoPE."""
-    qk_gain_init: float = 1.5
+    qk_gain_init: float = ranged(1.5, gt=0)
     """Initial learned per-head query scale (baseline 1.5; records 5.0-5.25)."""
-    logit_softcap: float = 30.0
+    logit_softcap: float = ranged(30.0, ge=0)
     """Logits become softcap * tanh(z / softcap); 0 disables the cap (records: 30, or 15 in PR #1880)."""
     tie_embeddings: bool = True
     """Use the token embedding as the output head."""
-    tied_embed_init_std: float = 0.005
+    tied_embed_init_std: float = ranged(0.005, gt=0)
     """Init std of the (tied) embedding."""
     orthogonal_init: bool = False
     """Orthogonal init for matrices with both sides >= 64 (output projections stay zero)."""
-    xsa_last_n: int = 0
+    xsa_last_n: int = ranged(0, ge=0)
     """Exclusive self attention on the last N physical layers (remove each head's component along
     its own value vector); >= num_layers means all layers. 0: off."""
-    attn_gate_width: int = 0
+    attn_gate_width: int = ranged(0, ge=0)
     """Attention output gate: per head y_h *= 2 sigmoid(W_h x[:w]), zero-init (12 or 24). 0: off."""
     attn_gate_sparse: bool = False
     """Sparse gate variant: sigmoid(0.5 W_h x[:w]) (halves the heads' output at init)."""
@@ -59,44 +61,50 @@ class ModelConfig:
     """U-Net skips: the first half of the (virtual) layers push, the second half pop."""
     skip_gates: bool = False
     """Gated skips: x = lerp(w * skip, x, sigmoid(g)), gates zero-init (records); off: x += w * skip."""
-    parallel_residual_from: int = -1
+    parallel_residual_from: int = ranged(-1, ge=-1)
     """From this physical layer on, attention and MLP read the same input (GPT-J style). -1: off."""
-    loop_first: int = -1
+    loop_first: int = ranged(-1, ge=-1)
     """Depth recurrence: first physical layer of the looped span (-1: off)."""
-    loop_last: int = -1
+    loop_last: int = ranged(-1, ge=-1)
     """Depth recurrence: last physical layer of the looped span (inclusive)."""
-    loop_passes: int = 1
+    loop_passes: int = ranged(1, ge=1)
     """Total passes through the looped span once looping is on (records: 3 for layers 3-5)."""
-    loop_start_frac: float = 0.0
+    loop_start_frac: float = ranged(0.0, ge=0, le=1)
     """Training fraction at which looping switches on (records: 0.35); eval always loops."""
-    bigram_hash_buckets: int = 0
+    bigram_hash_buckets: int = ranged(0, ge=0)
     """BigramHash embedding buckets (seed 003: 2048). 0: off."""
-    bigram_hash_dim: int = 128
+    bigram_hash_dim: int = ranged(128, ge=1)
     """BigramHash embedding width, projected to model_dim by a zero-init matrix."""
-    value_embed_dim: int = 0
+    value_embed_dim: int = ranged(0, ge=0)
     """Shared value embedding width (seed 003: 128). 0: off."""
-    value_embed_layers: tuple[int, ...] = ()
+    value_embed_layers: tuple[int, ...] = ranged((), ge=0)
     """Physical layers whose values get the shared value embedding (seed 003: 9, 10)."""
     doc_mask: bool = False
     """Mask attention at BOS so that no position attends across a document boundary."""
-    bos_id: int = 1
+    bos_id: int = ranged(1, ge=0)
     """Token id that starts every document (SmearGate, BigramHash and doc_mask use it)."""
 
     def __post_init__(self) -> None:
+        check_ranges(self)
         if self.model_dim % self.num_heads:
-            raise ValueError(f"model_dim {self.model_dim} is not divisible by num_heads {self.num_heads}")
+            raise ConfigError("num_heads", f"must divide model_dim {self.model_dim}, got {self.num_heads}")
         if self.num_heads % self.num_kv_heads:
-            raise ValueError(f"num_heads {self.num_heads} is not divisible by num_kv_heads {self.num_kv_heads}")
+            raise ConfigError("num_kv_heads", f"must divide num_heads {self.num_heads}, got {self.num_kv_heads}")
         if self.rotary_dims % 2 or self.rotary_dims > self.head_dim:
-            raise ValueError("rope_dims must be even and at most the head dim")
-        if self.num_layers < 1 or self.vocab_size < 2:
-            raise ValueError("need at least one layer and two tokens")
+            raise ConfigError("rope_dims", f"rotary dims must be even and at most the head dim {self.head_dim}, "
+                                           f"got {self.rotary_dims}")
+        if self.mlp_hidden < 1:
+            raise ConfigError("mlp_mult", f"gives an MLP of {self.mlp_hidden} units at model_dim {self.model_dim}")
         if self.attn_gate_width > self.model_dim:
-            raise ValueError("attn_gate_width exceeds model_dim")
+            raise ConfigError("attn_gate_width", f"must be at most model_dim {self.model_dim}, got {self.attn_gate_width}")
+        if self.bos_id >= self.vocab_size:
+            raise ConfigError("bos_id", f"must be below vocab_size {self.vocab_size}, got {self.bos_id}")
         if self.looped and not (0 <= self.loop_first <= self.loop_last < self.num_layers and self.loop_passes >= 2):
-            raise ValueError("depth recurrence needs 0 <= loop_first <= loop_last < num_layers and loop_passes >= 2")
-        if any(not 0 <= layer < self.num_layers for layer in self.value_embed_layers):
-            raise ValueError("value_embed_layers must name existing layers")
+            raise ConfigError("loop_first", "depth recurrence needs 0 <= loop_first <= loop_last < num_layers "
+                                            f"({self.num_layers}) and loop_passes >= 2")
+        if any(layer >= self.num_layers for layer in self.value_embed_layers):
+            raise ConfigError("value_embed_layers", f"must name layers below num_layers {self.num_layers}, "
+                                                    f"got {self.value_embed_layers}")
 
     @property
     def head_dim(self) -> int:

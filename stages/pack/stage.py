@@ -31,7 +31,8 @@ from ..errors import GolfError
 from ..model.checkpoint import load_tensors_and_metadata
 from ..model.groups import GROUPS, tensor_group
 from ..progress import Reporter
-from .codecs import BEST_CANDIDATES, CODECS, byte_shuffle, compress
+from ..ranges import ConfigError, check_ranges, ranged
+from .codecs import BEST_CANDIDATES, CODECS, STRONGEST_LEVEL, byte_shuffle, compress
 
 ARTIFACT_FILE = "model.golf"
 SIZE_LIMIT = 16_000_000
@@ -47,18 +48,21 @@ class PackConfig:
 
     codec: Literal["brotli", "lzma", "zstd", "zlib", "best"] = "brotli"
     """Codec of each weights section (brotli 11 by default); 'best': per group the smallest of brotli/lzma/zstd."""
-    level: int | None = None
+    level: int | None = ranged(None, ge=0)
     """Codec level (None: the strongest: brotli 11, lzma 9e, zstd 22, zlib 9); unset with 'best'."""
     shuffle: bool = True
     """Byte-shuffle multi-byte tensors before compression (all first bytes, then all second bytes, ...)."""
     code_codec: Literal["brotli", "lzma", "zstd", "zlib"] = "lzma"
     """Codec of the shipped code section (lzma needs no third-party package to unpack)."""
-    limit: int = SIZE_LIMIT
+    limit: int = ranged(SIZE_LIMIT, ge=1)
     """Size limit in bytes (decimal: 16,000,000 in the challenge)."""
 
     def __post_init__(self) -> None:
+        check_ranges(self)
         if self.codec == BEST and self.level is not None:
-            raise ValueError("a level belongs to one codec; leave it unset with codec 'best'")
+            raise ConfigError("level", "a level belongs to one codec; leave it unset with codec 'best'")
+        if self.level is not None and self.level > STRONGEST_LEVEL[self.codec]:
+            raise ConfigError("level", f"must be at most {STRONGEST_LEVEL[self.codec]} for {self.codec}, got {self.level}")
 
 
 @dataclass(frozen=True)

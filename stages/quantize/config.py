@@ -5,27 +5,25 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
+from ..config import check_scoring_window
+from ..ranges import check_ranges, ranged
+
 
 @dataclass(frozen=True)
 class GroupQuant:
     """Bits and row-scale rule of one tensor group (attention, mlp, embedding, other)."""
 
-    bits: int = 6
+    bits: int = ranged(6, ge=2, le=8)
     """Code width: codes lie in [-R, R] with R = 2^(bits-1) - 1, stored one per byte."""
     clip: Literal["sdclip", "quantile"] = "sdclip"
     """Row scale rule: 'sdclip' (k * std / R, the records) or 'quantile' (a quantile of |w| / R, the baseline)."""
-    clip_sigmas: float = 12.0
+    clip_sigmas: float = ranged(12.0, gt=0)
     """SDClip k: the row scale is k * std(row) / R, so k sets the step and the entropy."""
-    clip_quantile: float = 0.9999984
+    clip_quantile: float = ranged(0.9999984, gt=0.5, le=1)
     """Per-row clip quantile of |w| for clip='quantile' (the baseline's 99.99984th percentile)."""
 
     def __post_init__(self) -> None:
-        if not 2 <= self.bits <= 8:
-            raise ValueError("bits must be between 2 and 8")
-        if self.clip_sigmas <= 0:
-            raise ValueError("clip_sigmas must be positive")
-        if not 0.5 < self.clip_quantile <= 1.0:
-            raise ValueError("clip_quantile must be in (0.5, 1]")
+        check_ranges(self)
 
 
 @dataclass(frozen=True)
@@ -34,20 +32,19 @@ class CalibrationConfig:
 
     source: Literal["train", "generated"] = "train"
     """'train': windows of the training shards; 'generated': text the model samples itself."""
-    batches: int = 16
+    batches: int = ranged(16, ge=1)
     """Forward passes whose layer inputs are accumulated (the records use 16-64)."""
-    batch_tokens: int = 16_384
+    batch_tokens: int = ranged(16_384, ge=1)
     """Tokens per calibration batch."""
-    seq_len: int | None = None
+    seq_len: int | None = ranged(None, ge=1)
     """Window length (None: the training sequence length)."""
-    seed: int = 4242
+    seed: int = ranged(4242, ge=0)
     """Seed of the calibration windows (or of the sampling for 'generated')."""
-    temperature: float = 1.0
+    temperature: float = ranged(1.0, gt=0)
     """Sampling temperature for 'generated' calibration text."""
 
     def __post_init__(self) -> None:
-        if self.batches < 1 or self.batch_tokens < 1:
-            raise ValueError("batches and batch_tokens must be at least 1")
+        check_ranges(self)
 
 
 @dataclass(frozen=True)
@@ -64,54 +61,48 @@ class QuantizeConfig:
     """Embedding tables (the tied head included): int7 or int8, k 14-20 in the records."""
     other: GroupQuant = GroupQuant(bits=8, clip_sigmas=20.0)
     """Any other large matrix (BigramHash projection, an untied head)."""
-    keep_float_max_numel: int = 65_536
+    keep_float_max_numel: int = ranged(65_536, ge=0)
     """Tensors with at most this many elements (and all non-matrices) stay float."""
     control_dtype: Literal["float32", "float16"] = "float32"
     """Storage dtype of kept-float control tensors (scales, mixes, gains, skip weights)."""
     other_float_dtype: Literal["float16", "float32"] = "float16"
     """Storage dtype of the other kept-float tensors."""
-    damping: float = 0.01
+    damping: float = ranged(0.01, ge=0, lt=1)
     """GPTQ damping: this fraction of mean(diag H) is added to the diagonal."""
     act_order: bool = True
     """GPTQ quantizes columns in order of decreasing diag H (largest activations first)."""
-    block_size: int = 128
+    block_size: int = ranged(128, ge=1)
     """GPTQ columns per block: exact error feedback inside a block, one lazy update after it."""
     calibration: CalibrationConfig = field(default_factory=CalibrationConfig)
     """Hessian collection (GPTQ only)."""
-    lqer_rank: int = 0
+    lqer_rank: int = ranged(0, ge=0)
     """LQER: rank of the low-rank correction of the quantization error (0: off; the top record: 4)."""
-    lqer_top_k: int = 3
+    lqer_top_k: int = ranged(3, ge=0)
     """LQER corrects the k matrices with the largest ||W - Q||_F."""
-    lqer_a_bits: int = 2
+    lqer_a_bits: int = ranged(2, ge=1, le=8)
     """Bits of the left factor A (asymmetric, per group)."""
-    lqer_b_bits: int = 4
+    lqer_b_bits: int = ranged(4, ge=1, le=8)
     """Bits of the right factor B (asymmetric, per group)."""
-    lqer_group: int = 64
+    lqer_group: int = ranged(64, ge=1)
     """Elements per scale/offset group of the LQER factors."""
-    target_bytes: int = 0
+    target_bytes: int = ranged(0, ge=0)
     """Choose the clip widths so the packed artifact lands under this many bytes (0: use the k given)."""
     target_codec: Literal["brotli", "lzma", "zstd", "zlib"] = "brotli"
     """Codec the target size is verified with (pack's default)."""
-    eval_stride: int | None = None
+    eval_stride: int | None = ranged(None, ge=1)
     """Scoring stride for the pre/post-quant bpb (None: non-overlapping windows)."""
-    eval_seq_len: int | None = None
+    eval_seq_len: int | None = ranged(None, ge=1)
     """Scoring window length (None: the training sequence length)."""
-    eval_batch_windows: int = 8
+    eval_batch_windows: int = ranged(8, ge=1)
     """Windows per forward pass while scoring."""
-    eval_tokens: int = 0
+    eval_tokens: int = ranged(0, ge=0)
     """Score only a prefix of this many val tokens (0: the whole val split)."""
     device: str = "cpu"
     """Where calibration, GPTQ and scoring run: 'cpu', 'cuda' or 'auto' (cuda when available)."""
 
     def __post_init__(self) -> None:
-        if not 0 <= self.damping < 1:
-            raise ValueError("damping must be in [0, 1)")
-        if self.block_size < 1 or self.lqer_group < 1 or self.lqer_rank < 0 or self.lqer_top_k < 0:
-            raise ValueError("block_size and lqer_group must be positive; lqer_rank and lqer_top_k not negative")
-        if not (1 <= self.lqer_a_bits <= 8 and 1 <= self.lqer_b_bits <= 8):
-            raise ValueError("LQER factor bits must be between 1 and 8")
-        if self.target_bytes < 0:
-            raise ValueError("target_bytes must not be negative")
+        check_ranges(self)
+        check_scoring_window(self, "eval_seq_len", "eval_tokens", "eval_stride")
 
     def group(self, name: str) -> GroupQuant:
         """The bits and clip width of a named group."""

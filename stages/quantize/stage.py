@@ -54,7 +54,7 @@ def run_quantize(config: QuantizeConfig, train_dir: str | Path, out_dir: str | P
     train = StageDir(train_dir, "train")
     data = data_dir_of(train, data_dir)
     require_same_tokenizer(train.lineage, f"checkpoint {train.path}", data.lineage, f"data {data.path}")
-    model_config = from_dict(ModelConfig, train.lineage["model_config"])
+    model_config = from_dict(ModelConfig, train.lineage["model_config"], f"{train.path}: lineage.model_config")
     train_seq_len = int(train.manifest.config["train"]["seq_len"])
     seq_len = config.eval_seq_len or train_seq_len
     stride = config.eval_stride or seq_len

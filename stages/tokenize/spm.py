@@ -19,6 +19,8 @@ from ..errors import GolfError
 from ..evaluate.bpb import SPACE_MARK
 
 PAD_ID, BOS_ID, EOS_ID, UNK_ID = 0, 1, 2, 3
+MIN_VOCAB_SIZE = 260  # the 256 byte-fallback pieces + the 4 specials
+MAX_VOCAB_SIZE = 65536  # shards store ids as uint16
 
 _COMMON = dict(
     model_type="bpe",
@@ -45,8 +47,9 @@ def train_tokenizer(documents: list[str], vocab_size: int, spec: str) -> bytes:
     """Train a BPE model on whole documents (one per 'sentence'); return the model file bytes."""
     if spec not in SPECS:
         raise GolfError(f"unknown tokenizer spec {spec!r}; choose one of {', '.join(SPECS)}")
-    if vocab_size < 260 or vocab_size > 65536:
-        raise GolfError(f"vocab size must be in [260, 65536] (256 byte pieces + 4 specials; uint16 shards), got {vocab_size}")
+    if not MIN_VOCAB_SIZE <= vocab_size <= MAX_VOCAB_SIZE:
+        raise GolfError(f"vocab size must be in [{MIN_VOCAB_SIZE}, {MAX_VOCAB_SIZE}] (256 byte pieces + 4 specials; "
+                        f"uint16 shards), got {vocab_size}")
     writer = io.BytesIO()
     try:
         spm.SentencePieceTrainer.train(

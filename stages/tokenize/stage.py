@@ -23,8 +23,9 @@ from ..data.split import make_split
 from ..errors import GolfError
 from ..evaluate.bpb import build_byte_table
 from ..progress import Reporter
+from ..ranges import check_ranges, ranged
 from .audit import audit_val_bytes, surface_bytes
-from .spm import BOS_ID, encode_documents, load_processor, spec_of, train_tokenizer
+from .spm import BOS_ID, MAX_VOCAB_SIZE, MIN_VOCAB_SIZE, encode_documents, load_processor, spec_of, train_tokenizer
 
 TOKENIZER_FILE = "tokenizer.model"
 ENCODE_BATCH_DOCS = 512
@@ -38,22 +39,25 @@ class TokenizeConfig:
     """Document source: the embedded news corpus, a JSONL file with a 'text' field, or .txt files."""
     input: str | None = None
     """Path of the JSONL file or text file/folder (the news corpus is found in site-packages)."""
-    max_docs: int | None = None
+    max_docs: int | None = ranged(None, ge=1)
     """Use only the first N documents of the source (None: all)."""
-    val_docs: int | None = None
+    val_docs: int | None = ranged(None, ge=1)
     """Val = the first N documents. None: 50,000, or 10% of a corpus under 500,000 documents."""
-    vocab_size: int = 1024
+    vocab_size: int = ranged(1024, ge=MIN_VOCAB_SIZE, le=MAX_VOCAB_SIZE)
     """Vocabulary size of the trained tokenizer."""
     spec: Literal["exact", "challenge"] = "exact"
     """Trainer settings: 'challenge' (nmt_nfkc) or 'exact' (identity normalization, round-trips)."""
     tokenizer: str | None = None
     """Reuse this SentencePiece model instead of training one."""
-    tokenizer_train_docs: int | None = None
+    tokenizer_train_docs: int | None = ranged(None, ge=1)
     """Train the tokenizer on the first N train documents (None: all of them)."""
-    shard_tokens: int = DEFAULT_SHARD_TOKENS
+    shard_tokens: int = ranged(DEFAULT_SHARD_TOKENS, ge=1)
     """Tokens per shard file (the challenge uses 10^8)."""
-    max_shared_docs: int = 0
+    max_shared_docs: int = ranged(0, ge=0)
     """Val documents allowed to reappear verbatim in train (duplicates in the source); more refuses."""
+
+    def __post_init__(self) -> None:
+        check_ranges(self)
 
 
 def run_tokenize(config: TokenizeConfig, out_dir: str | Path, force: bool = False, reporter: Reporter | None = None):

@@ -5,108 +5,113 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
+from ..config import check_scoring_window
 from ..errors import GolfError
-
 from ..model.config import ModelConfig
+from ..ranges import ConfigError, check_ranges, ranged
 
 
 @dataclass(frozen=True)
 class TrainConfig:
     """The optimizer, schedule, budgets and data layout of one training run."""
 
-    seed: int = 1337
+    seed: int = ranged(1337, ge=0)
     """Seed for init and data order."""
-    seq_len: int = 1024
+    seq_len: int = ranged(1024, ge=1)
     """Tokens per training sequence."""
-    batch_tokens: int = 524_288
+    batch_tokens: int = ranged(524_288, ge=1)
     """Global tokens per optimizer step (all ranks and accumulation steps together)."""
-    grad_accum: int = 1
+    grad_accum: int = ranged(1, ge=0)
     """Micro-batches per step on each rank (the global batch stays batch_tokens). 0: 8 / world size,
     so a recipe made for 8 GPUs keeps its per-GPU micro-batch on fewer (the baseline's rule)."""
-    max_steps: int = 20_000
+    max_steps: int = ranged(20_000, ge=1)
     """Step budget: training stops after this many optimizer steps."""
-    max_seconds: float = 600.0
-    """Wall-clock budget of the timed loop in seconds (0: none). Validation pauses the clock."""
-    warmdown_frac: float = 0.087
+    max_seconds: float | None = ranged(600.0, gt=0)
+    """Wall-clock budget of the timed loop in seconds (None: no wall-clock cap). Validation pauses the clock."""
+    warmdown_frac: float = ranged(0.087, ge=0, le=1)
     """Share of the budget over which LR decays linearly to min_lr (records: 0.72-0.85)."""
-    min_lr: float = 0.0
+    min_lr: float = ranged(0.0, ge=0, le=1)
     """LR floor at the end of the warm-down, as a fraction of the peak (records: 0 or 0.1)."""
     schedule: Literal["auto", "steps", "time"] = "auto"
     """What drives the warm-down: 'steps' (deterministic), 'time' (elapsed / usable seconds, as the
     records do) or 'auto' (whichever budget runs out first)."""
-    gptq_reserve_seconds: float = 0.0
+    gptq_reserve_seconds: float = ranged(0.0, ge=0)
     """Seconds kept back from max_seconds for GPTQ calibration on training data (records: 4-5)."""
-    matrix_lr: float = 0.04
+    matrix_lr: float = ranged(0.04, ge=0)
     """Muon learning rate for the 2-D weights."""
-    embed_lr: float = 0.05
+    embed_lr: float = ranged(0.05, ge=0)
     """Adam learning rate of the embeddings (token, bigram, value)."""
-    head_lr: float = 0.008
+    head_lr: float = ranged(0.008, ge=0)
     """Adam learning rate of an untied output head."""
-    scalar_lr: float = 0.04
+    scalar_lr: float = ranged(0.04, ge=0)
     """Adam learning rate of vectors and control tensors (scales, mixes, gains, gates, skip weights)."""
-    muon_momentum: float = 0.95
+    muon_momentum: float = ranged(0.95, ge=0, lt=1)
     """Muon momentum after warm-up."""
-    muon_momentum_start: float = 0.85
+    muon_momentum_start: float = ranged(0.85, ge=0, lt=1)
     """Muon momentum at step 0, warmed linearly to muon_momentum."""
-    muon_momentum_warmup_steps: int = 500
+    muon_momentum_warmup_steps: int = ranged(500, ge=0)
     """Steps of the momentum warm-up."""
-    muon_ns_steps: int = 5
+    muon_ns_steps: int = ranged(5, ge=1)
     """Newton-Schulz iterations per Muon update."""
     muon_coefficients: Literal["stock", "polar_express"] = "stock"
     """Newton-Schulz coefficients: the stock quintic, or Polar Express (one triple per iteration)."""
     muon_row_normalize: bool = False
     """MuonEq-R: normalize each row of the update before Newton-Schulz."""
-    muon_weight_decay: float = 0.0
+    muon_weight_decay: float = ranged(0.0, ge=0)
     """Decoupled weight decay of Muon weights: p *= 1 - lr * wd (records: 0.085-0.095)."""
-    embed_weight_decay: float = 0.0
+    embed_weight_decay: float = ranged(0.0, ge=0)
     """Decoupled (AdamW) weight decay of the embeddings (records: 0.085)."""
-    scalar_weight_decay: float = 0.0
+    scalar_weight_decay: float = ranged(0.0, ge=0)
     """Decoupled (AdamW) weight decay of the small tensors (records: 0.02)."""
-    adam_beta1: float = 0.9
+    adam_beta1: float = ranged(0.9, ge=0, lt=1)
     """Adam beta1."""
-    adam_beta2: float = 0.95
+    adam_beta2: float = ranged(0.95, ge=0, lt=1)
     """Adam beta2 (records: 0.99)."""
-    adam_eps: float = 1e-8
+    adam_eps: float = ranged(1e-8, gt=0)
     """Adam epsilon."""
-    grad_clip: float = 0.0
+    grad_clip: float = ranged(0.0, ge=0)
     """Clip the global gradient norm to this value (0: off; records: 0.3)."""
-    ema_decay: float = 0.0
+    ema_decay: float = ranged(0.0, ge=0, lt=1)
     """EMA of all weights with this decay, exported instead of the raw weights (0: off; records 0.997/0.9965)."""
-    swa_every: int = 0
+    swa_every: int = ranged(0, ge=0)
     """Tight SWA: average the EMA weights every N steps while the LR scale is below swa_lr_scale (0: off)."""
-    swa_lr_scale: float = 0.2
+    swa_lr_scale: float = ranged(0.2, ge=0, le=1)
     """Tight SWA collects only below this LR scale."""
-    qat_bits: int = 0
+    qat_bits: int = ranged(0, ge=2, le=8, off=0)
     """Late QAT: straight-through fake quantization to this many bits (0: off; seed 003: 6)."""
-    qat_lr_scale: float = 0.15
+    qat_lr_scale: float = ranged(0.15, ge=0, le=1)
     """Late QAT switches on once the LR scale falls below this."""
     loader: Literal["contiguous", "shuffled"] = "contiguous"
     """Batches from contiguous spans in shard order (baseline) or shuffled windows (seeded)."""
     compile: bool = False
     """torch.compile the training loss (worth it on CUDA; the records all compile)."""
-    warmup_steps: int = 0
+    warmup_steps: int = ranged(0, ge=0)
     """Untimed warm-up steps on random tokens before the timed loop (compile and allocator costs);
     weights, optimizer state and averages are restored afterwards (records: ~20 with and without looping)."""
-    val_every: int = 0
+    val_every: int = ranged(0, ge=0)
     """Validate every N steps with the clock paused (0: only at the end)."""
-    val_tokens: int = 0
+    val_tokens: int = ranged(0, ge=0)
     """Val tokens used by in-training validation (0: the whole val split)."""
-    val_batch_windows: int = 8
+    val_batch_windows: int = ranged(8, ge=1)
     """Sequences per forward pass during validation."""
-    checkpoint_every: int = 0
+    checkpoint_every: int = ranged(0, ge=0)
     """Save a resumable checkpoint (weights, optimizer, loader, averages) every N steps (0: off)."""
-    log_every: int = 50
+    log_every: int = ranged(50, ge=1)
     """Log a train-loss line every N steps."""
     device: str = "auto"
     """'auto' (cuda when available), 'cpu' or 'cuda'."""
 
     def __post_init__(self) -> None:
-        if self.seq_len < 1 or self.grad_accum < 0 or self.batch_tokens % (self.seq_len * max(1, self.grad_accum)):
-            raise ValueError(f"batch_tokens {self.batch_tokens} must be a multiple of seq_len * grad_accum")
-        if not 0 <= self.warmdown_frac <= 1:
-            raise ValueError("warmdown_frac must be in [0, 1]")
-        if self.max_steps < 1:
-            raise ValueError("max_steps must be at least 1")
+        check_ranges(self)
+        if self.batch_tokens % (self.seq_len * max(1, self.grad_accum)):
+            raise ConfigError("batch_tokens", f"must be a multiple of seq_len * grad_accum "
+                                              f"({self.seq_len} * {max(1, self.grad_accum)}), got {self.batch_tokens}")
+        if self.max_seconds is not None and self.gptq_reserve_seconds >= self.max_seconds:
+            raise ConfigError("gptq_reserve_seconds", f"must be below max_seconds {self.max_seconds:g}, "
+                                                      f"got {self.gptq_reserve_seconds:g}")
+        if self.schedule == "time" and self.max_seconds is None:
+            raise ConfigError("schedule", "'time' needs a wall-clock budget: set max_seconds")
+        check_scoring_window(self, "seq_len", "val_tokens")
 
 
 REFERENCE_WORLD_SIZE = 8

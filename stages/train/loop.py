@@ -51,14 +51,17 @@ class Trainer:
         self.loss_fn = torch.compile(model.loss) if self.tcfg.compile else model.loss
 
     # ---- budget and schedule ----
-    def usable_seconds(self) -> float:
-        """The wall-clock budget less the seconds reserved for GPTQ calibration (0: no clock)."""
-        return max(0.0, self.tcfg.max_seconds - self.tcfg.gptq_reserve_seconds) if self.tcfg.max_seconds > 0 else 0.0
+    def usable_seconds(self) -> float | None:
+        """The wall-clock budget less the seconds reserved for GPTQ calibration (None: no clock)."""
+        if self.tcfg.max_seconds is None:
+            return None
+        return self.tcfg.max_seconds - self.tcfg.gptq_reserve_seconds
 
     def done(self) -> str | None:
         if self.step >= self.tcfg.max_steps:
             return "max_steps"
-        if self.usable_seconds() and self.elapsed >= self.usable_seconds():
+        usable = self.usable_seconds()
+        if usable is not None and self.elapsed >= usable:
             return "max_seconds"
         return None
 

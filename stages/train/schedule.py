@@ -38,7 +38,10 @@ def momentum_warmup(step: int, start: float, end: float, warmup_steps: int) -> f
 def progress(config: TrainConfig, step: int, elapsed: float) -> float:
     """How far through its budget a run is, by the config's schedule mode."""
     by_steps = min(1.0, step / config.max_steps)
-    by_time = time_fraction(elapsed, config.max_seconds, config.gptq_reserve_seconds) if config.max_seconds > 0 else 0.0
+    if config.max_seconds is None:
+        by_time = 0.0
+    else:
+        by_time = time_fraction(elapsed, config.max_seconds, config.gptq_reserve_seconds)
     return {"steps": by_steps, "time": by_time, "auto": max(by_steps, by_time)}[config.schedule]
 
 

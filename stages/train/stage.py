@@ -20,7 +20,8 @@ from ..contract.ledger import TimeLedger
 from ..contract.stage_dir import StageDir, StageWriter, atomic_write_text, check_replaceable, relative_path
 from ..device import resolve_device
 from ..errors import GolfError
-from ..evaluate.val_data import load_val, train_shard_paths
+from ..data.shards import read_shard
+from ..evaluate.val_data import load_val, split_files, train_shard_paths
 from ..evaluate.validate import validate
 from ..model.checkpoint import model_metadata, save_tensors
 from ..model.gpt import GPT, count_parameters
@@ -60,6 +61,7 @@ def run_train(config: RunConfig, data_dir: str | Path, out_dir: str | Path, forc
     if config.model.vocab_size < tokenizer_vocab:
         raise GolfError(f"model.vocab_size {config.model.vocab_size} is smaller than the tokenizer's {tokenizer_vocab}")
     check_replaceable(Path(out_dir).resolve(), "train", force)  # on every rank, before any rank waits on another
+    check_token_ids(data, config.model.vocab_size)
     ctx = init_distributed(resolve_device(config.train.device))
     try:
         if not ctx.is_main:
@@ -76,6 +78,18 @@ def run_train(config: RunConfig, data_dir: str | Path, out_dir: str | Path, forc
             return _save(writer, fit, config, data, ctx, reporter, preset, out_dir)
     finally:
         shutdown(ctx)
+
+
+def check_token_ids(data: StageDir, vocab_size: int) -> None:
+    """Refuse a train or val shard holding an id the model has no embedding row for.
+
+    One pass over each shard's memory map (reading the hashes costs as much), so a foreign or
+    corrupt shard is a one-line error naming it before anything is built, not an index error
+    inside the first step or the last validation."""
+    for path in [*train_shard_paths(data), *split_files(data, "val")]:
+        tokens = read_shard(path)
+        if tokens.size and (largest := int(tokens.max())) >= vocab_size:
+            raise GolfError(f"{path}: token id {largest} is outside the model's vocab (model.vocab_size {vocab_size})")
 
 
 @dataclass
