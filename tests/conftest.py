@@ -6,6 +6,7 @@ builds its own through the real command line).
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -95,3 +96,16 @@ def golf(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
     env = {**os.environ, "COLUMNS": "200"}
     return subprocess.run([sys.executable, "-m", "golf_cli", *map(str, args)], cwd=cwd,
                           capture_output=True, text=True, env=env)
+
+
+def rewrite_manifest(folder: Path, change, rehash: bool = True) -> None:
+    """Apply ``change`` to a stage folder's manifest dict in place; ``rehash`` keeps its content hash
+    valid, so that only the check a test aims at can object (without it, the edit shows)."""
+    from stages.contract.manifest import content_hash
+
+    path = Path(folder) / "manifest.json"
+    manifest = json.loads(path.read_text())
+    change(manifest)
+    if rehash:
+        manifest["content_sha256"] = content_hash(manifest)
+    path.write_text(json.dumps(manifest, indent=2))

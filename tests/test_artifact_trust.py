@@ -20,7 +20,6 @@ from stages.artifact.container import MAGIC, read_container, write_container
 from stages.artifact.schema import encode_code
 from stages.artifact.verify import installed_sources, read_artifact, stage_code_report
 from stages.contract.hashing import sha256_file
-from stages.contract.manifest import content_hash
 from stages.contract.stage_dir import StageDir
 from stages.errors import GolfError
 from stages.evaluate.stage import EvalConfig, run_eval
@@ -28,7 +27,7 @@ from stages.pack.codecs import compress
 from stages.pack.stage import check_artifact
 from stages.progress import Reporter
 
-from .conftest import golf
+from .conftest import golf, rewrite_manifest
 from .test_cli import assert_one_line_error
 
 SCORING = "stages/evaluate/scoring.py"
@@ -111,11 +110,8 @@ def as_pack_folder(pack_dir, artifact, folder):
     """A copy of the pack folder holding ``artifact``, its manifest updated so only the code check can object."""
     shutil.copytree(pack_dir, folder)
     shutil.copy(artifact, folder / "model.golf")
-    manifest = json.loads((folder / "manifest.json").read_text())
-    manifest["outputs"]["artifact"].update(sha256=sha256_file(folder / "model.golf"),
-                                           bytes=(folder / "model.golf").stat().st_size)
-    manifest["content_sha256"] = content_hash(manifest)
-    (folder / "manifest.json").write_text(json.dumps(manifest))
+    rewrite_manifest(folder, lambda m: m["outputs"]["artifact"].update(
+        sha256=sha256_file(folder / "model.golf"), bytes=(folder / "model.golf").stat().st_size))
     return folder
 
 

@@ -23,7 +23,7 @@ from stages.ranges import ConfigError, declared_range
 from stages.tokenize.stage import TokenizeConfig
 from stages.train.config import RunConfig
 
-from .conftest import SMALL_VOCAB, TINY_OVERRIDES, golf, sets
+from .conftest import SMALL_VOCAB, TINY_OVERRIDES, golf, rewrite_manifest, sets
 
 # The configs the commands build; the configs nested in them are found by walking their fields.
 COMMAND_CONFIGS = [RunConfig, TokenizeConfig, QuantizeConfig, PackConfig, EvalConfig]
@@ -77,7 +77,7 @@ def data_with_foreign_token(data_dir, tmp_path_factory):
     data = bytearray(shard.read_bytes())
     data[HEADER_BYTES + 20 : HEADER_BYTES + 22] = np.uint16(SMALL_VOCAB).tobytes()
     shard.write_bytes(bytes(data))
-    patch_manifest(folder, lambda m: m["outputs"]["fineweb_train_000000"].update(sha256=sha256_file(shard)))
+    rewrite_manifest(folder, lambda m: m["outputs"]["fineweb_train_000000"].update(sha256=sha256_file(shard)))
     return folder
 
 
@@ -90,10 +90,6 @@ def input_args(command: str, folder) -> list:
     return [INPUT_FLAGS[command], folder]
 
 
-def patch_manifest(folder, change) -> None:
-    manifest = json.loads((folder / "manifest.json").read_text())
-    change(manifest)
-    (folder / "manifest.json").write_text(json.dumps(manifest))
 
 
 @pytest.mark.parametrize("case", BAD_INPUTS.values(), ids=BAD_INPUTS.keys())

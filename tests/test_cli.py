@@ -7,10 +7,9 @@ import numpy as np
 import pytest
 
 from stages.contract.hashing import sha256_file
-from stages.contract.manifest import content_hash
 from stages.data.shards import encode_shard
 
-from .conftest import SMALL_DOCS, SMALL_VOCAB, TINY_OVERRIDES, golf, sets
+from .conftest import SMALL_DOCS, SMALL_VOCAB, TINY_OVERRIDES, golf, rewrite_manifest, sets
 
 
 @pytest.fixture(scope="module")
@@ -131,10 +130,8 @@ def test_corrupt_safetensors(run_dir, tmp_path):
     train = copy_train(run_dir, tmp_path)
     weights = train / "model.safetensors"
     weights.write_bytes(b"\xff" * 64)
-    manifest = json.loads((train / "manifest.json").read_text())
-    manifest["outputs"]["weights"].update(sha256=sha256_file(weights), bytes=64)  # so only the parser can object
-    manifest["content_sha256"] = content_hash(manifest)
-    (train / "manifest.json").write_text(json.dumps(manifest))
+    # The manifest is updated so that only the parser can object.
+    rewrite_manifest(train, lambda m: m["outputs"]["weights"].update(sha256=sha256_file(weights), bytes=64))
     result = golf("quantize", "--train", train, "--out", tmp_path / "q")
     assert_one_line_error(result, "not a readable safetensors file")
     assert not (tmp_path / "q").exists()

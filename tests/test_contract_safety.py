@@ -29,7 +29,7 @@ from stages.evaluate.stage import EvalConfig, run_eval
 from stages.tokenize.stage import TokenizeConfig, run_tokenize
 from stages.train.stage import run_train
 
-from .conftest import TINY_OVERRIDES, golf, sets, tiny_run_config
+from .conftest import TINY_OVERRIDES, golf, rewrite_manifest, sets, tiny_run_config
 from .test_cli import assert_one_line_error
 
 PIPELINE = ("tokenize", "train", "quantize", "pack")
@@ -43,13 +43,6 @@ def run_copy(tmp_path, workdir, pack_dir):
         shutil.copytree(workdir / stage, root / stage)
     run_eval(EvalConfig(eval_tokens=2048), root / "pack", None, root / "eval")
     return root
-
-
-def edit_manifest(folder: Path, edit) -> None:
-    path = folder / "manifest.json"
-    data = json.loads(path.read_text())
-    edit(data)
-    path.write_text(json.dumps(data, indent=2))
 
 
 def problems(path) -> list[str]:
@@ -104,7 +97,7 @@ def test_an_output_under_a_file_is_a_one_line_error(tmp_path):
 
 def test_an_edited_metric_is_detected_and_the_stage_named(run_copy):
     assert problems(run_copy / "eval") == []
-    edit_manifest(run_copy / "quantize", lambda m: m["metrics"].update(post_quant_val_bpb=0.5))
+    rewrite_manifest(run_copy / "quantize", lambda m: m["metrics"].update(post_quant_val_bpb=0.5), rehash=False)
     found = problems(run_copy / "eval")
     assert any(p.startswith("quantize: manifest.json was edited") for p in found), found
     assert any(p.startswith("link pack -> quantized (quantize)") for p in found), found
