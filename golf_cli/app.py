@@ -6,7 +6,7 @@ import signal
 
 import typer
 
-from .common import GolfCommand
+from .common import GolfCommand, GolfGroup
 from .eval import evaluate
 from .inspect import inspect
 from .pack import pack
@@ -15,6 +15,7 @@ from .tokenize import tokenize
 from .train import train
 
 app = typer.Typer(
+    cls=GolfGroup,
     add_completion=False,
     no_args_is_help=True,
     pretty_exceptions_enable=False,

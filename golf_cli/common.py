@@ -12,7 +12,7 @@ from pathlib import Path
 import typer
 from rich.console import Console
 from rich.table import Table
-from typer.core import TyperCommand
+from typer.core import TyperCommand, TyperGroup
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from stages.config import apply_overrides, to_dict
@@ -30,9 +30,9 @@ SetOption = typer.Option(None, "--set", metavar="KEY=VALUE",
                          help="Config override (repeatable); unknown keys are errors.")
 
 
-class GolfCommand(TyperCommand):
-    """A typer command whose flags show no value type in --help (typer prints '<bool>' beside
-    --force or --help, as if they took a value)."""
+class UntypedFlags:
+    """Flags show no value type in --help: typer prints '<bool>' beside --force or --help, as if
+    they took a value."""
 
     def get_params(self, ctx):
         params = super().get_params(ctx)  # the help option is made here, so it is covered too
@@ -40,6 +40,14 @@ class GolfCommand(TyperCommand):
             if getattr(param, "is_flag", False):
                 param.metavar = ""
         return params
+
+
+class GolfCommand(UntypedFlags, TyperCommand):
+    """Every golf command."""
+
+
+class GolfGroup(UntypedFlags, TyperGroup):
+    """The `golf` command itself."""
 
 
 def print_table(table: Table, stderr: bool = False) -> None:

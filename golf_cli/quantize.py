@@ -32,7 +32,10 @@ def quantize(
     overrides: list[str] = SetOption,
     force: bool = ForceOption,
 ):
-    """Quantize a checkpoint and report pre- and post-quant val bpb side by side."""
+    """Quantize a checkpoint and report pre- and post-quant val bpb side by side.
+
+    Pre-quant bpb: train's final val score if train scored the very same windows, else measured here.
+    """
     reporter = RichReporter()
     base = get_scheme(scheme, eval_stride=stride, target_bytes=target_bytes or 0)
     config = resolve_config(base, overrides, reporter)

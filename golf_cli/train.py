@@ -11,7 +11,7 @@ import typer
 from rich.table import Table
 
 from stages.config import apply_overrides, field_docs, from_dict
-from stages.contract.stage_dir import StageDir
+from stages.contract.stage_dir import StageDir, check_replaceable
 from stages.progress import Reporter
 from stages.train.checkpointing import read_checkpoint_config
 from stages.train.config import RunConfig
@@ -48,9 +48,10 @@ def train(
         _print_presets()
         return
     launching = nproc > 1 and "WORLD_SIZE" not in os.environ
-    # The launcher checks the arguments too (silently), so a bad one is one line, not one per rank.
+    # The launcher checks the arguments first (silently): a bad one is then one line, not one line
+    # per rank followed by torchrun's traceback.
     reporter = Reporter(stream=open(os.devnull, "w")) if launching else RichReporter()
-    data_dir = stage_path(data, run, "tokenize")
+    data_dir, out_dir = stage_path(data, run, "tokenize"), stage_path(out, run, "train")
     flags = [f"train.{k}={v}" for k, v in (("max_steps", max_steps), ("max_seconds", max_seconds), ("seed", seed)) if v is not None]
     overrides = [*flags, *(overrides or [])]
     if resume:
@@ -60,9 +61,9 @@ def train(
                                        reporter)
     log_config(config, reporter)
     if launching:
+        check_replaceable(out_dir.resolve(), "train", force)
         raise typer.Exit(_launch_torchrun(nproc))
-    run_train(config, data_dir, stage_path(out, run, "train"), force, reporter,
-              "resumed" if resume else preset, resume)
+    run_train(config, data_dir, out_dir, force, reporter, "resumed" if resume else preset, resume)
 
 
 def _vocab_from_tokenizer(config: RunConfig, data_dir: Path, overrides: list[str], reporter: Reporter) -> RunConfig:

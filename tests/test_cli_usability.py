@@ -58,6 +58,14 @@ def test_readme_nproc_command_with_run_name_trains_on_two_ranks(data_dir, tmp_pa
     assert manifest(tmp_path / "artifacts" / "two" / "train")["metrics"]["world_size"] == 2
 
 
+def test_nproc_checks_its_arguments_before_launching(data_dir, tmp_path):
+    (tmp_path / "taken").mkdir()
+    result = golf("train", "--nproc", "2", "--data", data_dir, "--out", tmp_path / "taken", cwd=tmp_path)
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and "already exists" in lines[0], result.stderr
+
+
 def test_arguments_after_a_separator_still_parse():
     # Some Python versions hand torchrun's '--' on to the script: golf must read past it.
     result = piped_golf("--", "train", "--list-presets", columns=None)
@@ -122,10 +130,12 @@ def test_quantize_reuses_train_score_on_the_same_windows(train_dir, data_dir, tm
 
 
 def test_quantize_measures_when_the_windows_differ(train_dir, tmp_path):
-    quant = run_quantize(QuantizeConfig(method="rtn", eval_stride=32), train_dir, tmp_path / "q")
+    half = StageDir(train_dir, "train").manifest.config["train"]["val_tokens"] // 2
+    quant = run_quantize(QuantizeConfig(method="rtn", eval_tokens=half), train_dir, tmp_path / "q")
     record = quant.metrics["pre_quant"]
     assert record["source"] == "measured" and "evaluate_pre_quant" in quant.ledger
-    assert (record["seq_len"], record["stride"]) == (64, 32) and "stride 32" in record["why"]
+    assert record["tokens"] == quant.metrics["eval"]["tokens_scored"] == half
+    assert f"this scores {half} in windows" in record["why"]
 
 
 def test_train_score_applies_only_to_the_same_windows_data_and_precision(train_dir, data_dir):
@@ -154,9 +164,9 @@ def test_list_presets_prints_every_preset_whole_to_stdout(columns):
     assert result.stderr == ""
 
 
-@pytest.mark.parametrize("command", COMMANDS)
+@pytest.mark.parametrize("command", [None, *COMMANDS])
 def test_help_shows_no_bool_type_beside_flags(command):
-    result = golf(command, "--help")
+    result = golf(*filter(None, [command]), "--help")
     assert result.returncode == 0, result.stderr
     assert "--help" in result.stdout and "<bool>" not in result.stdout
 

@@ -54,7 +54,7 @@ def pre_quant_score(measure: Callable[[], BpbSums], train: StageDir, data: Stage
     else:
         reporter.log(pre_quant_val_loss=sums.loss, pre_quant_val_bpb=sums.bpb)
     record = {"source": source, **windows.describe(), "why": why}
-    reporter.log(pre_quant_from=source, **windows.describe(), why=why)
+    reporter.log(pre_quant_from=source, **{key: value for key, value in record.items() if key != "source"})
     return sums, record
 
 
