@@ -6,6 +6,7 @@ import signal
 
 import typer
 
+from .common import GolfCommand, GolfGroup
 from .eval import evaluate
 from .inspect import inspect
 from .pack import pack
@@ -14,17 +15,15 @@ from .tokenize import tokenize
 from .train import train
 
 app = typer.Typer(
+    cls=GolfGroup,
     add_completion=False,
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     help="Train the best language model that fits in 16,000,000 bytes, one audited stage at a time.",
 )
-app.command("tokenize")(tokenize)
-app.command("train")(train)
-app.command("quantize")(quantize)
-app.command("pack")(pack)
-app.command("eval")(evaluate)
-app.command("inspect")(inspect)
+for name, command in (("tokenize", tokenize), ("train", train), ("quantize", quantize), ("pack", pack),
+                      ("eval", evaluate), ("inspect", inspect)):
+    app.command(name, cls=GolfCommand)(command)
 
 
 def _interrupt(signum, frame):

@@ -1,16 +1,19 @@
-"""What every command shares: the rich reporter, folder defaults, overrides and error handling."""
+"""What every command shares: the rich reporter, tables, flags, folder defaults, overrides and error handling."""
 
 from __future__ import annotations
 
 import functools
 import json
 import os
+import sys
 from contextlib import contextmanager
 from pathlib import Path
 
 import typer
 from rich.console import Console
 from rich.markup import escape
+from rich.table import Table
+from typer.core import TyperCommand, TyperGroup
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from stages.config import apply_overrides, to_dict
@@ -19,10 +22,41 @@ from stages.errors import GolfError
 from stages.progress import Reporter
 
 err_console = Console(stderr=True)
+# A pipe or a file has no width: rich would fold tables to 80 columns (or $COLUMNS); print them whole.
+PIPE_WIDTH = 100_000
 
 RunOption = typer.Option("default", "--run", help="Run name: stage folders default to artifacts/<run>/<stage>.")
 ForceOption = typer.Option(False, "--force", help="Replace an existing output folder.")
-SetOption = typer.Option(None, "--set", help="Config override key=value (repeatable); unknown keys are errors.")
+SetOption = typer.Option(None, "--set", metavar="KEY=VALUE",
+                         help="Config override (repeatable); unknown keys are errors.")
+
+
+class UntypedFlags:
+    """Flags show no value type in --help: typer prints '<bool>' beside --force or --help, as if
+    they took a value."""
+
+    def get_params(self, ctx):
+        params = super().get_params(ctx)  # the help option is made here, so it is covered too
+        for param in params:
+            if getattr(param, "is_flag", False):
+                param.metavar = ""
+        return params
+
+
+class GolfCommand(UntypedFlags, TyperCommand):
+    """Every golf command."""
+
+
+class GolfGroup(UntypedFlags, TyperGroup):
+    """The `golf` command itself."""
+
+
+def print_table(table: Table, stderr: bool = False) -> None:
+    """On a terminal, fit the table to its width; into a pipe or file, print every cell whole."""
+    console = Console(stderr=stderr)
+    if not console.is_terminal:
+        console = Console(stderr=stderr, width=PIPE_WIDTH)
+    console.print(table)
 
 
 class RichReporter(Reporter):
@@ -43,7 +77,10 @@ class RichReporter(Reporter):
             return
         columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                    TimeElapsedColumn(), TimeRemainingColumn()]
-        with Progress(*columns, console=err_console, transient=True) as bar:
+        # While a bar is live, rich puts a proxy in sys.stdout that prints each line above the bar
+        # (Reporter writes to the current sys.stdout), so a log line never lands on the bar's line.
+        # Only when stdout is a terminal too: a piped stdout must keep its lines.
+        with Progress(*columns, console=err_console, transient=True, redirect_stdout=sys.stdout.isatty()) as bar:
             task = bar.add_task(description, total=total)
             yield lambda n=1: bar.advance(task, n)
 
@@ -55,8 +92,12 @@ def stage_path(explicit: Path | None, run: str, stage: str) -> Path:
 def resolve_config(config, overrides: list[str] | None, reporter: Reporter):
     """Apply --set overrides, then print the resolved config as one JSON log line."""
     config = apply_overrides(config, overrides or [])
-    reporter.log(config=json.dumps(to_dict(config), separators=(",", ":")))
+    log_config(config, reporter)
     return config
+
+
+def log_config(config, reporter: Reporter) -> None:
+    reporter.log(config=json.dumps(to_dict(config), separators=(",", ":")))
 
 
 def handle_errors(command):

@@ -7,7 +7,6 @@ import json
 from pathlib import Path
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
 from stages.artifact.verify import stage_code_report
@@ -18,9 +17,7 @@ from stages.contract.manifest import STAGES
 from stages.contract.stage_dir import StageDir
 from stages.progress import format_line
 
-from .common import handle_errors
-
-console = Console()
+from .common import handle_errors, print_table
 
 
 @handle_errors
@@ -41,7 +38,7 @@ def inspect(path: Path = typer.Argument(..., help="A stage folder (any of tokeni
             table.add_row(check.stage, name, f"{bucket.seconds:.2f}", bucket.counts_toward or "-")
             print(format_line({"ledger": f"{check.stage}.{name}", "seconds": round(bucket.seconds, 3),
                                "counts_toward": bucket.counts_toward or "none"}))
-    console.print(table)
+    print_table(table)
     for budget, verdict in budget_report(check.ledger for check in checks).items():
         # A budget is measured on the hardware of the stage that owns it (train / eval).
         owner = next((c for c in checks if c.stage == budget), None)

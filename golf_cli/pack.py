@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
 from stages.artifact.verify import TRUST_FLAG
@@ -15,7 +14,9 @@ from stages.pack.stage import (
 )
 from stages.progress import format_line
 
-from .common import ForceOption, RichReporter, RunOption, SetOption, handle_errors, resolve_config, stage_path
+from .common import (
+    ForceOption, RichReporter, RunOption, SetOption, handle_errors, print_table, resolve_config, stage_path,
+)
 
 
 @handle_errors
@@ -56,7 +57,7 @@ def _print_comparison(rows: dict[str, dict]) -> None:
         if "best_codec" in sizes:
             cells[-1] += f" ({sizes['best_codec']})"
         table.add_row(row, f"{sizes['raw']:,}" if "raw" in sizes else "", *cells)
-    Console().print(table)
+    print_table(table)
 
 
 def _cell(size: int, bold: bool) -> str:

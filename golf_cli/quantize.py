@@ -5,13 +5,14 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
 from stages.quantize.schemes import DEFAULT_SCHEME, SCHEMES, get_scheme
 from stages.quantize.stage import run_quantize
 
-from .common import ForceOption, RichReporter, RunOption, SetOption, handle_errors, resolve_config, stage_path
+from .common import (
+    ForceOption, RichReporter, RunOption, SetOption, handle_errors, print_table, resolve_config, stage_path,
+)
 
 REPORT_COLUMNS = [("name", "tensor"), ("group", "group"), ("method", "method"), ("bits", "bits"),
                   ("clip_sigmas", "k"), ("relative_error", "rel err"), ("hessian_error", "H err"),
@@ -31,7 +32,10 @@ def quantize(
     overrides: list[str] = SetOption,
     force: bool = ForceOption,
 ):
-    """Quantize a checkpoint and report pre- and post-quant val bpb side by side."""
+    """Quantize a checkpoint and report pre- and post-quant val bpb side by side.
+
+    Pre-quant bpb: train's final val score if train scored the very same windows, else measured here.
+    """
     reporter = RichReporter()
     base = get_scheme(scheme, eval_stride=stride, target_bytes=target_bytes or 0)
     config = resolve_config(base, overrides, reporter)
@@ -46,7 +50,7 @@ def print_report(rows: list[dict]) -> None:
     for row in rows:
         if row["kind"] != "float":
             table.add_row(*(_cell(row.get(key)) for key, _ in REPORT_COLUMNS))
-    Console(stderr=True).print(table)
+    print_table(table, stderr=True)
 
 
 def _cell(value) -> str:

@@ -10,13 +10,19 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from stages.config import field_docs, from_dict
+from stages.config import apply_overrides, field_docs, from_dict
+from stages.contract.stage_dir import StageDir, check_replaceable
+from stages.progress import Reporter
 from stages.train.checkpointing import read_checkpoint_config
 from stages.train.config import RunConfig
-from stages.train.presets import PRESETS, get_preset
+from stages.train.presets import PRESETS, get_preset, with_tokenizer_vocab
 from stages.train.stage import run_train
 
-from .common import ForceOption, RichReporter, RunOption, SetOption, err_console, handle_errors, resolve_config, stage_path
+from .common import (
+    ForceOption, RichReporter, RunOption, SetOption, handle_errors, log_config, print_table, stage_path,
+)
+
+VOCAB_KEY = "model.vocab_size"
 
 
 @handle_errors
@@ -34,33 +40,63 @@ def train(
     list_presets: bool = typer.Option(False, "--list-presets", help="Show the presets and exit."),
     force: bool = ForceOption,
 ):
-    """Train the model; weights go to model.safetensors, the time ledger to the manifest."""
+    """Train the model; weights go to model.safetensors, the time ledger to the manifest.
+
+    model.vocab_size follows the tokenize folder unless --set names it (on --resume, the checkpoint's).
+    """
     if list_presets:
         _print_presets()
         return
-    if nproc > 1 and "WORLD_SIZE" not in os.environ:
-        raise typer.Exit(_launch_torchrun(nproc))
-    reporter = RichReporter()
+    launching = nproc > 1 and "WORLD_SIZE" not in os.environ
+    # The launcher checks the arguments first (silently): a bad one is then one line, not one line
+    # per rank followed by torchrun's traceback.
+    reporter = Reporter(stream=open(os.devnull, "w")) if launching else RichReporter()
+    data_dir, out_dir = stage_path(data, run, "tokenize"), stage_path(out, run, "train")
     flags = [f"train.{k}={v}" for k, v in (("max_steps", max_steps), ("max_seconds", max_seconds), ("seed", seed)) if v is not None]
-    base = from_dict(RunConfig, read_checkpoint_config(resume)) if resume else get_preset(preset).config
-    config = resolve_config(base, [*flags, *(overrides or [])], reporter)
-    run_train(config, stage_path(data, run, "tokenize"), stage_path(out, run, "train"), force, reporter,
-              "resumed" if resume else preset, resume)
+    overrides = [*flags, *(overrides or [])]
+    if resume:
+        config = apply_overrides(from_dict(RunConfig, read_checkpoint_config(resume)), overrides)
+    else:
+        config = _vocab_from_tokenizer(apply_overrides(get_preset(preset).config, overrides), data_dir, overrides,
+                                       reporter)
+    log_config(config, reporter)
+    if launching:
+        check_replaceable(out_dir.resolve(), "train", force)
+        raise typer.Exit(_launch_torchrun(nproc))
+    run_train(config, data_dir, out_dir, force, reporter, "resumed" if resume else preset, resume)
+
+
+def _vocab_from_tokenizer(config: RunConfig, data_dir: Path, overrides: list[str], reporter: Reporter) -> RunConfig:
+    """The tokenize folder's vocab replaces the preset's unless --set model.vocab_size was given."""
+    tokenizer_vocab = int(StageDir(data_dir, "tokenize").lineage["vocab_size"])
+    explicit = any(item.partition("=")[0].strip() == VOCAB_KEY for item in overrides)
+    config = with_tokenizer_vocab(config, tokenizer_vocab, explicit)
+    reporter.log(vocab_size=config.model.vocab_size, vocab_from="--set" if explicit else "tokenizer",
+                 tokenizer_vocab=tokenizer_vocab, data=str(data_dir))
+    return config
 
 
 def _launch_torchrun(nproc: int) -> int:
-    """Re-run this very command under torchrun with --nproc removed; return its exit code."""
-    args, skip = [], False
-    for arg in sys.argv[1:]:
+    """Re-run this very command under torchrun with --nproc removed; return its exit code.
+
+    golf's arguments follow a '--': torchrun's parser would otherwise take them for its own
+    (it rejects --run as an ambiguous prefix of its --run-path).
+    """
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+               "-m", "golf_cli", "--", *_without_nproc(sys.argv[1:])]
+    return subprocess.call(command)
+
+
+def _without_nproc(args: list[str]) -> list[str]:
+    kept, skip = [], False
+    for arg in args:
         if skip:
             skip = False
         elif arg == "--nproc":
             skip = True
         elif not arg.startswith("--nproc="):
-            args.append(arg)
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-               "-m", "golf_cli", *args]
-    return subprocess.call(command)
+            kept.append(arg)
+    return kept
 
 
 def _print_presets() -> None:
@@ -69,6 +105,7 @@ def _print_presets() -> None:
         m, t = preset.config.model, preset.config.train
         table.add_row(preset.name, f"{m.num_layers}x{m.model_dim}, vocab {m.vocab_size}",
                       f"{t.batch_tokens} tok x seq {t.seq_len}", f"{t.max_steps} steps / {t.max_seconds:g} s", preset.source)
-    err_console.print(table)
+    print_table(table)
     docs = field_docs(type(next(iter(PRESETS.values())).config.train))
-    err_console.print(f"{len(docs)} train fields; override any with --set train.<field>=<value>")
+    print(f"{len(docs)} train fields; override any with --set train.<field>=<value>; "
+          "model.vocab_size follows the tokenizer unless set")

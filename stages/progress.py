@@ -31,8 +31,14 @@ class Reporter:
     """Prints ``key:value`` lines to stdout; progress is silent. Subclasses draw bars."""
 
     def __init__(self, stream=None):
-        self.stream = stream or sys.stdout
+        self._stream = stream
         self.lines: list[str] = []
+
+    @property
+    def stream(self):
+        """The stream given, else whatever ``sys.stdout`` is now: a live progress bar swaps in a
+        proxy that prints above the bar, and a stream kept from construction would bypass it."""
+        return self._stream if self._stream is not None else sys.stdout
 
     def log(self, **fields) -> None:
         line = format_line(fields)

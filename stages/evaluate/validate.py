@@ -31,7 +31,7 @@ def validate(
     """
     reporter = reporter or Reporter()
     stride = stride or seq_len
-    tokens = val.tokens[: max_tokens + 1] if max_tokens else val.tokens
+    tokens = scored_prefix(val.tokens, max_tokens)
     sidecar = None if val.sidecar is None else val.sidecar[: len(tokens)]
     device = torch.device(device)
     autocast = torch.bfloat16 if device.type == "cuda" else None
@@ -43,3 +43,8 @@ def validate(
             sidecar=sidecar, rank=rank, world_size=world, autocast_dtype=autocast, on_windows=advance,
         )
     return sums.all_reduce(device)
+
+
+def scored_prefix(tokens, max_tokens: int = 0):
+    """The stream ``validate`` scores: the first ``max_tokens`` targets and the token before them, or all."""
+    return tokens[: max_tokens + 1] if max_tokens else tokens

@@ -2,8 +2,9 @@
 
 Reads a train folder (never modified) and the tokenize folder it was trained on (or another one
 given explicitly, which must share its tokenizer). Steps:
-  load -> score pre-quant -> calibrate (GPTQ: Hessians from training data, counted toward the
-  train budget) -> quantize (or fit --target-bytes) -> score post-quant -> per-tensor report.
+  load -> score pre-quant (or take train's final score of the same weights on the same windows:
+  pre_quant.py) -> calibrate (GPTQ: Hessians from training data, counted toward the train
+  budget) -> quantize (or fit --target-bytes) -> score post-quant -> per-tensor report.
 Writes ``quantized.safetensors`` (codes, scales, kept-float tensors; the index and model config
 in its metadata) and a manifest with the metrics, the per-tensor report and the train budget
 with calibration added.
@@ -32,6 +33,7 @@ from ..train.loader import make_loader
 from .calibration import collect_hessians, generated_batches, training_batches
 from .config import QuantizeConfig
 from .dequant import dequantize_state
+from .pre_quant import pre_quant_score, scoring_windows
 from .quantizer import is_quantized, quantize_state
 from .report import compressed_sizes, log_report
 from .target import fit_to_target
@@ -75,7 +77,9 @@ def run_quantize(config: QuantizeConfig, train_dir: str | Path, out_dir: str | P
             reporter.log(**{f"{label}_val_loss": sums.loss, f"{label}_val_bpb": sums.bpb})
             return sums
 
-        pre = score("pre_quant")
+        windows = scoring_windows(val, seq_len, stride, config.eval_tokens)
+        pre, pre_source = pre_quant_score(lambda: score("pre_quant"), train, data, val, windows, model_config,
+                                          device.type, reporter)
         hessians = _calibrate(config, model, state, data, train_seq_len, device, ledger, reporter)
         metadata = {
             "model_config": json.dumps(train.lineage["model_config"]),
@@ -104,6 +108,7 @@ def run_quantize(config: QuantizeConfig, train_dir: str | Path, out_dir: str | P
             "eval": {"seq_len": seq_len, "stride": stride, "tokens_scored": pre.tokens, "bytes_scored": pre.bytes},
             "pre_quant_val_loss": pre.loss,
             "pre_quant_val_bpb": pre.bpb,
+            "pre_quant": pre_source,
             "post_quant_val_loss": post.loss,
             "post_quant_val_bpb": post.bpb,
             "quant_gap_bpb": post.bpb - pre.bpb,

@@ -171,3 +171,15 @@ def get_preset(name: str) -> Preset:
         raise GolfError(f"unknown preset {name!r}; available: {', '.join(PRESETS)}")
     return PRESETS[name]
 
+
+def with_tokenizer_vocab(config: RunConfig, tokenizer_vocab: int, explicit: bool) -> RunConfig:
+    """A preset's vocab is a default: the tokenizer's replaces it unless model.vocab_size was set
+    explicitly, and an explicit value below the tokenizer's is an error that says what to set."""
+    if not explicit:
+        return replace(config, model=replace(config.model, vocab_size=tokenizer_vocab))
+    if config.model.vocab_size < tokenizer_vocab:
+        raise GolfError(f"model.vocab_size={config.model.vocab_size} is smaller than the tokenizer's "
+                        f"{tokenizer_vocab}: set model.vocab_size={tokenizer_vocab} (or more), or leave it "
+                        "unset to take the tokenizer's")
+    return config
+
