@@ -102,8 +102,10 @@ FULL_PRESETS: dict[str, Preset] = {p.name: p for p in [
 
 # ---- CPU forms: same switches, sized for 2 cores and the news corpus ----
 CPU_LAYERS, CPU_DIM, CPU_HEADS = 6, 128, 4
+# The final validation scores the whole val split on golf eval's default windows, so golf quantize
+# reuses it as the pre-quant score instead of scoring the split again.
 CPU_TRAIN = dict(seq_len=256, batch_tokens=4096, max_steps=500, max_seconds=300.0, device="cpu",
-                 val_tokens=65_536, log_every=50, schedule="steps", gptq_reserve_seconds=0.0,
+                 val_tokens=0, log_every=50, schedule="steps", gptq_reserve_seconds=0.0,
                  compile=False, warmup_steps=0, grad_accum=1)
 # The records run ~5,000-7,000 steps; the CPU forms run 500. Step-counted settings shrink by this.
 STEP_RATIO = 10
