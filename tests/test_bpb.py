@@ -1,4 +1,4 @@
-"""Exact bits per byte: the byte table, the byte audit, and each historical bug REFERENCE lists."""
+"""Exact bits per byte: the byte table, the byte audit, and each historical bug docs/REFERENCE.md lists."""
 
 import math
 

@@ -1,6 +1,6 @@
 """The GPT, written to be read top-down: embeddings -> (virtual) layers with U-Net skips -> head.
 
-With every switch off this is the naive baseline (REFERENCE section 5, 17,059,912 parameters
+With every switch off this is the naive baseline (docs/REFERENCE.md section 5, 17,059,912 parameters
 at its defaults): RMSNorm'd embedding, blocks that mix their input with the first embedding
 (resid_mix) and add scaled attention and relu^2-MLP outputs, U-Net skips (the first half of
 the layers push, the second half pop), a tied head and a logit softcap. Output projections start

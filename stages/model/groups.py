@@ -1,7 +1,7 @@
 """Which quantization group a weight belongs to: attention, mlp, embedding or other.
 
 The groups are named from the model's parameter names. The records give each group its own bits
-and clip width (REFERENCE section 6, "Quantization"), and `golf pack` compresses each group as its
+and clip width (docs/REFERENCE.md section 6, "Quantization"), and `golf pack` compresses each group as its
 own stream (the header records each tensor's group, so eval never needs this). Stdlib only.
 """
 

@@ -2,7 +2,7 @@
 
 SDClip rounds w / s with s = k * std / R, so for roughly Gaussian rows the codes are a Gaussian
 of standard deviation R / k rounded to integers, whose entropy is about
-log2(sqrt(2 pi e) * R / k) bits (REFERENCE section 6: within 0.5% of the top record's size).
+log2(sqrt(2 pi e) * R / k) bits (docs/REFERENCE.md section 6: within 0.5% of the top record's size).
 The predictor used for sizing is the measured order-0 entropy of the actual codes, which also
 holds for rows that are not Gaussian and for GPTQ's codes.
 """

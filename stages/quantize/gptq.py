@@ -2,7 +2,7 @@
 yet rounded, weighted by the inverse Hessian of the layer's inputs (Frantar et al., 2022).
 
 For a weight W (rows x cols) whose layer sees inputs X, the loss of a quantized Q is
-tr((W - Q) H (W - Q)^T) with H = X^T X / n. As in the records (REFERENCE section 6):
+tr((W - Q) H (W - Q)^T) with H = X^T X / n. As in the records (docs/REFERENCE.md section 6):
 - dead columns (H_ii = 0: an input that is always zero) get H_ii = 1 and weight 0;
 - damping adds ``damping * mean(diag H)`` to the diagonal;
 - act-order rounds columns in order of decreasing H_ii, then un-permutes;

@@ -2,7 +2,7 @@
 
 After GPTQ, E = W - Q s. For the matrices with the largest ||E||_F a rank-r SVD gives
 E ~ A B with A = U_r sqrt(S_r) (rows x r) and B = sqrt(S_r) V_r^T (r x cols). A is stored in
-int2 and B in int4, each asymmetric over groups of consecutive elements (REFERENCE section 6:
+int2 and B in int4, each asymmetric over groups of consecutive elements (docs/REFERENCE.md section 6:
 rank 4, top 3 matrices, groups of 64): tens of KB for a visible error reduction.
 """
 

@@ -5,7 +5,7 @@ Three independent counts over the val documents must agree exactly:
 - the UTF-8 length of the decoded val text,
 - the per-token sidecar (piece surface text, written next to the val shards),
 and, for exact (round-trip) tokenizers, the UTF-8 length of the original val text.
-Each historical bpb bug (REFERENCE section 4) breaks one of these equalities.
+Each historical bpb bug (docs/REFERENCE.md section 4) breaks one of these equalities.
 
 An imported sidecar is also checked token by token against the table (``audit_sidecar``): it
 may count original bytes of transformed text (CaseOps), so it may differ only where the

@@ -14,7 +14,7 @@ import torch
 
 State = dict[str, torch.Tensor]
 
-# Seed 003's tight-SWA settings (REFERENCE section 6).
+# Seed 003's tight-SWA settings (docs/REFERENCE.md section 6).
 SEED_003_SWA_EVERY = 50
 SEED_003_SWA_LR_SCALE = 0.2
 

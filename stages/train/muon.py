@@ -18,9 +18,9 @@ import torch.distributed as dist
 
 Coefficients = Sequence[tuple[float, float, float]]
 
-# The baseline's quintic, used at every iteration (REFERENCE section 5).
+# The baseline's quintic, used at every iteration (docs/REFERENCE.md section 5).
 STOCK_COEFFS: Coefficients = ((3.4445, -4.7750, 2.0315),)
-# Polar Express: one (a, b, c) per iteration (REFERENCE section 6); the last repeats if more steps.
+# Polar Express: one (a, b, c) per iteration (docs/REFERENCE.md section 6); the last repeats if more steps.
 POLAR_EXPRESS_COEFFS: Coefficients = (
     (8.156554524902461, -22.48329292557795, 15.878769915207462),
     (4.042929935166739, -2.808917465908714, 0.5000178451051316),

@@ -1,7 +1,7 @@
 """Named configurations: the baseline, each seed record, the top of the board, and CPU forms.
 
 Each full preset reproduces a recipe at its real size (8xH100, 600 s) and says where its numbers
-come from: REFERENCE.md (sections 5-6) and the seed descriptions in shared/seeds/. Where a
+come from: docs/REFERENCE.md (sections 5-6) and the seed descriptions in docs/seeds/. Where a
 source gives a range, the preset takes the value the named record used if the source states it,
 else the middle of the range, and says so. Every full preset has a CPU form, ``<name>-cpu``: the
 same switches on a model and batch sized for 2 CPU cores and the embedded news corpus.
@@ -26,12 +26,12 @@ class Preset:
     """The resolved model and training settings."""
 
 
-# ---- the naive baseline (REFERENCE section 5) ----
+# ---- the naive baseline (docs/REFERENCE.md section 5) ----
 # The GPU recipes compile and warm up on dummy data for ~20 steps, as the records do.
 GPU_WARMUP = dict(compile=True, warmup_steps=20, grad_accum=0)
 BASELINE = RunConfig(ModelConfig(), TrainConfig(**GPU_WARMUP))
 
-# ---- the record family's shared settings (REFERENCE section 6, "Architecture" and "Training") ----
+# ---- the record family's shared settings (docs/REFERENCE.md section 6, "Architecture" and "Training") ----
 RECORD_MODEL = ModelConfig(
     vocab_size=8192, num_layers=11, model_dim=512, num_heads=8, num_kv_heads=4, mlp_mult=4.0,
     mlp_activation="leaky_relu2", rope_dims=16, ln_scale=True, qk_gain_init=5.0, xsa_last_n=11,
@@ -79,15 +79,15 @@ TOP = RunConfig(
 )
 
 FULL_PRESETS: dict[str, Preset] = {p.name: p for p in [
-    Preset("baseline", "REFERENCE section 5: the challenge's naive baseline (1.2244 bpb), 9x512 sp1024, Muon 0.04, "
+    Preset("baseline", "docs/REFERENCE.md section 5: the challenge's naive baseline (1.2244 bpb), 9x512 sp1024, Muon 0.04, "
            "524,288 tokens/step at seq 1024; warm-down ~1200 of ~13,780 steps (0.087).", BASELINE),
     Preset("pr401", "seed 003 (PR #401, 1.1243): 11L, MLP 3x relu^2, partial RoPE 16, LN scale, SmearGate, BigramHash "
            "2048x128, VE128 on layers 9-10, XSA last 4, Muon 0.025 mom 0.92->0.99/1500 wd 0.04, AdamW 0.035/0.025 "
            "wd 0.04, clip 0.3, EMA 0.997, tight SWA /50 under 0.2, late QAT int6 under 0.15; warm-down 3500 of "
            "~7000 steps (0.5). sp1024, no TTT.", PR401),
-    Preset("pr1413", "seed 004 (PR #1413, 1.08279) on PR #1394: sp8192, REFERENCE section 6 architecture with layers "
-           "4-5 looped twice from 50% (REFERENCE: 'earlier'), QK-gain 5.0, MuonEq-R; training values from the ranges "
-           "in REFERENCE section 6 (lr 0.022, wd 0.095, warm-down 0.72, EMA 0.997).", PR1413),
+    Preset("pr1413", "seed 004 (PR #1413, 1.08279) on PR #1394: sp8192, docs/REFERENCE.md section 6 architecture with layers "
+           "4-5 looped twice from 50% (docs/REFERENCE.md: 'earlier'), QK-gain 5.0, MuonEq-R; training values from the ranges "
+           "in docs/REFERENCE.md section 6 (lr 0.022, wd 0.095, warm-down 0.72, EMA 0.997).", PR1413),
     Preset("pr1776", "seed 002 (PR #1776, 1.08083): + layers 3-5 looped (3 passes, 17 virtual layers) from 35%, "
            "parallel residuals from layer 7, QK-gain 5.25, MUON_WD 0.095, MATRIX_LR 0.022, EMA 0.9965, "
            "WARMDOWN_FRAC 0.72 (all from the seed).", PR1776),
@@ -95,9 +95,9 @@ FULL_PRESETS: dict[str, Preset] = {p.name: p for p in [
            "BOS fix, logit softcap 15.", PR1880),
     Preset("pr1790", "seed 000 (PR #1790, 1.06991): pr1776 + SmearGate, output gate width 24, MATRIX_LR 0.026, "
            "GPTQ reserve 4 s (from the seed); softcap 30.", PR1790),
-    Preset("top", "PR #1855 (1.0611) as far as REFERENCE describes it: pr1790 + sparse gate and Polar Express "
-           "Newton-Schulz, document-masked attention; MIN_LR 0.1 and warm-down 0.85 from the REFERENCE ranges. Its '9 tuned knobs' are not "
-           "listed in REFERENCE and are not reproduced; CaseOps and LQER belong to tokenize and quantize.", TOP),
+    Preset("top", "PR #1855 (1.0611) as far as docs/REFERENCE.md describes it: pr1790 + sparse gate and Polar Express "
+           "Newton-Schulz, document-masked attention; MIN_LR 0.1 and warm-down 0.85 from the docs/REFERENCE.md ranges. Its '9 tuned knobs' are not "
+           "listed in docs/REFERENCE.md and are not reproduced; CaseOps and LQER belong to tokenize and quantize.", TOP),
 ]}
 
 # ---- CPU forms: same switches, sized for 2 cores and the news corpus ----

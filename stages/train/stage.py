@@ -39,12 +39,12 @@ WEIGHTS_FILE = "model.safetensors"
 RAW_WEIGHTS_FILE = "model_raw.safetensors"
 CURVES_FILE = "curves.json"
 PLOT_FILE = "curves.png"
-# Dense bf16 peak of the GPUs we quote MFU against (REFERENCE section 7).
+# Dense bf16 peak of the GPUs we quote MFU against (docs/REFERENCE.md section 7).
 PEAK_FLOPS = {"H100": 989e12, "H200": 989e12}
 
 
 def flops_per_token(model: GPT, seq_len: int) -> float:
-    """Training FLOPs per token: 6N + 12 L d T (REFERENCE section 7), where a looped block counts
+    """Training FLOPs per token: 6N + 12 L d T (docs/REFERENCE.md section 7), where a looped block counts
     once per pass in both N and L (depth recurrence reuses weights, not compute)."""
     cfg = model.config
     sequence = cfg.layer_sequence(model.looping)
