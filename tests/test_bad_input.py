@@ -65,6 +65,14 @@ BAD_INPUTS = {
     "quantize eval_tokens=-5": BadInput("quantize", ("--set", "eval_tokens=-5"), "eval_tokens: must be >= 0, got -5"),
     "pack limit=-5": BadInput("pack", ("--limit", "-5"), "limit: must be >= 1, got -5"),
     "eval eval_tokens=-5": BadInput("eval", ("--set", "eval_tokens=-5"), "eval_tokens: must be >= 0, got -5"),
+    # The window length comes from the artifact here, so these rules fire once it is read.
+    "eval eval_tokens under a window": BadInput("eval", ("--set", "eval_tokens=10"),
+                                                "eval_tokens: must be 0 (all) or at least seq_len 64, got 10", "pack_dir"),
+    "eval stride over the window": BadInput("eval", ("--stride", "100"), "stride: must be at most seq_len 64, got 100",
+                                            "pack_dir"),
+    "quantize eval_tokens under a window": BadInput("quantize", ("--set", "eval_tokens=10"),
+                                                    "eval_tokens: must be 0 (all) or at least eval_seq_len 64, got 10",
+                                                    "train_dir"),
 }
 
 
@@ -88,8 +96,6 @@ def input_args(command: str, folder) -> list:
     if command == "eval":
         return [folder]  # a positional argument
     return [INPUT_FLAGS[command], folder]
-
-
 
 
 @pytest.mark.parametrize("case", BAD_INPUTS.values(), ids=BAD_INPUTS.keys())

@@ -9,7 +9,7 @@ it counts toward the evaluation budget. The manifest records the code check.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from ..artifact.verify import Artifact, load_runtime, read_artifact, vouch_for_code
@@ -90,6 +90,7 @@ def run_eval(config: EvalConfig, artifact: str | Path, data_dir: str | Path | No
         data = _data_dir(data_dir, pack)
         require_same_tokenizer(header["lineage"], f"artifact {artifact_path}", data.lineage, f"data {data.path}")
         seq_len = config.seq_len or header["train_seq_len"]
+        replace(config, seq_len=seq_len)  # the window rules, now that the window length is known
         stride = config.stride or seq_len
         with ledger.measure("load_val", "eval", "val shards and tokenizer"):
             val = load_val(data, header["model_config"]["vocab_size"], config.use_sidecar,

@@ -13,6 +13,7 @@ with calibration added.
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 from ..config import from_dict, to_dict
@@ -59,6 +60,7 @@ def run_quantize(config: QuantizeConfig, train_dir: str | Path, out_dir: str | P
     model_config = from_dict(ModelConfig, train.lineage["model_config"], f"{train.path}: lineage.model_config")
     train_seq_len = int(train.manifest.config["train"]["seq_len"])
     seq_len = config.eval_seq_len or train_seq_len
+    replace(config, eval_seq_len=seq_len)  # the window rules, now that the window length is known
     stride = config.eval_stride or seq_len
     device = resolve_device(config.device)
     with StageWriter(out_dir, "quantize", force) as writer:
