@@ -48,7 +48,30 @@ class GolfCommand(UntypedFlags, TyperCommand):
 
 
 class GolfGroup(UntypedFlags, TyperGroup):
-    """The `golf` command itself."""
+    """The `golf` command itself. A command line the parser refuses (an unknown flag, a value of
+    the wrong type) is one `error:` line and exit 2, like every other bad input."""
+
+    def main(self, *args, **kwargs):
+        try:
+            result = super().main(*args, standalone_mode=False, **kwargs)
+        except typer.Abort:
+            err_console.print("error: interrupted; no partial output was kept", highlight=False)
+            sys.exit(130)
+        except Exception as exc:
+            if not _is_parse_error(exc):
+                raise
+            message = " ".join(exc.format_message().split())
+            if message:  # an empty one follows the help text of a bare `golf`
+                where = f" (see {exc.ctx.command_path} --help)" if getattr(exc, "ctx", None) else ""
+                err_console.print(f"error: {message}{where}", highlight=False, markup=False, soft_wrap=True)
+            sys.exit(exc.exit_code)
+        sys.exit(result if isinstance(result, int) else 0)
+
+
+def _is_parse_error(exc: Exception) -> bool:
+    """A click usage or parameter error. Matched by shape, not class: typer vendors its own copy of
+    click from 0.20 on, and the class lives in a different module depending on the version."""
+    return callable(getattr(exc, "format_message", None)) and isinstance(getattr(exc, "exit_code", None), int)
 
 
 def print_table(table: Table, stderr: bool = False) -> None:

@@ -172,3 +172,15 @@ def test_the_cli_prints_an_error_as_one_plain_line(capsys):
         command()
     assert exit_info.value.exit_code == 1
     assert capsys.readouterr().err == "error: data/[red]run[/red]: bad shard\n"
+
+
+@pytest.mark.parametrize("args, message", [
+    (("pack", "--limit", "abc"), "Invalid value for '--limit'"),
+    (("pack", "--nope"), "No such option: --nope"),
+    (("frobnicate",), "No such command 'frobnicate'"),
+])
+def test_a_command_line_the_parser_refuses_is_one_line(args, message):
+    result = golf(*args)
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert result.returncode == 2 and "Traceback" not in result.stderr and "╭" not in result.stderr
+    assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], result.stderr
