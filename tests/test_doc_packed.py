@@ -291,3 +291,21 @@ def test_trainer_feeds_packed_rows_and_cuts_at_seq_len(shards, monkeypatch):
     trainer.train_step()
     # 2 micro-batches of 2 rows of 128 tokens, cut every 64 (seq_len); the warm-up's random rows the same.
     assert seen == [((2, 128), 64)] * 4
+
+
+def test_train_stage_resumes_doc_packed_runs_exactly(data_dir, tmp_path):
+    """Through the real stage: the loader position travels in the checkpoint, inside a shard's steps."""
+    from stages.config import apply_overrides
+    from stages.train.stage import run_train
+
+    from .test_train_stage import losses
+
+    config = apply_overrides(tiny_run_config(), [
+        "train.loader=doc_packed", "model.doc_mask=true", "train.pack_tokens=256", "train.grad_accum=2",
+        "train.max_steps=6", "train.checkpoint_every=3", "train.schedule=steps"])
+    full = run_train(config, data_dir, tmp_path / "full")
+    assert full.config["train"]["loader"] == "doc_packed"
+    checkpoint = tmp_path / full.metrics["checkpoints"] / "step_000003"
+    assert json.loads((checkpoint / "state.json").read_text())["loader"]["kind"] == "doc_packed"
+    run_train(config, data_dir, tmp_path / "resumed", resume=checkpoint)
+    assert losses(tmp_path / "resumed") == losses(tmp_path / "full")[3:]

@@ -18,7 +18,7 @@ class TrainConfig:
     seed: int = ranged(1337, ge=0)
     """Seed for init and data order."""
     seq_len: int = ranged(1024, ge=1)
-    """Tokens per training sequence."""
+    """Tokens per training sequence (doc_packed: the longest stretch attention sees, as in the records)."""
     batch_tokens: int = ranged(524_288, ge=1)
     """Global tokens per optimizer step (all ranks and accumulation steps together)."""
     grad_accum: int = ranged(1, ge=0)

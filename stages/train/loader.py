@@ -264,7 +264,7 @@ class DocPackedLoader:
 
 
 def first_bos(tokens: np.ndarray, bos_id: int) -> int:
-    """Position of the first BOS in ``tokens`` (0 if there is none: the shard is one document)."""
+    """Position of the first BOS in ``tokens``; 0 if there is none (the records start there too)."""
     for start in range(0, len(tokens), BOS_SEARCH_CHUNK):
         hits = np.flatnonzero(np.asarray(tokens[start : start + BOS_SEARCH_CHUNK]) == bos_id)
         if hits.size:
