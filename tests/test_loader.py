@@ -11,7 +11,7 @@ import torch
 from stages.data.shards import encode_shard, shard_name
 from stages.errors import GolfError
 from stages.train import loader as loader_module
-from stages.train.loader import ContiguousLoader, ShuffledLoader, make_loader
+from stages.train.loader import ContiguousLoader, DocPackedLoader, ShuffledLoader, make_loader
 
 # Shard k holds k * STRIDE + 0, 1, 2, ...: a token names its shard and position, so a window that
 # straddles shards or skips a token is visible. The 40-token shard is shorter than a 64-token window.
@@ -150,7 +150,7 @@ def test_shuffled_resume_refuses_what_would_change_the_batches(shards):
         ShuffledLoader(shards).load_state_dict(ContiguousLoader(shards).state_dict())
 
 
-@pytest.mark.parametrize("mode", ["contiguous", "shuffled"])
+@pytest.mark.parametrize("mode", ["contiguous", "shuffled", "doc_packed"])
 def test_loader_opens_only_the_train_paths_it_is_given(shards, mode, monkeypatch):
     opened = []
     real_read_shard = loader_module.read_shard
@@ -169,5 +169,6 @@ def test_loader_opens_only_the_train_paths_it_is_given(shards, mode, monkeypatch
 def test_make_loader_names_the_modes(shards):
     assert isinstance(make_loader("contiguous", shards, 0, 1, 0), ContiguousLoader)
     assert isinstance(make_loader("shuffled", shards, 0, 1, 0, 2), ShuffledLoader)
-    with pytest.raises(GolfError, match="contiguous, shuffled"):
+    assert isinstance(make_loader("doc_packed", shards, 0, 1, 0, 2), DocPackedLoader)
+    with pytest.raises(GolfError, match="contiguous, shuffled, doc_packed"):
         make_loader("random", shards, 0, 1, 0)

@@ -2,6 +2,7 @@
 
 import json
 
+import pytest
 import torch
 from safetensors.torch import load_file
 
@@ -38,8 +39,10 @@ def test_resume_continues_the_exact_loss_sequence(data_dir, tmp_path):
     assert resumed_manifest.metrics["resumed_from"]["step"] == 3
 
 
-def test_two_gloo_processes_match_one_process_with_accumulation(data_dir, tmp_path):
-    common = ["--data", data_dir, *sets(TINY_OVERRIDES), "--set", "train.max_steps=4"]
+@pytest.mark.parametrize("loader", [[], ["train.loader=doc_packed", "model.doc_mask=true", "train.pack_tokens=256"]],
+                         ids=["contiguous", "doc_packed"])
+def test_two_gloo_processes_match_one_process_with_accumulation(data_dir, tmp_path, loader):
+    common = ["--data", data_dir, *sets([*TINY_OVERRIDES, *loader]), "--set", "train.max_steps=4"]
     two = golf("train", *common, "--nproc", "2", "--out", tmp_path / "two", cwd=tmp_path)
     assert two.returncode == 0, two.stderr[-2000:]
     one = golf("train", *common, "--set", "train.grad_accum=2", "--out", tmp_path / "one", cwd=tmp_path)

@@ -93,8 +93,9 @@ class GPT(nn.Module):
             if isinstance(module, Linear) and not module.zero_init and min(module.weight.shape) >= 64:
                 nn.init.orthogonal_(module.weight)
 
-    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
-        """Logits (batch, seq, vocab) after the softcap."""
+    def forward(self, input_ids: torch.Tensor, max_doc_len: int = 0) -> torch.Tensor:
+        """Logits (batch, seq, vocab) after the softcap. With doc_mask, ``max_doc_len`` also splits
+        attention inside documents longer than that (doc-packed training rows: the train seq_len)."""
         cfg = self.config
         x = self.tok_emb(input_ids)
         if self.bigram is not None:
@@ -103,7 +104,7 @@ class GPT(nn.Module):
         if self.smear is not None:
             x = self.smear(x, input_ids)
         x0 = x
-        doc_ids = document_ids(input_ids, cfg.bos_id) if cfg.doc_mask else None
+        doc_ids = document_ids(input_ids, cfg.bos_id, max_doc_len) if cfg.doc_mask else None
         value_embed = self.value_embed(input_ids) if self.value_embed is not None else None
         x = self._run_layers(x, x0, doc_ids, value_embed)
         x = self.head_input(rms_norm(x))
@@ -131,9 +132,9 @@ class GPT(nn.Module):
             return x + weighted
         return torch.lerp(weighted, x, torch.sigmoid(self.skip_gates[index]).to(x.dtype))
 
-    def loss(self, input_ids: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    def loss(self, input_ids: torch.Tensor, targets: torch.Tensor, max_doc_len: int = 0) -> torch.Tensor:
         """Mean cross-entropy in fp32 over every target."""
-        logits = self(input_ids)
+        logits = self(input_ids, max_doc_len)
         return F.cross_entropy(logits.float().flatten(0, 1), targets.flatten())
 
 

@@ -68,6 +68,14 @@ class Rotary(nn.Module):
         return torch.cat((rotated, rest), dim=-1) if rest.numel() else rotated
 
 
-def document_ids(input_ids: torch.Tensor, bos_id: int) -> torch.Tensor:
-    """Running document index per position: increments at every BOS."""
-    return torch.cumsum((input_ids == bos_id).to(torch.int32), dim=-1)
+def document_ids(input_ids: torch.Tensor, bos_id: int, max_doc_len: int = 0) -> torch.Tensor:
+    """Running segment index per position: increments at every BOS, and with ``max_doc_len`` also
+    every max_doc_len tokens inside a document, counted from its BOS (from the row start for the
+    document a row begins inside). Attention never crosses a change of index: these are the
+    cu_seqlens the doc-packed records give flash-attn varlen."""
+    is_bos = input_ids == bos_id
+    if not max_doc_len:
+        return torch.cumsum(is_bos.to(torch.int32), dim=-1)
+    positions = torch.arange(input_ids.size(-1), device=input_ids.device).expand_as(input_ids)
+    doc_start = torch.where(is_bos, positions, torch.zeros_like(positions)).cummax(dim=-1).values
+    return torch.cumsum(((positions - doc_start) % max_doc_len == 0).to(torch.int32), dim=-1)

@@ -18,7 +18,7 @@ class TrainConfig:
     seed: int = ranged(1337, ge=0)
     """Seed for init and data order."""
     seq_len: int = ranged(1024, ge=1)
-    """Tokens per training sequence."""
+    """Tokens per training sequence (doc_packed: the longest stretch attention sees, as in the records)."""
     batch_tokens: int = ranged(524_288, ge=1)
     """Global tokens per optimizer step (all ranks and accumulation steps together)."""
     grad_accum: int = ranged(1, ge=0)
@@ -81,8 +81,13 @@ class TrainConfig:
     """Late QAT: straight-through fake quantization to this many bits (0: off; seed 003: 6)."""
     qat_lr_scale: float = ranged(0.15, ge=0, le=1)
     """Late QAT switches on once the LR scale falls below this."""
-    loader: Literal["contiguous", "shuffled"] = "contiguous"
-    """Batches from contiguous spans in shard order (baseline) or shuffled windows (seeded)."""
+    loader: Literal["contiguous", "shuffled", "doc_packed"] = "contiguous"
+    """Batches from contiguous spans in shard order (baseline), shuffled windows (seeded), or doc_packed:
+    the stream cut into rows of pack_tokens, attention split at BOS and every seq_len tokens (the #1667
+    lineage's varlen batches; needs model.doc_mask)."""
+    pack_tokens: int = ranged(0, ge=1, off=0)
+    """doc_packed: tokens per packed row, one varlen sequence each. 0: batch_tokens / 8, the records'
+    per-GPU micro-batch (98,304)."""
     compile: bool = False
     """torch.compile the training loss (worth it on CUDA; the records all compile)."""
     warmup_steps: int = ranged(0, ge=0)
@@ -103,15 +108,31 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         check_ranges(self)
-        if self.batch_tokens % (self.seq_len * max(1, self.grad_accum)):
-            raise ConfigError("batch_tokens", f"must be a multiple of seq_len * grad_accum "
-                                              f"({self.seq_len} * {max(1, self.grad_accum)}), got {self.batch_tokens}")
+        self._check_packing()
+        row = "pack_tokens" if self.loader == "doc_packed" else "seq_len"
+        if self.batch_tokens % (self.row_tokens * max(1, self.grad_accum)):
+            raise ConfigError("batch_tokens", f"must be a multiple of {row} * grad_accum "
+                                              f"({self.row_tokens} * {max(1, self.grad_accum)}), got {self.batch_tokens}")
         if self.max_seconds is not None and self.gptq_reserve_seconds >= self.max_seconds:
             raise ConfigError("gptq_reserve_seconds", f"must be below max_seconds {self.max_seconds:g}, "
                                                       f"got {self.gptq_reserve_seconds:g}")
         if self.schedule == "time" and self.max_seconds is None:
             raise ConfigError("schedule", "'time' needs a wall-clock budget: set max_seconds")
         check_scoring_window(self, "seq_len", "val_tokens")
+
+    def _check_packing(self) -> None:
+        if self.pack_tokens and self.loader != "doc_packed":
+            raise ConfigError("pack_tokens", f"only applies to loader 'doc_packed' (this run's loader is '{self.loader}')")
+        if self.loader == "doc_packed" and not self.pack_tokens and self.batch_tokens % REFERENCE_WORLD_SIZE:
+            raise ConfigError("pack_tokens", f"0 takes batch_tokens / {REFERENCE_WORLD_SIZE}, but batch_tokens "
+                                             f"{self.batch_tokens} is not a multiple of {REFERENCE_WORLD_SIZE}: set it")
+
+    @property
+    def row_tokens(self) -> int:
+        """Tokens per batch row: a packed row for doc_packed, else one sequence."""
+        if self.loader != "doc_packed":
+            return self.seq_len
+        return self.pack_tokens or self.batch_tokens // REFERENCE_WORLD_SIZE
 
 
 REFERENCE_WORLD_SIZE = 8
@@ -120,9 +141,9 @@ REFERENCE_WORLD_SIZE = 8
 def resolve_grad_accum(config: TrainConfig, world_size: int) -> int:
     """Micro-batches per rank per step; refuses a split that does not divide the global batch."""
     accum = config.grad_accum or max(1, REFERENCE_WORLD_SIZE // world_size)
-    if config.batch_tokens % (config.seq_len * accum * world_size):
+    if config.batch_tokens % (config.row_tokens * accum * world_size):
         raise GolfError(f"batch_tokens {config.batch_tokens} does not split into {world_size} ranks x {accum} "
-                         f"micro-batches of whole {config.seq_len}-token sequences")
+                         f"micro-batches of whole {config.row_tokens}-token rows")
     return accum
 
 
@@ -134,3 +155,8 @@ class RunConfig:
     """The network."""
     train: TrainConfig = field(default_factory=TrainConfig)
     """The optimizer, schedule and budgets."""
+
+    def __post_init__(self) -> None:
+        if self.train.loader == "doc_packed" and not self.model.doc_mask:
+            raise ConfigError("train.loader", "'doc_packed' needs model.doc_mask=true: a packed row holds many "
+                                              "documents, and without the mask they attend to each other")

@@ -1,4 +1,5 @@
-"""Training batches from the train shards: contiguous spans (the baseline) or shuffled windows.
+"""Training batches from the train shards: contiguous spans (the baseline), shuffled windows, or
+document-packed rows (the #1667 lineage).
 
 What a loader reads. A loader opens exactly the shard paths its caller passes, through
 ``read_shard`` (a validated memory map), and no other file. The train stage passes the train shards
@@ -28,6 +29,22 @@ picked) and starts are uniform over the positions where a whole window fits, so 
 straddles two shards. State: the step counter and how many windows of the step this rank has used;
 since a step's windows can always be drawn again, a resume continues with the same batches, even
 from inside a step.
+
+Document-packed (``DocPackedLoader``, the batches of the #1667 lineage: pr1880, pr1790, top). The
+records do not pad or reorder documents: they cut the stream into rows and let attention do the
+document work. A row is R = pack_tokens input tokens (the records: their per-GPU micro-batch,
+786,432 / 8 = 98,304) read as one sequence, with R + 1 tokens consumed so the last input has its
+target. Attention restarts at the row start, at every BOS, and every seq_len tokens inside a
+document (counted from its BOS, or from the row start for the document the row begins inside): the
+records' cu_seqlens, rebuilt by the model from the tokens (``document_ids`` with ``max_doc_len``, so
+``model.doc_mask`` must be on). A row therefore usually begins and ends inside a document. A global
+step is G = batch_tokens / R consecutive rows; when they do not all fit in what is left of the
+current shard, the rest of the shard is skipped and the step starts at the first BOS of the next
+shard (shards in order, wrapping around), as the records do with their 8 GPUs. Rank r owns the r-th
+of world equal slices of the step's rows and its a-th call of the step gets the a-th micro-batch of
+that slice, as for shuffled windows: the rows of a step are the same for any world size and
+accumulation that divide G. State: the shard and position where the current step starts and how
+many of its rows this rank has used.
 """
 
 from __future__ import annotations
@@ -40,7 +57,9 @@ import torch
 from ..data.shards import read_shard
 from ..errors import GolfError
 
-LOADER_MODES = ("contiguous", "shuffled")
+LOADER_MODES = ("contiguous", "shuffled", "doc_packed")
+# Shards are searched for their first BOS this many tokens at a time (they normally start with one).
+BOS_SEARCH_CHUNK = 1 << 20
 
 
 class TokenStream:
@@ -50,7 +69,7 @@ class TokenStream:
         if not paths:
             raise GolfError("no train shards")
         self.paths = list(paths)
-        self._open(0)
+        self.open_shard(0)
 
     def take(self, count: int) -> np.ndarray:
         """The next ``count`` tokens, crossing shard boundaries (and the wrap) as needed."""
@@ -61,7 +80,7 @@ class TokenStream:
                 # Every shard opened once in a row without a token: they are all empty.
                 if empty_opens > len(self.paths):
                     raise GolfError("every train shard is empty")
-                self._open((self.shard + 1) % len(self.paths))
+                self.open_shard((self.shard + 1) % len(self.paths))
                 empty_opens += 1
                 continue
             n = min(available, count)
@@ -71,7 +90,7 @@ class TokenStream:
             empty_opens = 0
         return np.concatenate(parts)
 
-    def _open(self, shard: int) -> None:
+    def open_shard(self, shard: int) -> None:
         self.shard, self.pos = shard, 0
         self.tokens = read_shard(self.paths[shard])
 
@@ -82,7 +101,7 @@ class TokenStream:
         shard, pos = _field(state, "shard"), _field(state, "pos")
         if not 0 <= shard < len(self.paths):
             raise GolfError(f"loader state names shard {shard}, but only {len(self.paths)} train shards are given")
-        self._open(shard)
+        self.open_shard(shard)
         if not 0 <= pos <= len(self.tokens):
             raise GolfError(f"loader state position {pos} is outside shard {shard} ({len(self.tokens)} tokens)")
         self.pos = pos
@@ -180,13 +199,89 @@ class ShuffledLoader:
         self.step, self.cursor, self._plan = step, cursor, None
 
 
+class DocPackedLoader:
+    """Rows of pack_tokens cut from the stream, all of a global step in one shard (see module doc)."""
+
+    def __init__(self, paths: list[Path], rank: int = 0, world_size: int = 1, grad_accum: int = 1,
+                 bos_id: int = 1):
+        _check_split(rank, world_size, grad_accum)
+        self.stream = TokenStream(paths)
+        self.stream.pos = first_bos(self.stream.tokens, bos_id)
+        self.rank, self.world_size, self.grad_accum, self.bos_id = rank, world_size, grad_accum, bos_id
+        self.cursor = 0  # rows of the current step already handed to this rank
+        self._step: tuple[int, int] | None = None  # (rows, row tokens) of the step in progress
+
+    def next_batch(self, local_tokens: int, row_tokens: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+        """This rank's next micro-batch, (local_tokens / row_tokens, row_tokens); the step advances
+        once its slice of the step is used up."""
+        per_micro = _rows(local_tokens, row_tokens)
+        per_rank = per_micro * self.grad_accum
+        step = (per_rank * self.world_size, row_tokens)
+        span = row_tokens + 1  # one extra token per row: the target of its last input
+        if self._step is None:
+            self._place(step[0] * span)
+            self._step = step
+        elif self._step != step:
+            raise GolfError("micro-batch size changed inside a step: every call of a step must ask for the same tokens")
+        first = self.stream.pos + (self.rank * per_rank + self.cursor) * span
+        rows = np.asarray(self.stream.tokens[first : first + per_micro * span]).reshape(per_micro, span)
+        self.cursor += per_micro
+        if self.cursor == per_rank:
+            self.stream.pos += step[0] * span
+            self.cursor, self._step = 0, None
+        return _to_device(rows[:, :-1], rows[:, 1:], device)
+
+    def _place(self, step_tokens: int) -> None:
+        """Move to the first BOS of the next shard, and on, until the whole step fits."""
+        stream = self.stream
+        for _ in range(len(stream.paths) + 1):
+            if stream.pos + step_tokens <= len(stream.tokens):
+                return
+            stream.open_shard((stream.shard + 1) % len(stream.paths))
+            stream.pos = first_bos(stream.tokens, self.bos_id)
+        raise GolfError(f"no train shard holds one step of doc-packed rows ({step_tokens} tokens): "
+                        "lower train.batch_tokens or train.pack_tokens")
+
+    def state_dict(self) -> dict:
+        # Mid-step, ``cursor`` counts rows of this rank's slice of a step of that shape: it only means
+        # the same thing under the same split and row length.
+        rows, row_tokens = self._step or (0, 0)
+        return {"kind": "doc_packed", **self.stream.state_dict(), "cursor": self.cursor,
+                "world_size": self.world_size, "grad_accum": self.grad_accum,
+                "step_rows": rows, "row_tokens": row_tokens}
+
+    def load_state_dict(self, state: dict) -> None:
+        _check_kind(state, "doc_packed")
+        cursor = _field(state, "cursor")
+        split = (_field(state, "world_size"), _field(state, "grad_accum"))
+        step = (_field(state, "step_rows"), _field(state, "row_tokens"))
+        if cursor and split != (self.world_size, self.grad_accum):
+            raise GolfError(f"loader state is inside a step of a {split[0]}-rank, {split[1]}-micro-batch split; "
+                            "resume with the same split, or from a checkpoint between steps")
+        # Between steps any split resumes the same rows: they depend on the stream position only.
+        self.stream.load_state_dict(state)
+        self.cursor, self._step = cursor, (step if cursor else None)
+
+
+def first_bos(tokens: np.ndarray, bos_id: int) -> int:
+    """Position of the first BOS in ``tokens``; 0 if there is none (the records start there too)."""
+    for start in range(0, len(tokens), BOS_SEARCH_CHUNK):
+        hits = np.flatnonzero(np.asarray(tokens[start : start + BOS_SEARCH_CHUNK]) == bos_id)
+        if hits.size:
+            return start + int(hits[0])
+    return 0
+
+
 def make_loader(mode: str, paths: list[Path], rank: int = 0, world_size: int = 1, seed: int = 0,
-                grad_accum: int = 1):
-    """The loader named by ``mode`` over ``paths`` (train shards only: nothing else is opened)."""
+                grad_accum: int = 1, bos_id: int = 1):
+    """The loader named by ``mode`` over ``paths`` (train shards only: nothing else is opened).
+    ``bos_id`` (the model's; 1 in the challenge's shards) is where doc-packed steps start in a shard."""
     if mode == "contiguous":
         return ContiguousLoader(paths, rank, world_size)
     if mode == "shuffled":
         return ShuffledLoader(paths, rank, world_size, seed, grad_accum)
+    if mode == "doc_packed":
+        return DocPackedLoader(paths, rank, world_size, grad_accum, bos_id)
     raise GolfError(f"unknown loader {mode!r}; choose one of {', '.join(LOADER_MODES)}")
 
 

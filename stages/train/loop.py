@@ -23,14 +23,15 @@ from .schedule import lr_multiplier, muon_momentum, progress
 
 
 class RandomTokens:
-    """Dummy batches for the compile warm-up: never training or val data."""
+    """Dummy batches for the compile warm-up: never training or val data; rows as long as the real
+    loader's (``row_tokens``), so the warm-up compiles the shapes the timed loop runs."""
 
     def __init__(self, vocab_size: int, seed: int):
         self.vocab_size = vocab_size
         self.generator = torch.Generator().manual_seed(seed)
 
-    def next_batch(self, local_tokens: int, seq_len: int, device):
-        rows = torch.randint(0, self.vocab_size, (local_tokens // seq_len, seq_len + 1), generator=self.generator)
+    def next_batch(self, local_tokens: int, row_tokens: int, device):
+        rows = torch.randint(0, self.vocab_size, (local_tokens // row_tokens, row_tokens + 1), generator=self.generator)
         return rows[:, :-1].to(device), rows[:, 1:].to(device)
 
 
@@ -42,6 +43,8 @@ class Trainer:
         self.ema = EMA(model, self.tcfg.ema_decay) if self.tcfg.ema_decay else None
         self.swa = TightSWA(self.tcfg.swa_every, self.tcfg.swa_lr_scale) if self.tcfg.swa_every else None
         self.grad_accum = resolve_grad_accum(self.tcfg, self.world_size())
+        # Packed rows hold many documents: attention splits long ones every seq_len tokens, as the records do.
+        self.max_doc_len = self.tcfg.seq_len if self.tcfg.loader == "doc_packed" else 0
         self.step = 0
         self.elapsed = 0.0
         self.qat_on_step: int | None = None
@@ -87,9 +90,9 @@ class Trainer:
         local_tokens = tcfg.batch_tokens // (self.grad_accum * self.world_size())
         total = 0.0
         for _ in range(self.grad_accum):
-            x, y = self.loader.next_batch(local_tokens, tcfg.seq_len, self.device)
+            x, y = self.loader.next_batch(local_tokens, tcfg.row_tokens, self.device)
             with torch.autocast(device_type=self.device.type, dtype=torch.bfloat16, enabled=self.device.type == "cuda"):
-                loss = self.loss_fn(x, y)
+                loss = self.loss_fn(x, y, self.max_doc_len)
             (loss / self.grad_accum).backward()
             total += loss.item() / self.grad_accum
         if not math.isfinite(total):

@@ -125,7 +125,8 @@ def _fit(config: RunConfig, data: StageDir, ctx: DistContext, ledger: TimeLedger
     with ledger.measure("setup", note="model build and input verification: outside the budget"):
         torch.manual_seed(tcfg.seed)
         accum = resolve_grad_accum(tcfg, ctx.world_size)
-        loader = make_loader(tcfg.loader, train_shard_paths(data), ctx.rank, ctx.world_size, tcfg.seed, accum)
+        loader = make_loader(tcfg.loader, train_shard_paths(data), ctx.rank, ctx.world_size, tcfg.seed, accum,
+                             config.model.bos_id)
         val = load_val(data, config.model.vocab_size)
         model = GPT(config.model).to(device)
         trainer = Trainer(model, config, loader, device)
