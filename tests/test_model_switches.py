@@ -140,8 +140,7 @@ def test_smear_gate_never_crosses_bos():
 
 
 def test_the_leak_test_catches_the_unfixed_smear_gate():
-    model = smear_model()
-    model.smear.bos_id = -1  # the pre-#1851 SmearGate: no BOS mask
+    model = smear_model(smear_bos_mask=False)  # the pre-#1851 SmearGate: no BOS mask
     assert cross_document_leak(model) > 1e-4
 
 
