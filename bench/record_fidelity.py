@@ -250,9 +250,10 @@ def golf_state(record: torch.nn.Module, golf: GPT) -> tuple[dict[str, torch.Tens
     shapes = {name: t.shape for name, t in golf.state_dict().items()}
     state, unused = {}, []
     for name, tensor in record.state_dict().items():
-        pieces = [(n, t) for n, t in translate(name, tensor, golf)]
-        unused += [name] if not any(n in shapes for n, _ in pieces) else []
-        state.update({n: t.reshape(shapes[n]) for n, t in pieces if n in shapes})
+        pieces = {golf_name: t for golf_name, t in translate(name, tensor, golf) if golf_name in shapes}
+        if not pieces:
+            unused.append(name)
+        state.update({golf_name: t.reshape(shapes[golf_name]) for golf_name, t in pieces.items()})
     return state, unused
 
 
