@@ -33,6 +33,9 @@ CHANGING = {
     "no_unet": {"unet_skips": False},
     "skip_gates": {"skip_gates": True},
     "parallel": {"parallel_residual_from": 2},
+    "two_lane": {"parallel_residual_from": 2, "parallel_residual": "two_lane"},
+    "channel_smear": {"smear_gate": True, "smear_form": "per_channel"},
+    "rope_stretch": {"rope_dims": 4, "rope_train_len": 8},
     "loop": {"loop_first": 1, "loop_last": 2, "loop_passes": 3},
     "leaky": {"mlp_activation": "leaky_relu2"},
     "mlp_4x": {"mlp_mult": 4.0},
@@ -140,8 +143,7 @@ def test_smear_gate_never_crosses_bos():
 
 
 def test_the_leak_test_catches_the_unfixed_smear_gate():
-    model = smear_model()
-    model.smear.bos_id = -1  # the pre-#1851 SmearGate: no BOS mask
+    model = smear_model(smear_bos_mask=False)  # the pre-#1851 SmearGate: no BOS mask
     assert cross_document_leak(model) > 1e-4
 
 

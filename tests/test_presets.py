@@ -5,7 +5,8 @@ from stages.model.gpt import GPT, count_parameters
 from stages.train.presets import FULL_PRESETS, PRESETS, cpu_model
 
 SWITCHES = ("smear_gate", "doc_mask", "attn_gate_sparse", "skip_gates", "ln_scale", "orthogonal_init",
-            "mlp_activation", "logit_softcap", "qk_gain_init", "tie_embeddings", "qk_norm")
+            "mlp_activation", "logit_softcap", "qk_gain_init", "tie_embeddings", "qk_norm", "smear_form",
+            "smear_bos_mask", "parallel_residual", "loop_passes")
 
 
 def test_every_seed_recipe_has_a_full_and_a_cpu_preset():
@@ -24,7 +25,7 @@ def test_cpu_form_keeps_every_switch(name):
     full, cpu = FULL_PRESETS[name].config.model, cpu_model(FULL_PRESETS[name].config.model)
     for field in SWITCHES:
         assert getattr(cpu, field) == getattr(full, field), field
-    for field in ("attn_gate_width", "xsa_last_n", "bigram_hash_buckets", "value_embed_dim", "rope_dims"):
+    for field in ("attn_gate_width", "xsa_last_n", "bigram_hash_buckets", "value_embed_dim", "rope_dims", "rope_train_len"):
         assert bool(getattr(cpu, field)) == bool(getattr(full, field)), field
     assert cpu.looped == full.looped and (cpu.parallel_residual_from >= 0) == (full.parallel_residual_from >= 0)
     cpu_train, full_train = PRESETS[f"{name}-cpu"].config.train, FULL_PRESETS[name].config.train

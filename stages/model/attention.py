@@ -71,11 +71,12 @@ class CausalSelfAttention(nn.Module):
         self.c_v = Linear(config.model_dim, kv_dim)
         self.proj = Linear(config.model_dim, config.model_dim, zero_init=True)
         self.q_gain = nn.Parameter(torch.full((self.num_heads,), config.qk_gain_init))
-        self.rotary = Rotary(config.rotary_dims, config.rope_base)
+        self.rotary = Rotary(config.rotary_dims, config.rope_base, config.rope_train_len)
         self.xsa = config.xsa_last_n > 0 and layer >= config.num_layers - config.xsa_last_n
         self.gate = Linear(config.attn_gate_width, self.num_heads, zero_init=True) if config.attn_gate_width else None
         uses_ve = config.value_embed_dim > 0 and layer in config.value_embed_layers
-        self.value_proj = Linear(config.value_embed_dim, kv_dim, zero_init=True) if uses_ve else None
+        # This layer's weight on the shared value embedding (PR #401: one learned scalar per layer).
+        self.value_scale = nn.Parameter(torch.ones(1)) if uses_ve else None
 
     def forward(self, x: torch.Tensor, doc_ids: torch.Tensor | None = None,
                 value_embed: torch.Tensor | None = None) -> torch.Tensor:
@@ -83,8 +84,8 @@ class CausalSelfAttention(nn.Module):
         q = self.c_q(x).view(batch, seq_len, self.num_heads, self.head_dim).transpose(1, 2)
         k = self.c_k(x).view(batch, seq_len, self.num_kv_heads, self.head_dim).transpose(1, 2)
         v = self.c_v(x)
-        if self.value_proj is not None:
-            v = v + self.value_proj(value_embed)
+        if self.value_scale is not None:
+            v = v + self.value_scale.to(v.dtype) * value_embed
         v = v.view(batch, seq_len, self.num_kv_heads, self.head_dim).transpose(1, 2)
         if self.config.qk_norm:
             q, k = rms_norm(q), rms_norm(k)

@@ -34,6 +34,10 @@ class ModelConfig:
     """RoPE frequency base."""
     rope_dims: int = ranged(0, ge=0)
     """Rotary on the first N dims of each head (partial RoPE; records use 16 of 64). 0: all dims."""
+    rope_train_len: int = ranged(0, ge=0)
+    """Sequence length the rotary frequencies are built for: a longer sequence stretches the base to
+    base * (L / rope_train_len)^(d / (d - 2)), d the rotary dims (PR #401: built for 1024, trained
+    at 2048). 0: never stretch."""
     qk_norm: bool = True
     """RMSNorm on queries and keys before RoPE."""
     qk_gain_init: float = ranged(1.5, gt=0)
@@ -45,7 +49,9 @@ class ModelConfig:
     tied_embed_init_std: float = ranged(0.005, gt=0)
     """Init std of the (tied) embedding."""
     orthogonal_init: bool = False
-    """Orthogonal init for matrices with both sides >= 64 (output projections stay zero)."""
+    """The records' init: orthogonal for matrices with both sides >= 64 (output projections stay
+    zero); the BigramHash and value-embedding projections, if that large, become orthogonal scaled
+    by 1/sqrt(2 num_layers) instead of zero (and the BigramHash table then starts at zero)."""
     xsa_last_n: int = ranged(0, ge=0)
     """Exclusive self attention on the last N physical layers (remove each head's component along
     its own value vector); >= num_layers means all layers. 0: off."""
@@ -54,7 +60,15 @@ class ModelConfig:
     attn_gate_sparse: bool = False
     """Sparse gate variant: sigmoid(0.5 W_h x[:w]) (halves the heads' output at init)."""
     smear_gate: bool = False
-    """SmearGate: x_t += lambda sigmoid(W x_t[:12]) x_{t-1}, zero-init, gate 0 at BOS tokens."""
+    """SmearGate: mix each position's embedding with the previous one's (smear_form says how)."""
+    smear_form: Literal["gated", "per_channel"] = "gated"
+    """'gated' (#1667 lineage): x_t += lambda sigmoid(W x_t[:12]) x_{t-1} on the raw embedding, before
+    the first RMSNorm, W and lambda zero-init. 'per_channel' (PR #401): x = (1 - s) x + s x_prev with
+    s = sigmoid(g) per channel, g zero-init, after the first RMSNorm."""
+    smear_bos_mask: bool = True
+    """A BOS token sees no previous token in SmearGate and BigramHash (the legality fix, #1851), so
+    no document reads the one before it. Off reproduces the records that ran without it (#401,
+    #1667, #1790)."""
     ln_scale: bool = False
     """Scale each block's normalized inputs by 1/sqrt(layer + 1)."""
     unet_skips: bool = True
@@ -62,7 +76,13 @@ class ModelConfig:
     skip_gates: bool = False
     """Gated skips: x = lerp(w * skip, x, sigmoid(g)), gates zero-init (records); off: x += w * skip."""
     parallel_residual_from: int = ranged(-1, ge=-1)
-    """From this physical layer on, attention and MLP read the same input (GPT-J style). -1: off."""
+    """From this physical layer on, blocks run attention and MLP in parallel (parallel_residual
+    says how). -1: off."""
+    parallel_residual: Literal["shared", "two_lane"] = "shared"
+    """'shared' (#1493): attention and MLP read the same block input, one stream. 'two_lane'
+    (#1667 lineage): attention reads lane 0 (mixed with x0), the MLP reads lane 1, each block writes
+    both through learned weights, U-Net skips feed lane 0 and the lanes' mean is the final hidden
+    state; the parallel layers must form the tail of the decoder half."""
     loop_first: int = ranged(-1, ge=-1)
     """Depth recurrence: first physical layer of the looped span (-1: off)."""
     loop_last: int = ranged(-1, ge=-1)
@@ -71,14 +91,16 @@ class ModelConfig:
     """Total passes through the looped span once looping is on (records: 3 for layers 3-5)."""
     loop_start_frac: float = ranged(0.0, ge=0, le=1)
     """Training fraction at which looping switches on (records: 0.35); eval always loops."""
-    bigram_hash_buckets: int = ranged(0, ge=0)
-    """BigramHash embedding buckets (seed 003: 2048). 0: off."""
+    bigram_hash_buckets: int = ranged(0, ge=2, off=0)
+    """BigramHash embedding buckets (seed 003: 2048); the last one means "no previous token". 0: off."""
     bigram_hash_dim: int = ranged(128, ge=1)
-    """BigramHash embedding width, projected to model_dim by a zero-init matrix."""
+    """BigramHash embedding width, projected to model_dim and scaled by a learned scalar (init 0.05)."""
     value_embed_dim: int = ranged(0, ge=0)
-    """Shared value embedding width (seed 003: 128). 0: off."""
+    """Shared value embedding width (seed 003: 128), projected once to the KV width and scaled by a
+    learned scalar (init 0.1). 0: off."""
     value_embed_layers: tuple[int, ...] = ranged((), ge=0)
-    """Physical layers whose values get the shared value embedding (seed 003: 9, 10)."""
+    """Physical layers that add the shared value embedding to their values, each times its own
+    learned scale (init 1.0) (seed 003: 9, 10)."""
     doc_mask: bool = False
     """Mask attention at BOS so that no position attends across a document boundary."""
     bos_id: int = ranged(1, ge=0)
@@ -93,6 +115,8 @@ class ModelConfig:
         if self.rotary_dims % 2 or self.rotary_dims > self.head_dim:
             raise ConfigError("rope_dims", f"rotary dims must be even and at most the head dim {self.head_dim}, "
                                            f"got {self.rotary_dims}")
+        if self.rope_train_len and self.rotary_dims < 4:
+            raise ConfigError("rope_train_len", f"stretching the RoPE base needs at least 4 rotary dims, got {self.rotary_dims}")
         if self.mlp_hidden < 1:
             raise ConfigError("mlp_mult", f"gives an MLP of {self.mlp_hidden} units at model_dim {self.model_dim}")
         if self.attn_gate_width > self.model_dim:
@@ -105,6 +129,20 @@ class ModelConfig:
         if any(layer >= self.num_layers for layer in self.value_embed_layers):
             raise ConfigError("value_embed_layers", f"must name layers below num_layers {self.num_layers}, "
                                                     f"got {self.value_embed_layers}")
+        if self.two_lane:
+            self._check_two_lane_tail()
+
+    def _check_two_lane_tail(self) -> None:
+        """Two lanes start once, in the decoder half, and run to the end: no ordinary block and no
+        encoder (skip-pushing) block may follow the first parallel one, with looping on or off."""
+        for looping in (False, True):
+            sequence = self.layer_sequence(looping)
+            parallel = [position for position, layer in enumerate(sequence) if self.is_parallel(layer)]
+            tail = list(range(parallel[0], len(sequence))) if parallel else []
+            if parallel != tail or (parallel and parallel[0] < self.num_encoder_positions(looping)):
+                raise ConfigError("parallel_residual_from",
+                                  f"two-lane blocks must be the tail of the decoder half; from layer "
+                                  f"{self.parallel_residual_from} they are not, in the virtual layers {sequence}")
 
     @property
     def head_dim(self) -> int:
@@ -121,6 +159,18 @@ class ModelConfig:
     @property
     def looped(self) -> bool:
         return self.loop_first >= 0
+
+    @property
+    def two_lane(self) -> bool:
+        return self.parallel_residual == "two_lane" and self.parallel_residual_from >= 0
+
+    def is_parallel(self, layer: int) -> bool:
+        """Whether physical block ``layer`` runs attention and MLP in parallel."""
+        return 0 <= self.parallel_residual_from <= layer
+
+    def num_encoder_positions(self, looping: bool) -> int:
+        """Virtual layers that push a U-Net skip (the first half), 0 without skips."""
+        return len(self.layer_sequence(looping)) // 2 if self.unet_skips else 0
 
     def layer_sequence(self, looping: bool) -> list[int]:
         """Physical block indices in execution order (the 'virtual layers')."""

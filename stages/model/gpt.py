@@ -18,13 +18,17 @@ from torch import nn
 
 from .attention import CausalSelfAttention
 from .config import ModelConfig
-from .embeddings import BigramHash, SmearGate, ValueEmbedding
+from .embeddings import BigramHash, ChannelSmear, SmearGate, ValueEmbedding, document_starts
 from .layers import Linear, document_ids, rms_norm
 
 # Small learned tensors that steer the residual stream; optimizers give them Adam, not Muon,
 # and quantizers keep them in float.
 CONTROL_TENSOR_NAMES = ("attn_scale", "mlp_scale", "resid_mix", "q_gain", "skip_weights", "skip_gates",
-                        "attn.gate", "smear")
+                        "attn.gate", "smear", "lane_resid", "lane_post", "value_scale", "bigram.scale",
+                        "value_embed.scale")
+# Two-lane parallel blocks (#1667): each lane keeps itself times r (init 1.1) and receives
+# attention and MLP outputs through p (init 1.0).
+LANE_RESID_INIT, LANE_POST_INIT = 1.1, 1.0
 
 
 class MLP(nn.Module):
@@ -53,17 +57,38 @@ class Block(nn.Module):
         # Row 0 weighs the running stream, row 1 the first embedding x0.
         self.resid_mix = nn.Parameter(torch.stack((torch.ones(dim), torch.zeros(dim))))
         self.input_scale = 1 / math.sqrt(layer + 1) if config.ln_scale else 1.0
-        self.parallel = 0 <= config.parallel_residual_from <= layer
+        self.parallel = config.is_parallel(layer)
+        self.two_lane = self.parallel and config.two_lane
+        if self.two_lane:
+            # lane_resid[lane] scales the lane itself; lane_post[source, lane] (source 0: attention,
+            # 1: MLP) weighs what each output writes into each lane.
+            self.lane_resid = nn.Parameter(torch.full((2,), LANE_RESID_INIT))
+            self.lane_post = nn.Parameter(torch.full((2, 2), LANE_POST_INIT))
 
     def forward(self, x: torch.Tensor, x0: torch.Tensor, doc_ids=None, value_embed=None) -> torch.Tensor:
-        mix = self.resid_mix.to(x.dtype)
-        x = mix[0] * x + mix[1] * x0
+        x = self._mixed(x, x0)
         h = rms_norm(x) * self.input_scale
         attn_out = self.attn_scale.to(x.dtype) * self.attn(h, doc_ids, value_embed)
         if self.parallel:  # attention and MLP both read the block's input
             return x + attn_out + self.mlp_scale.to(x.dtype) * self.mlp(h)
         x = x + attn_out
         return x + self.mlp_scale.to(x.dtype) * self.mlp(rms_norm(x) * self.input_scale)
+
+    def forward_lanes(self, lanes: tuple[torch.Tensor, torch.Tensor], x0: torch.Tensor, doc_ids=None,
+                      value_embed=None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Two-lane parallel block: attention reads lane 0 (mixed with x0), the MLP reads lane 1;
+        both outputs go to both lanes."""
+        lane0, lane1 = lanes
+        attn_in = rms_norm(self._mixed(lane0, x0)) * self.input_scale
+        attn_out = self.attn_scale.to(lane0.dtype) * self.attn(attn_in, doc_ids, value_embed)
+        mlp_out = self.mlp_scale.to(lane1.dtype) * self.mlp(rms_norm(lane1) * self.input_scale)
+        keep, post = self.lane_resid.to(lane0.dtype), self.lane_post.to(lane0.dtype)
+        return (keep[0] * lane0 + post[0, 0] * attn_out + post[1, 0] * mlp_out,
+                keep[1] * lane1 + post[0, 1] * attn_out + post[1, 1] * mlp_out)
+
+    def _mixed(self, x: torch.Tensor, x0: torch.Tensor) -> torch.Tensor:
+        mix = self.resid_mix.to(x.dtype)
+        return mix[0] * x + mix[1] * x0
 
 
 class GPT(nn.Module):
@@ -73,7 +98,9 @@ class GPT(nn.Module):
         self.tok_emb = nn.Embedding(config.vocab_size, config.model_dim)
         nn.init.normal_(self.tok_emb.weight, std=config.tied_embed_init_std)
         self.bigram = BigramHash(config) if config.bigram_hash_buckets else None
-        self.smear = SmearGate(config) if config.smear_gate else None
+        self.smear = None
+        if config.smear_gate:
+            self.smear = ChannelSmear(config) if config.smear_form == "per_channel" else SmearGate(config)
         self.value_embed = ValueEmbedding(config) if config.value_embed_dim else None
         self.blocks = nn.ModuleList(Block(config, layer) for layer in range(config.num_layers))
         longest = len(config.layer_sequence(looping=True))
@@ -92,39 +119,65 @@ class GPT(nn.Module):
         for module in self.modules():
             if isinstance(module, Linear) and not module.zero_init and min(module.weight.shape) >= 64:
                 nn.init.orthogonal_(module.weight)
+        # PR #401 overwrites the zero start of these two projections too, scaled like an output
+        # projection would be (its output projections themselves stay zero).
+        for extra in (self.bigram, self.value_embed):
+            if extra is not None:
+                extra.record_init(1 / math.sqrt(2 * self.config.num_layers))
 
     def forward(self, input_ids: torch.Tensor, max_doc_len: int = 0) -> torch.Tensor:
         """Logits (batch, seq, vocab) after the softcap. With doc_mask, ``max_doc_len`` also splits
         attention inside documents longer than that (doc-packed training rows: the train seq_len)."""
         cfg = self.config
-        x = self.tok_emb(input_ids)
-        if self.bigram is not None:
-            x = x + self.bigram(input_ids)
-        x = rms_norm(x)
-        if self.smear is not None:
-            x = self.smear(x, input_ids)
-        x0 = x
+        x0 = self._embed(input_ids)
         doc_ids = document_ids(input_ids, cfg.bos_id, max_doc_len) if cfg.doc_mask else None
         value_embed = self.value_embed(input_ids) if self.value_embed is not None else None
-        x = self._run_layers(x, x0, doc_ids, value_embed)
+        x = self._run_layers(x0, x0, doc_ids, value_embed)
         x = self.head_input(rms_norm(x))
         head = self.tok_emb.weight if self.lm_head is None else self.lm_head.weight
         logits = F.linear(x, head.to(x.dtype))
         cap = cfg.logit_softcap
         return cap * torch.tanh(logits / cap) if cap > 0 else logits
 
+    def _embed(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """x0: token embedding (+ BigramHash), the gated SmearGate on that raw sum, the first
+        RMSNorm, then the per-channel SmearGate (each record's own placement)."""
+        cfg = self.config
+        starts = document_starts(input_ids, cfg.bos_id, cfg.smear_bos_mask)
+        x = self.tok_emb(input_ids)
+        if self.bigram is not None:
+            x = x + self.bigram(input_ids, starts)
+        if isinstance(self.smear, SmearGate):
+            x = self.smear(x, starts)
+        x = rms_norm(x)
+        if isinstance(self.smear, ChannelSmear):
+            x = self.smear(x, starts)
+        return x
+
     def _run_layers(self, x, x0, doc_ids, value_embed) -> torch.Tensor:
-        """Virtual layers in order; the first half push U-Net skips, the second half pop them."""
+        """Virtual layers in order; the first half push U-Net skips, the second half pop them.
+        Two-lane blocks (the decoder's tail) start both lanes from the hidden state, take the skips
+        on lane 0, and end as the lanes' mean."""
         sequence = self.config.layer_sequence(self.looping)
-        num_encoder = len(sequence) // 2 if self.config.unet_skips else 0
-        skips = []
+        num_encoder = self.config.num_encoder_positions(self.looping)
+        skips, lanes = [], None
         for position, layer in enumerate(sequence):
+            block = self.blocks[layer]
+            if block.two_lane and lanes is None:
+                lanes = (x, x)
             if position >= num_encoder and skips:
-                x = self._add_skip(x, skips.pop(), position - num_encoder)
-            x = self.blocks[layer](x, x0, doc_ids, value_embed)
+                skip = skips.pop()
+                if lanes is None:
+                    x = self._add_skip(x, skip, position - num_encoder)
+                else:
+                    lanes = (self._add_skip(lanes[0], skip, position - num_encoder), lanes[1])
+            if lanes is None:
+                x = block(x, x0, doc_ids, value_embed)
+            else:
+                lanes = block.forward_lanes(lanes, x0, doc_ids, value_embed)
             if position < num_encoder:
                 skips.append(x)
-        return x
+        return x if lanes is None else 0.5 * (lanes[0] + lanes[1])
 
     def _add_skip(self, x: torch.Tensor, skip: torch.Tensor, index: int) -> torch.Tensor:
         weighted = self.skip_weights[index].to(x.dtype) * skip

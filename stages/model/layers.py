@@ -42,19 +42,33 @@ class Linear(nn.Linear):
 
 
 class Rotary(nn.Module):
-    """Rotary position embedding over the first ``dims`` dims of each head, cached per length."""
+    """Rotary position embedding over the first ``dims`` dims of each head, cached per length.
 
-    def __init__(self, dims: int, base: float):
+    With ``train_len`` set, a sequence longer than it gets a stretched base,
+    base * (L / train_len)^(dims / (dims - 2)), as PR #401 did when training at twice its length.
+    """
+
+    def __init__(self, dims: int, base: float, train_len: int = 0):
         super().__init__()
-        self.dims = dims
-        inv_freq = 1.0 / (base ** (torch.arange(0, dims, 2, dtype=torch.float32) / dims))
-        self.register_buffer("inv_freq", inv_freq, persistent=False)
+        self.dims, self.base, self.train_len = dims, base, train_len
+        self.register_buffer("inv_freq", self.inverse_frequencies(base), persistent=False)
         self._cache: tuple | None = None
+
+    def inverse_frequencies(self, base: float) -> torch.Tensor:
+        return 1.0 / (base ** (torch.arange(0, self.dims, 2, dtype=torch.float32) / self.dims))
+
+    def base_for(self, seq_len: int) -> float:
+        """The base used at ``seq_len``: stretched beyond the built length, else as given."""
+        if not self.train_len or seq_len <= self.train_len:
+            return self.base
+        return self.base * (seq_len / self.train_len) ** (self.dims / (self.dims - 2))
 
     def cos_sin(self, seq_len: int, device: torch.device, dtype: torch.dtype):
         if self._cache is None or self._cache[0] != seq_len or self._cache[1] != device:
+            base = self.base_for(seq_len)
+            inv_freq = self.inv_freq if base == self.base else self.inverse_frequencies(base)
             positions = torch.arange(seq_len, device=device, dtype=torch.float32)
-            freqs = torch.outer(positions, self.inv_freq.to(device))
+            freqs = torch.outer(positions, inv_freq.to(device))
             self._cache = (seq_len, device, freqs.cos()[None, None], freqs.sin()[None, None])
         return self._cache[2].to(dtype), self._cache[3].to(dtype)
 

@@ -46,10 +46,13 @@ RECORD_TRAIN = TrainConfig(
     grad_clip=0.3, ema_decay=0.9965, loader="shuffled", **GPU_WARMUP,
 )
 
+# The model switches follow each record's code (docs/REFERENCE.md section 8). SmearGate keeps the
+# BOS mask on in every preset (the legality fix); the records before #1851 ran without it
+# (model.smear_bos_mask=false reproduces them exactly).
 PR401 = RunConfig(
-    replace(ModelConfig(), num_layers=11, mlp_mult=3.0, rope_dims=16, ln_scale=True, smear_gate=True,
-            bigram_hash_buckets=2048, bigram_hash_dim=128, value_embed_dim=128, value_embed_layers=(9, 10),
-            xsa_last_n=4),
+    replace(ModelConfig(), num_layers=11, mlp_mult=3.0, rope_dims=16, rope_train_len=1024, ln_scale=True,
+            smear_gate=True, smear_form="per_channel", bigram_hash_buckets=2048, bigram_hash_dim=128,
+            value_embed_dim=128, value_embed_layers=(9, 10), xsa_last_n=4, orthogonal_init=True),
     replace(TrainConfig(), seq_len=2048, batch_tokens=786_432, schedule="time", warmdown_frac=0.5,
             matrix_lr=0.025, muon_momentum=0.99, muon_momentum_start=0.92, muon_momentum_warmup_steps=1500,
             muon_weight_decay=0.04, embed_lr=0.035, embed_weight_decay=0.04, scalar_lr=0.025,
@@ -57,7 +60,7 @@ PR401 = RunConfig(
             qat_bits=6, qat_lr_scale=0.15, **GPU_WARMUP),
 )
 PR1413 = RunConfig(
-    replace(RECORD_MODEL, loop_first=4, loop_last=5, loop_passes=2, loop_start_frac=0.5),
+    replace(RECORD_MODEL, loop_first=4, loop_last=5, loop_passes=3, loop_start_frac=0.5),
     replace(RECORD_TRAIN, ema_decay=0.997),
 )
 PR1776 = RunConfig(
@@ -65,35 +68,40 @@ PR1776 = RunConfig(
             parallel_residual_from=7),
     RECORD_TRAIN,
 )
+# #1667 (pr1880, pr1790, top): two-lane parallel residuals from layer 8, document-masked attention.
+RECORD_1667_MODEL = replace(PR1776.model, parallel_residual="two_lane", parallel_residual_from=8, doc_mask=True,
+                            smear_gate=True)
 PR1880 = RunConfig(
-    replace(PR1776.model, attn_gate_width=12, smear_gate=True, logit_softcap=15.0),
+    replace(RECORD_1667_MODEL, attn_gate_width=12, logit_softcap=15.0),
     RECORD_TRAIN,
 )
 PR1790 = RunConfig(
-    replace(PR1776.model, attn_gate_width=24, smear_gate=True),
+    replace(RECORD_1667_MODEL, attn_gate_width=24),
     replace(RECORD_TRAIN, matrix_lr=0.026),
 )
 TOP = RunConfig(
-    replace(PR1790.model, attn_gate_width=12, attn_gate_sparse=True, doc_mask=True),
+    replace(PR1790.model, attn_gate_width=12, attn_gate_sparse=True),
     replace(PR1790.train, muon_coefficients="polar_express", min_lr=0.1, warmdown_frac=0.85),
 )
 
 FULL_PRESETS: dict[str, Preset] = {p.name: p for p in [
     Preset("baseline", "docs/REFERENCE.md section 5: the challenge's naive baseline (1.2244 bpb), 9x512 sp1024, Muon 0.04, "
            "524,288 tokens/step at seq 1024; warm-down ~1200 of ~13,780 steps (0.087).", BASELINE),
-    Preset("pr401", "seed 003 (PR #401, 1.1243): 11L, MLP 3x relu^2, partial RoPE 16, LN scale, SmearGate, BigramHash "
-           "2048x128, VE128 on layers 9-10, XSA last 4, Muon 0.025 mom 0.92->0.99/1500 wd 0.04, AdamW 0.035/0.025 "
+    Preset("pr401", "seed 003 (PR #401, 1.1243): 11L, MLP 3x relu^2, partial RoPE 16 (base stretched for 2048, built for "
+           "1024), LN scale, per-channel SmearGate (BOS mask on; the record had none), BigramHash 2048x128, VE128 on "
+           "layers 9-10, XSA last 4, orthogonal init, Muon 0.025 mom 0.92->0.99/1500 wd 0.04, AdamW 0.035/0.025 "
            "wd 0.04, clip 0.3, EMA 0.997, tight SWA /50 under 0.2, late QAT int6 under 0.15; warm-down 3500 of "
            "~7000 steps (0.5). sp1024, no TTT.", PR401),
     Preset("pr1413", "seed 004 (PR #1413, 1.08279) on PR #1394: sp8192, docs/REFERENCE.md section 6 architecture with layers "
-           "4-5 looped twice from 50% (docs/REFERENCE.md: 'earlier'), QK-gain 5.0, MuonEq-R; training values from the ranges "
+           "4-5 looped (3 passes) from 50% (docs/REFERENCE.md section 8), QK-gain 5.0, MuonEq-R; training values from the ranges "
            "in docs/REFERENCE.md section 6 (lr 0.022, wd 0.095, warm-down 0.72, EMA 0.997).", PR1413),
     Preset("pr1776", "seed 002 (PR #1776, 1.08083): + layers 3-5 looped (3 passes, 17 virtual layers) from 35%, "
            "parallel residuals from layer 7, QK-gain 5.25, MUON_WD 0.095, MATRIX_LR 0.022, EMA 0.9965, "
            "WARMDOWN_FRAC 0.72 (all from the seed).", PR1776),
-    Preset("pr1880", "seed 001 (PR #1880, 1.07750): pr1776 + attention output gate (width 12), SmearGate with the "
-           "BOS fix, logit softcap 15.", PR1880),
-    Preset("pr1790", "seed 000 (PR #1790, 1.06991): pr1776 + SmearGate, output gate width 24, MATRIX_LR 0.026, "
+    Preset("pr1880", "seed 001 (PR #1880, 1.07750), model of #1667: pr1776 with two-lane parallel residuals from "
+           "layer 8 and document-masked attention + attention output gate (width 12), SmearGate on the raw embedding "
+           "(BOS fix on; #1667 ran without it), logit softcap 15.", PR1880),
+    Preset("pr1790", "seed 000 (PR #1790, 1.06991): pr1880's #1667 model with output gate width 24, MATRIX_LR 0.026, "
            "GPTQ reserve 4 s (from the seed); softcap 30.", PR1790),
     Preset("top", "PR #1855 (1.0611) as far as docs/REFERENCE.md describes it: pr1790 + sparse gate and Polar Express "
            "Newton-Schulz, document-masked attention; MIN_LR 0.1 and warm-down 0.85 from the docs/REFERENCE.md ranges. Its '9 tuned knobs' are not "
@@ -128,6 +136,8 @@ def cpu_model(model: ModelConfig) -> ModelConfig:
         changes.update(loop_first=first, loop_last=min(layers - 1, first + max(1, round(span * layers / model.num_layers)) - 1))
     if model.parallel_residual_from >= 0:
         changes["parallel_residual_from"] = _remap_layer(model.parallel_residual_from, model.num_layers, layers)
+    if model.rope_train_len:  # the same ratio of training length to built length
+        changes["rope_train_len"] = max(1, model.rope_train_len * CPU_TRAIN["seq_len"] // RECORD_TRAIN.seq_len)
     if model.xsa_last_n:
         changes["xsa_last_n"] = max(1, round(model.xsa_last_n * layers / model.num_layers))
     if model.value_embed_layers:
