@@ -9,12 +9,17 @@ after. TTT (evaluate) and packing (pack) values belong to other stages' configs 
 from __future__ import annotations
 
 import dataclasses
+import json
+import shutil
 import typing
 
 import pytest
 import torch
 
+from golf_cli.quantize import _base_settings as base_settings
+from stages.config import to_dict
 from stages.model.config import ModelConfig
+from stages.progress import Reporter
 from stages.quantize.config import GroupQuant, QuantizeConfig
 from stages.quantize.dequant import KIND_FLOAT, KIND_ROWS, dequantize_entry
 from stages.quantize.quantizer import quantize_state
@@ -23,7 +28,7 @@ from stages.quantize.schemes import DEFAULT_SCHEME, SCHEMES
 from stages.train.config import TrainConfig
 from stages.train.presets import FULL_PRESETS, PRESETS, STEP_RATIO
 
-from .conftest import golf
+from .conftest import golf, rewrite_manifest
 
 LINEAGE = ("pr1413", "pr1776", "pr1880", "pr1790", "top")  # section 8's table columns, left to right
 
@@ -258,3 +263,44 @@ def test_quantile_search_keeps_the_ladder_entry_with_the_least_error():
     settings = QuantizeConfig(method="rtn", keep_float_max_numel=0, mlp=GroupQuant(bits=6, clip="quantile_search"))
     tensors, _, _ = quantize_state({"blocks.0.mlp.fc.weight": weight}, settings)
     assert torch.equal(tensors["blocks.0.mlp.fc.weight.scale"], best)
+
+
+# ---- golf quantize takes the settings of the preset a checkpoint was trained with ----
+
+@pytest.fixture
+def top_cpu_train_dir(train_dir, tmp_path):
+    """The session's tiny train folder, recorded as trained with the top-cpu preset."""
+    copy = tmp_path / "train"
+    shutil.copytree(train_dir, copy)
+    rewrite_manifest(copy, lambda manifest: manifest["config"].update(preset="top-cpu"))
+    return copy
+
+
+def test_quantize_defaults_to_the_train_folders_preset(top_cpu_train_dir, data_dir, tmp_path):
+    result = golf("quantize", "--train", top_cpu_train_dir, "--data", data_dir, "--out", tmp_path / "q",
+                  "--set", "eval_tokens=4096")
+    assert result.returncode == 0, result.stderr
+    assert "preset top-cpu (the train folder's)" in result.stdout
+    used = json.loads((tmp_path / "q" / "manifest.json").read_text())["config"]
+    assert used == to_dict(dataclasses.replace(PRESETS["top-cpu"].quantize, eval_tokens=4096))
+
+
+@pytest.mark.parametrize("flags, expected", [
+    ((), PRESETS["top-cpu"].quantize),
+    (("--preset", "pr1413-cpu"), PRESETS["pr1413-cpu"].quantize),
+    (("--scheme", "rtn-int6"), SCHEMES["rtn-int6"]),
+])
+def test_quantize_settings_follow_the_flags(top_cpu_train_dir, flags, expected):
+    preset = flags[1] if flags[:1] == ("--preset",) else None
+    scheme = flags[1] if flags[:1] == ("--scheme",) else None
+    assert base_settings(preset, scheme, top_cpu_train_dir, Reporter()) == expected
+
+
+def test_quantize_without_a_known_preset_uses_the_default_scheme(train_dir):
+    assert base_settings(None, None, train_dir, Reporter()) == SCHEMES[DEFAULT_SCHEME]  # trained as "tiny-test"
+
+
+def test_quantize_refuses_a_preset_and_a_scheme_together(train_dir, tmp_path):
+    result = golf("quantize", "--train", train_dir, "--out", tmp_path / "q", "--preset", "top", "--scheme", "rtn-int6")
+    assert result.returncode != 0 and "give --preset or --scheme, not both" in result.stderr
+    assert "Traceback" not in result.stderr and not (tmp_path / "q").exists()
