@@ -8,6 +8,7 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
+from stages.config import apply_overrides
 from stages.contract.stage_dir import StageDir
 from stages.errors import GolfError
 from stages.progress import Reporter
@@ -49,6 +50,8 @@ def quantize(
     """
     reporter = RichReporter()
     train_dir = stage_path(train, run, "train")
+    # Bad settings are refused before any folder is opened (the defaults may come from the train folder).
+    apply_overrides(get_scheme(DEFAULT_SCHEME), overrides or [])
     base = replace(_base_settings(preset, scheme, train_dir, reporter), eval_stride=stride,
                    target_bytes=target_bytes or 0)
     config = resolve_config(base, overrides, reporter)
