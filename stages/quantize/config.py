@@ -56,13 +56,13 @@ class QuantizeConfig:
     method: Literal["gptq", "rtn"] = "gptq"
     """'gptq': error-feedback rounding against calibration Hessians; 'rtn': round-to-nearest."""
     attention: GroupQuant = GroupQuant(bits=6, clip_sigmas=13.0)
-    """Attention matrices (q, k, v, output, value projection): int6, k 13.0 in the records."""
+    """Attention matrices (q, k, v, output, value projection): int6, k 12.85-13 in the records."""
     mlp: GroupQuant = GroupQuant(bits=6, clip_sigmas=12.0)
     """MLP matrices: int6, k 11.5-12.85 in the records."""
     embedding: GroupQuant = GroupQuant(bits=8, clip_sigmas=20.0)
     """Embedding tables (the tied head included): int7 or int8, k 14-20 in the records."""
     other: GroupQuant = GroupQuant(bits=8, clip_sigmas=20.0)
-    """Any other large matrix (BigramHash projection, an untied head)."""
+    """Any other large matrix (BigramHash projection, an untied head): int6 k 12.85 in the records from #1394 on."""
     gate_bits: int = ranged(0, ge=2, le=8, off=0)
     """Attention output gate weights (heads x width): per-row symmetric codes of this width with the
     row's max |w| as its clip, no Hessian (0: kept float like the other control tensors; top: 8)."""
