@@ -10,12 +10,13 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from stages.config import apply_overrides, field_docs, from_dict
+from stages.config import apply_overrides, field_docs, from_dict, to_dict
 from stages.contract.stage_dir import StageDir, check_replaceable
+from stages.errors import GolfError
 from stages.progress import Reporter
 from stages.train.checkpointing import read_checkpoint_config
 from stages.train.config import RunConfig
-from stages.train.presets import PRESETS, get_preset, with_tokenizer_vocab
+from stages.train.presets import PRESETS, Preset, get_preset, with_tokenizer_vocab
 from stages.train.stage import run_train
 
 from .common import (
@@ -38,6 +39,9 @@ def train(
     resume: Path = typer.Option(None, "--resume", help="Continue from a checkpoint folder (its config, plus --set)."),
     nproc: int = typer.Option(1, "--nproc", help="Processes to launch with torchrun (GPUs, or gloo on CPU)."),
     list_presets: bool = typer.Option(False, "--list-presets", help="Show the presets and exit."),
+    print_config: bool = typer.Option(False, "--print-config",
+                                      help="Print the resolved config (quantize settings too) as key: value lines "
+                                           "and exit; reads no data."),
     force: bool = ForceOption,
 ):
     """Train the model; weights go to model.safetensors, the time ledger to the manifest.
@@ -47,13 +51,17 @@ def train(
     if list_presets:
         _print_presets()
         return
+    if print_config:
+        if resume:
+            raise GolfError("--print-config shows a preset's config; a checkpoint's is in its state.json")
+        _print_config(get_preset(preset), overrides or [], max_steps, max_seconds, seed)
+        return
     launching = nproc > 1 and "WORLD_SIZE" not in os.environ
     # The launcher checks the arguments first (silently): a bad one is then one line, not one line
     # per rank followed by torchrun's traceback.
     reporter = Reporter(stream=open(os.devnull, "w")) if launching else RichReporter()
     data_dir, out_dir = stage_path(data, run, "tokenize"), stage_path(out, run, "train")
-    flags = [f"train.{k}={v}" for k, v in (("max_steps", max_steps), ("max_seconds", max_seconds), ("seed", seed)) if v is not None]
-    overrides = [*flags, *(overrides or [])]
+    overrides = _with_flags(overrides or [], max_steps, max_seconds, seed)
     if resume:
         config = apply_overrides(from_dict(RunConfig, read_checkpoint_config(resume)), overrides)
     else:
@@ -64,6 +72,41 @@ def train(
         check_replaceable(out_dir.resolve(), "train", force)
         raise typer.Exit(_launch_torchrun(nproc))
     run_train(config, data_dir, out_dir, force, reporter, "resumed" if resume else preset, resume)
+
+
+def _with_flags(overrides: list[str], max_steps, max_seconds, seed) -> list[str]:
+    """The shortcut flags as overrides, before --set (so a --set of the same key wins)."""
+    flags = [f"train.{k}={v}" for k, v in (("max_steps", max_steps), ("max_seconds", max_seconds), ("seed", seed))
+             if v is not None]
+    return [*flags, *overrides]
+
+
+def _print_config(preset: Preset, overrides: list[str], max_steps, max_seconds, seed) -> None:
+    """Every field of the preset after the overrides, then its quantize settings: one ``key: value``
+    line each, values written as --set takes them (``model.vocab_size`` is the preset's: training
+    takes the tokenizer's unless --set names it)."""
+    config = apply_overrides(preset.config, _with_flags(overrides, max_steps, max_seconds, seed))
+    print(f"preset: {preset.name}")
+    for key, value in [*_flat(to_dict(config)), *_flat(to_dict(preset.quantize), "quantize.")]:
+        print(f"{key}: {_as_override(value)}".rstrip())
+
+
+def _flat(data: dict, prefix: str = "") -> list[tuple[str, object]]:
+    items = []
+    for key, value in data.items():
+        items.extend(_flat(value, f"{prefix}{key}.") if isinstance(value, dict) else [(prefix + key, value)])
+    return items
+
+
+def _as_override(value) -> str:
+    """The text --set parses back to ``value``: none, true/false, comma-joined tuples."""
+    if value is None:
+        return "none"
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, (list, tuple)):
+        return ",".join(map(str, value))
+    return str(value)
 
 
 def _vocab_from_tokenizer(config: RunConfig, data_dir: Path, overrides: list[str], reporter: Reporter) -> RunConfig:

@@ -9,7 +9,7 @@ import torch.multiprocessing as mp
 
 from stages.train.averaging import EMA, TightSWA
 from stages.train.config import TrainConfig
-from stages.train.muon import COEFFICIENTS, NORM_SAFETY, Muon, newton_schulz
+from stages.train.muon import COEFFICIENTS, POLAR_EXPRESS_COEFFS, Muon, newton_schulz
 from stages.train.schedule import (lr_multiplier, momentum_warmup, muon_momentum, progress, time_fraction,
                                    warmdown_multiplier)
 
@@ -20,7 +20,7 @@ SHAPES = [(64, 32), (32, 64)]
 
 def singular_values(name: str, shape: tuple[int, int], seed: int = 0) -> torch.Tensor:
     torch.manual_seed(seed)
-    out = newton_schulz(torch.randn(*shape), 5, torch.float32, COEFFICIENTS[name], safety=NORM_SAFETY[name])
+    out = newton_schulz(torch.randn(*shape), 5, torch.float32, COEFFICIENTS[name])
     assert out.shape == shape
     return torch.linalg.svdvals(out)
 
@@ -43,10 +43,44 @@ def test_polar_express_is_tighter_after_five_steps(shape):
 def test_transposed_input_gives_transposed_output():
     torch.manual_seed(3)
     g = torch.randn(48, 16)
-    for name, coeffs in COEFFICIENTS.items():
-        tall = newton_schulz(g, 5, torch.float32, coeffs, safety=NORM_SAFETY[name])
-        wide = newton_schulz(g.T.contiguous(), 5, torch.float32, coeffs, safety=NORM_SAFETY[name])
+    for coeffs in COEFFICIENTS.values():
+        tall = newton_schulz(g, 5, torch.float32, coeffs)
+        wide = newton_schulz(g.T.contiguous(), 5, torch.float32, coeffs)
         assert torch.allclose(tall, wide.T, atol=1e-5)
+
+
+def polar_express_step(s: float, a: float, b: float, c: float) -> float:
+    return a * s + b * s ** 3 + c * s ** 5
+
+
+def polar_express_update(grad: torch.Tensor, steps: int) -> torch.Tensor:
+    """The update Muon applies at lr 1, momentum 0, no Nesterov: the orthogonalized gradient."""
+    param = torch.nn.Parameter(torch.zeros_like(grad))
+    param.grad = grad.clone()
+    Muon([param], lr=1.0, momentum=0.0, nesterov=False, ns_steps=steps, coefficients="polar_express",
+         ns_dtype=torch.float64).step()
+    return -param.detach()
+
+
+def test_polar_express_starts_from_the_frobenius_normalized_matrix():
+    # diag(3, 4) has Frobenius norm 5: the top record divides by it (plus eps 1e-7) and by nothing
+    # else, so the singular values enter the first step as 0.6 and 0.8 (1.02 * 5 would give 0.59, 0.78).
+    update = polar_express_update(torch.diag(torch.tensor([3.0, 4.0], dtype=torch.float64)), steps=1)
+    first = POLAR_EXPRESS_COEFFS[0]
+    expected = torch.diag(torch.tensor([polar_express_step(0.6, *first), polar_express_step(0.8, *first)],
+                                       dtype=torch.float64))
+    assert torch.allclose(update, expected, rtol=0, atol=1e-6)
+
+
+def test_polar_express_five_steps_match_the_record_procedure():
+    # X / (||X||_F + 1e-7), then one (a, b, c) per step on the wide orientation, as the record does.
+    torch.manual_seed(5)
+    g = torch.randn(24, 40, dtype=torch.float64)
+    x = g / (g.norm() + 1e-7)
+    for a, b, c in POLAR_EXPRESS_COEFFS:
+        gram = x @ x.T
+        x = a * x + (b * gram + c * gram @ gram) @ x
+    assert torch.allclose(polar_express_update(g, steps=5), x, rtol=0, atol=1e-12)
 
 
 # ---- the old Muon, written out independently, to pin the defaults bit for bit ----
@@ -186,13 +220,42 @@ def test_time_fraction_keeps_the_gptq_reserve_and_clamps():
     assert time_fraction(1, 5, 5) == 1.0  # no usable time at all
 
 
-@pytest.mark.parametrize("floor", [0.0, 0.1])
-def test_warmdown_multiplier_flat_then_linear_to_the_floor(floor):
-    assert warmdown_multiplier(0.2, 0.72, floor) == 1.0
-    assert warmdown_multiplier(0.28, 0.72, floor) == pytest.approx(1.0)
-    assert warmdown_multiplier(0.64, 0.72, floor) == pytest.approx((1 + floor) / 2)
-    assert warmdown_multiplier(1.0, 0.72, floor) == pytest.approx(floor)
-    assert warmdown_multiplier(0.99, 0.0, floor) == 1.0  # no warm-down
+def test_warmdown_multiplier_flat_then_linear_to_zero():
+    assert warmdown_multiplier(0.2, 0.72) == 1.0
+    assert warmdown_multiplier(0.28, 0.72) == pytest.approx(1.0)
+    assert warmdown_multiplier(0.64, 0.72) == pytest.approx(0.5)
+    assert warmdown_multiplier(1.0, 0.72) == 0.0
+    assert warmdown_multiplier(0.99, 0.0) == 1.0  # no warm-down
+
+
+def test_the_floor_cuts_the_line_off_instead_of_bending_it():
+    # The records' rule, max((1 - frac) / warmdown_frac, min_lr): above the floor the line is the
+    # floorless one (a floor blended in would give 0.55 at the midpoint), below it the floor holds.
+    assert warmdown_multiplier(0.64, 0.72, 0.1) == pytest.approx(0.5)
+    assert warmdown_multiplier(0.5, 0.5, 0.1) == pytest.approx(1.0)
+    assert warmdown_multiplier(0.925, 0.5, 0.1) == pytest.approx(0.15)
+    assert warmdown_multiplier(0.96, 0.5, 0.1) == pytest.approx(0.1)  # the line is at 0.08
+    assert warmdown_multiplier(1.0, 0.5, 0.1) == pytest.approx(0.1)
+    top = TrainConfig(warmdown_frac=0.85, min_lr=0.1)
+    assert lr_multiplier(top, 0.575) == pytest.approx(0.5)  # (1 - 0.575) / 0.85
+    assert lr_multiplier(top, 0.95) == pytest.approx(0.1)  # the line: 0.0588
+
+
+def test_warmdown_in_steps_follows_the_projected_run_length():
+    # Seed 003: warm-down over the last 3500 steps of a run whose length is projected from the
+    # steps so far; 1000 steps in 10% of the time projects 10,000 steps, so the share is 0.35.
+    wd = TrainConfig(warmdown_steps=3500, warmdown_frac=0.0, max_steps=20_000, schedule="time")
+    assert lr_multiplier(wd, 0.1, 1000) == 1.0
+    assert lr_multiplier(wd, 0.8, 8000) == pytest.approx(0.2 / 0.35)  # 2000 of 3500 steps left
+    assert lr_multiplier(wd, 0.64, 6400) == 1.0  # the warm-down starts at 65%
+    # The seed's own formula: remaining time / (3500 * mean step time).
+    elapsed, step, usable = 480.0, 5600, 600.0
+    seed_003 = (usable - elapsed) / (3500 * elapsed / step)
+    assert lr_multiplier(wd, elapsed / usable, step) == pytest.approx(seed_003)
+    # Counted in steps, it is the last 3500 of max_steps exactly, from the first step on.
+    steps = TrainConfig(warmdown_steps=3500, max_steps=7000, schedule="steps")
+    assert lr_multiplier(steps, 0.0, 0) == 1.0
+    assert lr_multiplier(steps, 6000 / 7000, 6000) == pytest.approx(1000 / 3500)
 
 
 def test_momentum_warmup():
@@ -219,6 +282,8 @@ def test_config_functions_delegate_to_the_explicit_ones():
     assert all(muon_momentum(cfg, s) == momentum_warmup(s, 0.92, 0.99, 1500) for s in range(0, 3000, 97))
     no_floor = TrainConfig(warmdown_frac=0.3)
     assert all(lr_multiplier(no_floor, f) == pytest.approx(old_lr_multiplier(0.3, f)) for f in FRACS)
+    # With a floor it is the floorless schedule held at the floor, nothing else.
+    assert all(lr_multiplier(cfg, f) == pytest.approx(max(old_lr_multiplier(0.72, f), 0.1)) for f in FRACS)
 
 
 def test_progress_modes():

@@ -15,8 +15,10 @@ class GroupQuant:
 
     bits: int = ranged(6, ge=2, le=8)
     """Code width: codes lie in [-R, R] with R = 2^(bits-1) - 1, stored one per byte."""
-    clip: Literal["sdclip", "quantile"] = "sdclip"
-    """Row scale rule: 'sdclip' (k * std / R, the records) or 'quantile' (a quantile of |w| / R, the baseline)."""
+    clip: Literal["sdclip", "quantile", "quantile_search"] = "sdclip"
+    """Row scale rule: 'sdclip' (k * std / R, the records), 'quantile' (a quantile of |w| / R, the
+    baseline) or 'quantile_search' (per matrix, the quantile of a fixed ladder whose round-to-nearest
+    error is smallest: seed 003's int6 export)."""
     clip_sigmas: float = ranged(12.0, gt=0)
     """SDClip k: the row scale is k * std(row) / R, so k sets the step and the entropy."""
     clip_quantile: float = ranged(0.9999984, gt=0.5, le=1)
@@ -54,13 +56,16 @@ class QuantizeConfig:
     method: Literal["gptq", "rtn"] = "gptq"
     """'gptq': error-feedback rounding against calibration Hessians; 'rtn': round-to-nearest."""
     attention: GroupQuant = GroupQuant(bits=6, clip_sigmas=13.0)
-    """Attention matrices (q, k, v, output, value projection): int6, k 13.0 in the records."""
+    """Attention matrices (q, k, v, output, value projection): int6, k 12.85-13 in the records."""
     mlp: GroupQuant = GroupQuant(bits=6, clip_sigmas=12.0)
     """MLP matrices: int6, k 11.5-12.85 in the records."""
     embedding: GroupQuant = GroupQuant(bits=8, clip_sigmas=20.0)
     """Embedding tables (the tied head included): int7 or int8, k 14-20 in the records."""
     other: GroupQuant = GroupQuant(bits=8, clip_sigmas=20.0)
-    """Any other large matrix (BigramHash projection, an untied head)."""
+    """Any other large matrix (BigramHash projection, an untied head): int6 k 12.85 in the records from #1394 on."""
+    gate_bits: int = ranged(0, ge=2, le=8, off=0)
+    """Attention output gate weights (heads x width): per-row symmetric codes of this width with the
+    row's max |w| as its clip, no Hessian (0: kept float like the other control tensors; top: 8)."""
     keep_float_max_numel: int = ranged(65_536, ge=0)
     """Tensors with at most this many elements (and all non-matrices) stay float."""
     control_dtype: Literal["float32", "float16"] = "float32"

@@ -17,9 +17,10 @@ from .dequant import KIND_FLOAT, KIND_ROWS, dequantize_entry, dequantize_rows
 from .entropy import code_entropy_bits, gaussian_bits, predicted_code_bytes
 from .gptq import GptqSettings, gptq_codes, hessian_error
 from .lqer import lqer_correction
-from .rows import quantile_scales, rtn_codes, sdclip_scales
+from .rows import quantile_scales, rtn_codes, sdclip_scales, searched_quantile_scales
 
 FLOAT_DTYPES = {"float16": torch.float16, "float32": torch.float32}
+GATE_SUFFIX = ".attn.gate.weight"
 
 
 def is_quantized(name: str, tensor: torch.Tensor, config: QuantizeConfig) -> bool:
@@ -28,13 +29,30 @@ def is_quantized(name: str, tensor: torch.Tensor, config: QuantizeConfig) -> boo
 
 
 def is_control(name: str) -> bool:
-    """Scales, mixes, gains and gates that steer the residual stream: always kept float."""
+    """Scales, mixes, gains and gates that steer the residual stream: kept float (gates: unless gate_bits)."""
     return any(c in name for c in CONTROL_TENSOR_NAMES)
+
+
+def is_coded_gate(name: str, tensor: torch.Tensor, config: QuantizeConfig) -> bool:
+    """An attention output gate stored as codes: the top record's int8 rows, whatever its size."""
+    return bool(config.gate_bits) and tensor.ndim == 2 and name.endswith(GATE_SUFFIX)
+
+
+def storage_grid(name: str, tensor: torch.Tensor, config: QuantizeConfig) -> GroupQuant | None:
+    """The grid a tensor's codes lie on: its group's for a quantized matrix, max-|w| rows for a coded
+    gate; None for a tensor kept float."""
+    if is_quantized(name, tensor, config):
+        return config.group(tensor_group(name))
+    if is_coded_gate(name, tensor, config):
+        return GroupQuant(bits=config.gate_bits, clip="quantile", clip_quantile=1.0)
+    return None
 
 
 def row_scales(weight: torch.Tensor, settings: GroupQuant, clip_sigmas: float) -> torch.Tensor:
     if settings.clip == "quantile":
         return quantile_scales(weight, settings.bits, settings.clip_quantile)
+    if settings.clip == "quantile_search":
+        return searched_quantile_scales(weight, settings.bits)
     return sdclip_scales(weight, settings.bits, clip_sigmas)
 
 
@@ -58,8 +76,8 @@ def predicted_rtn_bytes(state: dict[str, torch.Tensor], config: QuantizeConfig, 
     total = 0.0
     for name, weight in state.items():
         weight = weight.detach().float()
-        if is_quantized(name, weight, config):
-            settings = config.group(tensor_group(name))
+        settings = storage_grid(name, weight, config)
+        if settings is not None:
             scale = row_scales(weight, settings, _clip_sigmas(settings, clip_scale))
             total += _predicted_row_bytes(rtn_codes(weight, scale, settings.bits), scale)
         else:
@@ -78,8 +96,10 @@ def quantize_state(state: dict[str, torch.Tensor], config: QuantizeConfig,
     report: list[dict] = []
     for name, weight in state.items():
         weight = weight.detach().float()
-        if is_quantized(name, weight, config):
-            entry, stored, row = _quantize_matrix(name, weight, config, hessians.get(name), device, clip_scale)
+        settings = storage_grid(name, weight, config)
+        if settings is not None:
+            entry, stored, row = _quantize_matrix(name, weight, settings, config, hessians.get(name), device,
+                                                  clip_scale)
         else:
             entry, stored, row = _keep_float(name, weight, config)
         index[name] = entry
@@ -90,9 +110,8 @@ def quantize_state(state: dict[str, torch.Tensor], config: QuantizeConfig,
     return tensors, index, report
 
 
-def _quantize_matrix(name, weight, config: QuantizeConfig, hessian, device, clip_scale):
+def _quantize_matrix(name, weight, settings: GroupQuant, config: QuantizeConfig, hessian, device, clip_scale):
     group = tensor_group(name)
-    settings = config.group(group)
     clip_sigmas = _clip_sigmas(settings, clip_scale)
     sdclip = clip_sigmas is not None
     scale = row_scales(weight, settings, clip_sigmas)
@@ -142,7 +161,7 @@ def _add_lqer(state, tensors, index, report, config: QuantizeConfig, hessians) -
     rows = {row["name"]: row for row in report}
     candidates = []
     for name, entry in index.items():
-        if entry["kind"] == KIND_ROWS:
+        if entry["kind"] == KIND_ROWS and is_quantized(name, state[name], config):  # not the coded gates
             error = state[name].float() - dequantize_entry(name, entry, tensors)
             candidates.append((float(error.norm()), name, error))
     candidates.sort(key=lambda item: item[0], reverse=True)

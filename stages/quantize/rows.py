@@ -5,6 +5,8 @@ one fp16 scale per row. Two rules choose the scale:
 - SDClip (the records): s = k * std(row) / R. k fixes the step in units of the row's spread, so
   it also fixes the code entropy (see entropy.py) and with it the compressed size.
 - quantile (the baseline): s = quantile(|row|, q) / R, clipping only the rarest outliers.
+- quantile search (seed 003): the quantile rule at each q of a fixed ladder, keeping the one whose
+  round-to-nearest reconstruction has the smallest mean squared error over the whole matrix.
 Codes are rounded with the fp16 scale they are stored with, so dequantization reproduces exactly
 the weights that were scored.
 """
@@ -35,6 +37,22 @@ def quantile_scales(weight: torch.Tensor, bits: int, quantile: float) -> torch.T
     """fp16 per-row scales quantile(|row|) / R."""
     clip = torch.quantile(weight.float().abs(), quantile, dim=1)
     return _storable(clip / code_max(bits))
+
+
+# Seed 003's ladder; 1.0 is the row's max |w| (no clipping at all).
+SEARCH_QUANTILES = (0.999, 0.9995, 0.9999, 0.99999, 1.0)
+
+
+def searched_quantile_scales(weight: torch.Tensor, bits: int, quantiles=SEARCH_QUANTILES) -> torch.Tensor:
+    """The quantile_scales of the ladder entry whose RTN reconstruction error is smallest (first on a tie)."""
+    best, best_error = None, float("inf")
+    for quantile in quantiles:
+        scale = quantile_scales(weight, bits, quantile)
+        restored = rtn_codes(weight, scale, bits).float() * scale.float()[:, None]
+        error = float((weight.float() - restored).pow(2).mean())
+        if error < best_error:
+            best, best_error = scale, error
+    return best
 
 
 def round_to_grid(values: torch.Tensor, scale: torch.Tensor, bits: int) -> torch.Tensor:

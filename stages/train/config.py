@@ -29,14 +29,19 @@ class TrainConfig:
     max_seconds: float | None = ranged(600.0, gt=0)
     """Wall-clock budget of the timed loop in seconds (None: no wall-clock cap). Validation pauses the clock."""
     warmdown_frac: float = ranged(0.087, ge=0, le=1)
-    """Share of the budget over which LR decays linearly to min_lr (records: 0.72-0.85)."""
+    """Share of the budget over which LR decays linearly towards 0 (records: 0.667-0.85)."""
+    warmdown_steps: int = ranged(0, ge=0)
+    """Warm-down length in steps instead of a share (seed 003: 3500): the share is then this over
+    the run's projected step count (steps done / progress, as the seed estimates it from its mean
+    step time). 0: use warmdown_frac."""
     min_lr: float = ranged(0.0, ge=0, le=1)
-    """LR floor at the end of the warm-down, as a fraction of the peak (records: 0 or 0.1)."""
+    """LR floor as a fraction of the peak: the multiplier is max(warm-down line, min_lr), so the
+    line falls to 0 and is cut off at the floor (records: 0, or 0.1 in the top record)."""
     schedule: Literal["auto", "steps", "time"] = "auto"
     """What drives the warm-down: 'steps' (deterministic), 'time' (elapsed / usable seconds, as the
     records do) or 'auto' (whichever budget runs out first)."""
     gptq_reserve_seconds: float = ranged(0.0, ge=0)
-    """Seconds kept back from max_seconds for GPTQ calibration on training data (records: 4-5)."""
+    """Seconds kept back from max_seconds for GPTQ calibration on training data (records: 0.5-13)."""
     matrix_lr: float = ranged(0.04, ge=0)
     """Muon learning rate for the 2-D weights."""
     embed_lr: float = ranged(0.05, ge=0)
@@ -66,7 +71,7 @@ class TrainConfig:
     adam_beta1: float = ranged(0.9, ge=0, lt=1)
     """Adam beta1."""
     adam_beta2: float = ranged(0.95, ge=0, lt=1)
-    """Adam beta2 (records: 0.99)."""
+    """Adam beta2 (records: 0.95; 0.99 in the top record)."""
     adam_eps: float = ranged(1e-8, gt=0)
     """Adam epsilon."""
     grad_clip: float = ranged(0.0, ge=0)

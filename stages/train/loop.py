@@ -72,7 +72,7 @@ class Trainer:
         return progress(self.tcfg, self.step, self.elapsed)
 
     def lr_scale(self) -> float:
-        return lr_multiplier(self.tcfg, self.progress())
+        return lr_multiplier(self.tcfg, self.progress(), self.step)
 
     # ---- one step ----
     def train_step(self) -> float:

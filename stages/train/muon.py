@@ -29,15 +29,12 @@ POLAR_EXPRESS_COEFFS: Coefficients = (
     (2.3465413258596377, -1.7097828382687081, 0.42323551169305323),
 )
 COEFFICIENTS: dict[str, Coefficients] = {"stock": STOCK_COEFFS, "polar_express": POLAR_EXPRESS_COEFFS}
-# The Polar Express triples were fitted for inputs whose spectral norm is at most 1 / 1.02 (a 2%
-# margin against bf16 rounding), so its reference code divides by 1.02 * ||X||_F; stock uses 1.
-NORM_SAFETY: dict[str, float] = {"stock": 1.0, "polar_express": 1.02}
 # Kept for callers that name the stock triple directly.
 NS5_COEFFS = STOCK_COEFFS[0]
 
 
 def newton_schulz(grad: torch.Tensor, steps: int, dtype: torch.dtype, coefficients: Coefficients = STOCK_COEFFS,
-                  eps: float = 1e-7, safety: float = 1.0) -> torch.Tensor:
+                  eps: float = 1e-7) -> torch.Tensor:
     """Approximate the orthogonal factor U V^T of ``grad`` (2-D).
 
     Iteration i applies x <- a x + (b G + c G^2) x with G = x x^T and (a, b, c) =
@@ -46,8 +43,9 @@ def newton_schulz(grad: torch.Tensor, steps: int, dtype: torch.dtype, coefficien
     """
     x = grad.to(dtype)
     # Frobenius norm >= spectral norm: after this every singular value is in [0, 1], where the
-    # polynomial pushes it towards 1.
-    x = x / (x.norm() * safety + eps)
+    # polynomial pushes it towards 1. Both coefficient sets start from X / (||X||_F + eps): the top
+    # record's Polar Express does too (the paper's extra 1.02 margin is not in any record).
+    x = x / (x.norm() + eps)
     # Work on the wide orientation so the Gram matrix x x^T is the small one.
     transposed = x.size(0) > x.size(1)
     if transposed:
@@ -110,8 +108,7 @@ class Muon(torch.optim.Optimizer):
             direction = normalize_rows(direction)
         # bf16 matmuls are what make Newton-Schulz cheap on GPU; CPU bf16 is slow, so float32 there.
         dtype = self.ns_dtype or (torch.bfloat16 if direction.is_cuda else torch.float32)
-        name = group["coefficients"]
-        update = newton_schulz(direction, group["ns_steps"], dtype, COEFFICIENTS[name], safety=NORM_SAFETY[name])
+        update = newton_schulz(direction, group["ns_steps"], dtype, COEFFICIENTS[group["coefficients"]])
         return update * max(1.0, direction.size(0) / direction.size(1)) ** 0.5
 
     @staticmethod

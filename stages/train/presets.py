@@ -1,10 +1,11 @@
 """Named configurations: the baseline, each seed record, the top of the board, and CPU forms.
 
 Each full preset reproduces a recipe at its real size (8xH100, 600 s) and says where its numbers
-come from: docs/REFERENCE.md (sections 5-6) and the seed descriptions in docs/seeds/. Where a
-source gives a range, the preset takes the value the named record used if the source states it,
-else the middle of the range, and says so. Every full preset has a CPU form, ``<name>-cpu``: the
-same switches on a model and batch sized for 2 CPU cores and the embedded news corpus.
+come from: docs/REFERENCE.md (section 8's table of what each record's code does, sections 5-6) and
+the seed descriptions in docs/seeds/. A preset carries its record's training recipe and its
+quantization settings (`golf quantize` uses those of the preset a checkpoint was trained with).
+Every full preset has a CPU form, ``<name>-cpu``: the same switches and values on a model and batch
+sized for 2 CPU cores and the embedded news corpus, with step counts and sizes scaled.
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ from dataclasses import dataclass, replace
 
 from ..errors import GolfError
 from ..model.config import ModelConfig
+from ..quantize.config import CalibrationConfig, GroupQuant, QuantizeConfig
+from ..quantize.schemes import DEFAULT_SCHEME, SCHEMES
 from .config import RunConfig, TrainConfig
 
 
@@ -24,6 +27,8 @@ class Preset:
     """Where the numbers come from."""
     config: RunConfig
     """The resolved model and training settings."""
+    quantize: QuantizeConfig = SCHEMES[DEFAULT_SCHEME]
+    """The record's export: `golf quantize` uses it for a checkpoint trained with this preset."""
 
 
 # ---- the naive baseline (docs/REFERENCE.md section 5) ----
@@ -37,14 +42,18 @@ RECORD_MODEL = ModelConfig(
     mlp_activation="leaky_relu2", rope_dims=16, ln_scale=True, qk_gain_init=5.0, xsa_last_n=11,
     orthogonal_init=True, skip_gates=True,
 )
+# Training values are the records' own (docs/REFERENCE.md section 8, read from each record folder's
+# logged hyperparameters); this is #1493's (pr1776) set, and each preset below names its differences.
 RECORD_TRAIN = TrainConfig(
     seq_len=2048, batch_tokens=786_432, max_steps=20_000, max_seconds=600.0, schedule="time",
-    warmdown_frac=0.72, min_lr=0.0, gptq_reserve_seconds=4.0,
+    warmdown_frac=0.72, min_lr=0.0, gptq_reserve_seconds=12.0,
     matrix_lr=0.022, muon_momentum=0.99, muon_momentum_start=0.92, muon_momentum_warmup_steps=1500,
     muon_row_normalize=True, muon_weight_decay=0.095,
-    embed_lr=0.03, embed_weight_decay=0.085, scalar_lr=0.02, scalar_weight_decay=0.02, adam_beta2=0.99,
+    embed_lr=0.03, embed_weight_decay=0.085, scalar_lr=0.02, scalar_weight_decay=0.02, adam_beta2=0.95,
     grad_clip=0.3, ema_decay=0.9965, loader="shuffled", **GPU_WARMUP,
 )
+# What the #1667 lineage (pr1880, pr1790, top) changed in training.
+LINEAGE_1667_TRAIN = dict(matrix_lr=0.026, muon_momentum=0.97, warmdown_frac=0.75)
 
 # The model switches follow each record's code (docs/REFERENCE.md section 8). SmearGate keeps the
 # BOS mask on in every preset (the legality fix); the records before #1851 ran without it
@@ -53,7 +62,7 @@ PR401 = RunConfig(
     replace(ModelConfig(), num_layers=11, mlp_mult=3.0, rope_dims=16, rope_train_len=1024, ln_scale=True,
             smear_gate=True, smear_form="per_channel", bigram_hash_buckets=2048, bigram_hash_dim=128,
             value_embed_dim=128, value_embed_layers=(9, 10), xsa_last_n=4, orthogonal_init=True),
-    replace(TrainConfig(), seq_len=2048, batch_tokens=786_432, schedule="time", warmdown_frac=0.5,
+    replace(TrainConfig(), seq_len=2048, batch_tokens=786_432, schedule="time", warmdown_steps=3500, warmdown_frac=0.0,
             matrix_lr=0.025, muon_momentum=0.99, muon_momentum_start=0.92, muon_momentum_warmup_steps=1500,
             muon_weight_decay=0.04, embed_lr=0.035, embed_weight_decay=0.04, scalar_lr=0.025,
             scalar_weight_decay=0.04, grad_clip=0.3, ema_decay=0.997, swa_every=50, swa_lr_scale=0.2,
@@ -61,7 +70,7 @@ PR401 = RunConfig(
 )
 PR1413 = RunConfig(
     replace(RECORD_MODEL, loop_first=4, loop_last=5, loop_passes=3, loop_start_frac=0.5),
-    replace(RECORD_TRAIN, ema_decay=0.997),
+    replace(RECORD_TRAIN, matrix_lr=0.02, muon_weight_decay=0.085, warmdown_frac=0.667, ema_decay=0.997),
 )
 PR1776 = RunConfig(
     replace(RECORD_MODEL, qk_gain_init=5.25, loop_first=3, loop_last=5, loop_passes=3, loop_start_frac=0.35,
@@ -73,39 +82,82 @@ RECORD_1667_MODEL = replace(PR1776.model, parallel_residual="two_lane", parallel
                             smear_gate=True)
 PR1880 = RunConfig(
     replace(RECORD_1667_MODEL, attn_gate_width=12, logit_softcap=15.0),
-    RECORD_TRAIN,
+    # The #1667 lineage trains on document-packed rows (flash-attn varlen at every BOS).
+    replace(RECORD_TRAIN, **LINEAGE_1667_TRAIN, gptq_reserve_seconds=13.0, loader="doc_packed"),
 )
 PR1790 = RunConfig(
     replace(RECORD_1667_MODEL, attn_gate_width=24),
-    replace(RECORD_TRAIN, matrix_lr=0.026),
+    replace(PR1880.train, gptq_reserve_seconds=4.0),
 )
 TOP = RunConfig(
-    replace(PR1790.model, attn_gate_width=12, attn_gate_sparse=True),
-    replace(PR1790.train, muon_coefficients="polar_express", min_lr=0.1, warmdown_frac=0.85),
+    replace(PR1790.model, attn_gate_width=12, attn_gate_sparse=True, qk_gain_init=5.0),
+    replace(PR1790.train, muon_coefficients="polar_express", adam_beta2=0.99, min_lr=0.1, warmdown_frac=0.85,
+            gptq_reserve_seconds=0.5),
 )
+
+# ---- the records' exports (docs/REFERENCE.md section 8; the record folders' quantization code) ----
+# Every record from #1394 on: full-Hessian GPTQ on the SDClip grid, tensors of <= 65,536 elements
+# kept as fp16 (the control tensors too), calibration on one rank's training batch per forward
+# (786,432 / 8 = 98,304 tokens). Matrices outside attention, MLP and the embedding use MATRIX_CLIP_SIGMAS.
+RECORD_BATCH_PER_RANK = 786_432 // 8
+RECORD_QUANTIZE = QuantizeConfig(
+    method="gptq", attention=GroupQuant(bits=6, clip_sigmas=12.85), mlp=GroupQuant(bits=6, clip_sigmas=12.85),
+    embedding=GroupQuant(bits=8, clip_sigmas=20.0), other=GroupQuant(bits=6, clip_sigmas=12.85),
+    control_dtype="float16", calibration=CalibrationConfig(batches=64, batch_tokens=RECORD_BATCH_PER_RANK),
+    device="auto",
+)
+# #1667 lineage: attention and MLP get their own k, the embedding int7.
+LINEAGE_1667_QUANTIZE = replace(RECORD_QUANTIZE, attention=GroupQuant(bits=6, clip_sigmas=13.0),
+                                mlp=GroupQuant(bits=6, clip_sigmas=12.0), embedding=GroupQuant(bits=7, clip_sigmas=15.0))
+QUANTIZE: dict[str, QuantizeConfig] = {
+    "baseline": SCHEMES["baseline-int8"],
+    # Seed 003: round-to-nearest; attention and MLP int6 with its per-matrix clip search, the rest
+    # int8 on the baseline's quantile; control tensors fp32, other small tensors fp16.
+    "pr401": QuantizeConfig(method="rtn", attention=GroupQuant(bits=6, clip="quantile_search"),
+                            mlp=GroupQuant(bits=6, clip="quantile_search"), embedding=GroupQuant(bits=8, clip="quantile"),
+                            other=GroupQuant(bits=8, clip="quantile"), device="auto"),
+    "pr1413": RECORD_QUANTIZE,
+    "pr1776": RECORD_QUANTIZE,
+    "pr1880": LINEAGE_1667_QUANTIZE,
+    "pr1790": replace(LINEAGE_1667_QUANTIZE, calibration=replace(RECORD_QUANTIZE.calibration, batches=16)),
+    "top": replace(LINEAGE_1667_QUANTIZE, mlp=GroupQuant(bits=6, clip_sigmas=11.5),
+                   embedding=GroupQuant(bits=7, clip_sigmas=14.0), gate_bits=8,
+                   calibration=replace(RECORD_QUANTIZE.calibration, batches=16),
+                   lqer_rank=4, lqer_top_k=3, lqer_a_bits=2, lqer_b_bits=4, lqer_group=64),
+}
 
 FULL_PRESETS: dict[str, Preset] = {p.name: p for p in [
     Preset("baseline", "docs/REFERENCE.md section 5: the challenge's naive baseline (1.2244 bpb), 9x512 sp1024, Muon 0.04, "
-           "524,288 tokens/step at seq 1024; warm-down ~1200 of ~13,780 steps (0.087).", BASELINE),
-    Preset("pr401", "seed 003 (PR #401, 1.1243): 11L, MLP 3x relu^2, partial RoPE 16 (base stretched for 2048, built for "
-           "1024), LN scale, per-channel SmearGate (BOS mask on; the record had none), BigramHash 2048x128, VE128 on "
-           "layers 9-10, XSA last 4, orthogonal init, Muon 0.025 mom 0.92->0.99/1500 wd 0.04, AdamW 0.035/0.025 "
-           "wd 0.04, clip 0.3, EMA 0.997, tight SWA /50 under 0.2, late QAT int6 under 0.15; warm-down 3500 of "
-           "~7000 steps (0.5). sp1024, no TTT.", PR401),
-    Preset("pr1413", "seed 004 (PR #1413, 1.08279) on PR #1394: sp8192, docs/REFERENCE.md section 6 architecture with layers "
-           "4-5 looped (3 passes) from 50% (docs/REFERENCE.md section 8), QK-gain 5.0, MuonEq-R; training values from the ranges "
-           "in docs/REFERENCE.md section 6 (lr 0.022, wd 0.095, warm-down 0.72, EMA 0.997).", PR1413),
-    Preset("pr1776", "seed 002 (PR #1776, 1.08083): + layers 3-5 looped (3 passes, 17 virtual layers) from 35%, "
-           "parallel residuals from layer 7, QK-gain 5.25, MUON_WD 0.095, MATRIX_LR 0.022, EMA 0.9965, "
-           "WARMDOWN_FRAC 0.72 (all from the seed).", PR1776),
-    Preset("pr1880", "seed 001 (PR #1880, 1.07750), model of #1667: pr1776 with two-lane parallel residuals from "
-           "layer 8 and document-masked attention + attention output gate (width 12), SmearGate on the raw embedding "
-           "(BOS fix on; #1667 ran without it), logit softcap 15.", PR1880),
-    Preset("pr1790", "seed 000 (PR #1790, 1.06991): pr1880's #1667 model with output gate width 24, MATRIX_LR 0.026, "
-           "GPTQ reserve 4 s (from the seed); softcap 30.", PR1790),
-    Preset("top", "PR #1855 (1.0611) as far as docs/REFERENCE.md describes it: pr1790 + sparse gate and Polar Express "
-           "Newton-Schulz, document-masked attention; MIN_LR 0.1 and warm-down 0.85 from the docs/REFERENCE.md ranges. Its '9 tuned knobs' are not "
-           "listed in docs/REFERENCE.md and are not reproduced; CaseOps and LQER belong to tokenize and quantize.", TOP),
+           "524,288 tokens/step at seq 1024; warm-down ~1200 of ~13,780 steps (0.087); int8 RTN export.", BASELINE,
+           QUANTIZE["baseline"]),
+    Preset("pr401", "seed 003 (PR #401, 1.1243), its record folder 2026-03-22_11L_EMA_GPTQ-lite_warmdown3500_QAT015: 11L, "
+           "MLP 3x relu^2, partial RoPE 16 (base stretched for 2048, built for 1024), LN scale, per-channel SmearGate "
+           "(BOS mask on; the record had none), BigramHash 2048x128, VE128 on layers 9-10, XSA last 4, orthogonal "
+           "init, QK-gain 1.5, Muon 0.025 mom 0.92->0.99/1500 wd 0.04, AdamW 0.035/0.025 wd 0.04, beta2 0.95, clip 0.3, "
+           "EMA 0.997, tight SWA /50 under 0.2, late QAT int6 under 0.15, warm-down 3500 steps; RTN int6 export with "
+           "a per-matrix clip search. sp1024, no TTT.", PR401, QUANTIZE["pr401"]),
+    Preset("pr1413", "seed 004 (PR #1413, 1.08279), record 2026-04-06_SP8192_QK5_LegalTTT: docs/REFERENCE.md section 6 "
+           "architecture, layers 4-5 run 3 times from 50%, QK-gain 5.0, MuonEq-R; docs/REFERENCE.md section 8: MATRIX_LR "
+           "0.02, Muon/embed/scalar wd 0.085/0.085/0.02, beta2 0.95, warm-down 0.667, EMA 0.997; GPTQ int6 k 12.85, "
+           "embedding int8 k 20, 64 calibration batches, 12 s reserve.", PR1413, QUANTIZE["pr1413"]),
+    Preset("pr1776", "seed 002 (PR #1776, 1.08083) = #1493, record 2026-04-09_SP8192_3LayerRecur_ParResid_QK525: + layers "
+           "3-5 run 3 times (17 virtual layers) from 35%, parallel residuals (shared input) from layer 7, QK-gain 5.25; "
+           "MATRIX_LR 0.022, MUON_WD 0.095, beta2 0.95, warm-down 0.72, EMA 0.9965; export as pr1413 (docs/REFERENCE.md "
+           "section 8).", PR1776, QUANTIZE["pr1776"]),
+    Preset("pr1880", "seed 001 (PR #1880, 1.07750), #1667 architecture (record 2026-04-16_SmearGate_AttentionOutputGate_"
+           "ScoreFirstTTT): pr1776 with two-lane parallel residuals from layer 8, attention output gate (width 12), "
+           "SmearGate on the raw embedding (BOS fix on; #1667 ran without it), logit softcap 15, document-packed batches "
+           "with document-masked attention; MATRIX_LR 0.026, momentum 0.97, warm-down 0.75; GPTQ k 13/12 "
+           "(attention/MLP), embedding int7 k 15, 64 calibration batches, 13 s reserve (docs/REFERENCE.md section 8).",
+           PR1880, QUANTIZE["pr1880"]),
+    Preset("pr1790", "seed 000 (PR #1790, 1.06991), #1667 architecture: pr1880's recipe with output gate width 24, softcap "
+           "30; GPTQ reserve 4 s and 16 calibration batches (the seed's run command; docs/REFERENCE.md section 8).",
+           PR1790, QUANTIZE["pr1790"]),
+    Preset("top", "PR #1855 (1.0611), record 2026-04-27_SP8192_LQER_SparseGate_BOSSmearFix_9HpStack: pr1790 + sparse "
+           "gate (width 12, scale 0.5), QK-gain 5.0, Polar Express Newton-Schulz, beta2 0.99, warm-down 0.85 to the "
+           "floor max(line, 0.1); export GPTQ k 13/11.5, embedding int7 k 14, int8 gates, LQER rank 4 on 3 matrices, "
+           "16 calibration batches, 0.5 s reserve (docs/REFERENCE.md section 8). CaseOps belongs to tokenize.",
+           TOP, QUANTIZE["top"]),
 ]}
 
 # ---- CPU forms: same switches, sized for 2 cores and the news corpus ----
@@ -150,8 +202,10 @@ def cpu_model(model: ModelConfig) -> ModelConfig:
 
 
 def cpu_train(train: TrainConfig) -> TrainConfig:
-    """The same optimizer and averaging switches over a 500-step budget."""
+    """The same optimizer, schedule and averaging values over a 500-step budget (step counts / 10)."""
     changes = dict(CPU_TRAIN, muon_momentum_warmup_steps=max(1, train.muon_momentum_warmup_steps // STEP_RATIO))
+    if train.warmdown_steps:
+        changes["warmdown_steps"] = max(1, train.warmdown_steps // STEP_RATIO)
     if train.ema_decay:
         changes["ema_decay"] = round(1 - (1 - train.ema_decay) * STEP_RATIO, 6)  # same window in steps
     if train.swa_every:
@@ -159,11 +213,22 @@ def cpu_train(train: TrainConfig) -> TrainConfig:
     return replace(train, **changes)
 
 
+def cpu_quantize(quantize: QuantizeConfig, full: ModelConfig, cpu: ModelConfig, train: TrainConfig) -> QuantizeConfig:
+    """The same export for the CPU-sized model: the kept-float size limit shrinks with the matrices'
+    area (so the same tensors stay float), and each calibration batch is one CPU training batch,
+    as each record's is one rank's training batch."""
+    area = (cpu.model_dim / full.model_dim) ** 2
+    return replace(quantize, device="cpu", keep_float_max_numel=round(quantize.keep_float_max_numel * area),
+                   calibration=replace(quantize.calibration, batch_tokens=train.batch_tokens))
+
+
 def cpu_form(preset: Preset) -> Preset:
     config = RunConfig(cpu_model(preset.config.model), cpu_train(preset.config.train))
-    return Preset(f"{preset.name}-cpu", f"CPU form of '{preset.name}': same switches, 6x128 (baseline 4x128), "
-                  "vocab 1024, seq 256, 4,096 tokens/step, 500 steps; EMA window and step counts scaled by 1/10.",
-                  config)
+    quantize = cpu_quantize(preset.quantize, preset.config.model, config.model, config.train)
+    return Preset(f"{preset.name}-cpu", f"CPU form of '{preset.name}': same switches and recipe values, 6x128 "
+                  "(baseline 4x128), vocab 1024, seq 256, 4,096 tokens/step, 500 steps; EMA window and step counts "
+                  "scaled by 1/10, kept-float limit by the matrices' area, one CPU batch per calibration batch.",
+                  config, quantize)
 
 
 TINY = Preset("tiny", "The baseline architecture shrunk for 2 CPU cores and the embedded news corpus: 4x128, seq 256, "

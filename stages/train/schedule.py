@@ -3,7 +3,8 @@
 Progress through the budget is a fraction in [0, 1]: steps done / max_steps (deterministic), or
 elapsed / (max_seconds - GPTQ reserve) (the records' time-based schedule: step counts then vary
 by a few dozen between identical runs), or whichever is further along. The LR multiplier is 1
-until the warm-down starts, then falls linearly to the floor ``min_lr``.
+until the warm-down starts, then falls linearly towards 0 and is held at the floor ``min_lr``
+once the line drops below it: ``max(line, min_lr)``, the records' rule (PR #1394 on).
 """
 
 from __future__ import annotations
@@ -20,11 +21,22 @@ def time_fraction(elapsed: float, max_seconds: float, reserve_seconds: float = 0
 
 
 def warmdown_multiplier(frac: float, warmdown_frac: float, min_lr: float = 0.0) -> float:
-    """1 until ``1 - warmdown_frac``, then linear to ``min_lr`` at frac = 1."""
+    """1 until ``1 - warmdown_frac``, then ``max((1 - frac) / warmdown_frac, min_lr)``."""
     if warmdown_frac <= 0 or frac < 1 - warmdown_frac:
         return 1.0
-    remaining = max(0.0, (1.0 - frac) / warmdown_frac)
-    return min_lr + (1.0 - min_lr) * remaining
+    return max(max(0.0, 1.0 - frac) / warmdown_frac, min_lr)
+
+
+def warmdown_share(config: TrainConfig, step: int, frac: float) -> float:
+    """The share of the budget the warm-down covers: ``warmdown_frac``, or ``warmdown_steps`` over
+    the projected length of the run. Seed 003 projects it from the mean step time so far
+    (remaining time / (steps * mean step time)); steps done / progress is the same projection,
+    and before the first step only the step budget is known. A share above 1 (a warm-down longer
+    than the run) starts the line below 1, as the seed's does."""
+    if not config.warmdown_steps:
+        return config.warmdown_frac
+    projected_steps = step / frac if step > 0 and frac > 0 else config.max_steps
+    return config.warmdown_steps / projected_steps
 
 
 def momentum_warmup(step: int, start: float, end: float, warmup_steps: int) -> float:
@@ -45,9 +57,10 @@ def progress(config: TrainConfig, step: int, elapsed: float) -> float:
     return {"steps": by_steps, "time": by_time, "auto": max(by_steps, by_time)}[config.schedule]
 
 
-def lr_multiplier(config: TrainConfig, frac: float) -> float:
-    """The config's warm-down: 1, then linear to ``config.min_lr`` over the last ``warmdown_frac``."""
-    return warmdown_multiplier(frac, config.warmdown_frac, config.min_lr)
+def lr_multiplier(config: TrainConfig, frac: float, step: int = 0) -> float:
+    """The config's warm-down at progress ``frac`` after ``step`` steps (the step only matters
+    for ``warmdown_steps``): 1, then the line over the last share, floored at ``config.min_lr``."""
+    return warmdown_multiplier(frac, warmdown_share(config, step, frac), config.min_lr)
 
 
 def muon_momentum(config: TrainConfig, step: int) -> float:
