@@ -139,6 +139,7 @@ def test_preset_has_its_records_value(name, key, value):
 # step counts the 500-step budget, the GPTQ reserve the step schedule, calibration the CPU batch).
 SCALED = {"model.loop_first", "model.loop_last", "model.parallel_residual_from", "model.xsa_last_n", "model.rope_dims",
           "model.bigram_hash_dim", "model.value_embed_dim", "model.value_embed_layers", "model.bigram_hash_buckets",
+          "model.rope_train_len",  # the same ratio to the training length (1024 of 2048 -> 128 of 256)
           "train.muon_momentum_warmup_steps", "train.warmdown_steps", "train.ema_decay", "train.swa_every",
           "train.gptq_reserve_seconds", "quantize.calibration.batch_tokens"}
 
