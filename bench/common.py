@@ -27,9 +27,19 @@ def news_data(path: Path) -> Path:
     return path
 
 
+def portable(value):
+    """A path inside the repository as a path relative to it: saved results hold no machine paths."""
+    if isinstance(value, str) and value.startswith("/"):
+        value = Path(value)
+    if isinstance(value, Path) and value.resolve().is_relative_to(ROOT):
+        return str(value.resolve().relative_to(ROOT))
+    return str(value) if isinstance(value, Path) else value
+
+
 def save(name: str, rows: list[dict], settings: dict) -> Path:
     out = RESULTS / f"{name}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
+    settings = {key: portable(value) for key, value in settings.items()}
     payload = {"settings": settings, "rows": rows, "environment": capture(), "host": platform.node()}
     atomic_write_text(out, json.dumps(payload, indent=1) + "\n")
     return out

@@ -91,7 +91,7 @@ def main() -> None:
     print_table("quantization gap on a trained tiny model (every matrix quantized)", rows,
                 ["scheme", "pre_quant_bpb", "post_quant_bpb", "gap_bpb", "gap_vs_rtn", "artifact_bytes",
                  "quantize_seconds"])
-    save("quant_quality", rows, {"train": str(train)})
+    save("quant_quality", rows, {"train": train})
 
 
 if __name__ == "__main__":

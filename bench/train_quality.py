@@ -83,7 +83,7 @@ def main() -> None:
                     ["preset", "params", "steps", "ms_per_step", "pre_quant_bpb", "post_quant_bpb", "quant_gap_bpb",
                      "vs_baseline"])
         save("train_quality_steps" if args.steps else "train_quality", rows,
-             {"seconds": args.seconds, "steps": args.steps, "data": str(args.data), "work": str(work)})
+             {"seconds": args.seconds, "steps": args.steps, "data": args.data, "work": work})
 
 if __name__ == "__main__":
     main()
