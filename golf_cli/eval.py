@@ -1,15 +1,27 @@
-"""golf eval: score a packed artifact on the val split (non-overlapping or sliding windows)."""
+"""golf eval: score a packed artifact on the val split (non-overlapping or sliding windows, with or
+without score-first test-time training)."""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import get_args
 
 import typer
 
 from stages.artifact.verify import TRUST_FLAG
 from stages.evaluate.stage import EvalConfig, run_eval
+from stages.evaluate.ttt.config import TTTMode
 
 from .common import ForceOption, RichReporter, RunOption, SetOption, handle_errors, resolve_config, stage_path
+
+TTT_HELP = (
+    f"Test-time training mode: {' | '.join(get_args(TTTMode))}. 'chunk-sgd' (records #1413/#1477/#1493) scores "
+    "each chunk of ttt.chunk_tokens targets, then trains every weight on it with SGD (ttt.lr cosine over "
+    "chunks, ttt.momentum, ttt.epochs, ttt.grad_clip, ttt.freeze_blocks; change them with --set ttt.<key>=...); "
+    "score first, so each target is scored once before any update uses it. The records run it with "
+    "--seq-len 2048 --stride 64. Same as --set ttt.mode=MODE."
+)
+
 
 @handle_errors
 def evaluate(
@@ -19,6 +31,12 @@ def evaluate(
     out: Path = typer.Option(None, "--out", help="Output folder (default artifacts/<run>/eval)."),
     stride: int = typer.Option(None, "--stride", help="Sliding-window stride (default: non-overlapping windows)."),
     seq_len: int = typer.Option(None, "--seq-len", help="Window length (default: the training length)."),
+    ttt: str = typer.Option(None, "--ttt", metavar="MODE", help=TTT_HELP),
+    compare_no_ttt: bool = typer.Option(False, "--compare-no-ttt", help="Also score the same windows without "
+                                        "adaptation first and record val_bpb_no_ttt (a diagnostic, not budgeted)."),
+    token_nll: Path = typer.Option(None, "--token-nll", metavar="FILE", help="Save one row per scored target "
+                                   "(position, nll in nats, bytes, order of commit) to this safetensors file; "
+                                   "sum(nll) / (ln 2 * sum(bytes)) is val_bpb."),
     # Foreign code is arbitrary Python: running it is an explicit choice, as trust_remote_code is.
     trust_code: bool = typer.Option(False, TRUST_FLAG, help="Run the artifact's code even when it is not the code "
                                     "this golf ships (a warning line; the manifest records it)."),
@@ -27,9 +45,17 @@ def evaluate(
 ):
     """Print val_loss and val_bpb of the artifact read back from disk, with the eval time ledger.
 
-    Runs the artifact's own code only if it is exactly the code this golf ships, unless trusted.
+    Runs the artifact's own code (its test-time training included) only if it is exactly the code
+    this golf ships, unless trusted.
     """
     reporter = RichReporter()
-    config = resolve_config(EvalConfig(stride=stride, seq_len=seq_len), overrides, reporter)
+    flags = [f"ttt.mode={ttt}"] if ttt is not None else []
+    base = EvalConfig(stride=stride, seq_len=seq_len)
+    config = resolve_config(base, [*flags, *(overrides or []), *_compare_flag(compare_no_ttt)], reporter)
     run_eval(config, stage_path(artifact, run, "pack"), data, stage_path(out, run, "eval"), force, reporter,
-             trust_code=trust_code)
+             trust_code=trust_code, token_nll=token_nll)
+
+
+def _compare_flag(compare_no_ttt: bool) -> list[str]:
+    """--compare-no-ttt as an override, applied with the others so the config checks it against ttt.mode."""
+    return ["compare_no_ttt=true"] if compare_no_ttt else []

@@ -31,7 +31,7 @@ from .conftest import golf, rewrite_manifest
 from .test_cli import assert_one_line_error
 
 SCORING = "stages/evaluate/scoring.py"
-HONEST_NLL = "nll.double()[scored].sum().item(),"
+HONEST_NLL = "scored.nll.double().sum().item(),"
 # Score a prefix only: the trust test compares two evals, and any prefix shows the halving.
 EVAL_TOKENS = 1024
 

@@ -47,7 +47,115 @@ def plan_windows(num_targets: int, seq_len: int, stride: int) -> list[Window]:
     return windows
 
 
-@torch.no_grad()
+@dataclass
+class ScoredTargets:
+    """One batch of scored targets, as committed: each target's score is final once it is here."""
+
+    positions: torch.Tensor
+    """Index of each target in the val token stream (int64; the first target is position 1)."""
+    nll: torch.Tensor
+    """Its NLL in nats (float32, as the loss computes it)."""
+    bytes: torch.Tensor
+    """Its bytes (int64)."""
+
+
+class WindowScorer:
+    """Scores batches of windows of one token stream with the model's own forward, under no_grad.
+
+    Plain evaluation and every test-time-training mode score through this one class, so that
+    with adaptation off they produce the very same numbers.
+    """
+
+    def __init__(self, tokens: np.ndarray, table: ByteTable, seq_len: int, device: torch.device | str = "cpu",
+                 sidecar: np.ndarray | None = None, autocast_dtype: torch.dtype | None = None):
+        self.num_targets = usable_targets(len(tokens), seq_len)
+        self.stream = torch.as_tensor(np.asarray(tokens[: self.num_targets + 1], dtype=np.int64))
+        self.side = None if sidecar is None else torch.as_tensor(
+            np.asarray(sidecar[: self.num_targets + 1], dtype=np.int64))
+        self.byte_table = TorchByteTable(table, device)
+        self.seq_len = seq_len
+        self.device = device
+        self.autocast_dtype = autocast_dtype
+        self.offsets = torch.arange(seq_len + 1)
+
+    @torch.no_grad()
+    def score(self, model: torch.nn.Module, batch: list[Window]) -> ScoredTargets:
+        """The NLL and bytes of every target the windows of ``batch`` score (the model in eval mode)."""
+        model.eval()
+        index = torch.tensor([w.start for w in batch])[:, None] + self.offsets
+        chunk = self.stream[index].to(self.device)
+        inputs, targets = chunk[:, :-1], chunk[:, 1:]
+        device_type = torch.device(self.device).type
+        with torch.autocast(device_type=device_type, dtype=self.autocast_dtype, enabled=self.autocast_dtype is not None):
+            logits = model(inputs)
+        nll = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), reduction="none").view_as(targets)
+        scored = torch.arange(self.seq_len, device=self.device)[None, :] >= torch.tensor(
+            [w.score_from for w in batch], device=self.device
+        )[:, None]
+        if self.side is None:
+            target_bytes = self.byte_table.target_bytes(inputs, targets)
+        else:
+            target_bytes = self.side[index[:, 1:]].to(self.device)
+        return ScoredTargets(index[:, 1:].to(self.device)[scored], nll[scored], target_bytes[scored])
+
+
+class TokenReceipts:
+    """Every committed target, in commit order: the per-target record ``golf eval --token-nll`` saves.
+
+    ``order`` is the scoring step (one batch of windows) that committed a target; a test-time
+    trainer also notes each update, so that anyone can check it used committed targets only.
+    """
+
+    def __init__(self) -> None:
+        self.batches: list[ScoredTargets] = []
+        self.updates: list[tuple[int, int, int]] = []
+
+    @property
+    def steps(self) -> int:
+        """Scoring steps committed so far."""
+        return len(self.batches)
+
+    def commit(self, scored: ScoredTargets) -> None:
+        self.batches.append(ScoredTargets(scored.positions.cpu(), scored.nll.cpu(), scored.bytes.cpu()))
+
+    def note_update(self, first_position: int, last_position: int) -> None:
+        """An optimizer step that trained on targets ``first_position..last_position``, after the
+        scoring steps committed so far."""
+        self.updates.append((self.steps - 1, first_position, last_position))
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        """Rows per target (position, nll, bytes, order) and per update (update_*), as saved."""
+        sizes = [len(b.positions) for b in self.batches]
+        updates = torch.tensor(self.updates, dtype=torch.int64).reshape(-1, 3)
+        return {
+            "position": torch.cat([b.positions for b in self.batches]) if sizes else torch.zeros(0, dtype=torch.int64),
+            "nll": torch.cat([b.nll for b in self.batches]).float() if sizes else torch.zeros(0),
+            "bytes": torch.cat([b.bytes for b in self.batches]).int() if sizes else torch.zeros(0, dtype=torch.int32),
+            "order": torch.repeat_interleave(torch.arange(len(sizes)), torch.tensor(sizes, dtype=torch.int64)),
+            "update_after_order": updates[:, 0].contiguous(),
+            "update_first_position": updates[:, 1].contiguous(),
+            "update_last_position": updates[:, 2].contiguous(),
+        }
+
+
+def score_windows(model: torch.nn.Module, scorer: WindowScorer, windows: list[Window], batch_windows: int,
+                  sums: BpbSums, receipts: TokenReceipts | None = None,
+                  on_windows: Callable[[int], None] | None = None) -> None:
+    """Score ``windows`` in batches, adding each batch to ``sums`` (and ``receipts``) as it is committed."""
+    for first in range(0, len(windows), batch_windows):
+        batch = windows[first : first + batch_windows]
+        scored = scorer.score(model, batch)
+        sums.add(
+            scored.nll.double().sum().item(),
+            scored.bytes.sum().item(),
+            scored.nll.numel(),
+        )
+        if receipts is not None:
+            receipts.commit(scored)
+        if on_windows is not None:
+            on_windows(len(batch))
+
+
 def score_stream(
     model: torch.nn.Module,
     tokens: np.ndarray,
@@ -61,42 +169,17 @@ def score_stream(
     world_size: int = 1,
     autocast_dtype: torch.dtype | None = None,
     on_windows: Callable[[int], None] | None = None,
+    receipts: TokenReceipts | None = None,
 ) -> BpbSums:
     """Sum NLL and bytes over this rank's share of the windows (all-reduce the result for the total).
 
     ``sidecar`` (one byte count per token, from the original text) replaces the table when given.
     """
-    num_targets = usable_targets(len(tokens), seq_len)
-    windows = plan_windows(num_targets, seq_len, stride)[rank::world_size]
-    stream = torch.as_tensor(np.asarray(tokens[: num_targets + 1], dtype=np.int64))
-    side = None if sidecar is None else torch.as_tensor(np.asarray(sidecar[: num_targets + 1], dtype=np.int64))
-    byte_table = TorchByteTable(table, device)
-    offsets = torch.arange(seq_len + 1)
+    scorer = WindowScorer(tokens, table, seq_len, device, sidecar, autocast_dtype)
+    windows = plan_windows(scorer.num_targets, seq_len, stride)[rank::world_size]
     sums = BpbSums()
     was_training = model.training
-    model.eval()
-    for first in range(0, len(windows), batch_windows):
-        batch = windows[first : first + batch_windows]
-        index = torch.tensor([w.start for w in batch])[:, None] + offsets
-        chunk = stream[index].to(device)
-        inputs, targets = chunk[:, :-1], chunk[:, 1:]
-        with torch.autocast(device_type=torch.device(device).type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
-            logits = model(inputs)
-        nll = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), reduction="none").view_as(targets)
-        scored = torch.arange(seq_len, device=device)[None, :] >= torch.tensor(
-            [w.score_from for w in batch], device=device
-        )[:, None]
-        if side is None:
-            target_bytes = byte_table.target_bytes(inputs, targets)
-        else:
-            target_bytes = side[index[:, 1:]].to(device)
-        sums.add(
-            nll.double()[scored].sum().item(),
-            target_bytes[scored].sum().item(),
-            int(scored.sum().item()),
-        )
-        if on_windows is not None:
-            on_windows(len(batch))
+    score_windows(model, scorer, windows, batch_windows, sums, receipts, on_windows)
     model.train(was_training)
     return sums
 

@@ -5,27 +5,42 @@ Reads only the artifact, the val shards and the tokenizer. The artifact is read 
 bundle this golf ships; foreign code runs only with ``trust_code``), the shipped code is imported
 from the artifact's own bytes, the model is rebuilt from the shipped weights, and every second of
 it counts toward the evaluation budget. The manifest records the code check.
+
+With ``ttt.mode`` other than 'none' the shipped test-time training (``evaluate/ttt``) scores:
+each chunk is scored, then adapted on, and the ledger keeps scoring and adaptation apart.
+``--token-nll`` saves one receipt per scored target, from which anyone can recompute val_bpb.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+import math
+from dataclasses import dataclass, field, replace
+from functools import partial
 from pathlib import Path
+
+import numpy as np
+from safetensors.torch import save as save_safetensors
 
 from ..artifact.verify import Artifact, load_runtime, read_artifact, vouch_for_code
 from ..config import check_scoring_window, to_dict
 from ..contract.hashing import sha256_bytes
 from ..contract.lineage import require_same_tokenizer
 from ..contract.manifest import MANIFEST_NAME, FileRecord, InputRecord
-from ..contract.stage_dir import StageDir, StageWriter
+from ..contract.stage_dir import StageDir, StageWriter, atomic_write_bytes
 from ..device import resolve_device
 from ..errors import GolfError
 from ..progress import Reporter
-from ..ranges import check_ranges, ranged
+from ..ranges import ConfigError, check_ranges, ranged
+from .ttt.config import TTTConfig
 from .val_data import load_val
 from .validate import validate
 
 IN_MEMORY_TOLERANCE = 1e-6
+# Why each ledger bucket of the scored pass counts toward the evaluation budget.
+PHASE_NOTES = {
+    "score": "scoring every val target once (no_grad)",
+    "adapt": "test-time training on targets already scored",
+}
 
 
 @dataclass(frozen=True)
@@ -44,10 +59,16 @@ class EvalConfig:
     """'cpu', 'cuda' or 'auto' (cuda when available)."""
     use_sidecar: bool = True
     """Count bytes from the val byte sidecar when the data has one (else from the tokenizer's table)."""
+    ttt: TTTConfig = field(default_factory=TTTConfig)
+    """Test-time training: mode and hyperparameters (ttt.mode 'none': plain scoring)."""
+    compare_no_ttt: bool = False
+    """Also score the same windows without adaptation first (val_bpb_no_ttt; a diagnostic, not budgeted)."""
 
     def __post_init__(self) -> None:
         check_ranges(self)
         check_scoring_window(self, "seq_len", "eval_tokens", "stride")
+        if self.compare_no_ttt and self.ttt.mode == "none":
+            raise ConfigError("compare_no_ttt", "needs a test-time training mode (ttt.mode is 'none')")
 
 
 def open_artifact(path: str | Path) -> tuple[Path, StageDir | None]:
@@ -75,10 +96,14 @@ def build_model(runtime, artifact: Artifact):
 
 
 def run_eval(config: EvalConfig, artifact: str | Path, data_dir: str | Path | None, out_dir: str | Path,
-             force: bool = False, reporter: Reporter | None = None, trust_code: bool = False):
-    """Score the artifact; ``trust_code`` runs its code even when it is not the code this golf ships."""
+             force: bool = False, reporter: Reporter | None = None, trust_code: bool = False,
+             token_nll: str | Path | None = None):
+    """Score the artifact; ``trust_code`` runs its code even when it is not the code this golf ships;
+    ``token_nll`` saves the per-target receipts there (safetensors)."""
     reporter = reporter or Reporter()
     artifact_path, pack = open_artifact(artifact)
+    if token_nll is not None:
+        _check_receipts_path(Path(token_nll))
     with StageWriter(out_dir, "eval", force) as writer:
         ledger = writer.ledger
         with ledger.measure("load_artifact", "eval", "read, decompress and dequantize the artifact"):
@@ -95,16 +120,23 @@ def run_eval(config: EvalConfig, artifact: str | Path, data_dir: str | Path | No
         with ledger.measure("load_val", "eval", "val shards and tokenizer"):
             val = load_val(data, header["model_config"]["vocab_size"], config.use_sidecar,
                            build_table=runtime.build_byte_table)
-        with ledger.measure("score", "eval", "scoring every val target once"):
-            device = resolve_device(config.device)
-            sums = validate(model.to(device), val, seq_len, stride, config.batch_windows, device,
-                            config.eval_tokens, reporter, "eval",
-                            score_stream=runtime.score_stream, count_windows=runtime.count_windows)
+        device = resolve_device(config.device)
+        model = model.to(device)
+        score = partial(validate, model, val, seq_len, stride, config.batch_windows, device, config.eval_tokens,
+                        reporter, count_windows=runtime.count_windows)
+        compared = {}
+        if config.compare_no_ttt:
+            with ledger.measure("score_no_ttt", None, "diagnostic: the same windows without adaptation"):
+                compared = {"val_bpb_no_ttt": score("eval (no ttt)", score_stream=runtime.score_stream).bpb}
+        receipts = runtime.TokenReceipts() if token_nll is not None else None
+        sums = _scored_pass(score, runtime, config.ttt, ledger, receipts)
         _record_artifact_input(writer, artifact_path, data_bytes, pack)
         writer.add_input("data", data)
         metrics = {
             "val_loss": sums.loss,
             "val_bpb": sums.bpb,
+            "ttt_mode": config.ttt.mode,
+            **compared,
             "tokens_scored": sums.tokens,
             "bytes_scored": sums.bytes,
             "seq_len": seq_len,
@@ -113,15 +145,55 @@ def run_eval(config: EvalConfig, artifact: str | Path, data_dir: str | Path | No
             "byte_source": "sidecar" if val.sidecar is not None else "tokenizer table",
             "artifact_bytes": len(data_bytes),
             **code.record(trust_code),
-            **_compare_in_memory(pack, sums.bpb, seq_len, stride, config),
+            **_compare_in_memory(pack, sums.bpb if config.ttt.mode == "none" else compared.get("val_bpb_no_ttt"),
+                                 seq_len, stride, config),
         }
+        if receipts is not None:
+            metrics.update(_save_receipts(Path(token_nll), receipts, sums, writer.run_id))
         failure = _in_memory_failure(metrics)
-        reporter.log(stage="eval", val_loss=sums.loss, val_bpb=sums.bpb, artifact_bytes=len(data_bytes),
-                     mode=metrics["mode"], status="failed" if failure else "ok", out=str(out_dir))
+        reporter.log(stage="eval", val_loss=sums.loss, val_bpb=sums.bpb, ttt=config.ttt.mode, **compared,
+                     artifact_bytes=len(data_bytes), mode=metrics["mode"], status="failed" if failure else "ok",
+                     out=str(out_dir))
         manifest = writer.commit(to_dict(config), dict(data.lineage), metrics, reporter.text(), failure=failure)
     if failure:
         raise GolfError(f"{failure}; the eval folder {out_dir} is kept and marked failed")
     return manifest
+
+
+def _scored_pass(score, runtime, ttt: TTTConfig, ledger, receipts):
+    """The pass that is the score: plain windows, or the shipped TTT mode with its phases timed apart."""
+    if ttt.mode == "none":
+        with ledger.measure("score", "eval", PHASE_NOTES["score"]):
+            return score("eval", score_stream=partial(runtime.score_stream, receipts=receipts))
+    phase = lambda name: ledger.measure(name, "eval", PHASE_NOTES[name])  # noqa: E731
+    ttt_scorer = partial(runtime.score_with_ttt, config=to_dict(ttt), receipts=receipts, phase=phase)
+    return score(f"eval (ttt {ttt.mode})", score_stream=ttt_scorer)
+
+
+def _check_receipts_path(path: Path) -> None:
+    """Refuse a receipts path that cannot be written before spending the eval on it."""
+    if path.is_dir():
+        raise GolfError(f"{path}: --token-nll names a folder; give a file path")
+    if not path.parent.is_dir():
+        raise GolfError(f"{path}: --token-nll folder {path.parent} does not exist")
+
+
+def _save_receipts(path: Path, receipts, sums, run_id: str) -> dict:
+    """Check the receipts against the score (each target once, the same bpb), then write them atomically."""
+    tensors = receipts.tensors()
+    positions = tensors["position"].numpy()
+    if len(np.unique(positions)) != len(positions) or len(positions) != sums.tokens:
+        raise GolfError(f"{path}: the receipts do not hold each scored target exactly once; nothing was written")
+    nll = tensors["nll"].double().sum().item()
+    recomputed = nll / (math.log(2) * int(tensors["bytes"].sum())) if sums.bytes else float("nan")
+    if not abs(recomputed - sums.bpb) <= 1e-9:
+        raise GolfError(f"{path}: the receipts give val_bpb {recomputed:.10f}, not {sums.bpb:.10f}; nothing was written")
+    data = save_safetensors(tensors, metadata={"eval_run_id": run_id, "val_bpb": repr(sums.bpb)})
+    try:
+        atomic_write_bytes(path, data)
+    except OSError as exc:
+        raise GolfError(f"{path}: cannot write the receipts ({exc.strerror})") from None
+    return {"token_nll_file": str(path), "token_nll_sha256": sha256_bytes(data), "token_nll_rows": len(positions)}
 
 
 def _in_memory_failure(metrics: dict) -> str:
@@ -151,10 +223,14 @@ def _record_artifact_input(writer: StageWriter, path: Path, data: bytes, pack: S
         raise GolfError(f"{path}: changed while it was being evaluated")
 
 
-def _compare_in_memory(pack: StageDir | None, bpb: float, seq_len: int, stride: int, config: EvalConfig) -> dict:
-    """Set the artifact's score beside the post-quant bpb quantize measured on the same weights in memory."""
+def _compare_in_memory(pack: StageDir | None, bpb: float | None, seq_len: int, stride: int,
+                       config: EvalConfig) -> dict:
+    """Set the artifact's score without adaptation (``bpb``; None if not measured) beside the
+    post-quant bpb quantize measured on the same weights in memory."""
     if pack is None:
         return {}
+    if bpb is None:
+        return {"in_memory_comparison": "skipped: test-time training changes the weights (--compare-no-ttt compares)"}
     quant = pack.upstream("quantized", "quantize")
     measured = quant.manifest.metrics.get("eval", {})
     same_setup = (measured.get("seq_len") == seq_len and measured.get("stride") == stride

@@ -1,0 +1,105 @@
+"""Chunk-SGD TTT (records #1413/#1477/#1493, docs/TTT_CASEOPS.md section B): score a chunk of the
+val stream, then train the whole model on that chunk with SGD, then score the next chunk.
+
+Per chunk c: score every window whose first scored target is in the chunk (no_grad, the plain
+scorer); then, unless c is the last chunk, run ``epochs`` passes of SGD over the chunk's whole
+``seq_len`` sequences, whose targets are exactly chunk c's (already committed) targets, at a
+learning rate cosine-decayed over chunks. One optimizer for the whole eval, so the momentum
+buffer carries over. Training calls the model's own ``loss``; nothing is rescored, and the
+adapted model is discarded.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+import torch
+
+from ...ranges import ConfigError
+from ..bpb import BpbSums, ByteTable
+from ..scoring import TokenReceipts, WindowScorer, plan_windows, score_windows
+from .common import chunk_sequence_starts, cosine_lr, plan_chunks, timed
+from .config import TTTConfig
+
+
+def score_with_chunk_sgd(
+    model: torch.nn.Module,
+    tokens: np.ndarray,
+    table: ByteTable,
+    seq_len: int,
+    stride: int,
+    batch_windows: int = 8,
+    device: torch.device | str = "cpu",
+    sidecar: np.ndarray | None = None,
+    rank: int = 0,
+    world_size: int = 1,
+    autocast_dtype: torch.dtype | None = None,
+    on_windows: Callable[[int], None] | None = None,
+    *,
+    config: TTTConfig,
+    receipts: TokenReceipts | None = None,
+    phase=None,
+) -> BpbSums:
+    """Score every target once, adapting between chunks; ``phase(name)`` times 'score' and 'adapt'.
+
+    Takes ``score_stream``'s arguments. One process only: the records' per-step gradient
+    all-reduce across ranks is not implemented, so ``world_size`` must be 1.
+    """
+    if world_size != 1:
+        raise ConfigError("ttt.mode", f"chunk-sgd runs in one process, not {world_size}")
+    scorer = WindowScorer(tokens, table, seq_len, device, sidecar, autocast_dtype)
+    chunks = plan_chunks(plan_windows(scorer.num_targets, seq_len, stride), config.chunk_tokens, scorer.num_targets)
+    optimizer = torch.optim.SGD(trained_parameters(model, config.freeze_blocks), lr=config.lr,
+                                momentum=config.momentum)
+    sums = BpbSums()
+    was_training = model.training
+    for chunk, windows in enumerate(chunks):
+        with timed(phase, "score", device):
+            score_windows(model, scorer, windows, batch_windows, sums, receipts, on_windows)
+        if chunk == len(chunks) - 1:
+            break  # the last chunk's targets would only train a model nothing scores
+        with timed(phase, "adapt", device):
+            for group in optimizer.param_groups:
+                group["lr"] = cosine_lr(config.lr, chunk, len(chunks))
+            starts = chunk_sequence_starts(chunk, config.chunk_tokens, scorer.num_targets, seq_len)
+            train_on_chunk(model, optimizer, scorer, starts, config, receipts)
+    model.train(was_training)
+    return sums
+
+
+def trained_parameters(model: torch.nn.Module, freeze_blocks: int) -> list[torch.nn.Parameter]:
+    """Every parameter but those of the first ``freeze_blocks`` blocks (which stop needing grads)."""
+    blocks = model.blocks
+    if freeze_blocks > len(blocks):
+        raise ConfigError("ttt.freeze_blocks", f"must be at most the model's {len(blocks)} blocks, got {freeze_blocks}")
+    frozen = {id(p) for block in blocks[:freeze_blocks] for p in block.parameters()}
+    for param in model.parameters():
+        param.requires_grad_(id(param) not in frozen)
+    return [p for p in model.parameters() if id(p) not in frozen]
+
+
+def train_on_chunk(model: torch.nn.Module, optimizer: torch.optim.Optimizer, scorer: WindowScorer,
+                   starts: list[int], config: TTTConfig, receipts: TokenReceipts | None) -> None:
+    """``epochs`` passes over the sequences at ``starts``, ``batch_seqs`` sequences per SGD step."""
+    if not starts:
+        return
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    offsets = torch.arange(scorer.seq_len + 1)
+    device_type = torch.device(scorer.device).type
+    model.train()
+    for _ in range(config.epochs):
+        for first in range(0, len(starts), config.batch_seqs):
+            batch = torch.tensor(starts[first : first + config.batch_seqs])
+            rows = scorer.stream[batch[:, None] + offsets].to(scorer.device)
+            optimizer.zero_grad(set_to_none=True)
+            with torch.autocast(device_type=device_type, dtype=scorer.autocast_dtype,
+                                enabled=scorer.autocast_dtype is not None):
+                loss = model.loss(rows[:, :-1], rows[:, 1:])
+            loss.backward()
+            if config.grad_clip:
+                torch.nn.utils.clip_grad_norm_(params, config.grad_clip)
+            optimizer.step()
+            if receipts is not None:  # the targets of sequence s are positions s + 1 .. s + seq_len
+                receipts.note_update(int(batch.min()) + 1, int(batch.max()) + scorer.seq_len)
+    model.eval()

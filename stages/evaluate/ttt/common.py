@@ -1,0 +1,57 @@
+"""What every TTT mode shares: the chunk plan, the training sequences of a scored chunk, the
+learning-rate schedule over chunks, and timing each phase into its own ledger bucket.
+
+Targets are numbered as in ``scoring``: target j is token j + 1 of the stream (its position).
+"""
+
+from __future__ import annotations
+
+import math
+from contextlib import contextmanager, nullcontext
+
+import torch
+
+from ..scoring import Window
+
+
+def plan_chunks(windows: list[Window], chunk_tokens: int, num_targets: int) -> list[list[Window]]:
+    """Windows grouped by the chunk of their first scored target (the records' rule).
+
+    Chunk c holds targets [c * chunk_tokens, (c + 1) * chunk_tokens); a window that reaches into
+    the next chunk is scored with this one, before any update on either, so every target of
+    chunk c is committed once chunk c's windows are.
+    """
+    num_chunks = math.ceil(num_targets / chunk_tokens)
+    chunks: list[list[Window]] = [[] for _ in range(num_chunks)]
+    for window in windows:
+        first_scored = window.start + window.score_from
+        chunks[min(first_scored // chunk_tokens, num_chunks - 1)].append(window)
+    return chunks
+
+
+def chunk_sequence_starts(chunk: int, chunk_tokens: int, num_targets: int, seq_len: int) -> list[int]:
+    """Starts of the whole ``seq_len`` training sequences inside chunk ``chunk``'s targets.
+
+    A sequence from s trains on targets [s, s + seq_len), all inside the chunk; a chunk (or its
+    tail) shorter than ``seq_len`` is not trained on.
+    """
+    first = chunk * chunk_tokens
+    end = min(first + chunk_tokens, num_targets)
+    return list(range(first, end - seq_len + 1, seq_len))
+
+
+def cosine_lr(peak: float, chunk: int, num_chunks: int) -> float:
+    """``peak`` at the first chunk, decayed on a half cosine to 0 at the last one."""
+    if num_chunks <= 1:
+        return peak
+    return peak * 0.5 * (1 + math.cos(math.pi * chunk / (num_chunks - 1)))
+
+
+@contextmanager
+def timed(phase, name: str, device: torch.device | str):
+    """Time a block into ``phase(name)`` (a ledger's measure) if given; on CUDA wait for the queued
+    kernels at the end, so that the seconds land in the phase that ran them."""
+    with phase(name) if phase is not None else nullcontext():
+        yield
+        if torch.device(device).type == "cuda":
+            torch.cuda.synchronize(device)
