@@ -165,7 +165,8 @@ def _scored_pass(score, runtime, ttt: TTTConfig, ledger, receipts):
     if ttt.mode == "none":
         with ledger.measure("score", "eval", PHASE_NOTES["score"]):
             return score("eval", score_stream=partial(runtime.score_stream, receipts=receipts))
-    ledger.add("adapt", 0.0, "eval", PHASE_NOTES["adapt"])  # listed even when a single chunk never adapts
+    for name in PHASE_NOTES:  # both listed, in order, even when a single chunk never adapts
+        ledger.add(name, 0.0, "eval", PHASE_NOTES[name])
     phase = lambda name: ledger.measure(name, "eval", PHASE_NOTES[name])  # noqa: E731
     ttt_scorer = partial(runtime.score_with_ttt, config=to_dict(ttt), receipts=receipts, phase=phase)
     return score(f"eval (ttt {ttt.mode})", score_stream=ttt_scorer)
