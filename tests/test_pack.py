@@ -23,7 +23,7 @@ from stages.model.checkpoint import load_tensors_and_metadata
 from stages.pack.codecs import BEST_CANDIDATES, byte_shuffle, compress
 from stages.pack.stage import (
     COMPARE_COLUMNS, PackConfig, artifact_parts, build_artifact, check_artifact, compare_codecs, compress_streams,
-    run_pack,
+    matrix_type, run_pack,
 )
 
 # One tensor per dtype in every group, named the way the quantize stage stores them.
@@ -31,12 +31,19 @@ GROUP_OF = {
     "blocks.0.attn.c_q.weight.q": "attention",
     "blocks.0.attn.c_q.weight.scale": "attention",
     "blocks.0.mlp.fc.weight.q": "mlp",
-    "blocks.0.mlp.fc.weight.lqer_a.q": "mlp",
+    "blocks.1.mlp.fc.weight.q": "mlp",
+    "blocks.0.mlp.fc.weight.lqer.a.q": "mlp",
     "tok_emb.weight.q": "embedding",
     "tok_emb.weight.scale": "embedding",
     "blocks.0.attn_scale": "other",
     "skip_weights": "other",
 }
+# With streams 'type' (the default), a matrix's codes go to its type's code stream, the rest by group.
+STREAM_OF = {**GROUP_OF, "blocks.0.attn.c_q.weight.q": "codes.attn.c_q", "blocks.0.mlp.fc.weight.q": "codes.mlp.fc",
+             "blocks.1.mlp.fc.weight.q": "codes.mlp.fc", "tok_emb.weight.q": "codes.tok_emb"}
+TYPE_SECTIONS = ["code", "weights.codes.attn.c_q", "weights.codes.mlp.fc", "weights.codes.tok_emb",
+                 "weights.attention", "weights.mlp", "weights.embedding", "weights.other"]
+GROUP_SECTIONS = ["code", "weights.attention", "weights.mlp", "weights.embedding", "weights.other"]
 METADATA = {
     "lineage": json.dumps({"tokenizer_sha256": "0" * 64, "vocab_size": 32}),
     "model_config": json.dumps({"vocab_size": 32}),
@@ -52,7 +59,8 @@ def tensors():
         "blocks.0.attn.c_q.weight.q": torch.randint(-31, 32, (16, 24), generator=g, dtype=torch.int8),
         "blocks.0.attn.c_q.weight.scale": torch.rand(16, generator=g).half(),
         "blocks.0.mlp.fc.weight.q": torch.randint(-31, 32, (32, 16), generator=g, dtype=torch.int8),
-        "blocks.0.mlp.fc.weight.lqer_a.q": torch.randint(-1, 2, (32, 4), generator=g, dtype=torch.int8),
+        "blocks.1.mlp.fc.weight.q": torch.randint(-31, 32, (32, 16), generator=g, dtype=torch.int8),
+        "blocks.0.mlp.fc.weight.lqer.a.q": torch.randint(-2, 2, (32, 4), generator=g, dtype=torch.int8),
         "tok_emb.weight.q": torch.randint(-127, 128, (32, 16), generator=g, dtype=torch.int8),
         "tok_emb.weight.scale": torch.rand(32, generator=g).half(),
         "blocks.0.attn_scale": torch.randn(16, generator=g),
@@ -87,7 +95,7 @@ def test_byte_shuffle_groups_bytes_by_position():
 
 @pytest.mark.parametrize("codec", CODECS)
 def test_codecs_round_trip(codec):
-    data = bytes(range(256)) * 50
+    data = (bytes(range(256)) * 4 + bytes(1000)) * 10  # repeats for the LZ coders, skewed bytes for rans
     packed = compress(data, codec)
     assert len(packed) < len(data) and decompress(packed, codec) == data
     assert decompress(compress(data, codec, level=1), codec) == data
@@ -96,7 +104,7 @@ def test_codecs_round_trip(codec):
 def test_unknown_codec_is_refused():
     with pytest.raises(ValueError, match="unknown codec 'xz'"):
         compress(b"x", "xz")
-    with pytest.raises(GolfError, match="expected one of brotli, lzma, zstd, zlib, best"):
+    with pytest.raises(GolfError, match="expected one of brotli, lzma, zstd, zlib, rans, best"):
         apply_overrides(PackConfig(), ["codec=xz"])
     with pytest.raises(ValueError, match="leave it unset with codec 'best'"):
         PackConfig(codec="best", level=5)
@@ -105,27 +113,46 @@ def test_unknown_codec_is_refused():
 # Per-group sections and the artifact round trip
 
 
+@pytest.mark.parametrize("streams, sections", [("type", TYPE_SECTIONS), ("group", GROUP_SECTIONS)])
 @pytest.mark.parametrize("codec", [*CODECS, "best"])
-def test_artifact_round_trip_is_bit_exact(tensors, codec):
-    data, breakdown = build_artifact(tensors, METADATA, PackConfig(codec=codec))
-    header, sections = read_container(data)
-    assert_same_tensors(decode_tensors(header, sections), tensors)
-    assert list(sections) == ["code", "weights.attention", "weights.mlp", "weights.embedding", "weights.other"]
+def test_artifact_round_trip_is_bit_exact(tensors, codec, streams, sections):
+    config = PackConfig(codec=codec, codes_codec=codec, streams=streams)
+    data, breakdown = build_artifact(tensors, METADATA, config)
+    header, decoded = read_container(data)
+    assert_same_tensors(decode_tensors(header, decoded), tensors)
+    assert list(decoded) == sections
     used = {entry["name"]: entry["codec"] for entry in header["sections"]}
     allowed = BEST_CANDIDATES if codec == "best" else (codec,)
-    assert all(used[f"weights.{group}"] in allowed for group in breakdown["groups"])
+    assert all(used[f"weights.{stream}"] in allowed for stream in breakdown["groups"])
     assert breakdown["bytes_total"] == len(data)
     assert breakdown["bytes_header"] + breakdown["bytes_code"] + breakdown["bytes_weights"] == len(data)
 
 
-def test_header_records_each_tensor(tensors):
-    data, _ = build_artifact(tensors, METADATA, PackConfig())
+def test_code_sections_use_codes_codec_and_the_rest_codec(tensors):
+    data, breakdown = build_artifact(tensors, METADATA, PackConfig(codec="lzma"))
+    used = {entry["name"]: entry["codec"] for entry in read_container(data)[0]["sections"]}
+    assert {name: codec for name, codec in used.items() if name.startswith("weights.")} == {
+        section: "rans" if ".codes." in section else "lzma" for section in TYPE_SECTIONS[1:]}
+    assert breakdown["groups"]["codes.mlp.fc"]["bytes_uncompressed"] == 2 * 32 * 16  # both layers, back to back
+
+
+@pytest.mark.parametrize("name, expected", [
+    ("blocks.10.mlp.proj.weight.q", "mlp.proj"), ("tok_emb.weight.q", "tok_emb"),
+    ("bigram.embed.weight.q", "bigram.embed"), ("blocks.0.attn.c_v.weight.q", "attn.c_v"),
+])
+def test_matrix_type_drops_the_layer_and_the_suffix(name, expected):
+    assert matrix_type(name) == expected
+
+
+@pytest.mark.parametrize("streams, expected", [("type", STREAM_OF), ("group", GROUP_OF)])
+def test_header_records_each_tensor(tensors, streams, expected):
+    data, _ = build_artifact(tensors, METADATA, PackConfig(streams=streams))
     header, _ = read_container(data)
     entries = {entry["name"]: entry for entry in header["weights"]["tensors"]}
     assert set(entries) == set(tensors)
     for name, tensor in tensors.items():
         entry = entries[name]
-        assert entry["group"] == GROUP_OF[name]
+        assert entry["group"] == expected[name]
         assert entry["dtype"] == str(tensor.dtype).removeprefix("torch.") and entry["shape"] == list(tensor.shape)
         assert entry["shuffled"] == (tensor.element_size() > 1)  # int8 has nothing to shuffle
 
@@ -148,7 +175,7 @@ def test_unshuffled_artifact_round_trips(tensors):
 def test_best_keeps_the_smallest_codec_per_group(tensors):
     parts = artifact_parts(tensors, METADATA, PackConfig())
     measured = compress_streams(parts.streams, CODECS, None)
-    _, breakdown = build_artifact(tensors, METADATA, PackConfig(codec="best"))
+    _, breakdown = build_artifact(tensors, METADATA, PackConfig(codec="best", codes_codec="best"))
     for group, sizes in breakdown["groups"].items():
         assert sizes["bytes"] == min(len(measured[group][codec]) for codec in BEST_CANDIDATES)
 
@@ -156,12 +183,12 @@ def test_best_keeps_the_smallest_codec_per_group(tensors):
 def test_comparison_totals_are_the_real_artifact_sizes(tensors):
     parts = artifact_parts(tensors, METADATA, PackConfig())
     rows = compare_codecs(parts, compress_streams(parts.streams, CODECS, None))
-    assert list(rows) == ["attention", "mlp", "embedding", "other", "code+header", "total"]
+    assert list(rows) == [*(section.removeprefix("weights.") for section in TYPE_SECTIONS[1:]), "code+header", "total"]
     for column in COMPARE_COLUMNS:
-        data, _ = build_artifact(tensors, METADATA, PackConfig(codec=column))
+        data, _ = build_artifact(tensors, METADATA, PackConfig(codec=column, codes_codec=column))
         assert rows["total"][column] == len(data)
         assert sum(rows[row][column] for row in rows if row != "total") == len(data)
-    assert rows["mlp"]["raw"] == sum(t.numel() * t.element_size() for n, t in tensors.items() if GROUP_OF[n] == "mlp")
+    assert rows["mlp"]["raw"] == sum(t.numel() * t.element_size() for n, t in tensors.items() if STREAM_OF[n] == "mlp")
 
 
 def test_unsupported_dtype_is_a_one_line_error(tensors):
@@ -261,7 +288,8 @@ def test_pack_compare_goes_into_the_manifest(quant_dir, tmp_path):
     assert shown and shown[0] == metrics["compare"]
     assert metrics["compare"]["total"]["best"] == metrics["bytes_total"]
     assert metrics["verdict"] == "PASS" and metrics["margin"] == metrics["limit"] - metrics["bytes_total"]
-    assert set(metrics["groups"]) <= {"attention", "mlp", "embedding", "other"}
+    assert {group for group in metrics["groups"] if not group.startswith("codes.")} <= {"attention", "mlp", "embedding", "other"}
+    assert metrics["groups"]["codes.tok_emb"]["codec"] in BEST_CANDIDATES  # the tiny model's one quantized matrix
 
 
 # The house: the artifact format is its own package, and what ships stays small

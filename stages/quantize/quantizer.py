@@ -148,12 +148,13 @@ def _add_lqer(state, tensors, index, report, config: QuantizeConfig, hessians) -
     candidates.sort(key=lambda item: item[0], reverse=True)
     for norm, name, error in candidates[: config.lqer_top_k]:
         rank = min(config.lqer_rank, *error.shape)
-        stored = lqer_correction(error, rank, config.lqer_a_bits, config.lqer_b_bits, config.lqer_group)
+        stored = lqer_correction(error, rank, config.lqer_a_bits, config.lqer_b_bits, config.lqer_group,
+                                 config.lqer_format)
         for key, tensor in stored.items():
             tensors[f"{name}.lqer.{key}"] = tensor
         entry = index[name]
         entry["lqer"] = {"rank": rank, "group": config.lqer_group, "a_bits": config.lqer_a_bits,
-                         "b_bits": config.lqer_b_bits}
+                         "b_bits": config.lqer_b_bits, "format": config.lqer_format}
         restored = dequantize_entry(name, entry, tensors)
         row = rows[name]
         extra = sum(t.numel() * t.element_size() for t in stored.values())
