@@ -40,17 +40,16 @@ def _zstd_compress(data: bytes, level: int) -> bytes:
     return zstandard.ZstdCompressor(level=level, write_content_size=True).compress(data)
 
 
-def _rans_compress(data: bytes, level: int) -> bytes:
-    return rans_compress(data)
+_COMPRESS = {"brotli": _brotli_compress, "lzma": _lzma_compress, "zstd": _zstd_compress, "zlib": _zlib_compress}
 
 
-_COMPRESS = {"brotli": _brotli_compress, "lzma": _lzma_compress, "zstd": _zstd_compress, "zlib": _zlib_compress,
-             "rans": _rans_compress}
-
-
-def compress(data: bytes, codec: str, level: int | None = None) -> bytes:
-    """``data`` compressed with ``codec`` at ``level`` (None: the codec's strongest)."""
+def compress(data: bytes, codec: str, level: int | None = None, segments: list[int] | None = None) -> bytes:
+    """``data`` compressed with ``codec`` at ``level`` (None: the codec's strongest). ``segments``
+    (byte lengths) split the data into parts of their own statistics: 'rans' gives each its own
+    frequency table; the other codecs adapt as they go and ignore it."""
     check_codec(codec)
+    if codec == "rans":  # one setting only: exact static tables
+        return rans_compress(data, segments)
     return _COMPRESS[codec](data, STRONGEST_LEVEL[codec] if level is None else level)
 
 

@@ -3,11 +3,12 @@
 The artifact (``model.golf``) holds a compressed JSON header, the shipped code
 (``stages/runtime.py`` and everything it imports, plus the container reader and bundle importer)
 and the weights sections, each compressed on its own after a byte shuffle of its multi-byte
-tensors. With ``streams="type"`` (the default) the int8 codes of each matrix type (``attn.c_q``,
-``mlp.fc``, ``tok_emb``, ...: every layer's matrix of that type, back to back) form a section of
-their own, coded with ``codes_codec`` (golf's order-0 coder 'rans' by default: the codes are
-near-independent draws of one distribution per type), and the rest (row scales, LQER factors,
-float tensors) one section per tensor group, coded with ``codec``; ``streams="group"`` puts
+tensors. With ``streams="type"`` (the default) the int8 codes of every quantized matrix form one
+section, ``weights.codes``, ordered by matrix type (``attn.c_q``, ``mlp.fc``, ``tok_emb``, ...:
+every layer's matrix of a type back to back, one segment per type) and coded with ``codes_codec``
+(golf's order-0 coder 'rans' by default, one frequency table per type: the codes are
+near-independent draws of one distribution per type); the rest (row scales, LQER factors, float
+tensors) goes in one section per tensor group, coded with ``codec``. ``streams="group"`` puts
 everything in one section per tensor group (attention, mlp, embedding, other), coded with
 ``codec``. The format itself (container, header fields, sections, the shipped bundle and its
 check) is ``stages/artifact``'s: this module only fills it. Its size is the real byte count of
@@ -46,9 +47,9 @@ SIZE_EXIT_CODE = 3
 BEST = "best"
 # Columns of `golf pack --compare`: every codec, then the per-group smallest of BEST_CANDIDATES.
 COMPARE_COLUMNS = (*CODECS, BEST)
-# A matrix's int8 codes are stored as '<parameter>.q'; with streams 'type' they go to 'codes.<type>'.
+# A matrix's int8 codes are stored as '<parameter>.q'; with streams 'type' they go to the code stream.
 CODES_SUFFIX = ".weight.q"
-CODE_STREAM_PREFIX = "codes."
+CODE_STREAM = "codes"
 
 
 @dataclass(frozen=True)
@@ -68,7 +69,8 @@ class PackConfig:
     shuffle: bool = True
     """Byte-shuffle multi-byte tensors before compression (all first bytes, then all second bytes, ...)."""
     code_codec: Literal["brotli", "lzma", "zstd", "zlib"] = "lzma"
-    """Codec of the shipped code section (lzma needs no third-party package to unpack)."""
+    """Codec of the shipped code section (lzma needs no third-party package to unpack; brotli is
+    ~1 KB smaller on golf's bundle)."""
     limit: int = ranged(SIZE_LIMIT, ge=1)
     """Size limit in bytes (decimal: 16,000,000 in the challenge)."""
 
@@ -93,19 +95,21 @@ class ArtifactParts:
     code_files: int
     """Number of shipped modules."""
     streams: dict[str, bytes]
-    """Group -> its tensors' bytes, little-endian, shuffled where the tensor entry says so, in header order."""
+    """Stream -> its tensors' bytes, little-endian, shuffled where the tensor entry says so, in header order."""
+    segments: dict[str, list[int]]
+    """Stream -> the byte lengths of its parts of one statistics (the code stream: one per matrix type)."""
 
 
 def build_artifact(tensors: dict[str, torch.Tensor], metadata: dict[str, str], config: PackConfig) -> tuple[bytes, dict]:
     """The artifact bytes and their breakdown by section."""
     parts = artifact_parts(tensors, metadata, config)
-    return assemble_artifact(parts, weight_payloads(parts.streams, config))
+    return assemble_artifact(parts, weight_payloads(parts, config))
 
 
 def artifact_parts(tensors: dict[str, torch.Tensor], metadata: dict[str, str], config: PackConfig) -> ArtifactParts:
     """The header, the compressed code and the weight streams of an artifact."""
     lineage = json.loads(metadata["lineage"])
-    entries, streams = tensor_streams(tensors, config.shuffle, config.streams)
+    entries, streams, segments = tensor_streams(tensors, config.shuffle, config.streams)
     files = installed_sources()
     header = {
         "format": FORMAT,
@@ -122,6 +126,7 @@ def artifact_parts(tensors: dict[str, torch.Tensor], metadata: dict[str, str], c
         code_bytes_uncompressed=sum(len(source.encode("utf-8")) for source in files.values()),
         code_files=len(files),
         streams=streams,
+        segments=segments,
     )
 
 
@@ -134,42 +139,54 @@ def matrix_type(name: str) -> str:
 
 
 def is_code_stream(stream: str) -> bool:
-    return stream.startswith(CODE_STREAM_PREFIX)
+    return stream == CODE_STREAM
 
 
 def stream_of(name: str, tensor: torch.Tensor, streams: str) -> str:
     """The stream (and so the section) a stored tensor goes to: with streams 'type', a matrix's
-    int8 codes go to their type's code stream; everything else goes to its tensor group's."""
+    int8 codes go to the code stream; everything else goes to its tensor group's."""
     if streams == "type" and tensor.dtype == torch.int8 and name.endswith(CODES_SUFFIX):
-        return CODE_STREAM_PREFIX + matrix_type(name)
+        return CODE_STREAM
     return tensor_group(name)
 
 
-def _stream_rank(stream: str) -> tuple:
-    """Code streams first (by type), then the tensor groups in their usual order."""
-    return (0, stream) if is_code_stream(stream) else (1, GROUPS.index(stream), stream)
+def _placement(name: str, stream: str) -> tuple:
+    """Sort key: the code stream first, by matrix type then layer, then the tensor groups in order."""
+    if is_code_stream(stream):
+        return (0, matrix_type(name), _layer(name), name)
+    return (1, GROUPS.index(stream), _layer(name), name)
+
+
+def _layer(name: str) -> int:
+    parts = name.split(".")
+    return int(parts[1]) if len(parts) > 1 and parts[0] == "blocks" and parts[1].isdigit() else -1
 
 
 def tensor_streams(tensors: dict[str, torch.Tensor], shuffle: bool,
-                   streams: str = "type") -> tuple[list[dict], dict[str, bytes]]:
-    """Header entries (stream by stream, by name inside a stream) and each stream's concatenated bytes.
+                   streams: str = "type") -> tuple[list[dict], dict[str, bytes], dict[str, list[int]]]:
+    """Header entries (stream by stream), each stream's concatenated bytes, and its segments.
 
     Each stream is a section of its own: groups are quantized with their own bits and clip widths,
     and the codes of one matrix type share one distribution, so a coder does better on one
     distribution at a time than on a stream whose statistics keep switching (and 'best' can pick
-    a codec per section). The header's ``group`` field of a tensor names its stream.
+    a codec per section). The code stream's segments are its matrix types, each one frequency
+    table for 'rans'. The header's ``group`` field of a tensor names its stream.
     """
     placed = {name: stream_of(name, tensor, streams) for name, tensor in tensors.items()}
-    entries, chunks = [], {}
-    for name in sorted(tensors, key=lambda name: (_stream_rank(placed[name]), name)):
+    entries, chunks, segments = [], {}, {}
+    for name in sorted(tensors, key=lambda name: _placement(name, placed[name])):
         stream = placed[name]
         array = _little_endian(name, tensors[name])
         shuffled = shuffle and array.itemsize > 1  # a 1-byte dtype has nothing to shuffle
         raw = array.tobytes()
         chunks.setdefault(stream, []).append(byte_shuffle(raw, array.itemsize) if shuffled else raw)
+        part = matrix_type(name) if is_code_stream(stream) else stream
+        segments.setdefault(stream, {}).setdefault(part, 0)
+        segments[stream][part] += len(raw)
         entries.append({"name": name, "dtype": str(array.dtype), "shape": list(array.shape), "group": stream,
                         "shuffled": shuffled})
-    return entries, {stream: b"".join(parts) for stream, parts in chunks.items()}
+    return (entries, {stream: b"".join(parts) for stream, parts in chunks.items()},
+            {stream: list(parts.values()) for stream, parts in segments.items()})
 
 
 def _little_endian(name: str, tensor: torch.Tensor):
@@ -182,10 +199,10 @@ def _little_endian(name: str, tensor: torch.Tensor):
 
 
 def compress_streams(streams: dict[str, bytes], codecs: tuple[str, ...] | dict[str, tuple[str, ...]],
-                     level: int | None) -> dict[str, dict[str, bytes]]:
+                     level: int | None, segments: dict[str, list[int]] | None = None) -> dict[str, dict[str, bytes]]:
     """{stream: {codec: payload}} for every stream under each of its codecs (``codecs``: the same
-    for every stream, or per stream). ``level`` applies to all but the code streams, which are
-    always coded at their codec's strongest.
+    for every stream, or per stream). ``level`` applies to all but the code stream, which is
+    always coded at its codec's strongest; ``segments`` are passed on to the codec ('rans' uses them).
 
     The jobs run on threads: the codecs release the GIL, and brotli 11 alone takes about a minute
     on a full-size model, so the streams and codecs overlap on the cores there are.
@@ -193,9 +210,11 @@ def compress_streams(streams: dict[str, bytes], codecs: tuple[str, ...] | dict[s
     per_stream = codecs if isinstance(codecs, dict) else {stream: codecs for stream in streams}
     jobs = [(stream, codec) for stream in streams for codec in per_stream[stream]]
 
+    segments = segments or {}
+
     def run(job):
         stream, codec = job
-        return compress(streams[stream], codec, None if is_code_stream(stream) else level)
+        return compress(streams[stream], codec, None if is_code_stream(stream) else level, segments.get(stream))
 
     with ThreadPoolExecutor(max_workers=max(1, min(len(jobs), os.cpu_count() or 1))) as pool:
         payloads = list(pool.map(run, jobs))
@@ -222,16 +241,16 @@ def smallest(options: dict[str, bytes], allowed: tuple[str, ...]) -> tuple[str, 
     return codec, options[codec]
 
 
-def weight_payloads(streams: dict[str, bytes], config: PackConfig,
+def weight_payloads(parts: ArtifactParts, config: PackConfig,
                     measured: dict[str, dict[str, bytes]] | None = None) -> dict[str, tuple[str, bytes]]:
     """Each stream's (codec, payload) under the config's codecs.
 
     ``measured`` holds payloads already made at the strongest level (by ``--compare``); they are
     reused unless the config asks for another level.
     """
-    allowed = stream_codecs(streams, config)
+    allowed = stream_codecs(parts.streams, config)
     if measured is None or config.level is not None:
-        measured = compress_streams(streams, allowed, config.level)
+        measured = compress_streams(parts.streams, allowed, config.level, parts.segments)
     return {stream: smallest(options, allowed[stream]) for stream, options in measured.items()}
 
 
@@ -304,10 +323,10 @@ def run_pack(config: PackConfig, quantize_dir: str | Path, out_dir: str | Path, 
             parts = artifact_parts(tensors, metadata, config)
             measured = comparison = None
             if compare:
-                measured = compress_streams(parts.streams, CODECS, None)
+                measured = compress_streams(parts.streams, CODECS, None, parts.segments)
                 comparison = compare_codecs(parts, measured)
                 _report_comparison(comparison, reporter, show_comparison)
-            data, breakdown = assemble_artifact(parts, weight_payloads(parts.streams, config, measured))
+            data, breakdown = assemble_artifact(parts, weight_payloads(parts, config, measured))
         verdict = size_verdict(len(data), config.limit)
         reporter.log(stage="pack", **flat_breakdown(breakdown), limit=config.limit, margin=verdict["margin"],
                      verdict=verdict["verdict"])
