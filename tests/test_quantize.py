@@ -1,20 +1,23 @@
 """The quantizers: SDClip and quantile grids, GPTQ against RTN, LQER, the entropy predictor and
 the --target-bytes fit."""
 
+import json
 import math
 from dataclasses import replace
 
 import pytest
 import torch
 
+from stages.config import apply_overrides
 from stages.contract.stage_dir import StageDir
 from stages.evaluate.val_data import train_shard_paths
 from stages.model.checkpoint import load_model_weights, load_tensors
 from stages.model.gpt import GPT
+from stages.pack.stage import PackConfig, build_artifact
 from stages.quantize.calibration import collect_hessians, training_batches
 from stages.quantize.config import CalibrationConfig, GroupQuant, QuantizeConfig
 from stages.quantize.dequant import dequantize_state, lqer_factors
-from stages.quantize.entropy import code_entropy_bits, gaussian_bits
+from stages.quantize.entropy import code_entropy_bits, gaussian_bits, predicted_code_bytes, predicted_value_bytes
 from stages.quantize.gptq import GptqSettings, gptq_codes, hessian_error
 from stages.quantize.lqer import FORMATS, correction_bytes, lqer_correction
 from stages.quantize.quantizer import is_quantized, predicted_rtn_bytes, quantize_state
@@ -282,3 +285,24 @@ def test_gaussian_formula_predicts_sdclip_entropy():
         assert code_entropy_bits(codes) == pytest.approx(gaussian_bits(bits, k), rel=0.02)
     assert gaussian_bits(6, 1.0) == 6.0  # capped at the code width
     assert math.isclose(gaussian_bits(6, 12.0), math.log2(math.sqrt(2 * math.pi * math.e) * 31 / 12))
+
+
+def test_scale_bytes_are_predicted_at_their_order0_entropy():
+    assert predicted_value_bytes(torch.full((100,), 0.25).half()) == 0
+    assert predicted_value_bytes(torch.arange(256).half()) == pytest.approx(256)  # 8 bits each
+    state = {"blocks.0.mlp.fc.weight": torch.randn(1, 300).repeat(64, 1)}  # equal rows: one scale value
+    tensors, _index, report = quantize_state(state, QuantizeConfig(method="rtn", keep_float_max_numel=0))
+    codes = tensors["blocks.0.mlp.fc.weight.q"]
+    assert report[0]["predicted_bytes"] == pytest.approx(predicted_code_bytes(codes))
+
+
+def test_prediction_is_within_1pct_of_the_packed_weights():
+    torch.manual_seed(7)
+    state = {f"blocks.{i}.{kind}.weight": torch.randn(256, 384) for i in range(3) for kind in ("attn.c_q", "mlp.fc")}
+    state["tok_emb.weight"] = torch.randn(512, 384) * 0.02
+    config = apply_overrides(QuantizeConfig(method="rtn"), ["embedding.bits=7", "embedding.clip_sigmas=14"])
+    tensors, index, report = quantize_state(state, config)
+    metadata = {"quant_index": json.dumps(index), "model_config": json.dumps({"vocab_size": 512}),
+                "lineage": json.dumps({"tokenizer_sha256": "0" * 64, "vocab_size": 512}), "train_seq_len": "16"}
+    packed = build_artifact(tensors, metadata, PackConfig())[1]["bytes_weights"]
+    assert sum(row["predicted_bytes"] for row in report) == pytest.approx(packed, rel=0.01)

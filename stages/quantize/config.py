@@ -91,7 +91,8 @@ class QuantizeConfig:
     target_bytes: int = ranged(0, ge=0)
     """Choose the clip widths so the packed artifact lands under this many bytes (0: use the k given)."""
     target_codec: Literal["brotli", "lzma", "zstd", "zlib"] = "brotli"
-    """Codec the target size is verified with (pack's default)."""
+    """Codec of the sections other than the codes' when the target size is verified (pack's default;
+    the codes go through pack's default codes_codec, rans)."""
     eval_stride: int | None = ranged(None, ge=1)
     """Scoring stride for the pre/post-quant bpb (None: non-overlapping windows)."""
     eval_seq_len: int | None = ranged(None, ge=1)
