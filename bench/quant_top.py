@@ -133,9 +133,10 @@ def packing_table(tensors, metadata) -> list[dict]:
     rest = len(data) - codes_now
     rows = []
 
-    def row(choice: str, codes_bytes: int | None, total: int, note: str, seconds: float) -> None:
-        rows.append({"choice": choice, "codes_bytes": codes_bytes, "artifact_bytes": total,
-                     "vs_goal": GOAL_BYTES - total, "seconds": round(seconds, 1), "how": note})
+    def row(choice: str, codes_bytes: int | None, total: int, note: str, seconds: float,
+            permutation_bytes: int = 0) -> None:
+        rows.append({"choice": choice, "codes_bytes": codes_bytes, "permutation_bytes": permutation_bytes,
+                     "artifact_bytes": total, "vs_goal": GOAL_BYTES - total, "seconds": round(seconds, 1), "how": note})
         print(json.dumps(rows[-1]), flush=True)  # the table takes minutes: show each row as it lands
 
     start = time.perf_counter()
@@ -151,9 +152,10 @@ def packing_table(tensors, metadata) -> list[dict]:
                                            ("+ rows by similarity (tok_emb, c_q, fc), permutations stored", True, True)):
             start = time.perf_counter()
             streams, permutations = type_streams(by_type, transpose, reorder)
-            codes = compressed_total(streams, "brotli", pool) + (len(compress(permutations, "brotli")) if permutations else 0)
-            row(choice, codes, rest + codes, "per-type brotli streams (+ brotli of the uint16 permutations)",
-                time.perf_counter() - start)
+            codes = compressed_total(streams, "brotli", pool)
+            stored = len(compress(permutations, "brotli")) if permutations else 0
+            row(choice, codes, rest + codes + stored, "per-type brotli streams (+ brotli of the uint16 permutations)",
+                time.perf_counter() - start, stored)
         streams, _ = type_streams(by_type, False, False)
         for choice, measure in (("codes by matrix type, lzma 9e", lambda: compressed_total(streams, "lzma", pool)),
                                 ("codes by matrix type, lzma 9e lc0 lp0 pb0",
@@ -256,7 +258,7 @@ def main() -> None:
 
     table = packing_table(tensors, metadata)
     print_table("top at the record's settings: artifact bytes per packing choice", table,
-                ["choice", "codes_bytes", "artifact_bytes", "vs_goal", "seconds"])
+                ["choice", "codes_bytes", "permutation_bytes", "artifact_bytes", "vs_goal", "seconds"])
     lqer = lqer_formats(load_tensors(StageDir(train, "train").file("weights")), tensors, index)
     print_table("LQER storage formats on the corrected matrices", lqer,
                 ["tensor", "format", "raw_bytes", "brotli_bytes", "error_left", "weight_error_before",
