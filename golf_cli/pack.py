@@ -24,7 +24,8 @@ def pack(
     run: str = RunOption,
     quantized: Path = typer.Option(None, "--quantized", help="Quantize folder (default artifacts/<run>/quantize)."),
     out: Path = typer.Option(None, "--out", help="Output folder (default artifacts/<run>/pack)."),
-    codec: str = typer.Option("brotli", "--codec", help="Weights codec: brotli, lzma, zstd, zlib, or best (per group the smallest)."),
+    codec: str = typer.Option("brotli", "--codec", help="Codec of the weights sections other than the codes: brotli, lzma, "
+                              "zstd, zlib, rans, or best (per section the smallest); the codes: --set codes_codec=... (rans)."),
     limit: int = typer.Option(SIZE_LIMIT, "--limit", help="Size limit in bytes; over it, exit 3 and write nothing."),
     compare: bool = typer.Option(False, "--compare", help="First print the size under every codec, per group and in total."),
     check: Path = typer.Option(None, "--check", help="Only check this existing artifact file: well-formed, its code "
@@ -34,7 +35,7 @@ def pack(
     overrides: list[str] = SetOption,
     force: bool = ForceOption,
 ):
-    """Write model.golf (header, shipped code, one compressed section per tensor group) and apply the size gate."""
+    """Write model.golf (header, shipped code, the codes section and one section per tensor group) and apply the size gate."""
     if check is not None:
         verdict = check_artifact(check, limit, trust_code, RichReporter())
         print(format_line({"artifact": str(check), **verdict}))

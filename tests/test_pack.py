@@ -21,9 +21,10 @@ from stages.contract.stage_dir import StageDir
 from stages.errors import GolfError
 from stages.model.checkpoint import load_tensors_and_metadata
 from stages.pack.codecs import BEST_CANDIDATES, byte_shuffle, compress
+from stages.pack.rans import lane_count
 from stages.pack.stage import (
     COMPARE_COLUMNS, PackConfig, artifact_parts, build_artifact, check_artifact, compare_codecs, compress_streams,
-    run_pack,
+    matrix_type, run_pack,
 )
 
 # One tensor per dtype in every group, named the way the quantize stage stores them.
@@ -31,12 +32,17 @@ GROUP_OF = {
     "blocks.0.attn.c_q.weight.q": "attention",
     "blocks.0.attn.c_q.weight.scale": "attention",
     "blocks.0.mlp.fc.weight.q": "mlp",
-    "blocks.0.mlp.fc.weight.lqer_a.q": "mlp",
+    "blocks.1.mlp.fc.weight.q": "mlp",
+    "blocks.0.mlp.fc.weight.lqer.a.q": "mlp",
     "tok_emb.weight.q": "embedding",
     "tok_emb.weight.scale": "embedding",
     "blocks.0.attn_scale": "other",
     "skip_weights": "other",
 }
+# With streams 'type' (the default), every matrix's codes go to the code stream, the rest by group.
+STREAM_OF = {**GROUP_OF, **{name: "codes" for name in GROUP_OF if name.endswith(".weight.q")}}
+TYPE_SECTIONS = ["code", "weights.codes", "weights.attention", "weights.mlp", "weights.embedding", "weights.other"]
+GROUP_SECTIONS = ["code", "weights.attention", "weights.mlp", "weights.embedding", "weights.other"]
 METADATA = {
     "lineage": json.dumps({"tokenizer_sha256": "0" * 64, "vocab_size": 32}),
     "model_config": json.dumps({"vocab_size": 32}),
@@ -52,7 +58,8 @@ def tensors():
         "blocks.0.attn.c_q.weight.q": torch.randint(-31, 32, (16, 24), generator=g, dtype=torch.int8),
         "blocks.0.attn.c_q.weight.scale": torch.rand(16, generator=g).half(),
         "blocks.0.mlp.fc.weight.q": torch.randint(-31, 32, (32, 16), generator=g, dtype=torch.int8),
-        "blocks.0.mlp.fc.weight.lqer_a.q": torch.randint(-1, 2, (32, 4), generator=g, dtype=torch.int8),
+        "blocks.1.mlp.fc.weight.q": torch.randint(-31, 32, (32, 16), generator=g, dtype=torch.int8),
+        "blocks.0.mlp.fc.weight.lqer.a.q": torch.randint(-2, 2, (32, 4), generator=g, dtype=torch.int8),
         "tok_emb.weight.q": torch.randint(-127, 128, (32, 16), generator=g, dtype=torch.int8),
         "tok_emb.weight.scale": torch.rand(32, generator=g).half(),
         "blocks.0.attn_scale": torch.randn(16, generator=g),
@@ -87,16 +94,61 @@ def test_byte_shuffle_groups_bytes_by_position():
 
 @pytest.mark.parametrize("codec", CODECS)
 def test_codecs_round_trip(codec):
-    data = bytes(range(256)) * 50
+    data = (bytes(range(256)) * 4 + bytes(1000)) * 10  # repeats for the LZ coders, skewed bytes for rans
     packed = compress(data, codec)
     assert len(packed) < len(data) and decompress(packed, codec) == data
     assert decompress(compress(data, codec, level=1), codec) == data
 
 
+def gaussian_codes(count: int, clip_sigmas: float = 11.5, seed: int = 0) -> bytes:
+    """int6 SDClip-like codes: a rounded Gaussian of std 31 / k, clamped to [-31, 31]."""
+    generator = torch.Generator().manual_seed(seed)
+    codes = torch.clamp(torch.round(torch.randn(count, generator=generator) * 31 / clip_sigmas), -31, 31)
+    return codes.to(torch.int8).numpy().tobytes()
+
+
+def order0_bytes(data: bytes) -> float:
+    counts = torch.bincount(torch.frombuffer(bytearray(data), dtype=torch.uint8).long()).double()
+    p = counts[counts > 0] / len(data)
+    return float(-(p * p.log2()).sum()) * len(data) / 8
+
+
+@pytest.mark.parametrize("data", [b"", b"\x07", b"\xff" * 999, bytes(range(256)), bytes([0, 255, 128, 127]) * 33,
+                                  gaussian_codes(70_001)])
+def test_rans_round_trips_any_bytes(data):
+    assert decompress(compress(data, "rans"), "rans") == data
+
+
+def test_rans_lands_within_a_fraction_of_a_percent_of_the_order0_entropy_and_beats_brotli():
+    data = gaussian_codes(400_000)
+    payload = compress(data, "rans")
+    assert order0_bytes(data) < len(payload) < order0_bytes(data) * 1.003
+    assert len(payload) < len(compress(data, "brotli"))
+
+
+def test_rans_lane_count_grows_with_the_stream():
+    assert lane_count(1) == 1 and lane_count(400_000) == 40 and lane_count(10**12) == 4096
+
+
+@pytest.mark.parametrize("damage", ["flip", "truncate", "extend", "table"])
+def test_rans_refuses_a_damaged_payload(damage):
+    payload = bytearray(compress(gaussian_codes(20_000), "rans"))
+    if damage == "flip":
+        payload[-100] ^= 0x40
+    elif damage == "truncate":
+        del payload[-2:]
+    elif damage == "extend":
+        payload += b"\0\0"
+    else:
+        payload[12] ^= 0x01  # a frequency: the table no longer sums to 2^15
+    with pytest.raises(ValueError, match="not rans-compressed"):
+        decompress(bytes(payload), "rans")
+
+
 def test_unknown_codec_is_refused():
     with pytest.raises(ValueError, match="unknown codec 'xz'"):
         compress(b"x", "xz")
-    with pytest.raises(GolfError, match="expected one of brotli, lzma, zstd, zlib, best"):
+    with pytest.raises(GolfError, match="expected one of brotli, lzma, zstd, zlib, rans, best"):
         apply_overrides(PackConfig(), ["codec=xz"])
     with pytest.raises(ValueError, match="leave it unset with codec 'best'"):
         PackConfig(codec="best", level=5)
@@ -105,27 +157,57 @@ def test_unknown_codec_is_refused():
 # Per-group sections and the artifact round trip
 
 
+@pytest.mark.parametrize("streams, sections", [("type", TYPE_SECTIONS), ("group", GROUP_SECTIONS)])
 @pytest.mark.parametrize("codec", [*CODECS, "best"])
-def test_artifact_round_trip_is_bit_exact(tensors, codec):
-    data, breakdown = build_artifact(tensors, METADATA, PackConfig(codec=codec))
-    header, sections = read_container(data)
-    assert_same_tensors(decode_tensors(header, sections), tensors)
-    assert list(sections) == ["code", "weights.attention", "weights.mlp", "weights.embedding", "weights.other"]
+def test_artifact_round_trip_is_bit_exact(tensors, codec, streams, sections):
+    config = PackConfig(codec=codec, codes_codec=codec, streams=streams)
+    data, breakdown = build_artifact(tensors, METADATA, config)
+    header, decoded = read_container(data)
+    assert_same_tensors(decode_tensors(header, decoded), tensors)
+    assert list(decoded) == sections
     used = {entry["name"]: entry["codec"] for entry in header["sections"]}
     allowed = BEST_CANDIDATES if codec == "best" else (codec,)
-    assert all(used[f"weights.{group}"] in allowed for group in breakdown["groups"])
+    assert all(used[f"weights.{stream}"] in allowed for stream in breakdown["groups"])
     assert breakdown["bytes_total"] == len(data)
     assert breakdown["bytes_header"] + breakdown["bytes_code"] + breakdown["bytes_weights"] == len(data)
 
 
-def test_header_records_each_tensor(tensors):
-    data, _ = build_artifact(tensors, METADATA, PackConfig())
+def test_code_section_uses_codes_codec_and_the_rest_codec(tensors):
+    data, breakdown = build_artifact(tensors, METADATA, PackConfig(codec="lzma"))
+    header, _ = read_container(data)
+    used = {entry["name"]: entry["codec"] for entry in header["sections"]}
+    assert {name: codec for name, codec in used.items() if name.startswith("weights.")} == {
+        section: "rans" if section == "weights.codes" else "lzma" for section in TYPE_SECTIONS[1:]}
+    codes = [entry["name"] for entry in header["weights"]["tensors"] if entry["group"] == "codes"]
+    assert codes == ["blocks.0.attn.c_q.weight.q", "blocks.0.mlp.fc.weight.q", "blocks.1.mlp.fc.weight.q",
+                     "tok_emb.weight.q"]  # by matrix type, then layer: one rans table per type
+
+
+def test_code_stream_has_one_segment_per_matrix_type(tensors):
+    parts = artifact_parts(tensors, METADATA, PackConfig())
+    assert parts.segments["codes"] == [16 * 24, 2 * 32 * 16, 32 * 16]  # attn.c_q, mlp.fc (2 layers), tok_emb
+    assert parts.segments["attention"] == [len(parts.streams["attention"])]
+    one_table = compress(parts.streams["codes"], "rans")
+    assert len(compress(parts.streams["codes"], "rans", segments=parts.segments["codes"])) != len(one_table)
+
+
+@pytest.mark.parametrize("name, expected", [
+    ("blocks.10.mlp.proj.weight.q", "mlp.proj"), ("tok_emb.weight.q", "tok_emb"),
+    ("bigram.embed.weight.q", "bigram.embed"), ("blocks.0.attn.c_v.weight.q", "attn.c_v"),
+])
+def test_matrix_type_drops_the_layer_and_the_suffix(name, expected):
+    assert matrix_type(name) == expected
+
+
+@pytest.mark.parametrize("streams, expected", [("type", STREAM_OF), ("group", GROUP_OF)])
+def test_header_records_each_tensor(tensors, streams, expected):
+    data, _ = build_artifact(tensors, METADATA, PackConfig(streams=streams))
     header, _ = read_container(data)
     entries = {entry["name"]: entry for entry in header["weights"]["tensors"]}
     assert set(entries) == set(tensors)
     for name, tensor in tensors.items():
         entry = entries[name]
-        assert entry["group"] == GROUP_OF[name]
+        assert entry["group"] == expected[name]
         assert entry["dtype"] == str(tensor.dtype).removeprefix("torch.") and entry["shape"] == list(tensor.shape)
         assert entry["shuffled"] == (tensor.element_size() > 1)  # int8 has nothing to shuffle
 
@@ -147,21 +229,21 @@ def test_unshuffled_artifact_round_trips(tensors):
 
 def test_best_keeps_the_smallest_codec_per_group(tensors):
     parts = artifact_parts(tensors, METADATA, PackConfig())
-    measured = compress_streams(parts.streams, CODECS, None)
-    _, breakdown = build_artifact(tensors, METADATA, PackConfig(codec="best"))
+    measured = compress_streams(parts.streams, CODECS, None, parts.segments)
+    _, breakdown = build_artifact(tensors, METADATA, PackConfig(codec="best", codes_codec="best"))
     for group, sizes in breakdown["groups"].items():
         assert sizes["bytes"] == min(len(measured[group][codec]) for codec in BEST_CANDIDATES)
 
 
 def test_comparison_totals_are_the_real_artifact_sizes(tensors):
     parts = artifact_parts(tensors, METADATA, PackConfig())
-    rows = compare_codecs(parts, compress_streams(parts.streams, CODECS, None))
-    assert list(rows) == ["attention", "mlp", "embedding", "other", "code+header", "total"]
+    rows = compare_codecs(parts, compress_streams(parts.streams, CODECS, None, parts.segments))
+    assert list(rows) == [*(section.removeprefix("weights.") for section in TYPE_SECTIONS[1:]), "code+header", "total"]
     for column in COMPARE_COLUMNS:
-        data, _ = build_artifact(tensors, METADATA, PackConfig(codec=column))
+        data, _ = build_artifact(tensors, METADATA, PackConfig(codec=column, codes_codec=column))
         assert rows["total"][column] == len(data)
         assert sum(rows[row][column] for row in rows if row != "total") == len(data)
-    assert rows["mlp"]["raw"] == sum(t.numel() * t.element_size() for n, t in tensors.items() if GROUP_OF[n] == "mlp")
+    assert rows["mlp"]["raw"] == sum(t.numel() * t.element_size() for n, t in tensors.items() if STREAM_OF[n] == "mlp")
 
 
 def test_unsupported_dtype_is_a_one_line_error(tensors):
@@ -261,7 +343,7 @@ def test_pack_compare_goes_into_the_manifest(quant_dir, tmp_path):
     assert shown and shown[0] == metrics["compare"]
     assert metrics["compare"]["total"]["best"] == metrics["bytes_total"]
     assert metrics["verdict"] == "PASS" and metrics["margin"] == metrics["limit"] - metrics["bytes_total"]
-    assert set(metrics["groups"]) <= {"attention", "mlp", "embedding", "other"}
+    assert set(metrics["groups"]) <= {"codes", "attention", "mlp", "embedding", "other"}
 
 
 # The house: the artifact format is its own package, and what ships stays small

@@ -1,23 +1,28 @@
 """The quantizers: SDClip and quantile grids, GPTQ against RTN, LQER, the entropy predictor and
 the --target-bytes fit."""
 
+import json
 import math
 from dataclasses import replace
 
 import pytest
 import torch
 
+from stages.config import apply_overrides
 from stages.contract.stage_dir import StageDir
 from stages.evaluate.val_data import train_shard_paths
 from stages.model.checkpoint import load_model_weights, load_tensors
 from stages.model.gpt import GPT
+from stages.pack.stage import PackConfig, build_artifact
 from stages.quantize.calibration import collect_hessians, training_batches
 from stages.quantize.config import CalibrationConfig, GroupQuant, QuantizeConfig
-from stages.quantize.dequant import dequantize_state
-from stages.quantize.entropy import code_entropy_bits, gaussian_bits
+from stages.quantize.dequant import dequantize_state, lqer_factors
+from stages.quantize.entropy import code_entropy_bits, gaussian_bits, predicted_code_bytes, predicted_value_bytes
 from stages.quantize.gptq import GptqSettings, gptq_codes, hessian_error
+from stages.quantize.lqer import FORMATS, correction_bytes, lqer_correction
 from stages.quantize.quantizer import is_quantized, predicted_rtn_bytes, quantize_state
 from stages.quantize.rows import code_max, quantile_scales, rtn_codes, sdclip_scales
+from stages.quantize.schemes import get_scheme
 from stages.train.loader import make_loader
 
 from .conftest import tiny_run_config
@@ -185,20 +190,85 @@ def test_singular_hessian_without_damping_is_damped_until_it_factors():
 
 
 # ---- LQER ----
-def test_lqer_lowers_the_error_of_the_tensors_it_corrects(trained):
+@pytest.mark.parametrize("storage", FORMATS)
+def test_lqer_lowers_the_error_of_the_tensors_it_corrects(trained, storage):
     state, hessians = trained
-    config = QuantizeConfig(keep_float_max_numel=0, lqer_rank=4, lqer_top_k=2, lqer_group=16)
+    config = QuantizeConfig(keep_float_max_numel=0, lqer_rank=4, lqer_top_k=2, lqer_group=16, lqer_format=storage)
     tensors, index, report = quantize_state(state, config, hessians.matrices)
     corrected = [row for row in report if row.get("lqer_rank")]
     assert len(corrected) == 2
     for row in corrected:
-        assert row["relative_error"] < row["relative_error_before_lqer"]
-        assert row["hessian_error"] < row["hessian_error_before_lqer"]
+        assert row["relative_error"] < row["relative_error_before_lqer"]  # what the SVD minimizes
+        if storage == "asymmetric":  # the record's coarser int2 A (one scale) need not lower the H-weighted error
+            assert row["hessian_error"] < row["hessian_error_before_lqer"]
+        assert index[row["name"]]["lqer"]["format"] == storage
     rebuilt = dequantize_state(tensors, index)
     for row in corrected:  # the reported error is the error of what the artifact rebuilds
         name = row["name"]
         error = (rebuilt[name] - state[name]).norm() / state[name].norm()
         assert float(error) == pytest.approx(row["relative_error"], rel=1e-5)
+
+
+def test_gptq_lqer_scheme_stores_the_records_format():
+    assert get_scheme("gptq-lqer").lqer_format == "record" and get_scheme("gptq-lqer").lqer_rank == 4
+
+
+def low_rank_error(rows: int = 96, cols: int = 128, seed: int = 3) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(seed)
+    return torch.randn(rows, 6, generator=generator) @ torch.randn(6, cols, generator=generator) * 1e-3
+
+
+def test_record_lqer_codes_scales_and_shapes_follow_the_record():
+    error = low_rank_error()
+    stored = lqer_correction(error, rank=4, a_bits=2, b_bits=4, group=64, storage="record")
+    assert set(stored) == {"a.q", "a.scale", "b.q", "b.scale"}
+    a_q, a_scale, b_q, b_scale = stored["a.q"], stored["a.scale"], stored["b.q"], stored["b.scale"]
+    assert a_q.shape == (96, 4) and b_q.shape == (4, 128) and a_q.dtype == b_q.dtype == torch.int8
+    assert a_scale.shape == (1,) and b_scale.shape == (4 * 128 // 64,)
+    assert a_scale.dtype == b_scale.dtype == torch.float16
+    assert int(a_q.min()) == -2 and int(a_q.max()) <= 1  # int2: [-2, 1]; the largest |A| maps to +-1.5
+    assert int(b_q.min()) >= -8 and int(b_q.max()) <= 7 and int(b_q.abs().max()) >= 7
+    u, s, vh = torch.linalg.svd(error, full_matrices=False)
+    a, b = u[:, :4] * s[:4], vh[:4]  # the record's split: S on A, B = Vh (rows of unit norm)
+    expected_a_scale = (a.abs().max() / 1.5).half()
+    assert torch.equal(a_scale, expected_a_scale.reshape(1))
+    assert torch.equal(a_q, torch.clamp(torch.round(a / expected_a_scale.float()), -2, 1).to(torch.int8))
+    expected_b_scale = (b.reshape(-1, 64).abs().amax(dim=1) / 7.5).half()
+    assert torch.equal(b_scale, expected_b_scale)
+
+
+@pytest.mark.parametrize("storage", FORMATS)
+def test_lqer_round_trip_rebuilds_the_correction_and_costs_the_formula(storage):
+    rows, cols, rank, group = 96, 100, 4, 64  # 400 elements of B: the last group of 64 is padded
+    error = low_rank_error(rows, cols)
+    stored = lqer_correction(error, rank, 2, 4, group, storage)
+    lqer = {"rank": rank, "group": group, "format": storage}
+    a, b = lqer_factors("w", lqer, (rows, cols), {f"w.lqer.{key}": tensor for key, tensor in stored.items()})
+    assert a.shape == (rows, rank) and b.shape == (rank, cols)
+    assert float((a @ b - error).norm() / error.norm()) < 0.9
+    assert sum(t.numel() * t.element_size() for t in stored.values()) == correction_bytes(rows, cols, rank, group, storage)
+    if storage == "record":
+        assert correction_bytes(rows, cols, rank, group, storage) == rows * rank + 2 + rank * cols + 2 * 7
+
+
+def test_older_lqer_entries_without_a_format_read_as_asymmetric():
+    error = low_rank_error()
+    stored = lqer_correction(error, 4, 2, 4, 64, "asymmetric")
+    tensors = {f"w.lqer.{key}": tensor for key, tensor in stored.items()}
+    old = lqer_factors("w", {"rank": 4, "group": 64}, (96, 128), tensors)
+    new = lqer_factors("w", {"rank": 4, "group": 64, "format": "asymmetric"}, (96, 128), tensors)
+    assert torch.equal(old[0] @ old[1], new[0] @ new[1])
+
+
+def test_lqer_report_adds_the_stored_correction_bytes(trained):
+    state, hessians = trained
+    for storage in FORMATS:
+        config = QuantizeConfig(keep_float_max_numel=0, lqer_rank=4, lqer_top_k=1, lqer_format=storage)
+        _tensors, _index, report = quantize_state(state, config, hessians.matrices)
+        plain = {row["name"]: row for row in quantize_state(state, replace(config, lqer_rank=0), hessians.matrices)[2]}
+        row = next(row for row in report if row.get("lqer_rank"))
+        rows, cols = row["shape"]
+        assert row["stored_bytes"] - plain[row["name"]]["stored_bytes"] == correction_bytes(rows, cols, 4, 64, storage)
 
 
 # ---- the entropy predictor ----
@@ -215,3 +285,24 @@ def test_gaussian_formula_predicts_sdclip_entropy():
         assert code_entropy_bits(codes) == pytest.approx(gaussian_bits(bits, k), rel=0.02)
     assert gaussian_bits(6, 1.0) == 6.0  # capped at the code width
     assert math.isclose(gaussian_bits(6, 12.0), math.log2(math.sqrt(2 * math.pi * math.e) * 31 / 12))
+
+
+def test_scale_bytes_are_predicted_at_their_order0_entropy():
+    assert predicted_value_bytes(torch.full((100,), 0.25).half()) == 0
+    assert predicted_value_bytes(torch.arange(256).half()) == pytest.approx(256)  # 8 bits each
+    state = {"blocks.0.mlp.fc.weight": torch.randn(1, 300).repeat(64, 1)}  # equal rows: one scale value
+    tensors, _index, report = quantize_state(state, QuantizeConfig(method="rtn", keep_float_max_numel=0))
+    codes = tensors["blocks.0.mlp.fc.weight.q"]
+    assert report[0]["predicted_bytes"] == pytest.approx(predicted_code_bytes(codes))
+
+
+def test_prediction_is_within_1pct_of_the_packed_weights():
+    torch.manual_seed(7)
+    state = {f"blocks.{i}.{kind}.weight": torch.randn(256, 384) for i in range(3) for kind in ("attn.c_q", "mlp.fc")}
+    state["tok_emb.weight"] = torch.randn(512, 384) * 0.02
+    config = apply_overrides(QuantizeConfig(method="rtn"), ["embedding.bits=7", "embedding.clip_sigmas=14"])
+    tensors, index, report = quantize_state(state, config)
+    metadata = {"quant_index": json.dumps(index), "model_config": json.dumps({"vocab_size": 512}),
+                "lineage": json.dumps({"tokenizer_sha256": "0" * 64, "vocab_size": 512}), "train_seq_len": "16"}
+    packed = build_artifact(tensors, metadata, PackConfig())[1]["bytes_weights"]
+    assert sum(row["predicted_bytes"] for row in report) == pytest.approx(packed, rel=0.01)

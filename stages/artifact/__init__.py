@@ -2,6 +2,7 @@
 
 - ``container``: magic, compressed JSON header, checksummed sections (ships in the artifact);
 - ``codecs``: the decode side of the section codecs and the byte unshuffle (ships);
+- ``rans``: the decoder of golf's own order-0 entropy coder for the quantized codes (ships);
 - ``layout``: the code section, the weights sections per tensor group, and decoding the tensors
   out of them (ships: the runtime reads the weights with it);
 - ``bundle``: collecting the shipped code and importing it from the artifact's bytes (ships);

@@ -1,8 +1,9 @@
 """The decode side of the section codecs, and the byte unshuffle.
 
 Ships inside the artifact (eval decompresses the weights with it), so it stays stdlib-only at
-import time: brotli and zstandard are imported only when a section uses them. The encode side
-(compression levels, the byte shuffle, codec 'best') is `golf pack`'s: ``stages/pack/codecs.py``.
+import time: brotli and zstandard are imported only when a section uses them, and so is golf's own
+order-0 entropy coder 'rans' (``rans.py``, numpy). The encode side (compression levels, the byte
+shuffle, codec 'best') is `golf pack`'s: ``stages/pack/codecs.py``.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from __future__ import annotations
 import lzma
 import zlib
 
-CODECS = ("brotli", "lzma", "zstd", "zlib")
+CODECS = ("brotli", "lzma", "zstd", "zlib", "rans")
 
 
 def _brotli_decompress(data: bytes) -> bytes:
@@ -25,8 +26,14 @@ def _zstd_decompress(data: bytes) -> bytes:
     return zstandard.ZstdDecompressor().decompress(data)
 
 
+def _rans_decompress(data: bytes) -> bytes:
+    from .rans import rans_decompress
+
+    return rans_decompress(data)
+
+
 _DECOMPRESS = {"brotli": _brotli_decompress, "lzma": lzma.decompress, "zstd": _zstd_decompress,
-               "zlib": zlib.decompress}
+               "zlib": zlib.decompress, "rans": _rans_decompress}
 
 
 def check_codec(codec: str) -> None:

@@ -1,8 +1,9 @@
-"""Where an artifact keeps what: the code section, one weights section per tensor group, and
-decoding the stored tensors back out of those sections.
+"""Where an artifact keeps what: the code section, the weights sections, and decoding the stored
+tensors back out of those sections.
 
-The header lists every stored tensor (name, dtype, shape, group, shuffled) group by group; the
-section ``weights.<group>`` holds that group's tensors back to back, little-endian, each
+The header lists every stored tensor (name, dtype, shape, group, shuffled) section by section; the
+section ``weights.<group>`` holds the tensors whose entry names that group (a tensor group such as
+``mlp``, or ``codes``: every matrix's int8 codes, by matrix type) back to back, little-endian, each
 byte-shuffled when its entry says so, compressed with the codec its section entry names. Ships
 inside the artifact (the runtime reads the weights with it): stdlib, numpy and torch only.
 """

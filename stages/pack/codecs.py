@@ -10,11 +10,13 @@ import lzma
 import zlib
 
 from ..artifact.codecs import CODECS, check_codec, check_itemsize  # noqa: F401  (CODECS: pack's choices)
+from .rans import rans_compress
 
 # The contenders of codec "best"; zlib is kept for comparison but never beats these on weights.
-BEST_CANDIDATES = ("brotli", "lzma", "zstd")
+BEST_CANDIDATES = ("brotli", "lzma", "zstd", "rans")
 # None means the strongest setting: what a 16,000,000-byte budget wants, whatever the time.
-STRONGEST_LEVEL = {"brotli": 11, "lzma": 9, "zstd": 22, "zlib": 9}
+# 'rans' has no levels: its one setting is exact (a static table of the byte frequencies).
+STRONGEST_LEVEL = {"brotli": 11, "lzma": 9, "zstd": 22, "zlib": 9, "rans": 0}
 
 
 def _brotli_compress(data: bytes, level: int) -> bytes:
@@ -41,9 +43,13 @@ def _zstd_compress(data: bytes, level: int) -> bytes:
 _COMPRESS = {"brotli": _brotli_compress, "lzma": _lzma_compress, "zstd": _zstd_compress, "zlib": _zlib_compress}
 
 
-def compress(data: bytes, codec: str, level: int | None = None) -> bytes:
-    """``data`` compressed with ``codec`` at ``level`` (None: the codec's strongest)."""
+def compress(data: bytes, codec: str, level: int | None = None, segments: list[int] | None = None) -> bytes:
+    """``data`` compressed with ``codec`` at ``level`` (None: the codec's strongest). ``segments``
+    (byte lengths) split the data into parts of their own statistics: 'rans' gives each its own
+    frequency table; the other codecs adapt as they go and ignore it."""
     check_codec(codec)
+    if codec == "rans":  # one setting only: exact static tables
+        return rans_compress(data, segments)
     return _COMPRESS[codec](data, STRONGEST_LEVEL[codec] if level is None else level)
 
 

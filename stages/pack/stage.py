@@ -2,12 +2,19 @@
 
 The artifact (``model.golf``) holds a compressed JSON header, the shipped code
 (``stages/runtime.py`` and everything it imports, plus the container reader and bundle importer)
-and one weights section per tensor group (attention, mlp, embedding, other), each compressed on
-its own after a byte shuffle of its multi-byte tensors. The format itself (container, header
-fields, sections, the shipped bundle and its check) is ``stages/artifact``'s: this module only
-fills it. Its size is the real byte count of that file. Over the limit, nothing is written and
-the command exits non-zero with a breakdown, so CI can gate on it. ``check_artifact`` (``--check``)
-gates an existing file on its size and on its code being golf's own.
+and the weights sections, each compressed on its own after a byte shuffle of its multi-byte
+tensors. With ``streams="type"`` (the default) the int8 codes of every quantized matrix form one
+section, ``weights.codes``, ordered by matrix type (``attn.c_q``, ``mlp.fc``, ``tok_emb``, ...:
+every layer's matrix of a type back to back, one segment per type) and coded with ``codes_codec``
+(golf's order-0 coder 'rans' by default, one frequency table per type: the codes are
+near-independent draws of one distribution per type); the rest (row scales, LQER factors, float
+tensors) goes in one section per tensor group, coded with ``codec``. ``streams="group"`` puts
+everything in one section per tensor group (attention, mlp, embedding, other), coded with
+``codec``. The format itself (container, header fields, sections, the shipped bundle and its
+check) is ``stages/artifact``'s: this module only fills it. Its size is the real byte count of
+that file. Over the limit, nothing is written and the command exits non-zero with a breakdown,
+so CI can gate on it. ``check_artifact`` (``--check``) gates an existing file on its size and on
+its code being golf's own.
 """
 
 from __future__ import annotations
@@ -40,20 +47,30 @@ SIZE_EXIT_CODE = 3
 BEST = "best"
 # Columns of `golf pack --compare`: every codec, then the per-group smallest of BEST_CANDIDATES.
 COMPARE_COLUMNS = (*CODECS, BEST)
+# A matrix's int8 codes are stored as '<parameter>.q'; with streams 'type' they go to the code stream.
+CODES_SUFFIX = ".weight.q"
+CODE_STREAM = "codes"
 
 
 @dataclass(frozen=True)
 class PackConfig:
     """How the artifact is compressed and the size it must fit."""
 
-    codec: Literal["brotli", "lzma", "zstd", "zlib", "best"] = "brotli"
-    """Codec of each weights section (brotli 11 by default); 'best': per group the smallest of brotli/lzma/zstd."""
+    codec: Literal["brotli", "lzma", "zstd", "zlib", "rans", "best"] = "brotli"
+    """Codec of the weights sections other than the code sections (all of them with streams 'group');
+    'best': per section the smallest of brotli/lzma/zstd/rans."""
+    codes_codec: Literal["brotli", "lzma", "zstd", "zlib", "rans", "best"] = "rans"
+    """Codec of the code sections (streams 'type'): 'rans', golf's order-0 entropy coder, by default."""
+    streams: Literal["type", "group"] = "type"
+    """'type': each matrix type's int8 codes in a section of their own, the rest by tensor group;
+    'group': one section per tensor group (attention, mlp, embedding, other)."""
     level: int | None = ranged(None, ge=0)
-    """Codec level (None: the strongest: brotli 11, lzma 9e, zstd 22, zlib 9); unset with 'best'."""
+    """Codec level of ``codec`` (None: the strongest: brotli 11, lzma 9e, zstd 22, zlib 9); unset with 'best'."""
     shuffle: bool = True
     """Byte-shuffle multi-byte tensors before compression (all first bytes, then all second bytes, ...)."""
     code_codec: Literal["brotli", "lzma", "zstd", "zlib"] = "lzma"
-    """Codec of the shipped code section (lzma needs no third-party package to unpack)."""
+    """Codec of the shipped code section (lzma needs no third-party package to unpack; brotli is
+    ~1 KB smaller on golf's bundle)."""
     limit: int = ranged(SIZE_LIMIT, ge=1)
     """Size limit in bytes (decimal: 16,000,000 in the challenge)."""
 
@@ -78,19 +95,21 @@ class ArtifactParts:
     code_files: int
     """Number of shipped modules."""
     streams: dict[str, bytes]
-    """Group -> its tensors' bytes, little-endian, shuffled where the tensor entry says so, in header order."""
+    """Stream -> its tensors' bytes, little-endian, shuffled where the tensor entry says so, in header order."""
+    segments: dict[str, list[int]]
+    """Stream -> the byte lengths of its parts of one statistics (the code stream: one per matrix type)."""
 
 
 def build_artifact(tensors: dict[str, torch.Tensor], metadata: dict[str, str], config: PackConfig) -> tuple[bytes, dict]:
     """The artifact bytes and their breakdown by section."""
     parts = artifact_parts(tensors, metadata, config)
-    return assemble_artifact(parts, weight_payloads(parts.streams, config))
+    return assemble_artifact(parts, weight_payloads(parts, config))
 
 
 def artifact_parts(tensors: dict[str, torch.Tensor], metadata: dict[str, str], config: PackConfig) -> ArtifactParts:
-    """The header, the compressed code and the per-group weight streams of an artifact."""
+    """The header, the compressed code and the weight streams of an artifact."""
     lineage = json.loads(metadata["lineage"])
-    entries, streams = tensor_streams(tensors, config.shuffle)
+    entries, streams, segments = tensor_streams(tensors, config.shuffle, config.streams)
     files = installed_sources()
     header = {
         "format": FORMAT,
@@ -107,26 +126,67 @@ def artifact_parts(tensors: dict[str, torch.Tensor], metadata: dict[str, str], c
         code_bytes_uncompressed=sum(len(source.encode("utf-8")) for source in files.values()),
         code_files=len(files),
         streams=streams,
+        segments=segments,
     )
 
 
-def tensor_streams(tensors: dict[str, torch.Tensor], shuffle: bool) -> tuple[list[dict], dict[str, bytes]]:
-    """Header entries (group by group, by name inside a group) and each group's concatenated bytes.
+def matrix_type(name: str) -> str:
+    """The type of a stored code tensor: 'blocks.3.attn.c_q.weight.q' -> 'attn.c_q', 'tok_emb.weight.q' -> 'tok_emb'."""
+    parts = name.removesuffix(CODES_SUFFIX).split(".")
+    if len(parts) > 2 and parts[0] == "blocks" and parts[1].isdigit():
+        parts = parts[2:]
+    return ".".join(parts)
 
-    Each group is a stream of its own: groups are quantized with their own bits and clip widths,
-    so their code statistics differ, and an adaptive coder does better on one distribution at a
-    time than on a stream whose statistics keep switching (and 'best' can pick a codec per group).
+
+def is_code_stream(stream: str) -> bool:
+    return stream == CODE_STREAM
+
+
+def stream_of(name: str, tensor: torch.Tensor, streams: str) -> str:
+    """The stream (and so the section) a stored tensor goes to: with streams 'type', a matrix's
+    int8 codes go to the code stream; everything else goes to its tensor group's."""
+    if streams == "type" and tensor.dtype == torch.int8 and name.endswith(CODES_SUFFIX):
+        return CODE_STREAM
+    return tensor_group(name)
+
+
+def _placement(name: str, stream: str) -> tuple:
+    """Sort key: the code stream first, by matrix type then layer, then the tensor groups in order."""
+    if is_code_stream(stream):
+        return (0, matrix_type(name), _layer(name), name)
+    return (1, GROUPS.index(stream), _layer(name), name)
+
+
+def _layer(name: str) -> int:
+    parts = name.split(".")
+    return int(parts[1]) if len(parts) > 1 and parts[0] == "blocks" and parts[1].isdigit() else -1
+
+
+def tensor_streams(tensors: dict[str, torch.Tensor], shuffle: bool,
+                   streams: str = "type") -> tuple[list[dict], dict[str, bytes], dict[str, list[int]]]:
+    """Header entries (stream by stream), each stream's concatenated bytes, and its segments.
+
+    Each stream is a section of its own: groups are quantized with their own bits and clip widths,
+    and the codes of one matrix type share one distribution, so a coder does better on one
+    distribution at a time than on a stream whose statistics keep switching (and 'best' can pick
+    a codec per section). The code stream's segments are its matrix types, each one frequency
+    table for 'rans'. The header's ``group`` field of a tensor names its stream.
     """
-    entries, chunks = [], {}
-    for name in sorted(tensors, key=lambda name: (GROUPS.index(tensor_group(name)), name)):
-        group = tensor_group(name)
+    placed = {name: stream_of(name, tensor, streams) for name, tensor in tensors.items()}
+    entries, chunks, segments = [], {}, {}
+    for name in sorted(tensors, key=lambda name: _placement(name, placed[name])):
+        stream = placed[name]
         array = _little_endian(name, tensors[name])
         shuffled = shuffle and array.itemsize > 1  # a 1-byte dtype has nothing to shuffle
         raw = array.tobytes()
-        chunks.setdefault(group, []).append(byte_shuffle(raw, array.itemsize) if shuffled else raw)
-        entries.append({"name": name, "dtype": str(array.dtype), "shape": list(array.shape), "group": group,
+        chunks.setdefault(stream, []).append(byte_shuffle(raw, array.itemsize) if shuffled else raw)
+        part = matrix_type(name) if is_code_stream(stream) else stream
+        segments.setdefault(stream, {}).setdefault(part, 0)
+        segments[stream][part] += len(raw)
+        entries.append({"name": name, "dtype": str(array.dtype), "shape": list(array.shape), "group": stream,
                         "shuffled": shuffled})
-    return entries, {group: b"".join(parts) for group, parts in chunks.items()}
+    return (entries, {stream: b"".join(parts) for stream, parts in chunks.items()},
+            {stream: list(parts.values()) for stream, parts in segments.items()})
 
 
 def _little_endian(name: str, tensor: torch.Tensor):
@@ -138,18 +198,29 @@ def _little_endian(name: str, tensor: torch.Tensor):
     return array.astype(array.dtype.newbyteorder("<"))
 
 
-def compress_streams(streams: dict[str, bytes], codecs: tuple[str, ...], level: int | None) -> dict[str, dict[str, bytes]]:
-    """{group: {codec: payload}} for every group under every codec.
+def compress_streams(streams: dict[str, bytes], codecs: tuple[str, ...] | dict[str, tuple[str, ...]],
+                     level: int | None, segments: dict[str, list[int]] | None = None) -> dict[str, dict[str, bytes]]:
+    """{stream: {codec: payload}} for every stream under each of its codecs (``codecs``: the same
+    for every stream, or per stream). ``level`` applies to all but the code stream, which is
+    always coded at its codec's strongest; ``segments`` are passed on to the codec ('rans' uses them).
 
     The jobs run on threads: the codecs release the GIL, and brotli 11 alone takes about a minute
-    on a full-size model, so the groups and codecs overlap on the cores there are.
+    on a full-size model, so the streams and codecs overlap on the cores there are.
     """
-    jobs = [(group, codec) for group in streams for codec in codecs]
+    per_stream = codecs if isinstance(codecs, dict) else {stream: codecs for stream in streams}
+    jobs = [(stream, codec) for stream in streams for codec in per_stream[stream]]
+
+    segments = segments or {}
+
+    def run(job):
+        stream, codec = job
+        return compress(streams[stream], codec, None if is_code_stream(stream) else level, segments.get(stream))
+
     with ThreadPoolExecutor(max_workers=max(1, min(len(jobs), os.cpu_count() or 1))) as pool:
-        payloads = list(pool.map(lambda job: compress(streams[job[0]], job[1], level), jobs))
-    out: dict[str, dict[str, bytes]] = {group: {} for group in streams}
-    for (group, codec), payload in zip(jobs, payloads):
-        out[group][codec] = payload
+        payloads = list(pool.map(run, jobs))
+    out: dict[str, dict[str, bytes]] = {stream: {} for stream in streams}
+    for (stream, codec), payload in zip(jobs, payloads):
+        out[stream][codec] = payload
     return out
 
 
@@ -158,23 +229,29 @@ def codec_choices(codec: str) -> tuple[str, ...]:
     return BEST_CANDIDATES if codec == BEST else (codec,)
 
 
+def stream_codecs(streams, config: PackConfig) -> dict[str, tuple[str, ...]]:
+    """The codecs each stream may be coded with: ``codes_codec``'s for code streams, ``codec``'s for the rest."""
+    return {stream: codec_choices(config.codes_codec if is_code_stream(stream) else config.codec)
+            for stream in streams}
+
+
 def smallest(options: dict[str, bytes], allowed: tuple[str, ...]) -> tuple[str, bytes]:
     """(codec, payload) of the smallest payload among ``allowed`` (ties: the first allowed)."""
     codec = min(allowed, key=lambda name: len(options[name]))
     return codec, options[codec]
 
 
-def weight_payloads(streams: dict[str, bytes], config: PackConfig,
+def weight_payloads(parts: ArtifactParts, config: PackConfig,
                     measured: dict[str, dict[str, bytes]] | None = None) -> dict[str, tuple[str, bytes]]:
-    """Each group's (codec, payload) under ``config.codec``.
+    """Each stream's (codec, payload) under the config's codecs.
 
     ``measured`` holds payloads already made at the strongest level (by ``--compare``); they are
     reused unless the config asks for another level.
     """
-    allowed = codec_choices(config.codec)
+    allowed = stream_codecs(parts.streams, config)
     if measured is None or config.level is not None:
-        measured = compress_streams(streams, allowed, config.level)
-    return {group: smallest(options, allowed) for group, options in measured.items()}
+        measured = compress_streams(parts.streams, allowed, config.level, parts.segments)
+    return {stream: smallest(options, allowed[stream]) for stream, options in measured.items()}
 
 
 def assemble_artifact(parts: ArtifactParts, payloads: dict[str, tuple[str, bytes]]) -> tuple[bytes, dict]:
@@ -246,10 +323,10 @@ def run_pack(config: PackConfig, quantize_dir: str | Path, out_dir: str | Path, 
             parts = artifact_parts(tensors, metadata, config)
             measured = comparison = None
             if compare:
-                measured = compress_streams(parts.streams, CODECS, None)
+                measured = compress_streams(parts.streams, CODECS, None, parts.segments)
                 comparison = compare_codecs(parts, measured)
                 _report_comparison(comparison, reporter, show_comparison)
-            data, breakdown = assemble_artifact(parts, weight_payloads(parts.streams, config, measured))
+            data, breakdown = assemble_artifact(parts, weight_payloads(parts, config, measured))
         verdict = size_verdict(len(data), config.limit)
         reporter.log(stage="pack", **flat_breakdown(breakdown), limit=config.limit, margin=verdict["margin"],
                      verdict=verdict["verdict"])

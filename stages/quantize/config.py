@@ -84,16 +84,20 @@ class QuantizeConfig:
     """LQER: rank of the low-rank correction of the quantization error (0: off; the top record: 4)."""
     lqer_top_k: int = ranged(3, ge=0)
     """LQER corrects the k matrices with the largest ||W - Q||_F."""
+    lqer_format: Literal["record", "asymmetric"] = "record"
+    """LQER storage: 'record' (the top record's: A = U S with one scale, B = Vh with one scale per
+    group, signed codes) or 'asymmetric' (sqrt(S) on each side, code * scale + offset per group, both)."""
     lqer_a_bits: int = ranged(2, ge=1, le=8)
-    """Bits of the left factor A (asymmetric, per group)."""
+    """Bits of the left factor A (the record: int2, codes in [-2, 1])."""
     lqer_b_bits: int = ranged(4, ge=1, le=8)
-    """Bits of the right factor B (asymmetric, per group)."""
+    """Bits of the right factor B (the record: int4, codes in [-8, 7])."""
     lqer_group: int = ranged(64, ge=1)
-    """Elements per scale/offset group of the LQER factors."""
+    """Consecutive elements per scale group: B's in the record format, both factors' in the asymmetric one."""
     target_bytes: int = ranged(0, ge=0)
     """Choose the clip widths so the packed artifact lands under this many bytes (0: use the k given)."""
     target_codec: Literal["brotli", "lzma", "zstd", "zlib"] = "brotli"
-    """Codec the target size is verified with (pack's default)."""
+    """Codec of the sections other than the codes' when the target size is verified (pack's default;
+    the codes go through pack's default codes_codec, rans)."""
     eval_stride: int | None = ranged(None, ge=1)
     """Scoring stride for the pre/post-quant bpb (None: non-overlapping windows)."""
     eval_seq_len: int | None = ranged(None, ge=1)

@@ -2,7 +2,9 @@
 
 Index entries (one per parameter) say how each was stored:
 - {"kind": "rows", "bits": b}: int8 codes ``<name>.q`` times fp16 per-row scales ``<name>.scale``,
-  plus, with an "lqer" entry, the low-rank correction A @ B from ``<name>.lqer.{a,b}.{q,scale,offset}``;
+  plus, with an "lqer" entry, the low-rank correction A @ B from ``<name>.lqer.{a,b}.{q,scale}``:
+  format "record": A = a.q * its one scale, B = b.q * one scale per group of consecutive elements;
+  format "asymmetric" (or no format: older artifacts): code * scale + offset per group, both factors;
 - {"kind": "float"}: the tensor ``<name>`` itself (fp16 or fp32).
 """
 
@@ -12,6 +14,8 @@ import torch
 
 KIND_ROWS = "rows"
 KIND_FLOAT = "float"
+LQER_RECORD = "record"
+LQER_ASYMMETRIC = "asymmetric"
 
 
 def dequantize_rows(q: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
@@ -19,12 +23,34 @@ def dequantize_rows(q: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     return q.float() * scale.float()[:, None]
 
 
-def dequantize_groups(q: torch.Tensor, scale: torch.Tensor, offset: torch.Tensor, shape, group: int) -> torch.Tensor:
-    """Asymmetric group codes back to a float32 tensor of ``shape``: code * scale + offset."""
-    count = q.numel()
-    padded = torch.nn.functional.pad(q.float(), (0, (-count) % group)).view(-1, group)
-    values = padded * scale.float()[:, None] + offset.float()[:, None]
-    return values.flatten()[:count].view(*shape)
+def _grouped_codes(q: torch.Tensor, group: int) -> torch.Tensor:
+    """The flattened codes as float rows of ``group``, the last row zero-padded."""
+    flat = q.float().flatten()
+    return torch.nn.functional.pad(flat, (0, (-flat.numel()) % group)).view(-1, group)
+
+
+def dequantize_groups(q: torch.Tensor, scale: torch.Tensor, offset: torch.Tensor | None, shape, group: int) -> torch.Tensor:
+    """Group codes back to a float32 tensor of ``shape``: code * scale (+ offset, when asymmetric)."""
+    values = _grouped_codes(q, group) * scale.float()[:, None]
+    if offset is not None:
+        values = values + offset.float()[:, None]
+    return values.flatten()[: q.numel()].view(*shape)
+
+
+def lqer_factors(name: str, lqer: dict, shape, tensors: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """The float (A, B) of a stored LQER correction, A @ B being added to the weight."""
+    prefix = f"{name}.lqer."
+    rows, cols = shape
+    rank, group = lqer["rank"], lqer["group"]
+    if lqer.get("format", LQER_ASYMMETRIC) == LQER_RECORD:
+        a = tensors[prefix + "a.q"].float().view(rows, rank) * tensors[prefix + "a.scale"].float()
+        b = dequantize_groups(tensors[prefix + "b.q"], tensors[prefix + "b.scale"], None, (rank, cols), group)
+        return a, b
+    a = dequantize_groups(tensors[prefix + "a.q"], tensors[prefix + "a.scale"], tensors[prefix + "a.offset"],
+                          (rows, rank), group)
+    b = dequantize_groups(tensors[prefix + "b.q"], tensors[prefix + "b.scale"], tensors[prefix + "b.offset"],
+                          (rank, cols), group)
+    return a, b
 
 
 def dequantize_entry(name: str, entry: dict, tensors: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -33,12 +59,8 @@ def dequantize_entry(name: str, entry: dict, tensors: dict[str, torch.Tensor]) -
     if entry["kind"] != KIND_ROWS:
         raise ValueError(f"unknown tensor kind {entry['kind']!r} for {name}")
     weight = dequantize_rows(tensors[name + ".q"], tensors[name + ".scale"])
-    lqer = entry.get("lqer")
-    if lqer:
-        part = {key: tensors[f"{name}.lqer.{key}"] for key in ("a.q", "a.scale", "a.offset", "b.q", "b.scale", "b.offset")}
-        rows, cols = entry["shape"]
-        a = dequantize_groups(part["a.q"], part["a.scale"], part["a.offset"], (rows, lqer["rank"]), lqer["group"])
-        b = dequantize_groups(part["b.q"], part["b.scale"], part["b.offset"], (lqer["rank"], cols), lqer["group"])
+    if entry.get("lqer"):
+        a, b = lqer_factors(name, entry["lqer"], entry["shape"], tensors)
         weight = weight + a @ b
     return weight
 

@@ -14,7 +14,7 @@ from ..model.gpt import CONTROL_TENSOR_NAMES
 from ..model.groups import tensor_group
 from .config import GroupQuant, QuantizeConfig
 from .dequant import KIND_FLOAT, KIND_ROWS, dequantize_entry, dequantize_rows
-from .entropy import code_entropy_bits, gaussian_bits, predicted_code_bytes
+from .entropy import code_entropy_bits, gaussian_bits, predicted_code_bytes, predicted_value_bytes
 from .gptq import GptqSettings, gptq_codes, hessian_error
 from .lqer import lqer_correction
 from .rows import quantile_scales, rtn_codes, sdclip_scales, searched_quantile_scales
@@ -66,8 +66,8 @@ def _float_dtype(name: str, config: QuantizeConfig) -> torch.dtype:
 
 
 def _predicted_row_bytes(codes: torch.Tensor, scale: torch.Tensor) -> float:
-    """Entropy-coded codes plus their fp16 scales."""
-    return predicted_code_bytes(codes) + 2 * scale.numel()
+    """Entropy-coded codes plus their entropy-coded fp16 scales."""
+    return predicted_code_bytes(codes) + predicted_value_bytes(scale)
 
 
 def predicted_rtn_bytes(state: dict[str, torch.Tensor], config: QuantizeConfig, clip_scale: float) -> float:
@@ -167,12 +167,13 @@ def _add_lqer(state, tensors, index, report, config: QuantizeConfig, hessians) -
     candidates.sort(key=lambda item: item[0], reverse=True)
     for norm, name, error in candidates[: config.lqer_top_k]:
         rank = min(config.lqer_rank, *error.shape)
-        stored = lqer_correction(error, rank, config.lqer_a_bits, config.lqer_b_bits, config.lqer_group)
+        stored = lqer_correction(error, rank, config.lqer_a_bits, config.lqer_b_bits, config.lqer_group,
+                                 config.lqer_format)
         for key, tensor in stored.items():
             tensors[f"{name}.lqer.{key}"] = tensor
         entry = index[name]
         entry["lqer"] = {"rank": rank, "group": config.lqer_group, "a_bits": config.lqer_a_bits,
-                         "b_bits": config.lqer_b_bits}
+                         "b_bits": config.lqer_b_bits, "format": config.lqer_format}
         restored = dequantize_entry(name, entry, tensors)
         row = rows[name]
         extra = sum(t.numel() * t.element_size() for t in stored.values())

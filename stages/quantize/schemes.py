@@ -3,7 +3,8 @@
 - baseline-int8: the naive baseline's export: int8 round-to-nearest, rows clipped at a quantile.
 - rtn-int6: the records' int6/int8 SDClip grid, round-to-nearest (the reference for GPTQ).
 - gptq-int6: the records' export (PR #1776 on): full-Hessian GPTQ on the SDClip grid (the default).
-- gptq-lqer: gptq-int6 plus LQER rank 4 on the 3 worst matrices (the top record, PR #1855).
+- gptq-lqer: gptq-int6 plus LQER rank 4 on the 3 worst matrices in the top record's storage (PR #1855:
+  A int2 with one scale per matrix, B int4 with one scale per group of 64).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ SCHEMES: dict[str, QuantizeConfig] = {
                                     embedding=BASELINE_INT8, other=BASELINE_INT8),
     "rtn-int6": QuantizeConfig(method="rtn"),
     "gptq-int6": QuantizeConfig(),
-    "gptq-lqer": QuantizeConfig(lqer_rank=4, lqer_top_k=3),
+    "gptq-lqer": QuantizeConfig(lqer_rank=4, lqer_top_k=3, lqer_format="record"),
 }
 DEFAULT_SCHEME = "gptq-int6"
 
