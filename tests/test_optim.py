@@ -195,6 +195,9 @@ def sharded_worker(rank: int, world: int, store_path: str, out_path: str) -> Non
     try:
         weights, grads = random_problem(7)
         torch.save((muon_steps(weights, grads, **SHARDED_OPTIONS), len(calls)), f"{out_path}.{rank}")
+        # Both ranks done before either tears gloo down: a rank that leaves while the other is still
+        # in a collective aborts it ("terminate called without an active exception", SIGABRT).
+        dist.barrier()
     finally:
         dist.destroy_process_group()
 
