@@ -3,7 +3,6 @@ traceback, nothing written. And the rule that keeps it so: every numeric config 
 the range it accepts, and every config checks it."""
 
 import dataclasses
-import json
 import shutil
 import typing
 from dataclasses import dataclass

@@ -8,7 +8,6 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from stages.model.config import ModelConfig
 from stages.model.embeddings import SMEAR_WIDTH, bigram_buckets, document_starts
 from stages.model.gpt import GPT
 from stages.model.layers import Rotary, rms_norm

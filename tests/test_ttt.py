@@ -20,7 +20,6 @@ from safetensors.torch import load_file
 
 from stages.artifact.verify import read_artifact
 from stages.config import apply_overrides
-from stages.errors import GolfError
 from stages.evaluate.bpb import ByteTable, token_bytes
 from stages.evaluate.scoring import TokenReceipts, score_stream, usable_targets
 from stages.evaluate.stage import EvalConfig, run_eval

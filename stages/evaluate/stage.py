@@ -25,7 +25,7 @@ from ..artifact.verify import Artifact, load_runtime, read_artifact, vouch_for_c
 from ..config import check_scoring_window, to_dict
 from ..contract.hashing import sha256_bytes
 from ..contract.lineage import require_same_tokenizer
-from ..contract.manifest import MANIFEST_NAME, FileRecord, InputRecord
+from ..contract.manifest import MANIFEST_NAME
 from ..contract.stage_dir import StageDir, StageWriter, atomic_write_bytes
 from ..device import resolve_device
 from ..errors import GolfError
