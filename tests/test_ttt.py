@@ -319,7 +319,7 @@ def test_cli_chunk_sgd_with_receipts_and_comparison(pack_dir, tmp_path):
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--ttt", "lora"], "ttt.mode: expected one of none, chunk-sgd, got 'lora'"),
+    (["--ttt", "sideways"], "ttt.mode: expected one of none, chunk-sgd, lora, phased, got 'sideways'"),
     (["--compare-no-ttt"], "compare_no_ttt: needs a test-time training mode"),
     (["--ttt", "chunk-sgd", "--set", "ttt.momentum=1"], "ttt.momentum: must be in [0, 1), got 1.0"),
     (["--token-nll", "no/such/folder/nll.safetensors"], "--token-nll folder no/such/folder does not exist"),

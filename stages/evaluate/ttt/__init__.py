@@ -9,15 +9,47 @@ the code that adapts is the code that is counted.
 
 from __future__ import annotations
 
+from typing import Callable
+
+import numpy as np
+import torch
+
+from ..bpb import BpbSums, ByteTable
+from ..scoring import TokenReceipts, WindowScorer
 from .chunk_sgd import score_with_chunk_sgd
+from .common import TTTPass, always
 from .config import TTTConfig
 
-# mode -> its scorer; each takes score_stream's arguments plus ``config``, ``receipts`` and ``phase``.
+# mode -> its scorer: score_with_MODE(model, TTTPass, TTTConfig) -> BpbSums.
 MODES = {"chunk-sgd": score_with_chunk_sgd}
 
 
-def score_with_ttt(*args, config: dict, **kwargs):
-    """Score with the mode ``config['mode']`` names; ``config`` is a TTTConfig as a dict, rebuilt
-    (and range-checked) by the shipped TTTConfig."""
-    ttt = TTTConfig(**config)
-    return MODES[ttt.mode](*args, config=ttt, **kwargs)
+def score_with_ttt(
+    model: torch.nn.Module,
+    tokens: np.ndarray,
+    table: ByteTable,
+    seq_len: int,
+    stride: int,
+    batch_windows: int = 8,
+    device: torch.device | str = "cpu",
+    sidecar: np.ndarray | None = None,
+    rank: int = 0,
+    world_size: int = 1,
+    autocast_dtype: torch.dtype | None = None,
+    on_windows: Callable[[int], None] | None = None,
+    *,
+    config: dict,
+    receipts: TokenReceipts | None = None,
+    phase=None,
+    may_adapt: Callable[[], bool] = always,
+) -> BpbSums:
+    """``score_stream`` with the adaptation ``config['mode']`` names (a TTTConfig as a dict, rebuilt
+    and range-checked by the shipped TTTConfig); ``phase`` and ``may_adapt`` are TTTPass's."""
+    ttt = TTTConfig(**{**config, "lora_targets": tuple(config.get("lora_targets", TTTConfig.lora_targets))})
+    scorer = WindowScorer(tokens, table, seq_len, device, sidecar, autocast_dtype)
+    run = TTTPass(scorer, stride, batch_windows, rank, world_size, receipts, on_windows, phase, may_adapt)
+    was_training = model.training
+    try:
+        return MODES[ttt.mode](model, run, ttt)
+    finally:
+        model.train(was_training)

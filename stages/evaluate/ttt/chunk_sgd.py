@@ -11,60 +11,39 @@ adapted model is discarded.
 
 from __future__ import annotations
 
-from typing import Callable
-
-import numpy as np
 import torch
 
 from ...ranges import ConfigError
-from ..bpb import BpbSums, ByteTable
+from ..bpb import BpbSums
 from ..scoring import TokenReceipts, WindowScorer, plan_windows, score_windows
-from .common import chunk_sequence_starts, cosine_lr, plan_chunks, timed
+from .common import TTTPass, chunk_sequence_starts, cosine_lr, plan_chunks
 from .config import TTTConfig
 
 
-def score_with_chunk_sgd(
-    model: torch.nn.Module,
-    tokens: np.ndarray,
-    table: ByteTable,
-    seq_len: int,
-    stride: int,
-    batch_windows: int = 8,
-    device: torch.device | str = "cpu",
-    sidecar: np.ndarray | None = None,
-    rank: int = 0,
-    world_size: int = 1,
-    autocast_dtype: torch.dtype | None = None,
-    on_windows: Callable[[int], None] | None = None,
-    *,
-    config: TTTConfig,
-    receipts: TokenReceipts | None = None,
-    phase=None,
-) -> BpbSums:
-    """Score every target once, adapting between chunks; ``phase(name)`` times 'score' and 'adapt'.
+def score_with_chunk_sgd(model: torch.nn.Module, run: TTTPass, config: TTTConfig) -> BpbSums:
+    """Score every target once, adapting between chunks; times 'score' and 'adapt' apart.
 
-    Takes ``score_stream``'s arguments. One process only: the records' per-step gradient
-    all-reduce across ranks is not implemented, so ``world_size`` must be 1.
+    One process only: the records' per-step gradient all-reduce across ranks is not implemented,
+    so ``run.world_size`` must be 1.
     """
-    if world_size != 1:
-        raise ConfigError("ttt.mode", f"chunk-sgd runs in one process, not {world_size}")
-    scorer = WindowScorer(tokens, table, seq_len, device, sidecar, autocast_dtype)
-    chunks = plan_chunks(plan_windows(scorer.num_targets, seq_len, stride), config.chunk_tokens, scorer.num_targets)
+    if run.world_size != 1:
+        raise ConfigError("ttt.mode", f"chunk-sgd runs in one process, not {run.world_size}")
+    scorer = run.scorer
+    chunks = plan_chunks(plan_windows(scorer.num_targets, scorer.seq_len, run.stride), config.chunk_tokens,
+                         scorer.num_targets)
     optimizer = torch.optim.SGD(trained_parameters(model, config.freeze_blocks), lr=config.lr,
                                 momentum=config.momentum)
     sums = BpbSums()
-    was_training = model.training
     for chunk, windows in enumerate(chunks):
-        with timed(phase, "score", device):
-            score_windows(model, scorer, windows, batch_windows, sums, receipts, on_windows)
-        if chunk == len(chunks) - 1:
-            break  # the last chunk's targets would only train a model nothing scores
-        with timed(phase, "adapt", device):
+        with run.timed("score"):
+            score_windows(model, scorer, windows, run.batch_windows, sums, run.receipts, run.on_windows)
+        if chunk == len(chunks) - 1 or not run.may_adapt():
+            continue  # the last chunk would train a model nothing scores; past the budget, only score
+        with run.timed("adapt"):
             for group in optimizer.param_groups:
                 group["lr"] = cosine_lr(config.lr, chunk, len(chunks))
-            starts = chunk_sequence_starts(chunk, config.chunk_tokens, scorer.num_targets, seq_len)
-            train_on_chunk(model, optimizer, scorer, starts, config, receipts)
-    model.train(was_training)
+            starts = chunk_sequence_starts(chunk, config.chunk_tokens, scorer.num_targets, scorer.seq_len)
+            train_on_chunk(model, optimizer, scorer, starts, config, run.receipts)
     return sums
 
 

@@ -1,5 +1,6 @@
-"""What every TTT mode shares: the chunk plan, the training sequences of a scored chunk, the
-learning-rate schedule over chunks, and timing each phase into its own ledger bucket.
+"""What every TTT mode shares: the pass it runs in (``TTTPass``), the chunk plan, the training
+sequences of a scored chunk, the learning-rate schedule over chunks, and timing each phase into
+its own ledger bucket.
 
 Targets are numbered as in ``scoring``: target j is token j + 1 of the stream (its position).
 """
@@ -8,10 +9,45 @@ from __future__ import annotations
 
 import math
 from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass
+from typing import Callable, ContextManager
 
 import torch
 
-from ..scoring import Window
+from ..scoring import TokenReceipts, Window, WindowScorer
+
+
+def always() -> bool:
+    return True
+
+
+@dataclass
+class TTTPass:
+    """One scored pass over the val stream with adaptation: how it is scored, which rank this is,
+    and where the scores, the timings and the budget's verdict come from and go to."""
+
+    scorer: WindowScorer
+    """The val stream (truncated to whole windows), its bytes, and the plain scorer every mode scores with."""
+    stride: int
+    """Sliding-window stride of the stream's windows (seq_len: non-overlapping)."""
+    batch_windows: int
+    """Windows (or document rows) per scoring forward."""
+    rank: int = 0
+    """This process's rank."""
+    world_size: int = 1
+    """Processes sharing the pass."""
+    receipts: TokenReceipts | None = None
+    """Where each committed target and each update is noted, if anywhere."""
+    on_windows: Callable[[int], None] | None = None
+    """Called with the number of windows just scored (progress)."""
+    phase: Callable[[str], ContextManager] | None = None
+    """``phase(name)`` times a block into the ledger bucket ``name`` ('score', 'adapt', ...)."""
+    may_adapt: Callable[[], bool] = always
+    """Asked before each adaptation step: False once the eval budget says stop adapting (scoring goes on)."""
+
+    def timed(self, name: str):
+        """Time a block into ``phase(name)``; see ``timed``."""
+        return timed(self.phase, name, self.scorer.device)
 
 
 def plan_chunks(windows: list[Window], chunk_tokens: int, num_targets: int) -> list[list[Window]]:
