@@ -18,7 +18,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from stages.evaluate.bpb import token_bytes
+from stages.evaluate.bpb import BpbSums, token_bytes
 from stages.evaluate.scoring import TokenReceipts, WindowScorer, usable_targets
 from stages.evaluate.ttt import score_with_ttt
 from stages.evaluate.ttt import lora as lora_mode
@@ -187,7 +187,8 @@ def test_updates_use_only_committed_targets_and_never_a_last_chunk(monkeypatch):
                                                         "update_last_position"))))
     for after, first, last in updates:
         start, end = document_of(tokens, first)
-        assert start < first <= last <= end and order[first : last + 1].max() <= after, "an update used an unscored target"
+        assert start < first <= last <= end, "an update spans two documents"
+        assert order[first : last + 1].max() <= after, "an update used an unscored target"
         assert last - first + 1 == CHUNK and (first - start - 1) % CHUNK == 0, "an update is not one whole chunk"
         assert last < start + 1 + (math.ceil((end - start) / CHUNK) - 1) * CHUNK, "an update used a last chunk"
     assert len(updates) == sum(math.ceil((e - s) / CHUNK) - 1 for s, e in docs)
@@ -253,7 +254,7 @@ def score_batch_alone(model, tokens, docs) -> dict[int, float]:
     adapters = lora_mode.BatchAdapters(model, config, "cpu")
     adapters.start_batch(docs)
     with lora_mode.frozen(model):
-        lora_mode.score_batch(model, run, config, docs, adapters, lora_mode.BpbSums())
+        lora_mode.score_batch(model, run, config, docs, adapters, BpbSums())
     saved = receipts.tensors()
     return dict(zip(saved["position"].tolist(), saved["nll"].tolist()))
 
