@@ -40,6 +40,7 @@ IN_MEMORY_TOLERANCE = 1e-6
 PHASE_NOTES = {
     "score": "scoring every val target once (no_grad)",
     "adapt": "test-time training on targets already scored",
+    "global_sgd": "phased: SGD of the base weights on documents already scored",
 }
 
 
@@ -165,7 +166,7 @@ def _scored_pass(score, runtime, ttt: TTTConfig, ledger, receipts):
     if ttt.mode == "none":
         with ledger.measure("score", "eval", PHASE_NOTES["score"]):
             return score("eval", score_stream=partial(runtime.score_stream, receipts=receipts))
-    for name in PHASE_NOTES:  # both listed, in order, even when a single chunk never adapts
+    for name in ("score", "adapt"):  # both listed, in order, even when a single chunk never adapts
         ledger.add(name, 0.0, "eval", PHASE_NOTES[name])
     phase = lambda name: ledger.measure(name, "eval", PHASE_NOTES[name])  # noqa: E731
     ttt_scorer = partial(runtime.score_with_ttt, config=to_dict(ttt), receipts=receipts, phase=phase)
