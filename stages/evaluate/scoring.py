@@ -84,19 +84,29 @@ class WindowScorer:
         model.eval()
         index = torch.tensor([w.start for w in batch])[:, None] + self.offsets
         chunk = self.stream[index].to(self.device)
-        inputs, targets = chunk[:, :-1], chunk[:, 1:]
+        nll = self.nll(model, chunk[:, :-1], chunk[:, 1:])
+        scored = torch.arange(self.seq_len)[None, :] >= torch.tensor([w.score_from for w in batch])[:, None]
+        return self.scored_targets(index[:, 1:][scored], nll[scored.to(self.device)])
+
+    def nll(self, model: torch.nn.Module, inputs: torch.Tensor, targets: torch.Tensor, **forward) -> torch.Tensor:
+        """Per-target NLL (float32, shaped like ``targets``) of the model's own forward under this
+        scorer's autocast; ``forward`` goes to the model (test-time training passes its adapters)."""
         device_type = torch.device(self.device).type
         with torch.autocast(device_type=device_type, dtype=self.autocast_dtype, enabled=self.autocast_dtype is not None):
-            logits = model(inputs)
-        nll = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), reduction="none").view_as(targets)
-        scored = torch.arange(self.seq_len, device=self.device)[None, :] >= torch.tensor(
-            [w.score_from for w in batch], device=self.device
-        )[:, None]
-        if self.side is None:
-            target_bytes = self.byte_table.target_bytes(inputs, targets)
-        else:
-            target_bytes = self.side[index[:, 1:]].to(self.device)
-        return ScoredTargets(index[:, 1:].to(self.device)[scored], nll[scored], target_bytes[scored])
+            logits = model(inputs, **forward)
+        return F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), reduction="none").view_as(targets)
+
+    def scored_targets(self, positions: torch.Tensor, nll: torch.Tensor) -> ScoredTargets:
+        """The targets at stream ``positions`` (CPU int64) with their ``nll``, and their bytes."""
+        return ScoredTargets(positions.to(self.device), nll, self.target_bytes(positions))
+
+    def target_bytes(self, positions: torch.Tensor) -> torch.Tensor:
+        """Bytes of the targets at stream ``positions`` (CPU int64): the sidecar's when there is one,
+        else the byte table's, given the true token before each target."""
+        if self.side is not None:
+            return self.side[positions].to(self.device)
+        return self.byte_table.target_bytes(self.stream[positions - 1].to(self.device),
+                                            self.stream[positions].to(self.device))
 
 
 class TokenReceipts:
@@ -144,16 +154,16 @@ def score_windows(model: torch.nn.Module, scorer: WindowScorer, windows: list[Wi
     """Score ``windows`` in batches, adding each batch to ``sums`` (and ``receipts``) as it is committed."""
     for first in range(0, len(windows), batch_windows):
         batch = windows[first : first + batch_windows]
-        scored = scorer.score(model, batch)
-        sums.add(
-            scored.nll.double().sum().item(),
-            scored.bytes.sum().item(),
-            scored.nll.numel(),
-        )
-        if receipts is not None:
-            receipts.commit(scored)
+        commit(scorer.score(model, batch), sums, receipts)
         if on_windows is not None:
             on_windows(len(batch))
+
+
+def commit(scored: ScoredTargets, sums: BpbSums, receipts: TokenReceipts | None = None) -> None:
+    """Add scored targets to the sums (and the receipts): from here on their scores are final."""
+    sums.add(scored.nll.double().sum().item(), scored.bytes.sum().item(), scored.nll.numel())
+    if receipts is not None:
+        receipts.commit(scored)
 
 
 def score_stream(

@@ -9,6 +9,7 @@ from torch import nn
 
 from .config import ModelConfig
 from .layers import Linear, Rotary, rms_norm
+from .lora import LoRASlot, adapted
 
 
 def flash_functions():
@@ -79,11 +80,12 @@ class CausalSelfAttention(nn.Module):
         self.value_scale = nn.Parameter(torch.ones(1)) if uses_ve else None
 
     def forward(self, x: torch.Tensor, doc_ids: torch.Tensor | None = None,
-                value_embed: torch.Tensor | None = None) -> torch.Tensor:
+                value_embed: torch.Tensor | None = None, adapters: LoRASlot | None = None) -> torch.Tensor:
+        """``adapters`` add their q, k, v (before the value embedding) and o deltas, all fed ``x``."""
         batch, seq_len, dim = x.shape
-        q = self.c_q(x).view(batch, seq_len, self.num_heads, self.head_dim).transpose(1, 2)
-        k = self.c_k(x).view(batch, seq_len, self.num_kv_heads, self.head_dim).transpose(1, 2)
-        v = self.c_v(x)
+        q = adapted(self.c_q(x), adapters, "q", x).view(batch, seq_len, self.num_heads, self.head_dim).transpose(1, 2)
+        k = adapted(self.c_k(x), adapters, "k", x).view(batch, seq_len, self.num_kv_heads, self.head_dim).transpose(1, 2)
+        v = adapted(self.c_v(x), adapters, "v", x)
         if self.value_scale is not None:
             v = v + self.value_scale.to(v.dtype) * value_embed
         v = v.view(batch, seq_len, self.num_kv_heads, self.head_dim).transpose(1, 2)
@@ -96,7 +98,7 @@ class CausalSelfAttention(nn.Module):
             y = exclusive(y, v.repeat_interleave(self.num_heads // self.num_kv_heads, dim=1))
         if self.gate is not None:
             y = y * self._gate(x).transpose(1, 2)[..., None]
-        return self.proj(y.transpose(1, 2).reshape(batch, seq_len, dim))
+        return adapted(self.proj(y.transpose(1, 2).reshape(batch, seq_len, dim)), adapters, "o", x)
 
     def _gate(self, x: torch.Tensor) -> torch.Tensor:
         """Per-head multiplier (batch, seq, heads): 2 sigmoid(W x[:w]) is 1 at init; sparse is not."""

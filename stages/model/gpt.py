@@ -20,6 +20,7 @@ from .attention import CausalSelfAttention
 from .config import ModelConfig
 from .embeddings import BigramHash, ChannelSmear, SmearGate, ValueEmbedding, document_starts
 from .layers import Linear, document_ids, rms_norm
+from .lora import LoRASet, LoRASlot, adapted
 
 # Small learned tensors that steer the residual stream; optimizers give them Adam, not Muon,
 # and quantizers keep them in float.
@@ -65,26 +66,32 @@ class Block(nn.Module):
             self.lane_resid = nn.Parameter(torch.full((2,), LANE_RESID_INIT))
             self.lane_post = nn.Parameter(torch.full((2, 2), LANE_POST_INIT))
 
-    def forward(self, x: torch.Tensor, x0: torch.Tensor, doc_ids=None, value_embed=None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, x0: torch.Tensor, doc_ids=None, value_embed=None,
+                adapters: LoRASlot | None = None) -> torch.Tensor:
+        """``adapters``: this virtual layer's LoRA adapters (test-time training), if any."""
         x = self._mixed(x, x0)
         h = rms_norm(x) * self.input_scale
-        attn_out = self.attn_scale.to(x.dtype) * self.attn(h, doc_ids, value_embed)
+        attn_out = self.attn_scale.to(x.dtype) * self.attn(h, doc_ids, value_embed, adapters)
         if self.parallel:  # attention and MLP both read the block's input
-            return x + attn_out + self.mlp_scale.to(x.dtype) * self.mlp(h)
+            return x + attn_out + self.mlp_scale.to(x.dtype) * self._mlp(h, adapters)
         x = x + attn_out
-        return x + self.mlp_scale.to(x.dtype) * self.mlp(rms_norm(x) * self.input_scale)
+        return x + self.mlp_scale.to(x.dtype) * self._mlp(rms_norm(x) * self.input_scale, adapters)
 
     def forward_lanes(self, lanes: tuple[torch.Tensor, torch.Tensor], x0: torch.Tensor, doc_ids=None,
-                      value_embed=None) -> tuple[torch.Tensor, torch.Tensor]:
+                      value_embed=None, adapters: LoRASlot | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Two-lane parallel block: attention reads lane 0 (mixed with x0), the MLP reads lane 1;
         both outputs go to both lanes."""
         lane0, lane1 = lanes
         attn_in = rms_norm(self._mixed(lane0, x0)) * self.input_scale
-        attn_out = self.attn_scale.to(lane0.dtype) * self.attn(attn_in, doc_ids, value_embed)
-        mlp_out = self.mlp_scale.to(lane1.dtype) * self.mlp(rms_norm(lane1) * self.input_scale)
+        attn_out = self.attn_scale.to(lane0.dtype) * self.attn(attn_in, doc_ids, value_embed, adapters)
+        mlp_out = self.mlp_scale.to(lane1.dtype) * self._mlp(rms_norm(lane1) * self.input_scale, adapters)
         keep, post = self.lane_resid.to(lane0.dtype), self.lane_post.to(lane0.dtype)
         return (keep[0] * lane0 + post[0, 0] * attn_out + post[1, 0] * mlp_out,
                 keep[1] * lane1 + post[0, 1] * attn_out + post[1, 1] * mlp_out)
+
+    def _mlp(self, h: torch.Tensor, adapters: LoRASlot | None) -> torch.Tensor:
+        """The MLP on its normed input ``h``, plus the mlp adapter's delta (before mlp_scale)."""
+        return adapted(self.mlp(h), adapters, "mlp", h)
 
     def _mixed(self, x: torch.Tensor, x0: torch.Tensor) -> torch.Tensor:
         mix = self.resid_mix.to(x.dtype)
@@ -125,19 +132,23 @@ class GPT(nn.Module):
             if extra is not None:
                 extra.record_init(1 / math.sqrt(2 * self.config.num_layers))
 
-    def forward(self, input_ids: torch.Tensor, max_doc_len: int = 0, doc_mask: bool | None = None) -> torch.Tensor:
+    def forward(self, input_ids: torch.Tensor, max_doc_len: int = 0, adapters: LoRASet | None = None,
+                doc_mask: bool | None = None) -> torch.Tensor:
         """Logits (batch, seq, vocab) after the softcap. With doc_mask, ``max_doc_len`` also splits
         attention inside documents longer than that (doc-packed training rows: the train seq_len).
+        ``adapters`` adds each row's own LoRA deltas (document test-time training; stages/model/lora.py).
         ``doc_mask`` overrides the config's switch (test-time training on packed documents)."""
         cfg = self.config
         x0 = self._embed(input_ids)
         masked = cfg.doc_mask if doc_mask is None else doc_mask
         doc_ids = document_ids(input_ids, cfg.bos_id, max_doc_len) if masked else None
         value_embed = self.value_embed(input_ids) if self.value_embed is not None else None
-        x = self._run_layers(x0, x0, doc_ids, value_embed)
+        x = self._run_layers(x0, x0, doc_ids, value_embed, adapters)
         x = self.head_input(rms_norm(x))
         head = self.tok_emb.weight if self.lm_head is None else self.lm_head.weight
         logits = F.linear(x, head.to(x.dtype))
+        if adapters is not None:
+            logits = adapted(logits, adapters.slot(adapters.head_slot), "head", x)
         cap = cfg.logit_softcap
         return cap * torch.tanh(logits / cap) if cap > 0 else logits
 
@@ -156,7 +167,7 @@ class GPT(nn.Module):
             x = self.smear(x, starts)
         return x
 
-    def _run_layers(self, x, x0, doc_ids, value_embed) -> torch.Tensor:
+    def _run_layers(self, x, x0, doc_ids, value_embed, adapters: LoRASet | None = None) -> torch.Tensor:
         """Virtual layers in order; the first half push U-Net skips, the second half pop them.
         Two-lane blocks (the decoder's tail) start both lanes from the hidden state, take the skips
         on lane 0, and end as the lanes' mean."""
@@ -173,10 +184,11 @@ class GPT(nn.Module):
                     x = self._add_skip(x, skip, position - num_encoder)
                 else:
                     lanes = (self._add_skip(lanes[0], skip, position - num_encoder), lanes[1])
+            slot = None if adapters is None else adapters.slot(position)
             if lanes is None:
-                x = block(x, x0, doc_ids, value_embed)
+                x = block(x, x0, doc_ids, value_embed, slot)
             else:
-                lanes = block.forward_lanes(lanes, x0, doc_ids, value_embed)
+                lanes = block.forward_lanes(lanes, x0, doc_ids, value_embed, slot)
             if position < num_encoder:
                 skips.append(x)
         return x if lanes is None else 0.5 * (lanes[0] + lanes[1])
@@ -188,9 +200,9 @@ class GPT(nn.Module):
         return torch.lerp(weighted, x, torch.sigmoid(self.skip_gates[index]).to(x.dtype))
 
     def loss(self, input_ids: torch.Tensor, targets: torch.Tensor, max_doc_len: int = 0,
-             doc_mask: bool | None = None) -> torch.Tensor:
+             adapters: LoRASet | None = None, doc_mask: bool | None = None) -> torch.Tensor:
         """Mean cross-entropy in fp32 over every target."""
-        logits = self(input_ids, max_doc_len, doc_mask)
+        logits = self(input_ids, max_doc_len, adapters, doc_mask)
         return F.cross_entropy(logits.float().flatten(0, 1), targets.flatten())
 
 

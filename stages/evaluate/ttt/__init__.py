@@ -1,9 +1,9 @@
 """Score-first test-time training (TTT): adapt the model on val tokens it has already scored.
 
-Every mode scores the val stream chunk by chunk with the plain scorer (``scoring.WindowScorer``,
-the model's own forward under no_grad) and only then adapts on that chunk, so a target's NLL is
-committed before any update that used it, every target is scored exactly once, and nothing is
-rescored. One module per mode; ``common.py`` holds what they share. Ships inside the artifact:
+Every mode scores the val stream chunk by chunk through the plain scorer (``scoring.WindowScorer``:
+the model's own forward, with the mode's adapters if it has any) and only then adapts on that
+chunk, so a target's NLL is committed before any update that used it, every target is scored
+exactly once, and nothing is rescored. One module per mode; ``common.py`` holds what they share. Ships inside the artifact:
 the code that adapts is the code that is counted.
 """
 
@@ -19,9 +19,10 @@ from ..scoring import TokenReceipts, WindowScorer
 from .chunk_sgd import score_with_chunk_sgd
 from .common import TTTPass, always
 from .config import TTTConfig
+from .lora import score_with_lora
 
 # mode -> its scorer: score_with_MODE(model, TTTPass, TTTConfig) -> BpbSums.
-MODES = {"chunk-sgd": score_with_chunk_sgd}
+MODES = {"chunk-sgd": score_with_chunk_sgd, "lora": score_with_lora}
 
 
 def score_with_ttt(

@@ -1,0 +1,228 @@
+"""Document LoRA TTT (records #1530/#1667 and the LoRA half of the phased records,
+docs/TTT_CASEOPS.md section C): every document gets its own LoRA adapters, scored chunk by chunk,
+each chunk by adapters trained on that document's earlier chunks only.
+
+Documents (``documents.py``) go in batches of similar length, longest batch first. Per batch,
+step ci takes chunk ci of every document still running: its row is the document's own window
+ending at the chunk's end (at most the eval window long, never crossing into another document),
+one forward of the model with the batch's adapters scores the chunk's targets (committed at
+once), and, unless it is the document's last chunk, the same NLLs' mean is its loss for one AdamW
+step over the adapters (the base model stays frozen). Each batch starts from B = 0 (an exact
+no-op) and a fresh optimizer; A is drawn per document from a generator seeded by the document's
+position, or kept from the previous batch (``lora_warm_start_a``).
+
+The pieces a phased mode reuses: ``plan_batches``/``rank_share`` (documents.py), ``BatchAdapters``
+(its ``rebuild`` after a global phase) and ``score_batch``.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Callable, Iterator
+
+import torch
+
+from ...model.lora import LoRASet
+from ..bpb import BpbSums
+from ..scoring import TokenReceipts, WindowScorer, commit, plan_windows
+from .common import TTTPass
+from .config import TTTConfig
+from .documents import Document, find_documents, plan_batches, rank_share
+
+# A document's A matrices come from a generator seeded with this plus its stream position: a run
+# reproduces, and (without warm start) a document's scores depend on its own tokens alone.
+A_SEED = 0x5EED_0000
+PAD_TOKEN = 0  # right padding of short rows; causal attention keeps it out of every scored position
+
+
+def score_with_lora(model: torch.nn.Module, run: TTTPass, config: TTTConfig) -> BpbSums:
+    """Score this rank's share of the documents (the caller all-reduces the sums); times 'score'
+    and 'adapt' apart. ``run.stride`` plays no part: each chunk is scored in its document's window."""
+    scorer = run.scorer
+    documents = find_documents(scorer.stream, scorer.num_targets, model.config.bos_id)
+    batches = rank_share(plan_batches(documents, config.lora_batch_docs), run.rank, run.world_size)
+    adapters = BatchAdapters(model, config, scorer.device)
+    progress = windows_progress(run)
+    sums = BpbSums()
+    model.eval()
+    with frozen(model):
+        for batch in batches:
+            adapters.start_batch(batch.docs)
+            score_batch(model, run, config, batch.docs, adapters, sums)
+            progress(sum(doc.targets for doc in batch.docs))
+    return sums
+
+
+# ---- adapters and their optimizer ----
+
+
+class BatchAdapters:
+    """The LoRA adapters and AdamW of the batch of documents in flight, one adapter per document
+    in every virtual layer slot and on the head (stages/model/lora.py); reset for each batch."""
+
+    def __init__(self, model: torch.nn.Module, config: TTTConfig, device: torch.device | str):
+        self.model_config, self.config, self.device = model.config, config, torch.device(device)
+        self.slots = len(model.config.layer_sequence(model.looping))
+        self.lora: LoRASet | None = None
+        self.optimizer: torch.optim.AdamW | None = None
+
+    def start_batch(self, docs: tuple[Document, ...] | list[Document]) -> None:
+        """Adapters for ``docs``, row b for docs[b]; see ``reset``."""
+        self.reset([A_SEED + doc.start for doc in docs])
+
+    def reset(self, seeds: list[int]) -> None:
+        """B <- 0 and a fresh AdamW (no moments, step 0), so every document starts from the base
+        model; row b's A drawn from ``seeds[b]``, unless warm start keeps the last batch's A (a batch
+        of another size gets new adapters, its A drawn)."""
+        config = self.config
+        reuse = self.lora is not None and self.lora.batch == len(seeds)
+        if reuse:
+            self.lora.zero_b()
+        else:
+            self.lora = LoRASet(self.model_config, self.slots, len(seeds), config.lora_rank, config.lora_alpha,
+                                config.lora_targets, self.device)
+        if not (reuse and config.lora_warm_start_a):
+            for row, seed in enumerate(seeds):
+                self.lora.draw_a(row, torch.Generator(self.device).manual_seed(seed))
+        self.optimizer = torch.optim.AdamW(
+            self.lora.parameters(), lr=config.lora_lr, betas=(config.lora_beta1, config.lora_beta2),
+            eps=config.lora_eps, weight_decay=config.lora_weight_decay, fused=self.device.type == "cuda")
+
+    def rebuild(self) -> None:
+        """Drop the adapters, so the next batch draws fresh A even with warm start (after a global
+        phase has changed the base model the A's were learned on)."""
+        self.lora = self.optimizer = None
+
+    def step(self, loss: torch.Tensor) -> None:
+        """One AdamW step on ``loss`` over the adapters (the base takes no gradient: ``frozen``)."""
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+
+
+@contextmanager
+def frozen(model: torch.nn.Module) -> Iterator[None]:
+    """The base weights take no gradient while adapters train; their flags come back after."""
+    flags = [(param, param.requires_grad) for param in model.parameters()]
+    for param, _ in flags:
+        param.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for param, flag in flags:
+            param.requires_grad_(flag)
+
+
+# ---- one batch of documents ----
+
+
+@dataclass
+class ChunkRows:
+    """Step ci of a batch: each document's window ending at its chunk ci, right-padded to one width."""
+
+    inputs: torch.Tensor
+    """(docs, width) input tokens; a finished document's row is all padding."""
+    targets: torch.Tensor
+    """(docs, width) the token after each input."""
+    scored: torch.Tensor
+    """(docs, width) bool: the targets of chunk ci, scored at this step."""
+    positions: torch.Tensor
+    """(docs, width) stream position of each target (meaningful where scored)."""
+    trained: torch.Tensor
+    """(docs,) bool: documents with a chunk after ci, which train on chunk ci."""
+
+
+def chunk_rows(stream: torch.Tensor, docs, ci: int, chunk: int, seq_len: int) -> ChunkRows:
+    """Rows of step ci: document d's predictions [ci * chunk, end) with end = min((ci + 1) * chunk,
+    its targets) are scored in the window of inputs [max(0, end - seq_len), end) of d (C.2)."""
+    starts = torch.tensor([doc.start for doc in docs])
+    lengths = torch.tensor([doc.targets for doc in docs])
+    end = lengths.clamp(max=(ci + 1) * chunk)
+    window_start = (end - seq_len).clamp(min=0)
+    width = torch.where(lengths > ci * chunk, end - window_start, 0)  # 0: the document is finished
+    columns = torch.arange(int(width.max()))
+    inside = columns[None, :] < width[:, None]
+    index = torch.where(inside, (starts + window_start)[:, None] + columns, 0)
+    predictions = window_start[:, None] + columns  # index of each column's prediction in its document
+    return ChunkRows(
+        inputs=torch.where(inside, stream[index], PAD_TOKEN),
+        targets=torch.where(inside, stream[index + 1], PAD_TOKEN),
+        scored=inside & (predictions >= ci * chunk),
+        positions=index + 1,
+        trained=lengths > (ci + 1) * chunk,
+    )
+
+
+def score_batch(model: torch.nn.Module, run: TTTPass, config: TTTConfig, docs, adapters: BatchAdapters,
+                sums: BpbSums) -> None:
+    """Score every target of ``docs`` (row b of ``adapters`` is docs[b]'s, already reset), chunk by
+    chunk, committing each chunk before the step that trains on it; a document's last chunk is
+    never trained on. Every target of every document is committed when this returns."""
+    scorer, device = run.scorer, run.scorer.device
+    for ci in range(max(doc.num_chunks(config.lora_chunk) for doc in docs)):
+        rows = chunk_rows(scorer.stream, docs, ci, config.lora_chunk, scorer.seq_len)
+        adapt = bool(rows.trained.any()) and run.may_adapt()
+        with run.timed("score"), torch.set_grad_enabled(adapt):
+            nll = scorer.nll(model, rows.inputs.to(device), rows.targets.to(device), adapters=adapters.lora)
+            scored = rows.scored.to(device)
+            commit(scorer.scored_targets(rows.positions[rows.scored], nll.detach()[scored]), sums, run.receipts)
+        if adapt:
+            with run.timed("adapt"):
+                adapters.step(chunk_loss(nll, scored, rows.trained.to(device)))
+                note_updates(run.receipts, rows)
+
+
+def chunk_loss(nll: torch.Tensor, scored: torch.Tensor, trained: torch.Tensor) -> torch.Tensor:
+    """Sum over the training documents of the mean NLL of the chunk just scored (the others, in
+    their last chunk, contribute no gradient)."""
+    per_doc = (nll * scored).sum(dim=1) / scored.sum(dim=1).clamp(min=1)
+    return (per_doc * trained).sum()
+
+
+def note_updates(receipts: TokenReceipts | None, rows: ChunkRows) -> None:
+    """One update receipt per document trained: the span of its targets the step used."""
+    if receipts is None:
+        return
+    for doc in torch.nonzero(rows.trained).flatten().tolist():
+        used = rows.positions[doc][rows.scored[doc]]
+        receipts.note_update(int(used.min()), int(used.max()))
+
+
+def windows_progress(run: TTTPass) -> Callable[[int], None]:
+    """``advance(targets)`` on the pass's progress, which counts windows of the plain evaluation:
+    scored targets become the same share of those windows."""
+    if run.on_windows is None:
+        return lambda targets: None
+    scorer = run.scorer
+    windows_per_target = len(plan_windows(scorer.num_targets, scorer.seq_len, run.stride)) / scorer.num_targets
+    done = {"targets": 0, "windows": 0}
+
+    def advance(targets: int) -> None:
+        done["targets"] += targets
+        windows = round(done["targets"] * windows_per_target)
+        run.on_windows(windows - done["windows"])
+        done["windows"] = windows
+
+    return advance
+
+
+# ---- compile warm-up ----
+
+
+def warm_up(model: torch.nn.Module, run: TTTPass, config: TTTConfig) -> None:
+    """One forward, backward and AdamW step at each width the scoring loop starts from
+    (lora_chunk and the eval window) on random tokens, with throw-away adapters: kernels and
+    allocations are ready before the timed loop (section E). Reads no val token; the base model
+    is left bitwise unchanged (only the adapters step)."""
+    scorer = run.scorer
+    generator = torch.Generator().manual_seed(A_SEED)
+    adapters = BatchAdapters(model, config, scorer.device)
+    adapters.reset(list(range(config.lora_batch_docs)))
+    with frozen(model):
+        for width in dict.fromkeys((min(config.lora_chunk, scorer.seq_len), scorer.seq_len)):
+            tokens = torch.randint(model.config.vocab_size, (config.lora_batch_docs, width + 1), generator=generator)
+            tokens = tokens.to(scorer.device)
+            nll = scorer.nll(model, tokens[:, :-1], tokens[:, 1:], adapters=adapters.lora)
+            adapters.step(nll.mean(dim=1).sum())
+    adapters.rebuild()
