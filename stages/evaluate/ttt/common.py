@@ -45,6 +45,13 @@ class TTTPass:
     """``phase(name)`` times a block into the ledger bucket ``name`` ('score', 'adapt', ...)."""
     may_adapt: Callable[[], bool] = always
     """Asked before each adaptation step: False once the eval budget says stop adapting (scoring goes on)."""
+    on_fact: Callable[[str, object], None] | None = None
+    """Called with (name, JSON value) for a fact about the pass that the eval's metrics keep (phased: its phases)."""
+
+    def note(self, name: str, value: object) -> None:
+        """State a fact about the pass (see ``on_fact``)."""
+        if self.on_fact is not None:
+            self.on_fact(name, value)
 
     def timed(self, name: str):
         """Time a block into ``phase(name)``; see ``timed``."""

@@ -20,10 +20,11 @@ the learning rate cosine over the chunks.
 from __future__ import annotations
 
 import math
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import partial
 from itertools import accumulate
-from typing import Iterable, Sequence
+from typing import Iterable, Iterator, Sequence
 
 import torch
 
@@ -116,18 +117,15 @@ def train_global_phase(model: torch.nn.Module, run: TTTPass, config: TTTConfig, 
     """SGD on every base weight over the packed ``tokens`` (stream indices ``positions``): for each
     chunk but the last, ``global_epochs`` passes over its whole sequences, each step's sequences
     split into contiguous slices over the ranks; a fresh optimizer, so no momentum carries over
-    from an earlier phase. The weights' requires_grad flags are restored afterwards."""
+    from an earlier phase. The weights' requires_grad flags are restored afterwards, and the model
+    is left in eval mode."""
     seq_len = run.scorer.seq_len
     num_chunks = math.ceil((len(tokens) - 1) / config.global_chunk_tokens)
-    params = list(model.parameters())
-    needed_grad = [p.requires_grad for p in params]
-    for param in params:
-        param.requires_grad_(True)
-    optimizer = torch.optim.SGD(params, lr=config.global_lr, momentum=config.global_momentum)
+    optimizer = torch.optim.SGD(model.parameters(), lr=config.global_lr, momentum=config.global_momentum)
     loss_fn = partial(model.loss, doc_mask=config.global_doc_mask)
     offsets = torch.arange(seq_len + 1)
     model.train()
-    try:
+    with all_trainable(model):
         for chunk in range(num_chunks - 1):  # the records never train the stream's last chunk
             for group in optimizer.param_groups:
                 group["lr"] = cosine_lr(config.global_lr, chunk, num_chunks)
@@ -140,10 +138,21 @@ def train_global_phase(model: torch.nn.Module, run: TTTPass, config: TTTConfig, 
                     sgd_step(loss_fn, optimizer, rows, config.global_grad_clip, run.scorer.autocast_dtype,
                              share=len(mine) / len(step))
                     note_trained_targets(run.receipts, positions, mine, seq_len)
+    optimizer.zero_grad(set_to_none=True)  # no gradient outlives the phase
+    model.eval()
+
+
+@contextmanager
+def all_trainable(model: torch.nn.Module) -> Iterator[None]:
+    """Every base weight takes gradients (LoRA scoring keeps them frozen); the flags come back after."""
+    flags = [(param, param.requires_grad) for param in model.parameters()]
+    for param, _ in flags:
+        param.requires_grad_(True)
+    try:
+        yield
     finally:
-        for param, needed in zip(params, needed_grad):
-            param.requires_grad_(needed)
-        model.eval()
+        for param, flag in flags:
+            param.requires_grad_(flag)
 
 
 def rank_slice(items: Sequence[int], rank: int, world_size: int) -> list[int]:
@@ -154,11 +163,18 @@ def rank_slice(items: Sequence[int], rank: int, world_size: int) -> list[int]:
 def note_trained_targets(receipts: TokenReceipts | None, positions: torch.Tensor, starts: torch.Tensor,
                          seq_len: int) -> None:
     """Note the stream targets the sequences at ``starts`` (in the packed stream) trained on, one
-    update row per run of consecutive stream positions (a packed row spans several documents)."""
+    update row per run of consecutive stream positions (a packed row spans several documents).
+
+    At a join the packed pair (a document's last target, the next one's BOS) is no pair of the
+    stream: it teaches BOS after BOS and reads no val target, so it is not noted.
+    """
     if receipts is None or not len(starts):
         return
-    targets = positions[starts[:, None] + torch.arange(1, seq_len + 1)]
-    for row in targets:
-        breaks = torch.nonzero(row[1:] != row[:-1] + 1).flatten() + 1
-        for span in torch.tensor_split(row, breaks):
-            receipts.note_update(int(span[0]), int(span[-1]))
+    columns = torch.arange(seq_len + 1)
+    for row in positions[starts[:, None] + columns]:
+        inputs, targets = row[:-1], row[1:]
+        genuine = targets == inputs + 1
+        breaks = torch.nonzero(genuine[1:] != genuine[:-1]).flatten() + 1
+        for span, kept in zip(torch.tensor_split(targets, breaks), torch.tensor_split(genuine, breaks)):
+            if kept[0]:
+                receipts.note_update(int(span[0]), int(span[-1]))
