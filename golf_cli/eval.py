@@ -15,11 +15,14 @@ from stages.evaluate.ttt.config import TTTMode
 from .common import ForceOption, RichReporter, RunOption, SetOption, handle_errors, resolve_config, stage_path
 
 TTT_HELP = (
-    f"Test-time training mode: {' | '.join(get_args(TTTMode))}. 'chunk-sgd' (records #1413/#1477/#1493) scores "
-    "each chunk of ttt.chunk_tokens targets, then trains every weight on it with SGD (ttt.lr cosine over "
-    "chunks, ttt.momentum, ttt.epochs, ttt.grad_clip, ttt.freeze_blocks; change them with --set ttt.<key>=...); "
-    "score first, so each target is scored once before any update uses it. The records run it with "
-    "--seq-len 2048 --stride 64. Same as --set ttt.mode=MODE."
+    f"Test-time training mode: {' | '.join(get_args(TTTMode))}; score first, so each target is scored once "
+    "before any update uses it. 'chunk-sgd' (records #1413/#1477/#1493) scores each chunk of ttt.chunk_tokens "
+    "targets, then trains every weight on it with SGD (ttt.lr cosine over chunks, ttt.momentum, ttt.epochs, "
+    "ttt.grad_clip, ttt.freeze_blocks); the records run it with --seq-len 2048 --stride 64. 'lora' (records "
+    "#1530/#1667) gives each document its own LoRA adapters and scores it ttt.lora_chunk predictions at a time "
+    "in its own window of --seq-len tokens, one AdamW step on each scored chunk but its last (ttt.lora_rank, "
+    "ttt.lora_lr, ttt.lora_batch_docs documents side by side, ttt.lora_warm_start_a; --stride plays no part). "
+    "Change the values with --set ttt.<key>=...; --ttt MODE is --set ttt.mode=MODE."
 )
 
 

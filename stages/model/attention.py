@@ -83,8 +83,10 @@ class CausalSelfAttention(nn.Module):
                 value_embed: torch.Tensor | None = None, adapters: LoRASlot | None = None) -> torch.Tensor:
         """``adapters`` add their q, k, v (before the value embedding) and o deltas, all fed ``x``."""
         batch, seq_len, dim = x.shape
-        q = adapted(self.c_q(x), adapters, "q", x).view(batch, seq_len, self.num_heads, self.head_dim).transpose(1, 2)
-        k = adapted(self.c_k(x), adapters, "k", x).view(batch, seq_len, self.num_kv_heads, self.head_dim).transpose(1, 2)
+        q = adapted(self.c_q(x), adapters, "q", x)
+        k = adapted(self.c_k(x), adapters, "k", x)
+        q = q.view(batch, seq_len, self.num_heads, self.head_dim).transpose(1, 2)
+        k = k.view(batch, seq_len, self.num_kv_heads, self.head_dim).transpose(1, 2)
         v = adapted(self.c_v(x), adapters, "v", x)
         if self.value_scale is not None:
             v = v + self.value_scale.to(v.dtype) * value_embed

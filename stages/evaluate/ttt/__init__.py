@@ -3,8 +3,8 @@
 Every mode scores the val stream chunk by chunk through the plain scorer (``scoring.WindowScorer``:
 the model's own forward, with the mode's adapters if it has any) and only then adapts on that
 chunk, so a target's NLL is committed before any update that used it, every target is scored
-exactly once, and nothing is rescored. One module per mode; ``common.py`` holds what they share. Ships inside the artifact:
-the code that adapts is the code that is counted.
+exactly once, and nothing is rescored. One module per mode; ``common.py`` holds what they share.
+Ships inside the artifact: the code that adapts is the code that is counted.
 """
 
 from __future__ import annotations

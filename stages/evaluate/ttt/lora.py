@@ -19,13 +19,13 @@ from __future__ import annotations
 
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Callable, Iterator
+from typing import Callable, Iterator, Sequence
 
 import torch
 
 from ...model.lora import LoRASet
 from ..bpb import BpbSums
-from ..scoring import TokenReceipts, WindowScorer, commit, plan_windows
+from ..scoring import TokenReceipts, commit, plan_windows
 from .common import TTTPass
 from .config import TTTConfig
 from .documents import Document, find_documents, plan_batches, rank_share
@@ -67,7 +67,7 @@ class BatchAdapters:
         self.lora: LoRASet | None = None
         self.optimizer: torch.optim.AdamW | None = None
 
-    def start_batch(self, docs: tuple[Document, ...] | list[Document]) -> None:
+    def start_batch(self, docs: Sequence[Document]) -> None:
         """Adapters for ``docs``, row b for docs[b]; see ``reset``."""
         self.reset([A_SEED + doc.start for doc in docs])
 
@@ -133,7 +133,7 @@ class ChunkRows:
     """(docs,) bool: documents with a chunk after ci, which train on chunk ci."""
 
 
-def chunk_rows(stream: torch.Tensor, docs, ci: int, chunk: int, seq_len: int) -> ChunkRows:
+def chunk_rows(stream: torch.Tensor, docs: Sequence[Document], ci: int, chunk: int, seq_len: int) -> ChunkRows:
     """Rows of step ci: document d's predictions [ci * chunk, end) with end = min((ci + 1) * chunk,
     its targets) are scored in the window of inputs [max(0, end - seq_len), end) of d (C.2)."""
     starts = torch.tensor([doc.start for doc in docs])
@@ -154,8 +154,8 @@ def chunk_rows(stream: torch.Tensor, docs, ci: int, chunk: int, seq_len: int) ->
     )
 
 
-def score_batch(model: torch.nn.Module, run: TTTPass, config: TTTConfig, docs, adapters: BatchAdapters,
-                sums: BpbSums) -> None:
+def score_batch(model: torch.nn.Module, run: TTTPass, config: TTTConfig, docs: Sequence[Document],
+                adapters: BatchAdapters, sums: BpbSums) -> None:
     """Score every target of ``docs`` (row b of ``adapters`` is docs[b]'s, already reset), chunk by
     chunk, committing each chunk before the step that trains on it; a document's last chunk is
     never trained on. Every target of every document is committed when this returns."""
