@@ -1,8 +1,10 @@
 """Phased TTT: global SGD phases of the base weights between batches of document-LoRA scoring
 (docs/TTT_CASEOPS.md sections D and H.4).
 
-The global SGD tests run the phase on a packed stream of synthetic documents with the tiny GPT
-of test_ttt; the schedule tests need no model.
+The schedule tests need no model; the global SGD tests run one phase on a packed stream of
+synthetic documents with the tiny GPT of test_ttt; the mode's tests score that stream (legality
+from the receipts, causality, coverage, zero learning, two gloo ranks); the CLI test runs the
+conftest pipeline.
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ from stages.evaluate.ttt.global_sgd import (ScoredDocument, phase_boundaries, ra
 from .conftest import golf, sets
 from .test_ttt import BATCH_WINDOWS, BOS, SEQ, STRIDE, VOCAB, by_position, byte_table, synthetic_docs, tiny_gpt
 
-# One step per trained chunk of 4 sequences (3, then 1: uneven over two ranks, one rank idle).
+# Two steps per trained chunk of 4 sequences (3, then 1), two epochs.
 GLOBAL = TTTConfig(mode="phased", global_lr=0.05, global_momentum=0.9, global_epochs=2, global_chunk_tokens=4 * SEQ,
                    global_batch_seqs=3, global_grad_clip=1.0, global_doc_mask=True)
 
@@ -145,7 +147,8 @@ def test_every_chunk_but_the_last_is_trained_epochs_times():
     chunk = GLOBAL.global_chunk_tokens
     num_chunks = math.ceil((len(tokens) - 1) / chunk)
     assert num_chunks >= 3
-    trained = [s for c in range(num_chunks - 1) for s in range(c * chunk, min((c + 1) * chunk, len(tokens) - 1) - SEQ + 1, SEQ)]
+    trained = [s for c in range(num_chunks - 1)
+               for s in range(c * chunk, min((c + 1) * chunk, len(tokens) - 1) - SEQ + 1, SEQ)]
     assert sorted(spy.rows) == sorted(trained * GLOBAL.global_epochs)
     assert max(spy.rows) + SEQ <= (num_chunks - 1) * chunk  # no target of the last chunk
     # The update receipts name the stream targets trained on: every pair of the rows but the joins'
@@ -250,10 +253,11 @@ class PhaseSpy:
         return documents
 
 
-def phased_receipts(model, stream, ttt: dict | None = None, facts: dict | None = None, table=None):
+def phased_receipts(model, stream, ttt: dict | None = None) -> tuple[TokenReceipts, object]:
+    """A ``ttt`` pass (default PHASED) over ``stream``: its receipts and sums."""
     receipts = TokenReceipts()
-    sums = score_with_ttt(model, stream, table or byte_table(), SEQ, STRIDE, BATCH_WINDOWS, config=ttt or PHASED,
-                          receipts=receipts, on_fact=None if facts is None else facts.__setitem__)
+    sums = score_with_ttt(model, stream, byte_table(), SEQ, STRIDE, BATCH_WINDOWS, config=ttt or PHASED,
+                          receipts=receipts)
     return receipts, sums
 
 

@@ -54,8 +54,10 @@ def score_with_phased(model: torch.nn.Module, run: TTTPass, config: TTTConfig) -
                 scored += scored_documents(batch)
                 progress(sum(doc.targets for doc in batch.docs))
             for phase in schedule.phases_after(processed):
-                everyone = gather_scored(scored)
-                trained[phase] = run_global_phase(model, run, config, everyone, schedule.boundaries[phase]) is not None
+                with run.timed("global_sgd"):  # waiting here for the other ranks counts too
+                    everyone = gather_scored(scored)
+                done = run_global_phase(model, run, config, everyone, schedule.boundaries[phase])
+                trained[phase] = done is not None
                 adapters.rebuild()
     run.note("ttt_global_phases", [{"docs": docs, "after_batch": after, "trained": ran}
                                    for docs, after, ran in zip(schedule.boundaries, schedule.after_batch, trained)])
@@ -64,7 +66,8 @@ def score_with_phased(model: torch.nn.Module, run: TTTPass, config: TTTConfig) -
 
 def scored_documents(batch: DocumentBatch) -> list[ScoredDocument]:
     """The batch's documents, each now wholly scored, with its span (BOS through the next BOS)."""
-    return [ScoredDocument(batch.index, position, doc.start, doc.targets + 1) for position, doc in enumerate(batch.docs)]
+    return [ScoredDocument(batch.index, position, doc.start, doc.targets + 1)
+            for position, doc in enumerate(batch.docs)]
 
 
 def gather_scored(scored: list[ScoredDocument]) -> list[ScoredDocument]:
