@@ -22,6 +22,9 @@ TTT_HELP = (
     "#1530/#1667) gives each document its own LoRA adapters and scores it ttt.lora_chunk predictions at a time "
     "in its own window of --seq-len tokens, one AdamW step on each scored chunk but its last (ttt.lora_rank, "
     "ttt.lora_lr, ttt.lora_batch_docs documents side by side, ttt.lora_warm_start_a; --stride plays no part). "
+    "'phased' (#1610 lineage, top record) is 'lora' with ttt.phases pauses: pause k (1..phases) trains every base "
+    "weight with SGD on the first ttt.phase_docs * k / phases documents already scored (ttt.global_lr, "
+    "ttt.global_chunk_tokens), then the later documents are scored with the new base. "
     "Change the values with --set ttt.<key>=...; --ttt MODE is --set ttt.mode=MODE."
 )
 

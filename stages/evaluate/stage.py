@@ -40,6 +40,7 @@ IN_MEMORY_TOLERANCE = 1e-6
 PHASE_NOTES = {
     "score": "scoring every val target once (no_grad)",
     "adapt": "test-time training on targets already scored",
+    "global_sgd": "phased: SGD of the base weights on documents already scored",
 }
 
 
@@ -129,7 +130,8 @@ def run_eval(config: EvalConfig, artifact: str | Path, data_dir: str | Path | No
             with ledger.measure("score_no_ttt", None, "diagnostic: the same windows without adaptation"):
                 compared = {"val_bpb_no_ttt": score("eval (no ttt)", score_stream=runtime.score_stream).bpb}
         receipts = runtime.TokenReceipts() if token_nll is not None else None
-        sums = _scored_pass(score, runtime, config.ttt, ledger, receipts)
+        facts: dict = {}  # what the TTT mode states about its pass (phased: its global phases)
+        sums = _scored_pass(score, runtime, config.ttt, ledger, receipts, facts)
         _record_artifact_input(writer, artifact_path, data_bytes, pack)
         writer.add_input("data", data)
         metrics = {
@@ -137,6 +139,7 @@ def run_eval(config: EvalConfig, artifact: str | Path, data_dir: str | Path | No
             "val_bpb": sums.bpb,
             "ttt_mode": config.ttt.mode,
             **compared,
+            **facts,
             "tokens_scored": sums.tokens,
             "bytes_scored": sums.bytes,
             "seq_len": seq_len,
@@ -160,15 +163,16 @@ def run_eval(config: EvalConfig, artifact: str | Path, data_dir: str | Path | No
     return manifest
 
 
-def _scored_pass(score, runtime, ttt: TTTConfig, ledger, receipts):
+def _scored_pass(score, runtime, ttt: TTTConfig, ledger, receipts, facts: dict):
     """The pass that is the score: plain windows, or the shipped TTT mode with its phases timed apart."""
     if ttt.mode == "none":
         with ledger.measure("score", "eval", PHASE_NOTES["score"]):
             return score("eval", score_stream=partial(runtime.score_stream, receipts=receipts))
-    for name in PHASE_NOTES:  # both listed, in order, even when a single chunk never adapts
+    for name in ("score", "adapt"):  # both listed, in order, even when a single chunk never adapts
         ledger.add(name, 0.0, "eval", PHASE_NOTES[name])
     phase = lambda name: ledger.measure(name, "eval", PHASE_NOTES[name])  # noqa: E731
-    ttt_scorer = partial(runtime.score_with_ttt, config=to_dict(ttt), receipts=receipts, phase=phase)
+    ttt_scorer = partial(runtime.score_with_ttt, config=to_dict(ttt), receipts=receipts, phase=phase,
+                         on_fact=facts.__setitem__)
     return score(f"eval (ttt {ttt.mode})", score_stream=ttt_scorer)
 
 

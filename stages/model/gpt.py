@@ -132,13 +132,16 @@ class GPT(nn.Module):
             if extra is not None:
                 extra.record_init(1 / math.sqrt(2 * self.config.num_layers))
 
-    def forward(self, input_ids: torch.Tensor, max_doc_len: int = 0, adapters: LoRASet | None = None) -> torch.Tensor:
+    def forward(self, input_ids: torch.Tensor, max_doc_len: int = 0, adapters: LoRASet | None = None,
+                doc_mask: bool | None = None) -> torch.Tensor:
         """Logits (batch, seq, vocab) after the softcap. With doc_mask, ``max_doc_len`` also splits
         attention inside documents longer than that (doc-packed training rows: the train seq_len).
-        ``adapters`` adds each row's own LoRA deltas (document test-time training; stages/model/lora.py)."""
+        ``adapters`` adds each row's own LoRA deltas (document test-time training; stages/model/lora.py).
+        ``doc_mask`` overrides the config's switch (test-time training on packed documents)."""
         cfg = self.config
         x0 = self._embed(input_ids)
-        doc_ids = document_ids(input_ids, cfg.bos_id, max_doc_len) if cfg.doc_mask else None
+        masked = cfg.doc_mask if doc_mask is None else doc_mask
+        doc_ids = document_ids(input_ids, cfg.bos_id, max_doc_len) if masked else None
         value_embed = self.value_embed(input_ids) if self.value_embed is not None else None
         x = self._run_layers(x0, x0, doc_ids, value_embed, adapters)
         x = self.head_input(rms_norm(x))
@@ -197,9 +200,9 @@ class GPT(nn.Module):
         return torch.lerp(weighted, x, torch.sigmoid(self.skip_gates[index]).to(x.dtype))
 
     def loss(self, input_ids: torch.Tensor, targets: torch.Tensor, max_doc_len: int = 0,
-             adapters: LoRASet | None = None) -> torch.Tensor:
+             adapters: LoRASet | None = None, doc_mask: bool | None = None) -> torch.Tensor:
         """Mean cross-entropy in fp32 over every target."""
-        logits = self(input_ids, max_doc_len, adapters)
+        logits = self(input_ids, max_doc_len, adapters, doc_mask)
         return F.cross_entropy(logits.float().flatten(0, 1), targets.flatten())
 
 

@@ -20,9 +20,10 @@ from .chunk_sgd import score_with_chunk_sgd
 from .common import TTTPass, always
 from .config import TTTConfig
 from .lora import score_with_lora
+from .phased import score_with_phased
 
 # mode -> its scorer: score_with_MODE(model, TTTPass, TTTConfig) -> BpbSums.
-MODES = {"chunk-sgd": score_with_chunk_sgd, "lora": score_with_lora}
+MODES = {"chunk-sgd": score_with_chunk_sgd, "lora": score_with_lora, "phased": score_with_phased}
 
 
 def score_with_ttt(
@@ -43,12 +44,13 @@ def score_with_ttt(
     receipts: TokenReceipts | None = None,
     phase=None,
     may_adapt: Callable[[], bool] = always,
+    on_fact: Callable[[str, object], None] | None = None,
 ) -> BpbSums:
     """``score_stream`` with the adaptation ``config['mode']`` names (a TTTConfig as a dict, rebuilt
-    and range-checked by the shipped TTTConfig); ``phase`` and ``may_adapt`` are TTTPass's."""
+    and range-checked by the shipped TTTConfig); ``phase``, ``may_adapt`` and ``on_fact`` are TTTPass's."""
     ttt = TTTConfig(**{**config, "lora_targets": tuple(config.get("lora_targets", TTTConfig.lora_targets))})
     scorer = WindowScorer(tokens, table, seq_len, device, sidecar, autocast_dtype)
-    run = TTTPass(scorer, stride, batch_windows, rank, world_size, receipts, on_windows, phase, may_adapt)
+    run = TTTPass(scorer, stride, batch_windows, rank, world_size, receipts, on_windows, phase, may_adapt, on_fact)
     was_training = model.training
     try:
         return MODES[ttt.mode](model, run, ttt)

@@ -16,7 +16,7 @@ import torch
 from ...ranges import ConfigError
 from ..bpb import BpbSums
 from ..scoring import TokenReceipts, WindowScorer, plan_windows, score_windows
-from .common import TTTPass, chunk_sequence_starts, cosine_lr, plan_chunks
+from .common import TTTPass, chunk_sequence_starts, cosine_lr, plan_chunks, sgd_step
 from .config import TTTConfig
 
 
@@ -63,22 +63,13 @@ def train_on_chunk(model: torch.nn.Module, optimizer: torch.optim.Optimizer, sco
     """``epochs`` passes over the sequences at ``starts``, ``batch_seqs`` sequences per SGD step."""
     if not starts:
         return
-    params = [p for group in optimizer.param_groups for p in group["params"]]
     offsets = torch.arange(scorer.seq_len + 1)
-    device_type = torch.device(scorer.device).type
     model.train()
     for _ in range(config.epochs):
         for first in range(0, len(starts), config.batch_seqs):
             batch = torch.tensor(starts[first : first + config.batch_seqs])
             rows = scorer.stream[batch[:, None] + offsets].to(scorer.device)
-            optimizer.zero_grad(set_to_none=True)
-            with torch.autocast(device_type=device_type, dtype=scorer.autocast_dtype,
-                                enabled=scorer.autocast_dtype is not None):
-                loss = model.loss(rows[:, :-1], rows[:, 1:])
-            loss.backward()
-            if config.grad_clip:
-                torch.nn.utils.clip_grad_norm_(params, config.grad_clip)
-            optimizer.step()
+            sgd_step(model.loss, optimizer, rows, config.grad_clip, scorer.autocast_dtype)
             if receipts is not None:  # the targets of sequence s are positions s + 1 .. s + seq_len
                 receipts.note_update(int(batch.min()) + 1, int(batch.max()) + scorer.seq_len)
     model.eval()

@@ -1,6 +1,6 @@
 """What every TTT mode shares: the pass it runs in (``TTTPass``), the chunk plan, the training
-sequences of a scored chunk, the learning-rate schedule over chunks, and timing each phase into
-its own ledger bucket.
+sequences of a scored chunk, the learning-rate schedule over chunks, one SGD step on whole
+sequences, and timing each phase into its own ledger bucket.
 
 Targets are numbered as in ``scoring``: target j is token j + 1 of the stream (its position).
 """
@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Callable, ContextManager
 
 import torch
+import torch.distributed as dist
 
 from ..scoring import TokenReceipts, Window, WindowScorer
 
@@ -44,6 +45,13 @@ class TTTPass:
     """``phase(name)`` times a block into the ledger bucket ``name`` ('score', 'adapt', ...)."""
     may_adapt: Callable[[], bool] = always
     """Asked before each adaptation step: False once the eval budget says stop adapting (scoring goes on)."""
+    on_fact: Callable[[str, object], None] | None = None
+    """Called with (name, JSON value) for a fact about the pass that the eval's metrics keep (phased: its phases)."""
+
+    def note(self, name: str, value: object) -> None:
+        """State a fact about the pass (see ``on_fact``)."""
+        if self.on_fact is not None:
+            self.on_fact(name, value)
 
     def timed(self, name: str):
         """Time a block into ``phase(name)``; see ``timed``."""
@@ -81,6 +89,38 @@ def cosine_lr(peak: float, chunk: int, num_chunks: int) -> float:
     if num_chunks <= 1:
         return peak
     return peak * 0.5 * (1 + math.cos(math.pi * chunk / (num_chunks - 1)))
+
+
+def sgd_step(loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], optimizer: torch.optim.Optimizer,
+             rows: torch.Tensor, grad_clip: float, autocast_dtype: torch.dtype | None, share: float = 1.0) -> None:
+    """One optimizer step on ``rows`` (each a sequence plus its next token: inputs, then targets
+    shifted by one): ``loss_fn``'s mean loss times ``share``, backward, gradients summed over the
+    ranks when a process group is initialized, clipped to ``grad_clip`` (0: not clipped), step.
+
+    With ranks, each passes its fraction of the step's sequences as ``share``, so that the summed
+    gradient is the mean over the whole step's sequences whatever the split (the records' average
+    when the ranks hold equal slices). A rank without rows still joins the sum with zeros.
+    """
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    optimizer.zero_grad(set_to_none=True)
+    if len(rows):
+        device_type = rows.device.type
+        with torch.autocast(device_type=device_type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
+            loss = loss_fn(rows[:, :-1], rows[:, 1:])
+        (loss * share).backward()
+    if dist.is_available() and dist.is_initialized():
+        sum_gradients(params)
+    if grad_clip:
+        torch.nn.utils.clip_grad_norm_(params, grad_clip)
+    optimizer.step()
+
+
+def sum_gradients(params: list[torch.nn.Parameter]) -> None:
+    """Sum every gradient over the ranks (missing ones as zeros), so all ranks step identically."""
+    for param in params:
+        if param.grad is None:
+            param.grad = torch.zeros_like(param)
+        dist.all_reduce(param.grad)  # SUM: gloo has no AVG
 
 
 @contextmanager

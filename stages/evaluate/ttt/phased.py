@@ -1,0 +1,104 @@
+"""Phased TTT (records #1610 ... top, docs/TTT_CASEOPS.md section D): document LoRA scoring
+(``lora.py``) with global SGD phases of the base weights (``global_sgd.py``) between its batches.
+
+The batches of documents are scored longest first, batch i on rank i % world_size, as in the
+lora mode. Right after the batch at which phase k is scheduled (on the batch plan: the first
+batch whose completion brings the documents of completed batches to boundary_k), every rank
+stops, the ranks' scored documents are gathered, and all ranks train the base weights on the
+first boundary_k of them together (gradients summed over the ranks), so that their bases stay
+identical. The adapters are then rebuilt (fresh A even with warm start: the old ones were learned
+on the old base, section D.2 step 3) and scoring resumes with the new base. A batch is never split
+across a phase, so each document is scored under one base version, and documents scored after the
+last phase (the suffix) are never trained on by global SGD.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.distributed as dist
+
+from ..bpb import BpbSums
+from .common import TTTPass
+from .config import TTTConfig
+from .documents import DocumentBatch, find_documents, plan_batches
+from .global_sgd import (ScoredDocument, all_trainable, phase_boundaries, run_global_phase, schedule_phases)
+from .lora import BatchAdapters, frozen, score_batch, windows_progress
+from .lora import warm_up as warm_up_lora
+
+# Seeds the random tokens of the global SGD warm-up (never val tokens).
+WARM_UP_SEED = 0x6C0B
+
+
+def score_with_phased(model: torch.nn.Module, run: TTTPass, config: TTTConfig) -> BpbSums:
+    """Score this rank's batches (the caller all-reduces the sums), with the global phases at their
+    places in the batch plan; times 'score', 'adapt' and 'global_sgd' apart. Notes the phases as
+    the fact 'ttt_global_phases' (per phase: documents, the batch it followed, whether it trained)."""
+    scorer = run.scorer
+    documents = find_documents(scorer.stream, scorer.num_targets, model.config.bos_id)
+    batches = plan_batches(documents, config.lora_batch_docs)
+    schedule = schedule_phases([len(batch.docs) for batch in batches],
+                               phase_boundaries(config.phase_docs, config.phases))
+    trained = [False] * config.phases
+    adapters = BatchAdapters(model, config, scorer.device)
+    progress = windows_progress(run)
+    scored: list[ScoredDocument] = []  # by this rank
+    sums = BpbSums()
+    model.eval()
+    with frozen(model):
+        for processed, batch in enumerate(batches):
+            if processed % run.world_size == run.rank:
+                adapters.start_batch(batch.docs)
+                score_batch(model, run, config, batch.docs, adapters, sums)
+                scored += scored_documents(batch)
+                progress(sum(doc.targets for doc in batch.docs))
+            for phase in schedule.phases_after(processed):
+                with run.timed("global_sgd"):  # waiting here for the other ranks counts too
+                    everyone = gather_scored(scored)
+                done = run_global_phase(model, run, config, everyone, schedule.boundaries[phase])
+                trained[phase] = done is not None
+                adapters.rebuild()
+    run.note("ttt_global_phases", [{"docs": docs, "after_batch": after, "trained": ran}
+                                   for docs, after, ran in zip(schedule.boundaries, schedule.after_batch, trained)])
+    return sums
+
+
+def scored_documents(batch: DocumentBatch) -> list[ScoredDocument]:
+    """The batch's documents, each now wholly scored, with its span (BOS through the next BOS)."""
+    return [ScoredDocument(batch.index, position, doc.start, doc.targets + 1)
+            for position, doc in enumerate(batch.docs)]
+
+
+def gather_scored(scored: list[ScoredDocument]) -> list[ScoredDocument]:
+    """Every rank's scored documents (this rank's alone without a process group); also where the
+    ranks meet before a phase."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return list(scored)
+    per_rank: list = [None] * dist.get_world_size()
+    dist.all_gather_object(per_rank, scored)
+    return [doc for docs in per_rank for doc in docs]
+
+
+def warm_up(model: torch.nn.Module, run: TTTPass, config: TTTConfig) -> None:
+    """The lora warm-up, then one forward and backward of a global SGD step (this rank's share of
+    its sequences, on random tokens) without a step: kernels and allocations are ready before the
+    timed loop (section E). The base weights are left bitwise unchanged and without gradients."""
+    warm_up_lora(model, run, config)
+    scorer = run.scorer
+    rows = math.ceil(config.global_batch_seqs / run.world_size)
+    generator = torch.Generator().manual_seed(WARM_UP_SEED)
+    tokens = torch.randint(model.config.vocab_size, (rows, scorer.seq_len + 1), generator=generator).to(scorer.device)
+    device_type = torch.device(scorer.device).type
+    was_training = model.training
+    model.train()
+    try:
+        with all_trainable(model):
+            with torch.autocast(device_type=device_type, dtype=scorer.autocast_dtype,
+                                enabled=scorer.autocast_dtype is not None):
+                loss = model.loss(tokens[:, :-1], tokens[:, 1:], doc_mask=config.global_doc_mask)
+            loss.backward()
+    finally:
+        for param in model.parameters():
+            param.grad = None
+        model.train(was_training)
