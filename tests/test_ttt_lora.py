@@ -22,7 +22,7 @@ from stages.evaluate.bpb import BpbSums, token_bytes
 from stages.evaluate.scoring import TokenReceipts, WindowScorer, usable_targets
 from stages.evaluate.ttt import score_with_ttt
 from stages.evaluate.ttt import lora as lora_mode
-from stages.evaluate.ttt.common import TTTPass
+from stages.evaluate.ttt.common import TTTPass, requires_grad
 from stages.evaluate.ttt.config import TTTConfig
 from stages.evaluate.ttt.documents import Document, find_documents, plan_batches, rank_share
 
@@ -253,7 +253,7 @@ def score_batch_alone(model, tokens, docs) -> dict[int, float]:
     run = TTTPass(WindowScorer(tokens, byte_table(), SEQ), SEQ, 4, receipts=receipts)
     adapters = lora_mode.BatchAdapters(model, config, "cpu")
     adapters.start_batch(docs)
-    with lora_mode.frozen(model):
+    with requires_grad(model, False):
         lora_mode.score_batch(model, run, config, docs, adapters, BpbSums())
     saved = receipts.tensors()
     return dict(zip(saved["position"].tolist(), saved["nll"].tolist()))

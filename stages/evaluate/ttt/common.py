@@ -131,3 +131,17 @@ def timed(phase, name: str, device: torch.device | str):
         yield
         if torch.device(device).type == "cuda":
             torch.cuda.synchronize(device)
+
+
+@contextmanager
+def requires_grad(model: torch.nn.Module, flag: bool):
+    """Every base weight takes gradients (``flag``) or none does (LoRA trains adapters only) inside
+    the block; each weight's own flag comes back after."""
+    flags = [(param, param.requires_grad) for param in model.parameters()]
+    for param, _ in flags:
+        param.requires_grad_(flag)
+    try:
+        yield
+    finally:
+        for param, previous in flags:
+            param.requires_grad_(previous)

@@ -20,16 +20,15 @@ the learning rate cosine over the chunks.
 from __future__ import annotations
 
 import math
-from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import partial
 from itertools import accumulate
-from typing import Iterable, Iterator, Sequence
+from typing import Iterable, Sequence
 
 import torch
 
 from ..scoring import TokenReceipts
-from .common import TTTPass, chunk_sequence_starts, cosine_lr, sgd_step
+from .common import TTTPass, chunk_sequence_starts, cosine_lr, requires_grad, sgd_step
 from .config import TTTConfig
 
 
@@ -125,7 +124,7 @@ def train_global_phase(model: torch.nn.Module, run: TTTPass, config: TTTConfig, 
     loss_fn = partial(model.loss, doc_mask=config.global_doc_mask)
     offsets = torch.arange(seq_len + 1)
     model.train()
-    with all_trainable(model):
+    with requires_grad(model, True):
         for chunk in range(num_chunks - 1):  # the records never train the stream's last chunk
             for group in optimizer.param_groups:
                 group["lr"] = cosine_lr(config.global_lr, chunk, num_chunks)
@@ -140,19 +139,6 @@ def train_global_phase(model: torch.nn.Module, run: TTTPass, config: TTTConfig, 
                     note_trained_targets(run.receipts, positions, mine, seq_len)
     optimizer.zero_grad(set_to_none=True)  # no gradient outlives the phase
     model.eval()
-
-
-@contextmanager
-def all_trainable(model: torch.nn.Module) -> Iterator[None]:
-    """Every base weight takes gradients (LoRA scoring keeps them frozen); the flags come back after."""
-    flags = [(param, param.requires_grad) for param in model.parameters()]
-    for param, _ in flags:
-        param.requires_grad_(True)
-    try:
-        yield
-    finally:
-        for param, flag in flags:
-            param.requires_grad_(flag)
 
 
 def rank_slice(items: Sequence[int], rank: int, world_size: int) -> list[int]:

@@ -17,16 +17,15 @@ The pieces a phased mode reuses: ``plan_batches``/``rank_share`` (documents.py),
 
 from __future__ import annotations
 
-from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Callable, Iterator, Sequence
+from typing import Callable, Sequence
 
 import torch
 
 from ...model.lora import LoRASet
 from ..bpb import BpbSums
 from ..scoring import TokenReceipts, commit, plan_windows
-from .common import TTTPass
+from .common import TTTPass, requires_grad
 from .config import TTTConfig
 from .documents import Document, find_documents, plan_batches, rank_share
 
@@ -46,7 +45,7 @@ def score_with_lora(model: torch.nn.Module, run: TTTPass, config: TTTConfig) -> 
     progress = windows_progress(run)
     sums = BpbSums()
     model.eval()
-    with frozen(model):
+    with requires_grad(model, False):
         for batch in batches:
             adapters.start_batch(batch.docs)
             score_batch(model, run, config, batch.docs, adapters, sums)
@@ -95,23 +94,10 @@ class BatchAdapters:
         self.lora = self.optimizer = None
 
     def step(self, loss: torch.Tensor) -> None:
-        """One AdamW step on ``loss`` over the adapters (the base takes no gradient: ``frozen``)."""
+        """One AdamW step on ``loss`` over the adapters (the base takes no gradient: ``requires_grad``)."""
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
-
-
-@contextmanager
-def frozen(model: torch.nn.Module) -> Iterator[None]:
-    """The base weights take no gradient while adapters train; their flags come back after."""
-    flags = [(param, param.requires_grad) for param in model.parameters()]
-    for param, _ in flags:
-        param.requires_grad_(False)
-    try:
-        yield
-    finally:
-        for param, flag in flags:
-            param.requires_grad_(flag)
 
 
 # ---- one batch of documents ----
@@ -219,7 +205,7 @@ def warm_up(model: torch.nn.Module, run: TTTPass, config: TTTConfig) -> None:
     generator = torch.Generator().manual_seed(A_SEED)
     adapters = BatchAdapters(model, config, scorer.device)
     adapters.reset(list(range(config.lora_batch_docs)))
-    with frozen(model):
+    with requires_grad(model, False):
         for width in dict.fromkeys((min(config.lora_chunk, scorer.seq_len), scorer.seq_len)):
             tokens = torch.randint(model.config.vocab_size, (config.lora_batch_docs, width + 1), generator=generator)
             tokens = tokens.to(scorer.device)

@@ -20,11 +20,11 @@ import torch
 import torch.distributed as dist
 
 from ..bpb import BpbSums
-from .common import TTTPass
+from .common import TTTPass, requires_grad
 from .config import TTTConfig
 from .documents import DocumentBatch, find_documents, plan_batches
-from .global_sgd import (ScoredDocument, all_trainable, phase_boundaries, run_global_phase, schedule_phases)
-from .lora import BatchAdapters, frozen, score_batch, windows_progress
+from .global_sgd import (ScoredDocument, phase_boundaries, run_global_phase, schedule_phases)
+from .lora import BatchAdapters, score_batch, windows_progress
 from .lora import warm_up as warm_up_lora
 
 # Seeds the random tokens of the global SGD warm-up (never val tokens).
@@ -46,7 +46,7 @@ def score_with_phased(model: torch.nn.Module, run: TTTPass, config: TTTConfig) -
     scored: list[ScoredDocument] = []  # by this rank
     sums = BpbSums()
     model.eval()
-    with frozen(model):
+    with requires_grad(model, False):
         for processed, batch in enumerate(batches):
             if processed % run.world_size == run.rank:
                 adapters.start_batch(batch.docs)
@@ -93,7 +93,7 @@ def warm_up(model: torch.nn.Module, run: TTTPass, config: TTTConfig) -> None:
     was_training = model.training
     model.train()
     try:
-        with all_trainable(model):
+        with requires_grad(model, True):
             with torch.autocast(device_type=device_type, dtype=scorer.autocast_dtype,
                                 enabled=scorer.autocast_dtype is not None):
                 loss = model.loss(tokens[:, :-1], tokens[:, 1:], doc_mask=config.global_doc_mask)
