@@ -12,22 +12,24 @@ adapted model is discarded.
 from __future__ import annotations
 
 import torch
+import torch.distributed as dist
 
 from ...ranges import ConfigError
 from ..bpb import BpbSums
-from ..scoring import TokenReceipts, WindowScorer, plan_windows, score_windows
-from .common import TTTPass, chunk_sequence_starts, cosine_lr, plan_chunks
+from ..scoring import WindowScorer, plan_windows
+from .common import TTTPass, chunk_sequence_starts, cosine_lr, plan_chunks, rank_share
 from .config import TTTConfig
 
 
 def score_with_chunk_sgd(model: torch.nn.Module, run: TTTPass, config: TTTConfig) -> BpbSums:
     """Score every target once, adapting between chunks; times 'score' and 'adapt' apart.
 
-    One process only: the records' per-step gradient all-reduce across ranks is not implemented,
-    so ``run.world_size`` must be 1.
+    Under W ranks (record #1413's split) each rank scores its contiguous share of a chunk's
+    windows and returns its own sums (the caller all-reduces them); every optimizer step takes
+    ``batch_seqs`` sequences over all ranks, each rank its contiguous share, and the gradients
+    are averaged over all of them before clipping, so every rank takes the same step and W ranks
+    follow 1 rank's trajectory (up to the order floats are summed in).
     """
-    if run.world_size != 1:
-        raise ConfigError("ttt.mode", f"chunk-sgd runs in one process, not {run.world_size}")
     scorer = run.scorer
     chunks = plan_chunks(plan_windows(scorer.num_targets, scorer.seq_len, run.stride), config.chunk_tokens,
                          scorer.num_targets)
@@ -36,14 +38,14 @@ def score_with_chunk_sgd(model: torch.nn.Module, run: TTTPass, config: TTTConfig
     sums = BpbSums()
     for chunk, windows in enumerate(chunks):
         with run.timed("score"):
-            score_windows(model, scorer, windows, run.batch_windows, sums, run.receipts, run.on_windows)
+            run.score_share(model, windows, sums)
         if chunk == len(chunks) - 1 or not run.may_adapt():
             continue  # the last chunk would train a model nothing scores; past the budget, only score
         with run.timed("adapt"):
             for group in optimizer.param_groups:
                 group["lr"] = cosine_lr(config.lr, chunk, len(chunks))
             starts = chunk_sequence_starts(chunk, config.chunk_tokens, scorer.num_targets, scorer.seq_len)
-            train_on_chunk(model, optimizer, scorer, starts, config, run.receipts)
+            train_on_chunk(model, optimizer, run, starts, config)
     return sums
 
 
@@ -58,27 +60,44 @@ def trained_parameters(model: torch.nn.Module, freeze_blocks: int) -> list[torch
     return [p for p in model.parameters() if id(p) not in frozen]
 
 
-def train_on_chunk(model: torch.nn.Module, optimizer: torch.optim.Optimizer, scorer: WindowScorer,
-                   starts: list[int], config: TTTConfig, receipts: TokenReceipts | None) -> None:
-    """``epochs`` passes over the sequences at ``starts``, ``batch_seqs`` sequences per SGD step."""
+def train_on_chunk(model: torch.nn.Module, optimizer: torch.optim.Optimizer, run: TTTPass, starts: list[int],
+                   config: TTTConfig) -> None:
+    """``epochs`` passes over the sequences at ``starts``, ``batch_seqs`` sequences (over all ranks)
+    per SGD step."""
     if not starts:
         return
     params = [p for group in optimizer.param_groups for p in group["params"]]
-    offsets = torch.arange(scorer.seq_len + 1)
-    device_type = torch.device(scorer.device).type
     model.train()
     for _ in range(config.epochs):
         for first in range(0, len(starts), config.batch_seqs):
-            batch = torch.tensor(starts[first : first + config.batch_seqs])
-            rows = scorer.stream[batch[:, None] + offsets].to(scorer.device)
+            batch = starts[first : first + config.batch_seqs]
             optimizer.zero_grad(set_to_none=True)
-            with torch.autocast(device_type=device_type, dtype=scorer.autocast_dtype,
-                                enabled=scorer.autocast_dtype is not None):
-                loss = model.loss(rows[:, :-1], rows[:, 1:])
-            loss.backward()
+            share = rank_share(batch, run.rank, run.world_size)
+            if share:  # the share's mean loss, weighted so that the ranks' sum is the batch's mean
+                (sequence_loss(model, run.scorer, share) * (len(share) / len(batch))).backward()
+            if run.world_size > 1:
+                sum_gradients(params)
             if config.grad_clip:
                 torch.nn.utils.clip_grad_norm_(params, config.grad_clip)
             optimizer.step()
-            if receipts is not None:  # the targets of sequence s are positions s + 1 .. s + seq_len
-                receipts.note_update(int(batch.min()) + 1, int(batch.max()) + scorer.seq_len)
+            if run.receipts is not None and run.rank == 0:  # one step of all ranks: rank 0 notes it
+                # The targets of sequence s are positions s + 1 .. s + seq_len.
+                run.receipts.note_update(min(batch) + 1, max(batch) + run.scorer.seq_len)
     model.eval()
+
+
+def sequence_loss(model: torch.nn.Module, scorer: WindowScorer, starts: list[int]) -> torch.Tensor:
+    """Mean NLL of the whole ``seq_len`` sequences at ``starts`` (the model's own loss)."""
+    rows = scorer.stream[torch.tensor(starts)[:, None] + torch.arange(scorer.seq_len + 1)].to(scorer.device)
+    device_type = torch.device(scorer.device).type
+    with torch.autocast(device_type=device_type, dtype=scorer.autocast_dtype, enabled=scorer.autocast_dtype is not None):
+        return model.loss(rows[:, :-1], rows[:, 1:])
+
+
+def sum_gradients(params: list[torch.nn.Parameter]) -> None:
+    """Sum each gradient over the ranks (one collective per parameter, as the records); a rank that
+    trained on nothing, or a parameter the forward did not reach, adds zeros."""
+    for param in params:
+        if param.grad is None:
+            param.grad = torch.zeros_like(param)
+        dist.all_reduce(param.grad)
