@@ -90,7 +90,8 @@ def sequence_loss(model: torch.nn.Module, scorer: WindowScorer, starts: list[int
     """Mean NLL of the whole ``seq_len`` sequences at ``starts`` (the model's own loss)."""
     rows = scorer.stream[torch.tensor(starts)[:, None] + torch.arange(scorer.seq_len + 1)].to(scorer.device)
     device_type = torch.device(scorer.device).type
-    with torch.autocast(device_type=device_type, dtype=scorer.autocast_dtype, enabled=scorer.autocast_dtype is not None):
+    with torch.autocast(device_type=device_type, dtype=scorer.autocast_dtype,
+                        enabled=scorer.autocast_dtype is not None):
         return model.loss(rows[:, :-1], rows[:, 1:])
 
 

@@ -44,7 +44,8 @@ class TTTPass:
     phase: Callable[[str], ContextManager] | None = None
     """``phase(name)`` times a block into the ledger bucket ``name`` ('score', 'adapt', ...)."""
     may_adapt: Callable[[], bool] = always
-    """Asked before each adaptation step: False once the eval budget says stop adapting (scoring goes on)."""
+    """Asked before each adaptation step: False once the eval budget says stop adapting (scoring goes on).
+    Under several ranks it must answer alike on every rank (they meet in each update's all-reduce)."""
 
     def timed(self, name: str):
         """Time a block into ``phase(name)``; see ``timed``."""
