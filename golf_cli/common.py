@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import json
 import os
+import subprocess
 import sys
 from contextlib import contextmanager
 from pathlib import Path
@@ -106,6 +107,42 @@ class RichReporter(Reporter):
         with Progress(*columns, console=err_console, transient=True, redirect_stdout=sys.stdout.isatty()) as bar:
             task = bar.add_task(description, total=total)
             yield lambda n=1: bar.advance(task, n)
+
+
+def launches_torchrun(nproc: int) -> bool:
+    """Whether this process starts torchrun for ``--nproc``: not when it is already one of its ranks.
+
+    The launcher checks the arguments first (silently: ``silent_reporter``), so that a bad one is
+    one line, not one line per rank followed by torchrun's traceback.
+    """
+    return nproc > 1 and "WORLD_SIZE" not in os.environ
+
+
+def silent_reporter() -> Reporter:
+    return Reporter(stream=open(os.devnull, "w"))
+
+
+def launch_torchrun(nproc: int) -> int:
+    """Re-run this very command under torchrun with --nproc removed; return its exit code.
+
+    golf's arguments follow a '--': torchrun's parser would otherwise take them for its own
+    (it rejects --run as an ambiguous prefix of its --run-path).
+    """
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+               "-m", "golf_cli", "--", *without_nproc(sys.argv[1:])]
+    return subprocess.call(command)
+
+
+def without_nproc(args: list[str]) -> list[str]:
+    kept, skip = [], False
+    for arg in args:
+        if skip:
+            skip = False
+        elif arg == "--nproc":
+            skip = True
+        elif not arg.startswith("--nproc="):
+            kept.append(arg)
+    return kept
 
 
 def stage_path(explicit: Path | None, run: str, stage: str) -> Path:

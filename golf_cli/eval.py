@@ -9,10 +9,13 @@ from typing import get_args
 import typer
 
 from stages.artifact.verify import TRUST_FLAG
-from stages.evaluate.stage import EvalConfig, run_eval
+from stages.evaluate.stage import EvalConfig, check_eval_inputs, run_eval
 from stages.evaluate.ttt.config import TTTMode
 
-from .common import ForceOption, RichReporter, RunOption, SetOption, handle_errors, resolve_config, stage_path
+from .common import (
+    ForceOption, RichReporter, RunOption, SetOption, handle_errors, launch_torchrun, launches_torchrun, resolve_config,
+    silent_reporter, stage_path,
+)
 
 TTT_HELP = (
     f"Test-time training mode: {' | '.join(get_args(TTTMode))}; score first, so each target is scored once "
@@ -26,6 +29,12 @@ TTT_HELP = (
     "weight with SGD on the first ttt.phase_docs * k / phases documents already scored (ttt.global_lr, "
     "ttt.global_chunk_tokens), then the later documents are scored with the new base. "
     "Change the values with --set ttt.<key>=...; --ttt MODE is --set ttt.mode=MODE."
+)
+NPROC_HELP = (
+    "Processes to score with, launched by torchrun (one per GPU with NCCL; gloo on CPU): each rank reads the "
+    "artifact and scores its share of the windows (chunk-sgd: of each chunk, with gradients averaged over "
+    "all ranks), the sums and --token-nll rows are gathered on rank 0, which alone writes and prints. "
+    "The score equals one process's up to float rounding."
 )
 
 
@@ -47,6 +56,7 @@ def evaluate(
     trust_code: bool = typer.Option(False, TRUST_FLAG, help="Run the artifact's code even when it is not the code "
                                     "this golf ships (a warning line; the manifest records it)."),
     overrides: list[str] = SetOption,
+    nproc: int = typer.Option(1, "--nproc", help=NPROC_HELP),
     force: bool = ForceOption,
 ):
     """Print val_loss and val_bpb of the artifact read back from disk, with the eval time ledger.
@@ -54,12 +64,16 @@ def evaluate(
     Runs the artifact's own code (its test-time training included) only if it is exactly the code
     this golf ships, unless trusted.
     """
-    reporter = RichReporter()
+    launching = launches_torchrun(nproc)
+    reporter = silent_reporter() if launching else RichReporter()
     flags = [f"ttt.mode={ttt}"] if ttt is not None else []
     base = EvalConfig(stride=stride, seq_len=seq_len)
     config = resolve_config(base, [*flags, *(overrides or []), *_compare_flag(compare_no_ttt)], reporter)
-    run_eval(config, stage_path(artifact, run, "pack"), data, stage_path(out, run, "eval"), force, reporter,
-             trust_code=trust_code, token_nll=token_nll)
+    artifact, out = stage_path(artifact, run, "pack"), stage_path(out, run, "eval")
+    if launching:
+        check_eval_inputs(artifact, out, force, token_nll)
+        raise typer.Exit(launch_torchrun(nproc))
+    run_eval(config, artifact, data, out, force, reporter, trust_code=trust_code, token_nll=token_nll)
 
 
 def _compare_flag(compare_no_ttt: bool) -> list[str]:

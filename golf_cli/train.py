@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import typer
@@ -20,7 +17,8 @@ from stages.train.presets import PRESETS, Preset, get_preset, with_tokenizer_voc
 from stages.train.stage import run_train
 
 from .common import (
-    ForceOption, RichReporter, RunOption, SetOption, handle_errors, log_config, print_table, stage_path,
+    ForceOption, RichReporter, RunOption, SetOption, handle_errors, launch_torchrun, launches_torchrun, log_config,
+    print_table, silent_reporter, stage_path,
 )
 
 VOCAB_KEY = "model.vocab_size"
@@ -56,10 +54,8 @@ def train(
             raise GolfError("--print-config shows a preset's config; a checkpoint's is in its state.json")
         _print_config(get_preset(preset), overrides or [], max_steps, max_seconds, seed)
         return
-    launching = nproc > 1 and "WORLD_SIZE" not in os.environ
-    # The launcher checks the arguments first (silently): a bad one is then one line, not one line
-    # per rank followed by torchrun's traceback.
-    reporter = Reporter(stream=open(os.devnull, "w")) if launching else RichReporter()
+    launching = launches_torchrun(nproc)
+    reporter = silent_reporter() if launching else RichReporter()
     data_dir, out_dir = stage_path(data, run, "tokenize"), stage_path(out, run, "train")
     overrides = _with_flags(overrides or [], max_steps, max_seconds, seed)
     if resume:
@@ -70,7 +66,7 @@ def train(
     log_config(config, reporter)
     if launching:
         check_replaceable(out_dir.resolve(), "train", force)
-        raise typer.Exit(_launch_torchrun(nproc))
+        raise typer.Exit(launch_torchrun(nproc))
     run_train(config, data_dir, out_dir, force, reporter, "resumed" if resume else preset, resume)
 
 
@@ -117,29 +113,6 @@ def _vocab_from_tokenizer(config: RunConfig, data_dir: Path, overrides: list[str
     reporter.log(vocab_size=config.model.vocab_size, vocab_from="--set" if explicit else "tokenizer",
                  tokenizer_vocab=tokenizer_vocab, data=str(data_dir))
     return config
-
-
-def _launch_torchrun(nproc: int) -> int:
-    """Re-run this very command under torchrun with --nproc removed; return its exit code.
-
-    golf's arguments follow a '--': torchrun's parser would otherwise take them for its own
-    (it rejects --run as an ambiguous prefix of its --run-path).
-    """
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-               "-m", "golf_cli", "--", *_without_nproc(sys.argv[1:])]
-    return subprocess.call(command)
-
-
-def _without_nproc(args: list[str]) -> list[str]:
-    kept, skip = [], False
-    for arg in args:
-        if skip:
-            skip = False
-        elif arg == "--nproc":
-            skip = True
-        elif not arg.startswith("--nproc="):
-            kept.append(arg)
-    return kept
 
 
 def _print_presets() -> None:

@@ -26,9 +26,9 @@ from safetensors.torch import load_file
 from stages.evaluate.bpb import token_bytes
 from stages.evaluate.scoring import TokenReceipts, WindowScorer, usable_targets
 from stages.evaluate.ttt import phased, score_with_ttt
-from stages.evaluate.ttt.common import TTTPass
+from stages.evaluate.ttt.common import TTTPass, rank_share
 from stages.evaluate.ttt.config import TTTConfig
-from stages.evaluate.ttt.global_sgd import (ScoredDocument, phase_boundaries, rank_slice, run_global_phase,
+from stages.evaluate.ttt.global_sgd import (ScoredDocument, phase_boundaries, run_global_phase,
                                             schedule_phases, train_global_phase, training_documents,
                                             training_stream)
 
@@ -111,9 +111,9 @@ def test_the_training_stream_repeats_the_bos_shared_at_each_join():
 
 def test_rank_slices_are_contiguous_and_cover_the_step():
     step = list(range(7))
-    slices = [rank_slice(step, rank, 3) for rank in range(3)]
+    slices = [rank_share(step, rank, 3) for rank in range(3)]
     assert slices == [[0, 1], [2, 3], [4, 5, 6]]
-    assert rank_slice([5], 0, 2) == []
+    assert rank_share([5], 0, 2) == []
 
 
 # Global SGD on the packed documents

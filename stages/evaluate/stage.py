@@ -9,16 +9,23 @@ it counts toward the evaluation budget. The manifest records the code check.
 With ``ttt.mode`` other than 'none' the shipped test-time training (``evaluate/ttt``) scores:
 each chunk is scored, then adapted on, and the ledger keeps scoring and adaptation apart.
 ``--token-nll`` saves one receipt per scored target, from which anyone can recompute val_bpb.
+
+Under torchrun (`golf eval --nproc N`) every rank reads and checks the artifact and scores its
+share of the windows; the sums are added up in float64 and the receipts gathered on rank 0, which
+alone writes the stage folder and the receipts file and prints the result.
 """
 
 from __future__ import annotations
 
 import math
+import os
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
 
 import numpy as np
+import torch.distributed as dist
 from safetensors.torch import save as save_safetensors
 
 from ..artifact.verify import Artifact, load_runtime, read_artifact, vouch_for_code
@@ -26,8 +33,10 @@ from ..config import check_scoring_window, to_dict
 from ..contract.hashing import sha256_bytes
 from ..contract.lineage import require_same_tokenizer
 from ..contract.manifest import MANIFEST_NAME
-from ..contract.stage_dir import StageDir, StageWriter, atomic_write_bytes
+from ..contract.ledger import TimeLedger
+from ..contract.stage_dir import StageDir, StageWriter, atomic_write_bytes, check_replaceable
 from ..device import resolve_device
+from ..distributed import DistContext, init_distributed, shutdown
 from ..errors import GolfError
 from ..progress import Reporter
 from ..ranges import ConfigError, check_ranges, ranged
@@ -96,16 +105,25 @@ def build_model(runtime, artifact: Artifact):
         raise GolfError(f"{artifact.path}: the model does not rebuild from the artifact ({message})") from None
 
 
+def check_eval_inputs(artifact: str | Path, out_dir: str | Path, force: bool,
+                      token_nll: str | Path | None) -> tuple[Path, StageDir | None]:
+    """The checks that need no reading of the artifact (``open_artifact``'s result): run by the
+    torchrun launcher before it starts the ranks, and by every rank before any waits on another."""
+    artifact_path, pack = open_artifact(artifact)
+    if token_nll is not None:
+        _check_receipts_path(Path(token_nll))
+    check_replaceable(Path(out_dir).resolve(), "eval", force)
+    return artifact_path, pack
+
+
 def run_eval(config: EvalConfig, artifact: str | Path, data_dir: str | Path | None, out_dir: str | Path,
              force: bool = False, reporter: Reporter | None = None, trust_code: bool = False,
              token_nll: str | Path | None = None):
     """Score the artifact; ``trust_code`` runs its code even when it is not the code this golf ships;
-    ``token_nll`` saves the per-target receipts there (safetensors)."""
-    reporter = reporter or Reporter()
-    artifact_path, pack = open_artifact(artifact)
-    if token_nll is not None:
-        _check_receipts_path(Path(token_nll))
-    with StageWriter(out_dir, "eval", force) as writer:
+    ``token_nll`` saves the per-target receipts there (safetensors). Under torchrun every rank
+    scores its share; rank 0 writes and returns the manifest, the other ranks return None."""
+    artifact_path, pack = check_eval_inputs(artifact, out_dir, force, token_nll)
+    with _rank_stage(config.device, out_dir, force, reporter or Reporter()) as (ctx, writer, reporter):
         ledger = writer.ledger
         with ledger.measure("load_artifact", "eval", "read, decompress and dequantize the artifact"):
             shipped = read_artifact(artifact_path)
@@ -121,7 +139,7 @@ def run_eval(config: EvalConfig, artifact: str | Path, data_dir: str | Path | No
         with ledger.measure("load_val", "eval", "val shards and tokenizer"):
             val = load_val(data, header["model_config"]["vocab_size"], config.use_sidecar,
                            build_table=runtime.build_byte_table)
-        device = resolve_device(config.device)
+        device = ctx.device
         model = model.to(device)
         score = partial(validate, model, val, seq_len, stride, config.batch_windows, device, config.eval_tokens,
                         reporter, count_windows=runtime.count_windows)
@@ -132,6 +150,9 @@ def run_eval(config: EvalConfig, artifact: str | Path, data_dir: str | Path | No
         receipts = runtime.TokenReceipts() if token_nll is not None else None
         facts: dict = {}  # what the TTT mode states about its pass (phased: its global phases)
         sums = _scored_pass(score, runtime, config.ttt, ledger, receipts, facts)
+        receipt_rows = _gather_receipts(runtime, receipts, ctx)
+        if not ctx.is_main:
+            return None
         _record_artifact_input(writer, artifact_path, data_bytes, pack)
         writer.add_input("data", data)
         metrics = {
@@ -152,7 +173,7 @@ def run_eval(config: EvalConfig, artifact: str | Path, data_dir: str | Path | No
                                  seq_len, stride, config),
         }
         if receipts is not None:
-            metrics.update(_save_receipts(Path(token_nll), receipts, sums, writer.run_id))
+            metrics.update(_save_receipts(Path(token_nll), receipt_rows, sums, writer.run_id))
         failure = _in_memory_failure(metrics)
         reporter.log(stage="eval", val_loss=sums.loss, val_bpb=sums.bpb, ttt=config.ttt.mode, **compared,
                      artifact_bytes=len(data_bytes), mode=metrics["mode"], status="failed" if failure else "ok",
@@ -161,6 +182,42 @@ def run_eval(config: EvalConfig, artifact: str | Path, data_dir: str | Path | No
     if failure:
         raise GolfError(f"{failure}; the eval folder {out_dir} is kept and marked failed")
     return manifest
+
+
+@contextmanager
+def _rank_stage(device: str, out_dir: str | Path, force: bool, reporter: Reporter):
+    """Join torchrun's process group (if any) for the block; yield (rank context, writer, reporter):
+    rank 0 gets the stage folder's writer and ``reporter``; the other ranks, which write and print
+    nothing, a ledger of their own and a silent reporter."""
+    ctx = init_distributed(resolve_device(device))
+    try:
+        if ctx.is_main:
+            with StageWriter(out_dir, "eval", force) as writer:
+                yield ctx, writer, reporter
+        else:
+            yield ctx, _RankLedger(TimeLedger()), Reporter(stream=open(os.devnull, "w"))
+    finally:
+        shutdown(ctx)
+
+
+@dataclass(frozen=True)
+class _RankLedger:
+    """What a rank other than 0 keeps of the stage writer: the ledger its phases are timed into."""
+
+    ledger: TimeLedger
+    """Timings this rank measures and nobody saves (rank 0's are the stage's)."""
+
+
+def _gather_receipts(runtime, receipts, ctx: DistContext) -> dict | None:
+    """Every rank's receipts as one table on rank 0 (None on the others, or without receipts)."""
+    if receipts is None:
+        return None
+    mine = receipts.tensors(ctx.rank, ctx.world_size)
+    if ctx.world_size == 1:
+        return mine
+    parts = [None] * ctx.world_size if ctx.is_main else None
+    dist.gather_object(mine, parts, dst=0)
+    return runtime.merge_receipts(parts) if ctx.is_main else None
 
 
 def _scored_pass(score, runtime, ttt: TTTConfig, ledger, receipts, facts: dict):
@@ -184,9 +241,8 @@ def _check_receipts_path(path: Path) -> None:
         raise GolfError(f"{path}: --token-nll folder {path.parent} does not exist")
 
 
-def _save_receipts(path: Path, receipts, sums, run_id: str) -> dict:
+def _save_receipts(path: Path, tensors: dict, sums, run_id: str) -> dict:
     """Check the receipts against the score (each target once, the same bpb), then write them atomically."""
-    tensors = receipts.tensors()
     positions = tensors["position"].numpy()
     if len(np.unique(positions)) != len(positions) or len(positions) != sums.tokens:
         raise GolfError(f"{path}: the receipts do not hold each scored target exactly once; nothing was written")

@@ -15,19 +15,20 @@ import torch
 
 from ...ranges import ConfigError
 from ..bpb import BpbSums
-from ..scoring import TokenReceipts, WindowScorer, plan_windows, score_windows
-from .common import TTTPass, chunk_sequence_starts, cosine_lr, plan_chunks, sgd_step
+from ..scoring import plan_windows
+from .common import TTTPass, chunk_sequence_starts, cosine_lr, plan_chunks, rank_share, sgd_step
 from .config import TTTConfig
 
 
 def score_with_chunk_sgd(model: torch.nn.Module, run: TTTPass, config: TTTConfig) -> BpbSums:
     """Score every target once, adapting between chunks; times 'score' and 'adapt' apart.
 
-    One process only: the records' per-step gradient all-reduce across ranks is not implemented,
-    so ``run.world_size`` must be 1.
+    Under W ranks (record #1413's split) each rank scores its contiguous share of a chunk's
+    windows and returns its own sums (the caller all-reduces them); every optimizer step takes
+    ``batch_seqs`` sequences over all ranks, each rank its contiguous share, and the gradients
+    are averaged over all of them before clipping, so every rank takes the same step and W ranks
+    follow 1 rank's trajectory (up to the order floats are summed in).
     """
-    if run.world_size != 1:
-        raise ConfigError("ttt.mode", f"chunk-sgd runs in one process, not {run.world_size}")
     scorer = run.scorer
     chunks = plan_chunks(plan_windows(scorer.num_targets, scorer.seq_len, run.stride), config.chunk_tokens,
                          scorer.num_targets)
@@ -36,14 +37,14 @@ def score_with_chunk_sgd(model: torch.nn.Module, run: TTTPass, config: TTTConfig
     sums = BpbSums()
     for chunk, windows in enumerate(chunks):
         with run.timed("score"):
-            score_windows(model, scorer, windows, run.batch_windows, sums, run.receipts, run.on_windows)
+            run.score_share(model, windows, sums)
         if chunk == len(chunks) - 1 or not run.may_adapt():
             continue  # the last chunk would train a model nothing scores; past the budget, only score
         with run.timed("adapt"):
             for group in optimizer.param_groups:
                 group["lr"] = cosine_lr(config.lr, chunk, len(chunks))
             starts = chunk_sequence_starts(chunk, config.chunk_tokens, scorer.num_targets, scorer.seq_len)
-            train_on_chunk(model, optimizer, scorer, starts, config, run.receipts)
+            train_on_chunk(model, optimizer, run, starts, config)
     return sums
 
 
@@ -58,18 +59,23 @@ def trained_parameters(model: torch.nn.Module, freeze_blocks: int) -> list[torch
     return [p for p in model.parameters() if id(p) not in frozen]
 
 
-def train_on_chunk(model: torch.nn.Module, optimizer: torch.optim.Optimizer, scorer: WindowScorer,
-                   starts: list[int], config: TTTConfig, receipts: TokenReceipts | None) -> None:
-    """``epochs`` passes over the sequences at ``starts``, ``batch_seqs`` sequences per SGD step."""
+def train_on_chunk(model: torch.nn.Module, optimizer: torch.optim.Optimizer, run: TTTPass, starts: list[int],
+                   config: TTTConfig) -> None:
+    """``epochs`` passes over the sequences at ``starts``, ``batch_seqs`` sequences (over all ranks)
+    per SGD step."""
     if not starts:
         return
-    offsets = torch.arange(scorer.seq_len + 1)
+    offsets = torch.arange(run.scorer.seq_len + 1)
     model.train()
     for _ in range(config.epochs):
         for first in range(0, len(starts), config.batch_seqs):
-            batch = torch.tensor(starts[first : first + config.batch_seqs])
-            rows = scorer.stream[batch[:, None] + offsets].to(scorer.device)
-            sgd_step(model.loss, optimizer, rows, config.grad_clip, scorer.autocast_dtype)
-            if receipts is not None:  # the targets of sequence s are positions s + 1 .. s + seq_len
-                receipts.note_update(int(batch.min()) + 1, int(batch.max()) + scorer.seq_len)
+            batch = starts[first : first + config.batch_seqs]
+            share = rank_share(batch, run.rank, run.world_size)
+            rows = run.scorer.stream[torch.tensor(share, dtype=torch.int64)[:, None] + offsets].to(run.scorer.device)
+            # Each rank's mean loss weighted by its share, so that the ranks' summed gradient is the batch's mean.
+            sgd_step(model.loss, optimizer, rows, config.grad_clip, run.scorer.autocast_dtype, len(share) / len(batch))
+            if run.receipts is not None and run.rank == 0:  # one step of all ranks: rank 0 notes it
+                # The targets of sequence s are positions s + 1 .. s + seq_len.
+                run.receipts.note_update(min(batch) + 1, max(batch) + run.scorer.seq_len)
     model.eval()
+

@@ -1,6 +1,6 @@
 """What every TTT mode shares: the pass it runs in (``TTTPass``), the chunk plan, the training
-sequences of a scored chunk, the learning-rate schedule over chunks, one SGD step on whole
-sequences, and timing each phase into its own ledger bucket.
+sequences of a scored chunk, each rank's share of them, the learning-rate schedule over chunks,
+one SGD step on whole sequences, and timing each phase into its own ledger bucket.
 
 Targets are numbered as in ``scoring``: target j is token j + 1 of the stream (its position).
 """
@@ -15,7 +15,8 @@ from typing import Callable, ContextManager
 import torch
 import torch.distributed as dist
 
-from ..scoring import TokenReceipts, Window, WindowScorer
+from ..bpb import BpbSums
+from ..scoring import TokenReceipts, Window, WindowScorer, score_windows
 
 
 def always() -> bool:
@@ -44,7 +45,8 @@ class TTTPass:
     phase: Callable[[str], ContextManager] | None = None
     """``phase(name)`` times a block into the ledger bucket ``name`` ('score', 'adapt', ...)."""
     may_adapt: Callable[[], bool] = always
-    """Asked before each adaptation step: False once the eval budget says stop adapting (scoring goes on)."""
+    """Asked before each adaptation step: False once the eval budget says stop adapting (scoring goes on).
+    Under several ranks it must answer alike on every rank (they meet in each update's all-reduce)."""
     on_fact: Callable[[str, object], None] | None = None
     """Called with (name, JSON value) for a fact about the pass that the eval's metrics keep (phased: its phases)."""
 
@@ -56,6 +58,23 @@ class TTTPass:
     def timed(self, name: str):
         """Time a block into ``phase(name)``; see ``timed``."""
         return timed(self.phase, name, self.scorer.device)
+
+    def score_share(self, model: torch.nn.Module, windows: list[Window], sums: BpbSums) -> None:
+        """Score this rank's contiguous share of ``windows`` (the records' split) into ``sums``; the
+        receipts then count the steps of the rank with the largest share, so that an update after
+        this follows every rank's scoring in ``order`` (see ``TokenReceipts``)."""
+        share = rank_share(windows, self.rank, self.world_size)
+        first_step = self.receipts.steps if self.receipts is not None else 0
+        score_windows(model, self.scorer, share, self.batch_windows, sums, self.receipts, self.on_windows)
+        if self.receipts is not None:
+            largest = max(len(rank_share(windows, r, self.world_size)) for r in range(self.world_size))
+            self.receipts.catch_up(first_step + math.ceil(largest / self.batch_windows))
+
+
+def rank_share(items: list, rank: int, world_size: int) -> list:
+    """Rank ``rank``'s contiguous slice of ``items``; the slices of all ranks cover them once, in
+    order, and differ in length by at most one."""
+    return items[len(items) * rank // world_size : len(items) * (rank + 1) // world_size]
 
 
 def plan_chunks(windows: list[Window], chunk_tokens: int, num_targets: int) -> list[list[Window]]:

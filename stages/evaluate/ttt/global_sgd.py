@@ -28,7 +28,7 @@ from typing import Iterable, Sequence
 import torch
 
 from ..scoring import TokenReceipts
-from .common import TTTPass, chunk_sequence_starts, cosine_lr, requires_grad, sgd_step
+from .common import TTTPass, chunk_sequence_starts, cosine_lr, rank_share, requires_grad, sgd_step
 from .config import TTTConfig
 
 
@@ -132,18 +132,13 @@ def train_global_phase(model: torch.nn.Module, run: TTTPass, config: TTTConfig, 
             for _ in range(config.global_epochs):
                 for first in range(0, len(starts), config.global_batch_seqs):
                     step = starts[first : first + config.global_batch_seqs]
-                    mine = torch.tensor(rank_slice(step, run.rank, run.world_size), dtype=torch.int64)
+                    mine = torch.tensor(rank_share(step, run.rank, run.world_size), dtype=torch.int64)
                     rows = tokens[mine[:, None] + offsets].to(run.scorer.device)
                     sgd_step(loss_fn, optimizer, rows, config.global_grad_clip, run.scorer.autocast_dtype,
                              share=len(mine) / len(step))
                     note_trained_targets(run.receipts, positions, mine, seq_len)
     optimizer.zero_grad(set_to_none=True)  # no gradient outlives the phase
     model.eval()
-
-
-def rank_slice(items: Sequence[int], rank: int, world_size: int) -> list[int]:
-    """Rank ``rank``'s contiguous share of ``items`` (sizes differ by at most one)."""
-    return list(items[len(items) * rank // world_size : len(items) * (rank + 1) // world_size])
 
 
 def note_trained_targets(receipts: TokenReceipts | None, positions: torch.Tensor, starts: torch.Tensor,
