@@ -46,3 +46,33 @@ def shutdown(ctx: DistContext) -> None:
     if ctx.world_size > 1 and dist.is_initialized():
         dist.barrier()
         dist.destroy_process_group()
+
+
+def collective_device() -> torch.device:
+    """Where a tensor must live to take part in a collective: NCCL reduces only CUDA tensors."""
+    if dist.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+def all_reduce_mean(value: float) -> float:
+    """The mean of ``value`` over the ranks (itself when not distributed)."""
+    return _all_reduce(value, dist.ReduceOp.SUM) / (dist.get_world_size() if _distributed() else 1)
+
+
+def all_reduce_max(value: float) -> float:
+    """The largest ``value`` of any rank: the slowest rank's clock decides when a timed budget is
+    spent, so that all ranks stop together."""
+    return _all_reduce(value, dist.ReduceOp.MAX)
+
+
+def _distributed() -> bool:
+    return dist.is_available() and dist.is_initialized()
+
+
+def _all_reduce(value: float, op) -> float:
+    if not _distributed():
+        return value
+    tensor = torch.tensor([value], dtype=torch.float64, device=collective_device())
+    dist.all_reduce(tensor, op=op)
+    return float(tensor)

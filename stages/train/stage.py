@@ -30,7 +30,7 @@ from .config import RunConfig, resolve_grad_accum
 from .checkpointing import (
     STATE_FILE, TENSORS_FILE, Resumed, data_identity, restore_checkpoint, run_checkpoint_dir, save_checkpoint,
 )
-from .distributed import DistContext, all_reduce_max, all_reduce_mean, init_distributed, shutdown
+from ..distributed import DistContext, all_reduce_max, all_reduce_mean, init_distributed, shutdown
 from .loader import make_loader
 from .loop import Trainer
 from .plot import plot_curves
