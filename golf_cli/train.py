@@ -20,7 +20,8 @@ from stages.train.presets import PRESETS, Preset, get_preset, with_tokenizer_voc
 from stages.train.stage import run_train
 
 from .common import (
-    ForceOption, RichReporter, RunOption, SetOption, handle_errors, log_config, print_table, stage_path,
+    ForceOption, RichReporter, RunOption, SetOption, as_override, flat_items, handle_errors, log_config, print_table,
+    stage_path,
 )
 
 VOCAB_KEY = "model.vocab_size"
@@ -87,26 +88,8 @@ def _print_config(preset: Preset, overrides: list[str], max_steps, max_seconds, 
     takes the tokenizer's unless --set names it)."""
     config = apply_overrides(preset.config, _with_flags(overrides, max_steps, max_seconds, seed))
     print(f"preset: {preset.name}")
-    for key, value in [*_flat(to_dict(config)), *_flat(to_dict(preset.quantize), "quantize.")]:
-        print(f"{key}: {_as_override(value)}".rstrip())
-
-
-def _flat(data: dict, prefix: str = "") -> list[tuple[str, object]]:
-    items = []
-    for key, value in data.items():
-        items.extend(_flat(value, f"{prefix}{key}.") if isinstance(value, dict) else [(prefix + key, value)])
-    return items
-
-
-def _as_override(value) -> str:
-    """The text --set parses back to ``value``: none, true/false, comma-joined tuples."""
-    if value is None:
-        return "none"
-    if isinstance(value, bool):
-        return str(value).lower()
-    if isinstance(value, (list, tuple)):
-        return ",".join(map(str, value))
-    return str(value)
+    for key, value in [*flat_items(to_dict(config)), *flat_items(to_dict(preset.quantize), "quantize.")]:
+        print(f"{key}: {as_override(value)}".rstrip())
 
 
 def _vocab_from_tokenizer(config: RunConfig, data_dir: Path, overrides: list[str], reporter: Reporter) -> RunConfig:

@@ -65,20 +65,41 @@ def train_on_chunk(model: torch.nn.Module, optimizer: torch.optim.Optimizer, sco
         return
     params = [p for group in optimizer.param_groups for p in group["params"]]
     offsets = torch.arange(scorer.seq_len + 1)
-    device_type = torch.device(scorer.device).type
     model.train()
     for _ in range(config.epochs):
         for first in range(0, len(starts), config.batch_seqs):
             batch = torch.tensor(starts[first : first + config.batch_seqs])
             rows = scorer.stream[batch[:, None] + offsets].to(scorer.device)
             optimizer.zero_grad(set_to_none=True)
-            with torch.autocast(device_type=device_type, dtype=scorer.autocast_dtype,
-                                enabled=scorer.autocast_dtype is not None):
-                loss = model.loss(rows[:, :-1], rows[:, 1:])
-            loss.backward()
+            training_loss(model, scorer, rows).backward()
             if config.grad_clip:
                 torch.nn.utils.clip_grad_norm_(params, config.grad_clip)
             optimizer.step()
             if receipts is not None:  # the targets of sequence s are positions s + 1 .. s + seq_len
                 receipts.note_update(int(batch.min()) + 1, int(batch.max()) + scorer.seq_len)
     model.eval()
+
+
+def training_loss(model: torch.nn.Module, scorer: WindowScorer, rows: torch.Tensor) -> torch.Tensor:
+    """Mean next-token loss of ``rows`` (each ``seq_len + 1`` tokens) at the scorer's precision."""
+    device_type = torch.device(scorer.device).type
+    with torch.autocast(device_type=device_type, dtype=scorer.autocast_dtype, enabled=scorer.autocast_dtype is not None):
+        return model.loss(rows[:, :-1], rows[:, 1:])
+
+
+def warm_up(model: torch.nn.Module, run: TTTPass, config: TTTConfig) -> None:
+    """Before the timed loop: one scoring batch and one training forward and backward, at the shapes
+    the pass will use, on random tokens (``run`` scores a random stream: ``warm_up_ttt``). No
+    optimizer step: the gradients are cleared after, so the weights are bitwise unchanged."""
+    scorer = run.scorer
+    scorer.score(model, plan_windows(scorer.num_targets, scorer.seq_len, scorer.seq_len)[: run.batch_windows])
+    # A training step's batch: batch_seqs sequences, or as many as one chunk holds (train_on_chunk).
+    batch = max(1, min(config.batch_seqs, config.chunk_tokens // scorer.seq_len))
+    rows = torch.randint(0, model.config.vocab_size, (batch, scorer.seq_len + 1),
+                         generator=torch.Generator().manual_seed(0)).to(scorer.device)
+    model.train()
+    try:
+        training_loss(model, scorer, rows).backward()
+    finally:
+        model.zero_grad(set_to_none=True)
+        model.eval()
