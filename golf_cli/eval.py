@@ -27,6 +27,7 @@ TTT_HELP = (
     "scores each document in chunks of ttt.lora_chunk predictions, each followed by one AdamW step on LoRA "
     "adapters of its own (ttt.lora_*). 'phased' (#1610 lineage, #1790, top #1855) is 'lora' plus ttt.phases "
     "global SGD phases of the base weights on the first ttt.phase_docs documents scored (ttt.global_*). "
+    "Before the timed loop a mode warms up on random tokens only, never val data (--set warmup=false skips it). "
     "Change any value with --set ttt.<key>=...; same as --set ttt.mode=MODE."
 )
 BUDGET_HELP = (

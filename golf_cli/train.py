@@ -41,7 +41,7 @@ def train(
     nproc: int = typer.Option(1, "--nproc", help="Processes to launch with torchrun (GPUs, or gloo on CPU)."),
     list_presets: bool = typer.Option(False, "--list-presets", help="Show the presets and exit."),
     print_config: bool = typer.Option(False, "--print-config",
-                                      help="Print the resolved config (quantize settings too) as key: value lines "
+                                      help="Print the resolved config (quantize and eval settings too) as key: value lines "
                                            "and exit; reads no data."),
     force: bool = ForceOption,
 ):
@@ -83,12 +83,14 @@ def _with_flags(overrides: list[str], max_steps, max_seconds, seed) -> list[str]
 
 
 def _print_config(preset: Preset, overrides: list[str], max_steps, max_seconds, seed) -> None:
-    """Every field of the preset after the overrides, then its quantize settings: one ``key: value``
+    """Every field of the preset after the overrides, then its quantize and eval settings: one ``key: value``
     line each, values written as --set takes them (``model.vocab_size`` is the preset's: training
     takes the tokenizer's unless --set names it)."""
     config = apply_overrides(preset.config, _with_flags(overrides, max_steps, max_seconds, seed))
     print(f"preset: {preset.name}")
-    for key, value in [*flat_items(to_dict(config)), *flat_items(to_dict(preset.quantize), "quantize.")]:
+    sections = [*flat_items(to_dict(config)), *flat_items(to_dict(preset.quantize), "quantize."),
+                *flat_items(to_dict(preset.eval), "eval.")]
+    for key, value in sections:
         print(f"{key}: {as_override(value)}".rstrip())
 
 

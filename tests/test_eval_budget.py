@@ -12,7 +12,9 @@ from __future__ import annotations
 import copy
 import itertools
 import json
+import re
 from contextlib import contextmanager
+from typing import get_args
 
 import numpy as np
 import pytest
@@ -28,7 +30,7 @@ from stages.evaluate.budget import UNTIMED_BUCKET, EvalBudget
 from stages.evaluate.scoring import TokenReceipts, usable_targets
 from stages.evaluate.stage import OTHER_PHASE_NOTE, PHASE_NOTES, _scored_pass, run_eval
 from stages.evaluate.ttt import MODES, score_with_ttt, warm_up_ttt
-from stages.evaluate.ttt.config import TTTConfig
+from stages.evaluate.ttt.config import TTTConfig, TTTMode
 
 from .conftest import golf
 from .test_ttt import BATCH_WINDOWS, CHUNK, FAST_TTT, SEQ, STRIDE, byte_table, eval_config, synthetic_docs, tiny_gpt
@@ -192,6 +194,17 @@ def test_cli_prints_the_ledger_and_the_budget(pack_dir, tmp_path):
     assert "within_budget:False" in line and "budget_s:1e-06" in line
     metrics = json.loads((tmp_path / "eval" / "manifest.json").read_text())["metrics"]
     assert metrics["adaptation_stopped_at_check"] == 1
+
+
+def test_eval_help_documents_every_mode_the_budget_and_presets():
+    result = golf("eval", "--help")
+    assert result.returncode == 0, result.stderr
+    text = re.sub(r"[\s│]+", " ", result.stdout)
+    assert all(f"'{mode}'" in text for mode in get_args(TTTMode) if mode != "none")
+    assert all(record in text for record in ("#1413", "#1530", "#1790", "#1855"))
+    for words in ("--eval-budget-s SECONDS", "--over-budget POLICY", "stop-adapting | fail", "--preset",
+                  "--print-config", "random tokens only", "the records timed only their scoring and adaptation loop"):
+        assert words in text, words
 
 
 # ---- the warm-up, for every mode ----

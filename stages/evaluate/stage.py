@@ -87,7 +87,8 @@ class EvalConfig:
         check_ranges(self)
         check_scoring_window(self, "seq_len", "eval_tokens", "stride")
         if self.over_budget not in get_args(OverBudget):
-            raise ConfigError("over_budget", f"must be one of {', '.join(get_args(OverBudget))}, got {self.over_budget!r}")
+            allowed = ", ".join(get_args(OverBudget))
+            raise ConfigError("over_budget", f"must be one of {allowed}, got {self.over_budget!r}")
         if self.compare_no_ttt and self.ttt.mode == "none":
             raise ConfigError("compare_no_ttt", "needs a test-time training mode (ttt.mode is 'none')")
 

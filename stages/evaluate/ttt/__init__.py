@@ -87,6 +87,8 @@ def warm_up_ttt(
     run = TTTPass(scorer, stride, batch_windows, rank, world_size)
     with training_mode_kept(model):
         WARM_UPS[ttt.mode](model, run, ttt)
+    if torch.device(device).type == "cuda":  # its kernels finish inside the 'warmup' bucket
+        torch.cuda.synchronize(device)
 
 
 def ttt_config(config: dict) -> TTTConfig:

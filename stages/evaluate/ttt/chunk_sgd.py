@@ -83,7 +83,8 @@ def train_on_chunk(model: torch.nn.Module, optimizer: torch.optim.Optimizer, sco
 def training_loss(model: torch.nn.Module, scorer: WindowScorer, rows: torch.Tensor) -> torch.Tensor:
     """Mean next-token loss of ``rows`` (each ``seq_len + 1`` tokens) at the scorer's precision."""
     device_type = torch.device(scorer.device).type
-    with torch.autocast(device_type=device_type, dtype=scorer.autocast_dtype, enabled=scorer.autocast_dtype is not None):
+    with torch.autocast(device_type=device_type, dtype=scorer.autocast_dtype,
+                        enabled=scorer.autocast_dtype is not None):
         return model.loss(rows[:, :-1], rows[:, 1:])
 
 
