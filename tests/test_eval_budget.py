@@ -13,6 +13,8 @@ import copy
 import itertools
 import json
 import re
+import sys
+import types
 from contextlib import contextmanager
 from typing import get_args
 
@@ -28,7 +30,7 @@ from stages.contract.stage_dir import StageDir
 from stages.errors import GolfError
 from stages.evaluate.budget import UNTIMED_BUCKET, EvalBudget
 from stages.evaluate.scoring import TokenReceipts, usable_targets
-from stages.evaluate.stage import OTHER_PHASE_NOTE, PHASE_NOTES, _scored_pass, run_eval
+from stages.evaluate.stage import OTHER_PHASE_NOTE, PHASE_NOTES, _scored_pass, run_eval, shipped_errors
 from stages.evaluate.ttt import MODES, score_with_ttt, warm_up_ttt
 from stages.evaluate.ttt.config import TTTConfig, TTTMode
 
@@ -184,6 +186,28 @@ def test_cli_over_budget_fail_is_one_line_and_keeps_the_old_folder(pack_dir, tmp
     assert sorted(p.name for p in tmp_path.iterdir()) == ["eval"]  # no temporary folder left
 
 
+def test_cli_a_setting_the_shipped_code_refuses_is_one_line(pack_dir, tmp_path):
+    result = golf("eval", pack_dir, "--ttt", "chunk-sgd", "--set", "eval_tokens=4096", "--set", "ttt.freeze_blocks=99",
+                  "--out", tmp_path / "eval")
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    assert result.stderr.startswith("error: ttt.freeze_blocks: must be at most the model's 2 blocks, got 99")
+    assert len(result.stderr.strip().splitlines()) == 1 and not (tmp_path / "eval").exists()
+
+
+def test_the_shipped_copy_of_golf_error_becomes_golfs(monkeypatch):
+    """The artifact's code is imported under a package of its own, with its own GolfError class."""
+    shipped = types.ModuleType("golf_artifact_probe.errors")
+    shipped.GolfError = type("GolfError", (Exception,), {})
+    monkeypatch.setitem(sys.modules, shipped.__name__, shipped)
+    runtime = types.ModuleType("golf_artifact_probe.runtime")
+    with pytest.raises(GolfError, match="^ttt.mode: 'phased' is not built") as raised:
+        with shipped_errors(runtime):
+            raise shipped.GolfError("ttt.mode: 'phased' is not built into this code")
+    assert raised.type is GolfError
+    with pytest.raises(KeyError), shipped_errors(runtime):  # anything else passes through
+        raise KeyError("x")
+
+
 def test_cli_prints_the_ledger_and_the_budget(pack_dir, tmp_path):
     result = golf("eval", pack_dir, "--ttt", "chunk-sgd", "--stride", "16", "--set", "eval_tokens=4096",
                   "--set", "ttt.chunk_tokens=1024", "--eval-budget-s", "0.000001", "--out", tmp_path / "eval")
@@ -286,6 +310,16 @@ def test_no_backward_or_step_on_val_data_outside_adaptation(mode):
     assert all(adapting(name) or name == "warmup" for name in spy.backwards), spy.backwards
     assert all(adapting(name) or name == "warmup" for name in spy.steps), spy.steps
     assert not any(holds_val for name, holds_val in spy.forwards if name == "warmup")
+
+
+@pytest.mark.parametrize("registry", ["MODES", "WARM_UPS"])
+def test_a_mode_the_code_does_not_hold_is_one_line(monkeypatch, registry):
+    import stages.evaluate.ttt as ttt
+
+    monkeypatch.delitem(getattr(ttt, registry), "chunk-sgd")
+    with pytest.raises(GolfError, match="ttt.mode: 'chunk-sgd' is not built into this code"):
+        warm_up(tiny_gpt(), "chunk-sgd")
+        score_with_ttt(tiny_gpt(), synthetic_docs(), byte_table(), SEQ, STRIDE, config=FAST_TTT)
 
 
 def test_warm_up_does_not_move_the_global_random_state():

@@ -17,6 +17,8 @@ records timed only their loop), and past it adaptation stops (or the stage fails
 from __future__ import annotations
 
 import math
+import sys
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
@@ -203,7 +205,22 @@ def _scored_pass(score, runtime, ttt: TTTConfig, ledger, receipts, may_adapt):
     phase = lambda name: ledger.measure(name, "eval", phase_note(name))  # noqa: E731
     ttt_scorer = partial(runtime.score_with_ttt, config=to_dict(ttt), receipts=receipts, phase=phase,
                          may_adapt=may_adapt)
-    return score(f"eval (ttt {ttt.mode})", score_stream=ttt_scorer)
+    with shipped_errors(runtime):
+        return score(f"eval (ttt {ttt.mode})", score_stream=ttt_scorer)
+
+
+@contextmanager
+def shipped_errors(runtime):
+    """The shipped code raises its own copy of GolfError (the artifact's ``errors`` module): a config
+    it refuses (``ttt.freeze_blocks``, a mode it does not hold) becomes golf's one-line error."""
+    root = runtime.__name__.partition(".")[0]
+    shipped = getattr(sys.modules.get(f"{root}.errors"), "GolfError", None)
+    try:
+        yield
+    except Exception as exc:
+        if shipped is None or not isinstance(exc, shipped) or isinstance(exc, GolfError):
+            raise
+        raise GolfError(str(exc)) from None
 
 
 def phase_note(name: str) -> str:
@@ -220,8 +237,9 @@ def _warm_up(runtime, model, table, seq_len: int, stride: int, config: EvalConfi
     if warm_up_ttt is None:
         raise GolfError("the artifact's code has no TTT warm-up (packed by an older golf); pass --set warmup=false")
     rank, world_size = rank_and_world()
-    warm_up_ttt(model, table, seq_len, stride, config.batch_windows, device, rank, world_size,
-                autocast_dtype(device), config=to_dict(config.ttt))
+    with shipped_errors(runtime):
+        warm_up_ttt(model, table, seq_len, stride, config.batch_windows, device, rank, world_size,
+                    autocast_dtype(device), config=to_dict(config.ttt))
 
 
 def _check_receipts_path(path: Path) -> None:

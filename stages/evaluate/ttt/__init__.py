@@ -18,6 +18,7 @@ from typing import Callable
 import numpy as np
 import torch
 
+from ...ranges import ConfigError
 from ..bpb import BpbSums, ByteTable
 from ..scoring import TokenReceipts, WindowScorer
 from .chunk_sgd import score_with_chunk_sgd
@@ -56,7 +57,7 @@ def score_with_ttt(
     scorer = WindowScorer(tokens, table, seq_len, device, sidecar, autocast_dtype)
     run = TTTPass(scorer, stride, batch_windows, rank, world_size, receipts, on_windows, phase, may_adapt)
     with training_mode_kept(model):
-        return MODES[ttt.mode](model, run, ttt)
+        return built(MODES, ttt.mode)(model, run, ttt)
 
 
 def warm_up_ttt(
@@ -86,9 +87,16 @@ def warm_up_ttt(
     scorer = WindowScorer(stream.numpy(), table, seq_len, device, None, autocast_dtype)
     run = TTTPass(scorer, stride, batch_windows, rank, world_size)
     with training_mode_kept(model):
-        WARM_UPS[ttt.mode](model, run, ttt)
+        built(WARM_UPS, ttt.mode)(model, run, ttt)
     if torch.device(device).type == "cuda":  # its kernels finish inside the 'warmup' bucket
         torch.cuda.synchronize(device)
+
+
+def built(registry: dict[str, Callable], mode: str) -> Callable:
+    """The mode's function; a mode the config names but this code does not hold is one line."""
+    if mode not in registry:
+        raise ConfigError("ttt.mode", f"{mode!r} is not built into this code (built: {', '.join(registry)})")
+    return registry[mode]
 
 
 def ttt_config(config: dict) -> TTTConfig:
