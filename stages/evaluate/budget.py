@@ -29,7 +29,9 @@ UNTIMED_NOTE = "seconds between the timed parts (hash checks, moving the model t
 
 
 class EvalBudget:
-    """The budget's clock and verdicts for one eval run, started when it is made."""
+    """The budget's clock and verdicts for one eval run, started when it is made. The clock is
+    ``time.perf_counter`` (monotonic, and the one the ledger times its buckets with, so the two add
+    up); tests pass a fake one."""
 
     def __init__(self, limit_s: float, over_budget: OverBudget, ledger: TimeLedger | None = None,
                  receipts: TokenReceipts | None = None, clock: Callable[[], float] = time.perf_counter):
