@@ -160,6 +160,25 @@ def log_config(config, reporter: Reporter) -> None:
     reporter.log(config=json.dumps(to_dict(config), separators=(",", ":")))
 
 
+def flat_items(data: dict, prefix: str = "") -> list[tuple[str, object]]:
+    """A nested config dict as (dotted key, value) pairs, the keys --set takes."""
+    items = []
+    for key, value in data.items():
+        items.extend(flat_items(value, f"{prefix}{key}.") if isinstance(value, dict) else [(prefix + key, value)])
+    return items
+
+
+def as_override(value) -> str:
+    """The text --set parses back to ``value``: none, true/false, comma-joined tuples."""
+    if value is None:
+        return "none"
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, (list, tuple)):
+        return ",".join(map(str, value))
+    return str(value)
+
+
 def handle_errors(command):
     """Bad input becomes one line on stderr and a non-zero exit, never a traceback.
 

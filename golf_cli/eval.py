@@ -1,5 +1,5 @@
 """golf eval: score a packed artifact on the val split (non-overlapping or sliding windows, with or
-without score-first test-time training)."""
+without score-first test-time training), from a preset's eval settings plus overrides."""
 
 from __future__ import annotations
 
@@ -9,12 +9,15 @@ from typing import get_args
 import typer
 
 from stages.artifact.verify import TRUST_FLAG
+from stages.config import apply_overrides, to_dict
+from stages.evaluate.budget import OverBudget
 from stages.evaluate.stage import EvalConfig, check_eval_inputs, run_eval
 from stages.evaluate.ttt.config import TTTMode
+from stages.train.presets import get_preset
 
 from .common import (
-    ForceOption, RichReporter, RunOption, SetOption, handle_errors, launch_torchrun, launches_torchrun, resolve_config,
-    silent_reporter, stage_path,
+    ForceOption, RichReporter, RunOption, SetOption, as_override, flat_items, handle_errors, launch_torchrun,
+    launches_torchrun, log_config, silent_reporter, stage_path,
 )
 
 TTT_HELP = (
@@ -25,16 +28,30 @@ TTT_HELP = (
     "#1530/#1667) gives each document its own LoRA adapters and scores it ttt.lora_chunk predictions at a time "
     "in its own window of --seq-len tokens, one AdamW step on each scored chunk but its last (ttt.lora_rank, "
     "ttt.lora_lr, ttt.lora_batch_docs documents side by side, ttt.lora_warm_start_a; --stride plays no part). "
-    "'phased' (#1610 lineage, top record) is 'lora' with ttt.phases pauses: pause k (1..phases) trains every base "
-    "weight with SGD on the first ttt.phase_docs * k / phases documents already scored (ttt.global_lr, "
+    "'phased' (#1610 lineage, #1790, top #1855) is 'lora' with ttt.phases pauses: pause k (1..phases) trains "
+    "every base weight with SGD on the first ttt.phase_docs * k / phases documents already scored (ttt.global_lr, "
     "ttt.global_chunk_tokens), then the later documents are scored with the new base. "
-    "Change the values with --set ttt.<key>=...; --ttt MODE is --set ttt.mode=MODE."
+    "Before the timed loop a mode warms up on random tokens only, never val data (--set warmup=false skips it). "
+    "Change any value with --set ttt.<key>=...; --ttt MODE is --set ttt.mode=MODE."
 )
 NPROC_HELP = (
     "Processes to score with, launched by torchrun (one per GPU with NCCL; gloo on CPU): each rank reads the "
     "artifact and scores its share of the windows (chunk-sgd: of each chunk, with gradients averaged over "
-    "all ranks), the sums and --token-nll rows are gathered on rank 0, which alone writes and prints. "
-    "The score equals one process's up to float rounding."
+    "all ranks; lora and phased: every N-th batch of documents); the sums and --token-nll rows are gathered on "
+    "rank 0, which alone writes and prints. The score equals one process's up to float rounding (lora and "
+    "phased with ttt.lora_warm_start_a off: warm A passes from batch to batch on each rank)."
+)
+BUDGET_HELP = (
+    "Evaluation budget in seconds (default 600): every second from the start of the stage (reading, "
+    "decompressing and dequantizing the artifact, loading val, the TTT warm-up, scoring, adaptation, global SGD "
+    "phases) except the --compare-no-ttt diagnostic. Conservative: the records timed only their scoring and "
+    "adaptation loop. Same as --set budget_s=SECONDS."
+)
+OVER_BUDGET_HELP = (
+    f"Past the budget: {' | '.join(get_args(OverBudget))}. 'stop-adapting' (default) scores every remaining "
+    "target with no more updates and records adaptation_stopped_at_s and within_budget; 'fail' stops at the first "
+    "check past the budget (or at the end, when scoring alone runs over) with one error line, writing nothing. "
+    "Same as --set over_budget=POLICY."
 )
 
 
@@ -44,9 +61,14 @@ def evaluate(
     run: str = RunOption,
     data: Path = typer.Option(None, "--data", help="Tokenize folder (default: the one the artifact was made from)."),
     out: Path = typer.Option(None, "--out", help="Output folder (default artifacts/<run>/eval)."),
+    preset: str = typer.Option(None, "--preset", help="Start from this preset's eval settings: its record's windows, "
+                               "TTT mode and values (see golf train --list-presets; default: non-overlapping "
+                               "windows, no TTT). The flags below and --set override them."),
     stride: int = typer.Option(None, "--stride", help="Sliding-window stride (default: non-overlapping windows)."),
     seq_len: int = typer.Option(None, "--seq-len", help="Window length (default: the training length)."),
     ttt: str = typer.Option(None, "--ttt", metavar="MODE", help=TTT_HELP),
+    budget_s: float = typer.Option(None, "--eval-budget-s", metavar="SECONDS", help=BUDGET_HELP),
+    over_budget: str = typer.Option(None, "--over-budget", metavar="POLICY", help=OVER_BUDGET_HELP),
     compare_no_ttt: bool = typer.Option(False, "--compare-no-ttt", help="Also score the same windows without "
                                         "adaptation first and record val_bpb_no_ttt (a diagnostic, not budgeted)."),
     token_nll: Path = typer.Option(None, "--token-nll", metavar="FILE", help="Save one row per scored target "
@@ -57,18 +79,27 @@ def evaluate(
                                     "this golf ships (a warning line; the manifest records it)."),
     overrides: list[str] = SetOption,
     nproc: int = typer.Option(1, "--nproc", help=NPROC_HELP),
+    print_config: bool = typer.Option(False, "--print-config", help="Print the resolved eval config as key: value "
+                                      "lines and exit; reads no artifact and no data."),
     force: bool = ForceOption,
 ):
     """Print val_loss and val_bpb of the artifact read back from disk, with the eval time ledger.
 
     Runs the artifact's own code (its test-time training included) only if it is exactly the code
-    this golf ships, unless trusted.
+    this golf ships, unless trusted. Settings: --preset's eval settings (else the defaults), then
+    --stride, --seq-len, --ttt, --eval-budget-s, --over-budget, --compare-no-ttt, then --set.
     """
+    flags = [("stride", stride), ("seq_len", seq_len), ("ttt.mode", ttt), ("budget_s", budget_s),
+             ("over_budget", over_budget)]
+    settings = [*(f"{key}={value}" for key, value in flags if value is not None), *(overrides or []),
+                *_compare_flag(compare_no_ttt)]
+    config = apply_overrides(get_preset(preset).eval if preset else EvalConfig(), settings)
+    if print_config:
+        _print_config(preset, config)
+        return
     launching = launches_torchrun(nproc)
     reporter = silent_reporter() if launching else RichReporter()
-    flags = [f"ttt.mode={ttt}"] if ttt is not None else []
-    base = EvalConfig(stride=stride, seq_len=seq_len)
-    config = resolve_config(base, [*flags, *(overrides or []), *_compare_flag(compare_no_ttt)], reporter)
+    log_config(config, reporter)
     artifact, out = stage_path(artifact, run, "pack"), stage_path(out, run, "eval")
     if launching:
         check_eval_inputs(artifact, out, force, token_nll)
@@ -79,3 +110,10 @@ def evaluate(
 def _compare_flag(compare_no_ttt: bool) -> list[str]:
     """--compare-no-ttt as an override, applied with the others so the config checks it against ttt.mode."""
     return ["compare_no_ttt=true"] if compare_no_ttt else []
+
+
+def _print_config(preset: str | None, config: EvalConfig) -> None:
+    """Every field after the overrides, one ``key: value`` line each, values written as --set takes them."""
+    print(f"preset: {preset or 'none'}")
+    for key, value in flat_items(to_dict(config)):
+        print(f"{key}: {as_override(value)}".rstrip())

@@ -17,8 +17,8 @@ from stages.train.presets import PRESETS, Preset, get_preset, with_tokenizer_voc
 from stages.train.stage import run_train
 
 from .common import (
-    ForceOption, RichReporter, RunOption, SetOption, handle_errors, launch_torchrun, launches_torchrun, log_config,
-    print_table, silent_reporter, stage_path,
+    ForceOption, RichReporter, RunOption, SetOption, as_override, flat_items, handle_errors, launch_torchrun,
+    launches_torchrun, log_config, print_table, silent_reporter, stage_path,
 )
 
 VOCAB_KEY = "model.vocab_size"
@@ -38,7 +38,7 @@ def train(
     nproc: int = typer.Option(1, "--nproc", help="Processes to launch with torchrun (GPUs, or gloo on CPU)."),
     list_presets: bool = typer.Option(False, "--list-presets", help="Show the presets and exit."),
     print_config: bool = typer.Option(False, "--print-config",
-                                      help="Print the resolved config (quantize settings too) as key: value lines "
+                                      help="Print the resolved config (quantize and eval settings too) as key: value lines "
                                            "and exit; reads no data."),
     force: bool = ForceOption,
 ):
@@ -78,31 +78,15 @@ def _with_flags(overrides: list[str], max_steps, max_seconds, seed) -> list[str]
 
 
 def _print_config(preset: Preset, overrides: list[str], max_steps, max_seconds, seed) -> None:
-    """Every field of the preset after the overrides, then its quantize settings: one ``key: value``
+    """Every field of the preset after the overrides, then its quantize and eval settings: one ``key: value``
     line each, values written as --set takes them (``model.vocab_size`` is the preset's: training
     takes the tokenizer's unless --set names it)."""
     config = apply_overrides(preset.config, _with_flags(overrides, max_steps, max_seconds, seed))
     print(f"preset: {preset.name}")
-    for key, value in [*_flat(to_dict(config)), *_flat(to_dict(preset.quantize), "quantize.")]:
-        print(f"{key}: {_as_override(value)}".rstrip())
-
-
-def _flat(data: dict, prefix: str = "") -> list[tuple[str, object]]:
-    items = []
-    for key, value in data.items():
-        items.extend(_flat(value, f"{prefix}{key}.") if isinstance(value, dict) else [(prefix + key, value)])
-    return items
-
-
-def _as_override(value) -> str:
-    """The text --set parses back to ``value``: none, true/false, comma-joined tuples."""
-    if value is None:
-        return "none"
-    if isinstance(value, bool):
-        return str(value).lower()
-    if isinstance(value, (list, tuple)):
-        return ",".join(map(str, value))
-    return str(value)
+    sections = [*flat_items(to_dict(config)), *flat_items(to_dict(preset.quantize), "quantize."),
+                *flat_items(to_dict(preset.eval), "eval.")]
+    for key, value in sections:
+        print(f"{key}: {as_override(value)}".rstrip())
 
 
 def _vocab_from_tokenizer(config: RunConfig, data_dir: Path, overrides: list[str], reporter: Reporter) -> RunConfig:

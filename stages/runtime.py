@@ -11,7 +11,7 @@ from __future__ import annotations
 from .artifact.layout import decode_tensors
 from .evaluate.bpb import build_byte_table  # noqa: F401  (re-exported for eval)
 from .evaluate.scoring import TokenReceipts, count_windows, merge_receipts, score_stream  # noqa: F401  (re-exported)
-from .evaluate.ttt import score_with_ttt  # noqa: F401  (re-exported for eval: the shipped TTT code runs)
+from .evaluate.ttt import score_with_ttt, warm_up_ttt  # noqa: F401  (re-exported for eval: the shipped TTT code runs)
 from .model.config import ModelConfig
 from .model.gpt import GPT
 from .quantize.dequant import dequantize_state

@@ -1,7 +1,8 @@
 """Every preset carries its record's values: one row per (preset, value) of docs/REFERENCE.md section 8.
 
-The rows are the section's recipe table and the #401 module facts that are config values. TTT
-(evaluate) and packing (pack) values belong to other stages' configs and are not rows here.
+The rows are the section's recipe table, the #401 module facts that are config values, and each
+record's evaluation (windows and TTT: docs/TTT_CASEOPS.md sections B.1, C, D, G.1 and the seeds).
+Packing (pack) values belong to the pack stage's config and are not rows here.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from stages.quantize.quantizer import quantize_state
 from stages.quantize.rows import SEARCH_QUANTILES, quantile_scales, rtn_codes, searched_quantile_scales
 from stages.quantize.schemes import DEFAULT_SCHEME, SCHEMES
 from stages.train.config import TrainConfig
-from stages.train.presets import FULL_PRESETS, PRESETS, STEP_RATIO
+from stages.train.presets import CPU_VAL_DOCS, FULL_PRESETS, PRESETS, RECORD_VAL_DOCS, STEP_RATIO
 
 from .conftest import golf, rewrite_manifest
 
@@ -116,13 +117,34 @@ ROWS = [
     *only("pr401", "quantize.method", "rtn"),
     *only("pr401", "quantize.attention.clip", "quantile_search"),
     *only("pr401", "quantize.mlp.clip", "quantile_search"),
+    # ---- evaluation: windows and test-time training ----
+    *only("pr401", "eval.ttt.mode", "none"),
+    *only("pr401", "eval.seq_len", 2048),
+    *only("pr401", "eval.stride", 64),
+    *across("eval.ttt.mode", "chunk-sgd", "chunk-sgd", "chunk-sgd", "phased", "phased"),
+    *across("eval.seq_len", 2048, 2048, 2048, 2048, 2048),
+    *[row for name in ("pr1413", "pr1776", "pr1880") for key, value in (
+        ("eval.stride", 64), ("eval.ttt.chunk_tokens", 32768), ("eval.ttt.lr", 0.005), ("eval.ttt.momentum", 0.9),
+        ("eval.ttt.epochs", 3), ("eval.ttt.batch_seqs", 32), ("eval.ttt.grad_clip", 1.0),
+        ("eval.ttt.freeze_blocks", 0),
+    ) for row in only(name, key, value)],
+    # pr1790 (seed 000): #1767's LoRA and 3 phases over 2,000 documents; top: the G.1 table and log.
+    *[row for name, rank, decay, beta2, docs in (("pr1790", 128, 1.0, 0.999, 2000), ("top", 80, 0.5, 0.99, 2500))
+      for key, value in (
+        ("eval.ttt.lora_rank", rank), ("eval.ttt.lora_alpha", 144.0), ("eval.ttt.lora_weight_decay", decay),
+        ("eval.ttt.lora_beta1", 0.0), ("eval.ttt.lora_beta2", beta2), ("eval.ttt.lora_warm_start_a", True),
+        ("eval.ttt.phase_docs", docs), ("eval.ttt.phases", 3), ("eval.ttt.lora_chunk", 48),
+        ("eval.ttt.lora_batch_docs", 64), ("eval.ttt.lora_lr", 1e-4), ("eval.ttt.global_lr", 0.001),
+        ("eval.ttt.global_momentum", 0.9), ("eval.ttt.global_epochs", 1), ("eval.ttt.global_chunk_tokens", 32768),
+        ("eval.ttt.global_batch_seqs", 32), ("eval.ttt.global_grad_clip", 1.0), ("eval.ttt.global_doc_mask", True),
+      ) for row in only(name, key, value)],
 ]
 
 
 def resolve(name: str, key: str):
-    """A dotted key of a preset: model.*, train.* or quantize.*."""
+    """A dotted key of a preset: model.*, train.*, quantize.* or eval.*."""
     root, *path = key.split(".")
-    value = PRESETS[name] if root == "quantize" else PRESETS[name].config
+    value = PRESETS[name] if root in ("quantize", "eval") else PRESETS[name].config
     for part in [root, *path]:
         value = getattr(value, part)
     return value
@@ -141,7 +163,9 @@ SCALED = {"model.loop_first", "model.loop_last", "model.parallel_residual_from",
           "model.bigram_hash_dim", "model.value_embed_dim", "model.value_embed_layers", "model.bigram_hash_buckets",
           "model.rope_train_len",  # the same ratio to the training length (1024 of 2048 -> 128 of 256)
           "train.muon_momentum_warmup_steps", "train.warmdown_steps", "train.ema_decay", "train.swa_every",
-          "train.gptq_reserve_seconds", "quantize.calibration.batch_tokens"}
+          "train.gptq_reserve_seconds", "quantize.calibration.batch_tokens",
+          # the CPU window (256), token counts with it, the phased prefix with the val documents
+          "eval.seq_len", "eval.ttt.chunk_tokens", "eval.ttt.global_chunk_tokens", "eval.ttt.phase_docs"}
 
 
 # The CPU form matches its full preset whatever the value.
@@ -165,6 +189,22 @@ def test_cpu_form_scales_step_counts_and_sizes(name):
     # The same tensors stay float: the limit scales with the matrices' area (512 -> 128 wide: / 16).
     assert cpu.quantize.keep_float_max_numel == full.quantize.keep_float_max_numel // 16
     assert cpu.quantize.device == "cpu"
+
+
+@pytest.mark.parametrize("name", [n for n in FULL_PRESETS if n != "baseline"])
+def test_cpu_form_scales_the_eval_with_the_window_and_the_val_documents(name):
+    full, cpu = PRESETS[name].eval, PRESETS[f"{name}-cpu"].eval
+    assert cpu.seq_len == PRESETS[f"{name}-cpu"].config.train.seq_len == 256 and cpu.stride == full.stride
+    assert cpu.ttt.chunk_tokens == full.ttt.chunk_tokens // 8 == 4096  # still 16 sequences per chunk
+    assert cpu.ttt.global_chunk_tokens == full.ttt.global_chunk_tokens // 8
+    assert cpu.ttt.phase_docs == round(full.ttt.phase_docs * CPU_VAL_DOCS / RECORD_VAL_DOCS)
+    assert (full.device, cpu.device) == ("auto", "cpu")
+
+
+@pytest.mark.parametrize("name", ["baseline", "tiny"])
+def test_baseline_and_tiny_score_non_overlapping_windows_without_ttt(name):
+    evaluation = PRESETS[name].eval
+    assert (evaluation.ttt.mode, evaluation.stride, evaluation.seq_len) == ("none", None, None)
 
 
 def test_baseline_exports_int8_and_tiny_keeps_the_default_scheme():
@@ -205,6 +245,55 @@ def test_print_config_shows_overrides_and_every_field(tmp_path):
     train_fields = {f"train.{f.name}" for f in dataclasses.fields(TrainConfig)}
     assert model_fields | train_fields <= set(pairs)
     assert {"quantize.gate_bits", "quantize.calibration.batches", "quantize.embedding.clip_sigmas"} <= set(pairs)
+
+
+# ---- golf eval --preset ----
+
+@pytest.mark.parametrize("name", ["pr1413", "pr1790", "top"])
+def test_eval_print_config_lists_every_eval_row(name, tmp_path):
+    result = golf("eval", "--preset", name, "--print-config", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    lines = set(result.stdout.splitlines())
+    assert f"preset: {name}" in lines
+    rows = [row.values for row in ROWS if row.values[0] == name and row.values[1].startswith("eval.")]
+    assert len(rows) >= 10
+    for _, key, value in rows:
+        assert f"{key.removeprefix('eval.')}: {as_text(value)}" in lines, key
+    assert not list(tmp_path.iterdir())  # nothing read, nothing written
+
+
+def test_eval_flags_and_set_override_the_preset(tmp_path):
+    result = golf("eval", "--preset", "top", "--set", "ttt.lora_rank=8", "--stride", "32", "--ttt", "lora",
+                  "--eval-budget-s", "450", "--over-budget", "fail", "--print-config", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    pairs = dict(line.split(": ", 1) for line in result.stdout.splitlines())
+    assert (pairs["ttt.lora_rank"], pairs["stride"], pairs["ttt.mode"]) == ("8", "32", "lora")
+    assert (pairs["budget_s"], pairs["over_budget"]) == ("450.0", "fail")
+    assert pairs["ttt.phase_docs"] == "2500" and pairs["ttt.lora_beta2"] == "0.99"  # the rest stays the preset's
+    default = golf("eval", "--print-config", cwd=tmp_path)
+    assert "preset: none" in default.stdout and "ttt.mode: none" in default.stdout
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--preset", "nope"], "unknown preset 'nope'; available: tiny, baseline"),
+    (["--preset", "top", "--set", "ttt.lora_rank=0"], "ttt.lora_rank: must be >= 1, got 0"),
+    (["--over-budget", "later"], "over_budget: expected one of stop-adapting, fail, got 'later'"),
+    (["--eval-budget-s", "0"], "budget_s: must be > 0, got 0.0"),
+])
+def test_eval_bad_preset_or_setting_is_one_line(args, message, tmp_path):
+    result = golf("eval", *args, "--print-config", cwd=tmp_path)
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    assert result.stderr.startswith("error:") and message in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_eval_preset_runs_with_its_settings_under_the_flags(pack_dir, tmp_path):
+    result = golf("eval", pack_dir, "--preset", "pr1413-cpu", "--seq-len", "64", "--stride", "16",
+                  "--set", "eval_tokens=4096", "--set", "ttt.chunk_tokens=1024", "--out", tmp_path / "eval")
+    assert result.returncode == 0, result.stderr
+    config = json.loads((tmp_path / "eval" / "manifest.json").read_text())["config"]
+    assert (config["seq_len"], config["stride"], config["ttt"]["chunk_tokens"]) == (64, 16, 1024)
+    assert config["ttt"]["mode"] == "chunk-sgd" and config["ttt"]["lr"] == 0.005 and config["device"] == "cpu"
 
 
 def test_print_config_refuses_a_bad_override_in_one_line(tmp_path):

@@ -7,7 +7,10 @@ from the artifact's own bytes, the model is rebuilt from the shipped weights, an
 it counts toward the evaluation budget. The manifest records the code check.
 
 With ``ttt.mode`` other than 'none' the shipped test-time training (``evaluate/ttt``) scores:
-each chunk is scored, then adapted on, and the ledger keeps scoring and adaptation apart.
+its warm-up runs first on random tokens only, then each chunk is scored, then adapted on, and the
+ledger keeps warm-up, scoring, adaptation and any global SGD phase apart. ``budget.py`` holds the
+evaluation budget: every counted second from the stage start (the conservative reading; the
+records timed only their loop), and past it adaptation stops (or the stage fails).
 ``--token-nll`` saves one receipt per scored target, from which anyone can recompute val_bpb.
 
 Under torchrun (`golf eval --nproc N`) every rank reads and checks the artifact and scores its
@@ -19,10 +22,12 @@ from __future__ import annotations
 
 import math
 import os
+import sys
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
+from typing import get_args
 
 import numpy as np
 import torch.distributed as dist
@@ -40,17 +45,23 @@ from ..distributed import DistContext, init_distributed, shutdown
 from ..errors import GolfError
 from ..progress import Reporter
 from ..ranges import ConfigError, check_ranges, ranged
+from .budget import EvalBudget, OverBudget
 from .ttt.config import TTTConfig
 from .val_data import load_val
-from .validate import validate
+from .validate import autocast_dtype, rank_and_world, validate
 
 IN_MEMORY_TOLERANCE = 1e-6
-# Why each ledger bucket of the scored pass counts toward the evaluation budget.
+# Why each ledger bucket of the scored pass counts toward the evaluation budget. The shipped TTT
+# code names its phases (``run.timed(name)``); a name a key here begins (global_sgd_2) takes its note.
 PHASE_NOTES = {
+    "warmup": "the TTT mode's warm-up on random tokens (no val data) before scoring: counted here, "
+              "not by the records (docs/TTT_CASEOPS.md section E)",
     "score": "scoring every val target once (no_grad)",
     "adapt": "test-time training on targets already scored",
-    "global_sgd": "phased: SGD of the base weights on documents already scored",
+    "global_sgd": "phased: SGD of the base weights on documents already scored (every phase in this bucket)",
 }
+OTHER_PHASE_NOTE = "a phase of the shipped test-time training, on targets already scored"
+SCORED_PASS_PHASES = ("score", "adapt")  # listed in every TTT ledger, in order, even at 0 s
 
 
 @dataclass(frozen=True)
@@ -73,10 +84,21 @@ class EvalConfig:
     """Test-time training: mode and hyperparameters (ttt.mode 'none': plain scoring)."""
     compare_no_ttt: bool = False
     """Also score the same windows without adaptation first (val_bpb_no_ttt; a diagnostic, not budgeted)."""
+    warmup: bool = True
+    """Warm the TTT mode up before scoring (its shapes, random tokens only, weights unchanged; ledger 'warmup')."""
+    budget_s: float = ranged(600.0, gt=0)
+    """Evaluation budget in seconds: every second from the stage start (load, warm-up, scoring, adaptation,
+    global SGD phases) but the --compare-no-ttt diagnostic. Conservative: the records timed only their loop."""
+    over_budget: OverBudget = "stop-adapting"
+    """Past the budget: 'stop-adapting' (score every remaining target with no more updates; the metrics say
+    where it stopped) or 'fail' (stop at the first check past it, one error line, nothing written)."""
 
     def __post_init__(self) -> None:
         check_ranges(self)
         check_scoring_window(self, "seq_len", "eval_tokens", "stride")
+        if self.over_budget not in get_args(OverBudget):
+            allowed = ", ".join(get_args(OverBudget))
+            raise ConfigError("over_budget", f"must be one of {allowed}, got {self.over_budget!r}")
         if self.compare_no_ttt and self.ttt.mode == "none":
             raise ConfigError("compare_no_ttt", "needs a test-time training mode (ttt.mode is 'none')")
 
@@ -125,6 +147,7 @@ def run_eval(config: EvalConfig, artifact: str | Path, data_dir: str | Path | No
     artifact_path, pack = check_eval_inputs(artifact, out_dir, force, token_nll)
     with _rank_stage(config.device, out_dir, force, reporter or Reporter()) as (ctx, writer, reporter):
         ledger = writer.ledger
+        budget = EvalBudget(config.budget_s, config.over_budget, ledger)
         with ledger.measure("load_artifact", "eval", "read, decompress and dequantize the artifact"):
             shipped = read_artifact(artifact_path)
             code = vouch_for_code(shipped, trust_code, reporter)
@@ -141,6 +164,9 @@ def run_eval(config: EvalConfig, artifact: str | Path, data_dir: str | Path | No
                            build_table=runtime.build_byte_table)
         device = ctx.device
         model = model.to(device)
+        if config.ttt.mode != "none" and config.warmup:
+            with ledger.measure("warmup", "eval", PHASE_NOTES["warmup"]):
+                _warm_up(runtime, model, val.table, seq_len, stride, config, device)
         score = partial(validate, model, val, seq_len, stride, config.batch_windows, device, config.eval_tokens,
                         reporter, count_windows=runtime.count_windows)
         compared = {}
@@ -149,7 +175,9 @@ def run_eval(config: EvalConfig, artifact: str | Path, data_dir: str | Path | No
                 compared = {"val_bpb_no_ttt": score("eval (no ttt)", score_stream=runtime.score_stream).bpb}
         receipts = runtime.TokenReceipts() if token_nll is not None else None
         facts: dict = {}  # what the TTT mode states about its pass (phased: its global phases)
-        sums = _scored_pass(score, runtime, config.ttt, ledger, receipts, facts)
+        budget.receipts = receipts  # where adaptation stopped, in scoring steps
+        sums = _scored_pass(score, runtime, config.ttt, ledger, receipts, facts, budget.may_adapt)
+        spent = budget.finish()
         receipt_rows = _gather_receipts(runtime, receipts, ctx)
         if not ctx.is_main:
             return None
@@ -168,6 +196,7 @@ def run_eval(config: EvalConfig, artifact: str | Path, data_dir: str | Path | No
             "mode": "non-overlapping" if stride == seq_len else "sliding",
             "byte_source": "sidecar" if val.sidecar is not None else "tokenizer table",
             "artifact_bytes": len(data_bytes),
+            **spent,
             **code.record(trust_code),
             **_compare_in_memory(pack, sums.bpb if config.ttt.mode == "none" else compared.get("val_bpb_no_ttt"),
                                  seq_len, stride, config),
@@ -175,9 +204,12 @@ def run_eval(config: EvalConfig, artifact: str | Path, data_dir: str | Path | No
         if receipts is not None:
             metrics.update(_save_receipts(Path(token_nll), receipt_rows, sums, writer.run_id))
         failure = _in_memory_failure(metrics)
+        reporter.log(ledger=",".join(f"{name}={bucket.seconds:.3f}" for name, bucket in ledger.buckets.items()))
         reporter.log(stage="eval", val_loss=sums.loss, val_bpb=sums.bpb, ttt=config.ttt.mode, **compared,
-                     artifact_bytes=len(data_bytes), mode=metrics["mode"], status="failed" if failure else "ok",
-                     out=str(out_dir))
+                     artifact_bytes=len(data_bytes), mode=metrics["mode"], eval_s=spent["budgeted_s"],
+                     budget_s=config.budget_s, within_budget=spent["within_budget"],
+                     adaptation_stopped_at_s=spent["adaptation_stopped_at_s"],
+                     status="failed" if failure else "ok", out=str(out_dir))
         manifest = writer.commit(to_dict(config), dict(data.lineage), metrics, reporter.text(), failure=failure)
     if failure:
         raise GolfError(f"{failure}; the eval folder {out_dir} is kept and marked failed")
@@ -220,17 +252,52 @@ def _gather_receipts(runtime, receipts, ctx: DistContext) -> dict | None:
     return runtime.merge_receipts(parts) if ctx.is_main else None
 
 
-def _scored_pass(score, runtime, ttt: TTTConfig, ledger, receipts, facts: dict):
-    """The pass that is the score: plain windows, or the shipped TTT mode with its phases timed apart."""
+def _scored_pass(score, runtime, ttt: TTTConfig, ledger, receipts, facts: dict, may_adapt):
+    """The pass that is the score: plain windows, or the shipped TTT mode with its phases timed apart
+    and ``may_adapt`` (the budget) asked before each adaptation step; the mode's facts land in ``facts``."""
     if ttt.mode == "none":
         with ledger.measure("score", "eval", PHASE_NOTES["score"]):
             return score("eval", score_stream=partial(runtime.score_stream, receipts=receipts))
-    for name in ("score", "adapt"):  # both listed, in order, even when a single chunk never adapts
+    for name in SCORED_PASS_PHASES:  # listed, in order, even when a single chunk never adapts
         ledger.add(name, 0.0, "eval", PHASE_NOTES[name])
-    phase = lambda name: ledger.measure(name, "eval", PHASE_NOTES[name])  # noqa: E731
+    phase = lambda name: ledger.measure(name, "eval", phase_note(name))  # noqa: E731
     ttt_scorer = partial(runtime.score_with_ttt, config=to_dict(ttt), receipts=receipts, phase=phase,
-                         on_fact=facts.__setitem__)
-    return score(f"eval (ttt {ttt.mode})", score_stream=ttt_scorer)
+                         may_adapt=may_adapt, on_fact=facts.__setitem__)
+    with shipped_errors(runtime):
+        return score(f"eval (ttt {ttt.mode})", score_stream=ttt_scorer)
+
+
+@contextmanager
+def shipped_errors(runtime):
+    """The shipped code raises its own copy of GolfError (the artifact's ``errors`` module): a config
+    it refuses (``ttt.freeze_blocks``, a mode it does not hold) becomes golf's one-line error."""
+    root = runtime.__name__.partition(".")[0]
+    shipped = getattr(sys.modules.get(f"{root}.errors"), "GolfError", None)
+    try:
+        yield
+    except Exception as exc:
+        if shipped is None or not isinstance(exc, shipped) or isinstance(exc, GolfError):
+            raise
+        raise GolfError(str(exc)) from None
+
+
+def phase_note(name: str) -> str:
+    """Why a phase the shipped TTT code names counts: its own note, the note of the name it begins
+    with (global_sgd_1), or a general one; every phase counts toward the eval budget."""
+    if name in PHASE_NOTES:
+        return PHASE_NOTES[name]
+    return next((note for key, note in PHASE_NOTES.items() if name.startswith(key)), OTHER_PHASE_NOTE)
+
+
+def _warm_up(runtime, model, table, seq_len: int, stride: int, config: EvalConfig, device) -> None:
+    """The shipped TTT mode's warm-up at the shapes of the scored pass; it is given no val tokens."""
+    warm_up_ttt = getattr(runtime, "warm_up_ttt", None)
+    if warm_up_ttt is None:
+        raise GolfError("the artifact's code has no TTT warm-up (packed by an older golf); pass --set warmup=false")
+    rank, world_size = rank_and_world()
+    with shipped_errors(runtime):
+        warm_up_ttt(model, table, seq_len, stride, config.batch_windows, device, rank, world_size,
+                    autocast_dtype(device), config=to_dict(config.ttt))
 
 
 def _check_receipts_path(path: Path) -> None:

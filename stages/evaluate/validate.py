@@ -34,15 +34,26 @@ def validate(
     tokens = scored_prefix(val.tokens, max_tokens)
     sidecar = None if val.sidecar is None else val.sidecar[: len(tokens)]
     device = torch.device(device)
-    autocast = torch.bfloat16 if device.type == "cuda" else None
-    distributed = dist.is_available() and dist.is_initialized()
-    rank, world = (dist.get_rank(), dist.get_world_size()) if distributed else (0, 1)
+    autocast = autocast_dtype(device)
+    rank, world = rank_and_world()
     with reporter.progress(label, count_windows(len(tokens), seq_len, stride) // world) as advance:
         sums = score_stream(
             model, tokens, val.table, seq_len, stride, batch_windows, device,
             sidecar=sidecar, rank=rank, world_size=world, autocast_dtype=autocast, on_windows=advance,
         )
     return sums.all_reduce(device)
+
+
+def autocast_dtype(device: torch.device | str) -> torch.dtype | None:
+    """Scoring precision: bf16 autocast on CUDA (as the records), plain fp32 elsewhere."""
+    return torch.bfloat16 if torch.device(device).type == "cuda" else None
+
+
+def rank_and_world() -> tuple[int, int]:
+    """This process's rank and the number of processes (0, 1 outside torch.distributed)."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
 
 
 def scored_prefix(tokens, max_tokens: int = 0):

@@ -2,8 +2,9 @@
 
 Each full preset reproduces a recipe at its real size (8xH100, 600 s) and says where its numbers
 come from: docs/REFERENCE.md (section 8's table of what each record's code does, sections 5-6) and
-the seed descriptions in docs/seeds/. A preset carries its record's training recipe and its
-quantization settings (`golf quantize` uses those of the preset a checkpoint was trained with).
+the seed descriptions in docs/seeds/. A preset carries its record's training recipe, its
+quantization settings (`golf quantize` uses those of the preset a checkpoint was trained with)
+and its evaluation: windows and test-time training (`golf eval --preset`; docs/TTT_CASEOPS.md).
 Every full preset has a CPU form, ``<name>-cpu``: the same switches and values on a model and batch
 sized for 2 CPU cores and the embedded news corpus, with step counts and sizes scaled.
 """
@@ -13,6 +14,8 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 from ..errors import GolfError
+from ..evaluate.stage import EvalConfig
+from ..evaluate.ttt.config import TTTConfig
 from ..model.config import ModelConfig
 from ..quantize.config import CalibrationConfig, GroupQuant, QuantizeConfig
 from ..quantize.schemes import DEFAULT_SCHEME, SCHEMES
@@ -29,6 +32,8 @@ class Preset:
     """The resolved model and training settings."""
     quantize: QuantizeConfig = SCHEMES[DEFAULT_SCHEME]
     """The record's export: `golf quantize` uses it for a checkpoint trained with this preset."""
+    eval: EvalConfig = EvalConfig()
+    """The record's evaluation (windows, test-time training): `golf eval --preset` starts from it."""
 
 
 # ---- the naive baseline (docs/REFERENCE.md section 5) ----
@@ -126,38 +131,68 @@ QUANTIZE: dict[str, QuantizeConfig] = {
                    lqer_rank=4, lqer_top_k=3, lqer_a_bits=2, lqer_b_bits=4, lqer_group=64),
 }
 
+# ---- the records' evaluation (docs/TTT_CASEOPS.md sections B.1, C, D.1, G.1; seeds 000-004) ----
+# The baseline scores non-overlapping windows of its training length. From #401 on, the records
+# score sliding windows of 2048 with stride 64 (every target sees >= 1,984 tokens of context).
+RECORD_WINDOWS = dict(seq_len=2048, stride=64, device="auto")
+SLIDING_EVAL = EvalConfig(**RECORD_WINDOWS)
+# Chunk SGD as #1413/#1477/#1493 ran it (section B.1), every value spelled out.
+CHUNK_SGD_EVAL = EvalConfig(**RECORD_WINDOWS, ttt=TTTConfig(
+    mode="chunk-sgd", chunk_tokens=32768, lr=0.005, momentum=0.9, epochs=3, batch_seqs=32, grad_clip=1.0,
+    freeze_blocks=0))
+# Phased doc-LoRA as seed 000 (#1790) describes it: #1767's LoRA (rank 128, alpha 144, warm-start A,
+# weight decay 1.0, AdamW betas (0, 0.999)) and 3 global SGD phases over 2,000 documents. Documents
+# are scored in chunks of lora_chunk inside 2048-token windows of their own, so no stride is set.
+PHASED_1790 = TTTConfig(
+    mode="phased", lora_chunk=48, lora_batch_docs=64, lora_rank=128, lora_alpha=144.0, lora_lr=1e-4,
+    lora_beta1=0.0, lora_beta2=0.999, lora_weight_decay=1.0, lora_warm_start_a=True, phase_docs=2000, phases=3,
+    global_lr=0.001, global_momentum=0.9, global_epochs=1, global_chunk_tokens=32768, global_batch_seqs=32,
+    global_grad_clip=1.0, global_doc_mask=True)
+# The top record's nine overrides include four of these (section G.1): rank 80, beta2 0.99, weight
+# decay 0.5, 2,500 prefix documents.
+PHASED_TOP = replace(PHASED_1790, lora_rank=80, lora_beta2=0.99, lora_weight_decay=0.5, phase_docs=2500)
+EVAL: dict[str, EvalConfig] = {
+    "baseline": EvalConfig(device="auto"),
+    "pr401": SLIDING_EVAL,
+    "pr1413": CHUNK_SGD_EVAL,
+    "pr1776": CHUNK_SGD_EVAL,
+    "pr1880": CHUNK_SGD_EVAL,  # seed 001: "Score-first TTT (SGD, momentum 0.9, LR 0.005, 3 epochs, 32K chunks)"
+    "pr1790": EvalConfig(seq_len=2048, device="auto", ttt=PHASED_1790),
+    "top": EvalConfig(seq_len=2048, device="auto", ttt=PHASED_TOP),
+}
+
 FULL_PRESETS: dict[str, Preset] = {p.name: p for p in [
     Preset("baseline", "docs/REFERENCE.md section 5: the challenge's naive baseline (1.2244 bpb), 9x512 sp1024, Muon 0.04, "
            "524,288 tokens/step at seq 1024; warm-down ~1200 of ~13,780 steps (0.087); int8 RTN export.", BASELINE,
-           QUANTIZE["baseline"]),
+           QUANTIZE["baseline"], EVAL["baseline"]),
     Preset("pr401", "seed 003 (PR #401, 1.1243), its record folder 2026-03-22_11L_EMA_GPTQ-lite_warmdown3500_QAT015: 11L, "
            "MLP 3x relu^2, partial RoPE 16 (base stretched for 2048, built for 1024), LN scale, per-channel SmearGate "
            "(BOS mask on; the record had none), BigramHash 2048x128, VE128 on layers 9-10, XSA last 4, orthogonal "
            "init, QK-gain 1.5, Muon 0.025 mom 0.92->0.99/1500 wd 0.04, AdamW 0.035/0.025 wd 0.04, beta2 0.95, clip 0.3, "
            "EMA 0.997, tight SWA /50 under 0.2, late QAT int6 under 0.15, warm-down 3500 steps; RTN int6 export with "
-           "a per-matrix clip search. sp1024, no TTT.", PR401, QUANTIZE["pr401"]),
+           "a per-matrix clip search. sp1024, no TTT.", PR401, QUANTIZE["pr401"], EVAL["pr401"]),
     Preset("pr1413", "seed 004 (PR #1413, 1.08279), record 2026-04-06_SP8192_QK5_LegalTTT: docs/REFERENCE.md section 6 "
            "architecture, layers 4-5 run 3 times from 50%, QK-gain 5.0, MuonEq-R; docs/REFERENCE.md section 8: MATRIX_LR "
            "0.02, Muon/embed/scalar wd 0.085/0.085/0.02, beta2 0.95, warm-down 0.667, EMA 0.997; GPTQ int6 k 12.85, "
-           "embedding int8 k 20, 64 calibration batches, 12 s reserve.", PR1413, QUANTIZE["pr1413"]),
+           "embedding int8 k 20, 64 calibration batches, 12 s reserve.", PR1413, QUANTIZE["pr1413"], EVAL["pr1413"]),
     Preset("pr1776", "seed 002 (PR #1776, 1.08083) = #1493, record 2026-04-09_SP8192_3LayerRecur_ParResid_QK525: + layers "
            "3-5 run 3 times (17 virtual layers) from 35%, parallel residuals (shared input) from layer 7, QK-gain 5.25; "
            "MATRIX_LR 0.022, MUON_WD 0.095, beta2 0.95, warm-down 0.72, EMA 0.9965; export as pr1413 (docs/REFERENCE.md "
-           "section 8).", PR1776, QUANTIZE["pr1776"]),
+           "section 8).", PR1776, QUANTIZE["pr1776"], EVAL["pr1776"]),
     Preset("pr1880", "seed 001 (PR #1880, 1.07750), #1667 architecture (record 2026-04-16_SmearGate_AttentionOutputGate_"
            "ScoreFirstTTT): pr1776 with two-lane parallel residuals from layer 8, attention output gate (width 12), "
            "SmearGate on the raw embedding (BOS fix on; #1667 ran without it), logit softcap 15, document-packed batches "
            "with document-masked attention; MATRIX_LR 0.026, momentum 0.97, warm-down 0.75; GPTQ k 13/12 "
            "(attention/MLP), embedding int7 k 15, 64 calibration batches, 13 s reserve (docs/REFERENCE.md section 8).",
-           PR1880, QUANTIZE["pr1880"]),
+           PR1880, QUANTIZE["pr1880"], EVAL["pr1880"]),
     Preset("pr1790", "seed 000 (PR #1790, 1.06991), #1667 architecture: pr1880's recipe with output gate width 24, softcap "
            "30; GPTQ reserve 4 s and 16 calibration batches (the seed's run command; docs/REFERENCE.md section 8).",
-           PR1790, QUANTIZE["pr1790"]),
+           PR1790, QUANTIZE["pr1790"], EVAL["pr1790"]),
     Preset("top", "PR #1855 (1.0611), record 2026-04-27_SP8192_LQER_SparseGate_BOSSmearFix_9HpStack: pr1790 + sparse "
            "gate (width 12, scale 0.5), QK-gain 5.0, Polar Express Newton-Schulz, beta2 0.99, warm-down 0.85 to the "
            "floor max(line, 0.1); export GPTQ k 13/11.5, embedding int7 k 14, int8 gates, LQER rank 4 on 3 matrices, "
            "16 calibration batches, 0.5 s reserve (docs/REFERENCE.md section 8). CaseOps belongs to tokenize.",
-           TOP, QUANTIZE["top"]),
+           TOP, QUANTIZE["top"], EVAL["top"]),
 ]}
 
 # ---- CPU forms: same switches, sized for 2 cores and the news corpus ----
@@ -222,13 +257,34 @@ def cpu_quantize(quantize: QuantizeConfig, full: ModelConfig, cpu: ModelConfig, 
                    calibration=replace(quantize.calibration, batch_tokens=train.batch_tokens))
 
 
+# The records' val split is 50,000 documents; the news corpus's is 383 (README, reference run).
+RECORD_VAL_DOCS, CPU_VAL_DOCS = 50_000, 383
+
+
+def cpu_eval(evaluation: EvalConfig, train: TrainConfig) -> EvalConfig:
+    """The same modes and hyperparameters at the CPU window (seq 256, 1/8 of 2048). Token counts
+    scale with the window, so a chunk still holds 16 training sequences (32,768 -> 4,096); the
+    stride stays 64 tokens (the records' 1/32 of the window would be 8, 32 forwards per target:
+    too slow for 2 cores); the phased prefix stays the same share of the val documents (2,000 of
+    50,000 -> 15 of 383), with at least one document per phase."""
+    if evaluation.seq_len is None:
+        return replace(evaluation, device="cpu")
+    ratio = train.seq_len / evaluation.seq_len
+    ttt = evaluation.ttt
+    ttt = replace(ttt, chunk_tokens=max(1, round(ttt.chunk_tokens * ratio)),
+                  global_chunk_tokens=max(1, round(ttt.global_chunk_tokens * ratio)),
+                  phase_docs=max(ttt.phases, round(ttt.phase_docs * CPU_VAL_DOCS / RECORD_VAL_DOCS)))
+    return replace(evaluation, seq_len=train.seq_len, device="cpu", ttt=ttt)
+
+
 def cpu_form(preset: Preset) -> Preset:
     config = RunConfig(cpu_model(preset.config.model), cpu_train(preset.config.train))
     quantize = cpu_quantize(preset.quantize, preset.config.model, config.model, config.train)
     return Preset(f"{preset.name}-cpu", f"CPU form of '{preset.name}': same switches and recipe values, 6x128 "
                   "(baseline 4x128), vocab 1024, seq 256, 4,096 tokens/step, 500 steps; EMA window and step counts "
-                  "scaled by 1/10, kept-float limit by the matrices' area, one CPU batch per calibration batch.",
-                  config, quantize)
+                  "scaled by 1/10, kept-float limit by the matrices' area, one CPU batch per calibration batch; "
+                  "eval at seq 256, TTT chunks scaled with the window, the phased prefix with the val documents.",
+                  config, quantize, cpu_eval(preset.eval, config.train))
 
 
 TINY = Preset("tiny", "The baseline architecture shrunk for 2 CPU cores and the embedded news corpus: 4x128, seq 256, "

@@ -5,25 +5,35 @@ the model's own forward, with the mode's adapters if it has any) and only then a
 chunk, so a target's NLL is committed before any update that used it, every target is scored
 exactly once, and nothing is rescored. One module per mode; ``common.py`` holds what they share.
 Ships inside the artifact: the code that adapts is the code that is counted.
+
+Each mode also has a warm-up (``warm_up_ttt``), run before the timed loop on random tokens only:
+it is handed no val data at all, so it cannot train on (or even see) a val token.
 """
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from typing import Callable
 
 import numpy as np
 import torch
 
+from ...ranges import ConfigError
 from ..bpb import BpbSums, ByteTable
 from ..scoring import TokenReceipts, WindowScorer
 from .chunk_sgd import score_with_chunk_sgd
+from .chunk_sgd import warm_up as warm_up_chunk_sgd
 from .common import TTTPass, always
 from .config import TTTConfig
 from .lora import score_with_lora
+from .lora import warm_up as warm_up_lora
 from .phased import score_with_phased
+from .phased import warm_up as warm_up_phased
 
 # mode -> its scorer: score_with_MODE(model, TTTPass, TTTConfig) -> BpbSums.
 MODES = {"chunk-sgd": score_with_chunk_sgd, "lora": score_with_lora, "phased": score_with_phased}
+# mode -> its warm-up: warm_up(model, TTTPass over random tokens, TTTConfig) -> None; weights unchanged.
+WARM_UPS = {"chunk-sgd": warm_up_chunk_sgd, "lora": warm_up_lora, "phased": warm_up_phased}
 
 
 def score_with_ttt(
@@ -48,11 +58,62 @@ def score_with_ttt(
 ) -> BpbSums:
     """``score_stream`` with the adaptation ``config['mode']`` names (a TTTConfig as a dict, rebuilt
     and range-checked by the shipped TTTConfig); ``phase``, ``may_adapt`` and ``on_fact`` are TTTPass's."""
-    ttt = TTTConfig(**{**config, "lora_targets": tuple(config.get("lora_targets", TTTConfig.lora_targets))})
+    ttt = ttt_config(config)
     scorer = WindowScorer(tokens, table, seq_len, device, sidecar, autocast_dtype)
     run = TTTPass(scorer, stride, batch_windows, rank, world_size, receipts, on_windows, phase, may_adapt, on_fact)
+    with training_mode_kept(model):
+        return built(MODES, ttt.mode)(model, run, ttt)
+
+
+def warm_up_ttt(
+    model: torch.nn.Module,
+    table: ByteTable,
+    seq_len: int,
+    stride: int,
+    batch_windows: int = 8,
+    device: torch.device | str = "cpu",
+    rank: int = 0,
+    world_size: int = 1,
+    autocast_dtype: torch.dtype | None = None,
+    *,
+    config: dict,
+    seed: int = 0,
+) -> None:
+    """Run mode ``config['mode']``'s warm-up at the eval's shapes, before the timed loop.
+
+    The pass it gets scores a stream of random tokens (``batch_windows`` windows long), not the
+    val stream: the records that warmed up on val tokens were challenged, later ones used random
+    tokens (docs/TTT_CASEOPS.md sections A.3, E). The tokens come from a generator of their own,
+    so the global random state (adapter init) is what it would be without a warm-up.
+    """
+    ttt = ttt_config(config)
+    generator = torch.Generator().manual_seed(seed)
+    stream = torch.randint(0, model.config.vocab_size, (batch_windows * seq_len + 1,), generator=generator)
+    scorer = WindowScorer(stream.numpy(), table, seq_len, device, None, autocast_dtype)
+    run = TTTPass(scorer, stride, batch_windows, rank, world_size)
+    with training_mode_kept(model):
+        built(WARM_UPS, ttt.mode)(model, run, ttt)
+    if torch.device(device).type == "cuda":  # its kernels finish inside the 'warmup' bucket
+        torch.cuda.synchronize(device)
+
+
+def built(registry: dict[str, Callable], mode: str) -> Callable:
+    """The mode's function; a mode the config names but this code does not hold is one line."""
+    if mode not in registry:
+        raise ConfigError("ttt.mode", f"{mode!r} is not built into this code (built: {', '.join(registry)})")
+    return registry[mode]
+
+
+def ttt_config(config: dict) -> TTTConfig:
+    """The shipped TTTConfig from its dict form (JSON gives lists where the config has tuples)."""
+    return TTTConfig(**{**config, "lora_targets": tuple(config.get("lora_targets", TTTConfig.lora_targets))})
+
+
+@contextmanager
+def training_mode_kept(model: torch.nn.Module):
+    """Give the model back in the train/eval mode it came in."""
     was_training = model.training
     try:
-        return MODES[ttt.mode](model, run, ttt)
+        yield
     finally:
         model.train(was_training)

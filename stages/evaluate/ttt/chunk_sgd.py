@@ -16,7 +16,7 @@ import torch
 from ...ranges import ConfigError
 from ..bpb import BpbSums
 from ..scoring import plan_windows
-from .common import TTTPass, chunk_sequence_starts, cosine_lr, plan_chunks, rank_share, sgd_step
+from .common import TTTPass, chunk_sequence_starts, cosine_lr, plan_chunks, rank_share, sgd_step, warm_up_backward
 from .config import TTTConfig
 
 
@@ -38,7 +38,7 @@ def score_with_chunk_sgd(model: torch.nn.Module, run: TTTPass, config: TTTConfig
     for chunk, windows in enumerate(chunks):
         with run.timed("score"):
             run.score_share(model, windows, sums)
-        if chunk == len(chunks) - 1 or not run.may_adapt():
+        if chunk == len(chunks) - 1 or not run.may_adapt_together():
             continue  # the last chunk would train a model nothing scores; past the budget, only score
         with run.timed("adapt"):
             for group in optimizer.param_groups:
@@ -79,3 +79,15 @@ def train_on_chunk(model: torch.nn.Module, optimizer: torch.optim.Optimizer, run
                 run.receipts.note_update(min(batch) + 1, max(batch) + run.scorer.seq_len)
     model.eval()
 
+
+def warm_up(model: torch.nn.Module, run: TTTPass, config: TTTConfig) -> None:
+    """Before the timed loop: one scoring batch and one training forward and backward, at the shapes
+    the pass will use, on random tokens (``run`` scores a random stream: ``warm_up_ttt``). No
+    optimizer step, so the weights are bitwise unchanged."""
+    scorer = run.scorer
+    scorer.score(model, plan_windows(scorer.num_targets, scorer.seq_len, scorer.seq_len)[: run.batch_windows])
+    # A training step's batch: batch_seqs sequences, or as many as one chunk holds (train_on_chunk).
+    batch = max(1, min(config.batch_seqs, config.chunk_tokens // scorer.seq_len))
+    rows = torch.randint(0, model.config.vocab_size, (batch, scorer.seq_len + 1),
+                         generator=torch.Generator().manual_seed(0)).to(scorer.device)
+    warm_up_backward(model, model.loss, rows, scorer.autocast_dtype)

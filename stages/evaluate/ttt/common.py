@@ -46,7 +46,7 @@ class TTTPass:
     """``phase(name)`` times a block into the ledger bucket ``name`` ('score', 'adapt', ...)."""
     may_adapt: Callable[[], bool] = always
     """Asked before each adaptation step: False once the eval budget says stop adapting (scoring goes on).
-    Under several ranks it must answer alike on every rank (they meet in each update's all-reduce)."""
+    Each rank asks its own; before an update all ranks take together, ``may_adapt_together`` agrees."""
     on_fact: Callable[[str, object], None] | None = None
     """Called with (name, JSON value) for a fact about the pass that the eval's metrics keep (phased: its phases)."""
 
@@ -54,6 +54,17 @@ class TTTPass:
         """State a fact about the pass (see ``on_fact``)."""
         if self.on_fact is not None:
             self.on_fact(name, value)
+
+    def may_adapt_together(self) -> bool:
+        """``may_adapt`` as every rank agrees (False if any rank says False), for the checks all ranks
+        reach together before a collective update (chunk-sgd's chunks, the global SGD phases): no
+        rank may skip an update the others then wait for in its all-reduce."""
+        allowed = self.may_adapt()
+        if self.world_size > 1 and dist.is_available() and dist.is_initialized():
+            flag = torch.tensor([int(allowed)], device=self.scorer.device)
+            dist.all_reduce(flag, op=dist.ReduceOp.MIN)
+            allowed = bool(flag.item())
+        return allowed
 
     def timed(self, name: str):
         """Time a block into ``phase(name)``; see ``timed``."""
@@ -123,15 +134,32 @@ def sgd_step(loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], opti
     params = [p for group in optimizer.param_groups for p in group["params"]]
     optimizer.zero_grad(set_to_none=True)
     if len(rows):
-        device_type = rows.device.type
-        with torch.autocast(device_type=device_type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
-            loss = loss_fn(rows[:, :-1], rows[:, 1:])
-        (loss * share).backward()
+        (autocast_loss(loss_fn, rows, autocast_dtype) * share).backward()
     if dist.is_available() and dist.is_initialized():
         sum_gradients(params)
     if grad_clip:
         torch.nn.utils.clip_grad_norm_(params, grad_clip)
     optimizer.step()
+
+
+def autocast_loss(loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], rows: torch.Tensor,
+                  autocast_dtype: torch.dtype | None) -> torch.Tensor:
+    """``loss_fn``'s mean loss on ``rows`` (inputs, then targets shifted by one) at the pass's precision."""
+    with torch.autocast(device_type=rows.device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
+        return loss_fn(rows[:, :-1], rows[:, 1:])
+
+
+def warm_up_backward(model: torch.nn.Module, loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+                     rows: torch.Tensor, autocast_dtype: torch.dtype | None) -> None:
+    """One training forward and backward of every base weight at a step's shapes (random ``rows``),
+    and no optimizer step: the gradients are dropped after, so the weights stay bitwise as they were."""
+    model.train()
+    try:
+        with requires_grad(model, True):
+            autocast_loss(loss_fn, rows, autocast_dtype).backward()
+    finally:
+        model.zero_grad(set_to_none=True)
+        model.eval()
 
 
 def sum_gradients(params: list[torch.nn.Parameter]) -> None:

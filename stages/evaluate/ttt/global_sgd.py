@@ -102,7 +102,7 @@ def run_global_phase(model: torch.nn.Module, run: TTTPass, config: TTTConfig, sc
                      boundary: int) -> list[ScoredDocument] | None:
     """One phase, timed into 'global_sgd': train on the first ``boundary`` scored documents. Returns
     the documents trained on, or None when the eval budget says stop adapting (then the base stays)."""
-    if not run.may_adapt():
+    if not run.may_adapt_together():
         return None
     documents = training_documents(scored, boundary)
     with run.timed("global_sgd"):

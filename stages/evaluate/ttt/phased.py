@@ -15,12 +15,13 @@ last phase (the suffix) are never trained on by global SGD.
 from __future__ import annotations
 
 import math
+from functools import partial
 
 import torch
 import torch.distributed as dist
 
 from ..bpb import BpbSums
-from .common import TTTPass, requires_grad
+from .common import TTTPass, requires_grad, warm_up_backward
 from .config import TTTConfig
 from .documents import DocumentBatch, find_documents, plan_batches
 from .global_sgd import (ScoredDocument, phase_boundaries, run_global_phase, schedule_phases)
@@ -89,16 +90,4 @@ def warm_up(model: torch.nn.Module, run: TTTPass, config: TTTConfig) -> None:
     rows = math.ceil(config.global_batch_seqs / run.world_size)
     generator = torch.Generator().manual_seed(WARM_UP_SEED)
     tokens = torch.randint(model.config.vocab_size, (rows, scorer.seq_len + 1), generator=generator).to(scorer.device)
-    device_type = torch.device(scorer.device).type
-    was_training = model.training
-    model.train()
-    try:
-        with requires_grad(model, True):
-            with torch.autocast(device_type=device_type, dtype=scorer.autocast_dtype,
-                                enabled=scorer.autocast_dtype is not None):
-                loss = model.loss(tokens[:, :-1], tokens[:, 1:], doc_mask=config.global_doc_mask)
-            loss.backward()
-    finally:
-        for param in model.parameters():
-            param.grad = None
-        model.train(was_training)
+    warm_up_backward(model, partial(model.loss, doc_mask=config.global_doc_mask), tokens, scorer.autocast_dtype)
