@@ -33,7 +33,7 @@ LOOP = ("score", "adapt", "global_sgd")
 
 def eval_config(settings: str, mode: str, stride: int, eval_tokens: int, overrides: list[str]):
     """The preset's eval settings with ``mode``; the window length stays the artifact's."""
-    config = replace(get_preset(settings).evaluate, seq_len=None, stride=stride, eval_tokens=eval_tokens)
+    config = replace(get_preset(settings).eval, seq_len=None, stride=stride, eval_tokens=eval_tokens)
     return apply_overrides(config, [f"ttt.mode={mode}", *overrides])
 
 
