@@ -12,15 +12,15 @@ it is handed no val data at all, so it cannot train on (or even see) a val token
 
 from __future__ import annotations
 
+import inspect
 from contextlib import contextmanager
 from typing import Callable
 
-import numpy as np
 import torch
 
 from ...ranges import ConfigError
 from ..bpb import BpbSums, ByteTable
-from ..scoring import TokenReceipts, WindowScorer
+from ..scoring import WindowScorer, score_stream
 from .chunk_sgd import score_with_chunk_sgd
 from .chunk_sgd import warm_up as warm_up_chunk_sgd
 from .common import TTTPass, always
@@ -37,32 +37,27 @@ WARM_UPS = {"chunk-sgd": warm_up_chunk_sgd, "lora": warm_up_lora, "phased": warm
 
 
 def score_with_ttt(
-    model: torch.nn.Module,
-    tokens: np.ndarray,
-    table: ByteTable,
-    seq_len: int,
-    stride: int,
-    batch_windows: int = 8,
-    device: torch.device | str = "cpu",
-    sidecar: np.ndarray | None = None,
-    rank: int = 0,
-    world_size: int = 1,
-    autocast_dtype: torch.dtype | None = None,
-    on_windows: Callable[[int], None] | None = None,
-    *,
+    *stream_args,
     config: dict,
-    receipts: TokenReceipts | None = None,
     phase=None,
     may_adapt: Callable[[], bool] = always,
     on_fact: Callable[[str, object], None] | None = None,
+    **stream_kwargs,
 ) -> BpbSums:
-    """``score_stream`` with the adaptation ``config['mode']`` names (a TTTConfig as a dict, rebuilt
-    and range-checked by the shipped TTTConfig); ``phase``, ``may_adapt`` and ``on_fact`` are TTTPass's."""
+    """``score_stream(*stream_args, **stream_kwargs)`` (the same arguments, bound to its signature,
+    so the two cannot drift apart) with the adaptation ``config['mode']`` names: a TTTConfig as a
+    dict, rebuilt and range-checked by the shipped TTTConfig. ``phase``, ``may_adapt`` and
+    ``on_fact`` are TTTPass's."""
     ttt = ttt_config(config)
-    scorer = WindowScorer(tokens, table, seq_len, device, sidecar, autocast_dtype)
-    run = TTTPass(scorer, stride, batch_windows, rank, world_size, receipts, on_windows, phase, may_adapt, on_fact)
-    with training_mode_kept(model):
-        return built(MODES, ttt.mode)(model, run, ttt)
+    stream = inspect.signature(score_stream).bind(*stream_args, **stream_kwargs)
+    stream.apply_defaults()
+    args = stream.arguments
+    scorer = WindowScorer(args["tokens"], args["table"], args["seq_len"], args["device"], args["sidecar"],
+                          args["autocast_dtype"])
+    run = TTTPass(scorer, args["stride"], args["batch_windows"], args["rank"], args["world_size"], args["receipts"],
+                  args["on_windows"], phase, may_adapt, on_fact)
+    with training_mode_kept(args["model"]):
+        return built(MODES, ttt.mode)(args["model"], run, ttt)
 
 
 def warm_up_ttt(
