@@ -40,11 +40,11 @@ def eval_config(settings: str, mode: str, stride: int, eval_tokens: int, overrid
 def ledger_seconds(ledger: dict) -> dict[str, float]:
     """Seconds per shown bucket (every global_sgd* bucket in one), and the eval budget's total."""
     seconds = {name: 0.0 for name in PHASES}
-    for name, bucket in ledger["buckets"].items():
+    for name, bucket in ledger.items():
         key = "global_sgd" if name.startswith("global_sgd") else name
         if key in seconds:
             seconds[key] += bucket["seconds"]
-    seconds["eval_total"] = sum(b["seconds"] for b in ledger["buckets"].values() if b["counts_toward"] == "eval")
+    seconds["eval_total"] = sum(b["seconds"] for b in ledger.values() if b["counts_toward"] == "eval")
     return seconds
 
 

@@ -32,6 +32,8 @@ def pack(
                                "golf's own, and its size."),
     trust_code: bool = typer.Option(False, TRUST_FLAG, help="With --check: pass even when the artifact's code is not "
                                     "the code this golf ships (a warning line)."),
+    no_ttt: bool = typer.Option(False, "--no-ttt", help="Leave the test-time training code out of the artifact "
+                                "(fewer code bytes; golf eval --ttt then refuses it). Same as --set ship_ttt=false."),
     overrides: list[str] = SetOption,
     force: bool = ForceOption,
 ):
@@ -44,7 +46,8 @@ def pack(
         return
     reporter = RichReporter()
     # Flags go through the typed overrides, so a misspelt codec is a one-line error listing the choices.
-    config = resolve_config(PackConfig(), [f"codec={codec}", f"limit={limit}", *(overrides or [])], reporter)
+    flags = [f"codec={codec}", f"limit={limit}", *(["ship_ttt=false"] if no_ttt else [])]
+    config = resolve_config(PackConfig(), [*flags, *(overrides or [])], reporter)
     run_pack(config, stage_path(quantized, run, "quantize"), stage_path(out, run, "pack"), force, reporter,
              compare=compare, show_comparison=None if reporter.quiet else _print_comparison)
 

@@ -4,6 +4,8 @@
 `golf eval` imports it from there (after checking the shipped code is the code golf would ship:
 ``stages/artifact/verify.py``), so the code counted against the 16,000,000 bytes is the code
 that produces the score. Eval always imports this module: the header cannot name another entry.
+The test-time training (``evaluate/ttt``, ``TTT_ENTRY`` in ``artifact/schema.py``) ships beside
+it unless packed with ``--no-ttt``, and eval imports it from the artifact only to score with ``--ttt``.
 """
 
 from __future__ import annotations
@@ -11,7 +13,6 @@ from __future__ import annotations
 from .artifact.layout import decode_tensors
 from .evaluate.bpb import build_byte_table  # noqa: F401  (re-exported for eval)
 from .evaluate.scoring import TokenReceipts, count_windows, merge_receipts, score_stream  # noqa: F401  (re-exported)
-from .evaluate.ttt import score_with_ttt, warm_up_ttt  # noqa: F401  (re-exported for eval: the shipped TTT code runs)
 from .model.config import ModelConfig
 from .model.gpt import GPT
 from .quantize.dequant import dequantize_state

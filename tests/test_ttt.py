@@ -306,6 +306,22 @@ def test_artifact_ships_the_ttt_code_and_eval_runs_the_shipped_copy(pack_dir, da
         run_eval(eval_config(mode="chunk-sgd"), pack, data_dir, tmp_path / "eval", trust_code=True)
 
 
+def test_an_artifact_packed_without_ttt_code_is_golfs_own_and_refuses_ttt(pack_dir, quant_dir, tmp_path):
+    """`golf pack --no-ttt` leaves the TTT code out (fewer bytes, still golf's own code, scored as
+    before without TTT); --ttt on it is one line, not an import error deep in the shipped code."""
+    packed = golf("pack", "--quantized", quant_dir, "--no-ttt", "--out", tmp_path / "pack")
+    assert packed.returncode == 0, packed.stderr
+    plain, full = (json.loads((folder / "manifest.json").read_text())["metrics"] for folder in (tmp_path / "pack", pack_dir))
+    assert plain["bytes_code"] < full["bytes_code"] and plain["code_files"] < full["code_files"]
+    assert golf("pack", "--check", tmp_path / "pack" / "model.golf").returncode == 0
+    scored = golf("eval", tmp_path / "pack", "--out", tmp_path / "eval")
+    assert scored.returncode == 0, scored.stderr
+    refused = golf("eval", tmp_path / "pack", "--ttt", "chunk-sgd", "--out", tmp_path / "eval-ttt")
+    assert refused.returncode != 0 and not (tmp_path / "eval-ttt").exists()
+    assert refused.stderr.strip().startswith("error:") and len(refused.stderr.strip().splitlines()) == 1
+    assert "packed without test-time training code" in refused.stderr
+
+
 def test_cli_chunk_sgd_with_receipts_and_comparison(pack_dir, tmp_path):
     result = golf("eval", pack_dir, "--ttt", "chunk-sgd", "--compare-no-ttt", "--stride", "16",
                   "--set", "eval_tokens=4096", "--set", "ttt.chunk_tokens=1024", "--set", "ttt.lr=0.002",

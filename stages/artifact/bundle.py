@@ -95,9 +95,12 @@ class _BundleImporter(importlib.abc.MetaPathFinder, importlib.abc.Loader):
 
 
 def load_bundle(files: dict[str, str], entry: str):
-    """Import ``entry`` (a path like 'stages/runtime.py') from the shipped files; return the module."""
+    """Import ``entry`` (a path like 'stages/runtime.py', or a package's __init__.py) from the shipped
+    files; return the module."""
     root = f"golf_artifact_{bundle_id(files)[:16]}"
     if root not in sys.modules:
         sys.meta_path.insert(0, _BundleImporter(root, files))
-    dotted = ".".join([root, *Path(entry).with_suffix("").parts[1:]])
-    return importlib.import_module(dotted)
+    parts = Path(entry).with_suffix("").parts[1:]
+    if parts and parts[-1] == "__init__":  # a package's entry is the package itself
+        parts = parts[:-1]
+    return importlib.import_module(".".join([root, *parts]))

@@ -20,6 +20,8 @@ from .layout import CODE_SECTION, NUMPY_DTYPES, weights_section
 
 FORMAT = 2
 RUNTIME_ENTRY = "stages/runtime.py"
+# The shipped test-time training, imported by eval only for --ttt; `golf pack --no-ttt` leaves it out.
+TTT_ENTRY = "stages/evaluate/ttt/__init__.py"
 # Top-level header fields and their JSON types ("sections" is the container's).
 HEADER_FIELDS = {"format": int, "model_config": dict, "quant_index": dict, "train_seq_len": int,
                  "lineage": dict, "code": dict, "weights": dict}

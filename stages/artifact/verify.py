@@ -20,18 +20,25 @@ from ..errors import GolfError
 from ..progress import Reporter
 from .bundle import bundle_id, collect_sources, load_bundle
 from .container import ContainerError, read_container
-from .schema import RUNTIME_ENTRY, check_header, read_code
+from .schema import RUNTIME_ENTRY, TTT_ENTRY, check_header, read_code
 
 CODE_ROOT = Path(__file__).resolve().parents[2]
 # What golf ships: the runtime and every module it imports, plus the container reader and the
-# bundle importer, which eval runs on the artifact before the shipped code takes over.
+# bundle importer, which eval runs on the artifact before the shipped code takes over; and,
+# unless packed without it, the test-time training and every module it imports.
 SHIPPED_ENTRIES = (RUNTIME_ENTRY, "stages/artifact/container.py", "stages/artifact/bundle.py")
 TRUST_FLAG = "--trust-artifact-code"
 
 
-def installed_sources() -> dict[str, str]:
-    """{path: source} of the bundle this golf ships: what `golf pack` puts in every artifact."""
-    return collect_sources(CODE_ROOT, list(SHIPPED_ENTRIES))
+def installed_sources(with_ttt: bool = True) -> dict[str, str]:
+    """{path: source} of the bundle this golf ships: what `golf pack` puts in every artifact (with
+    ``with_ttt`` off, what `golf pack --no-ttt` does)."""
+    return collect_sources(CODE_ROOT, [*SHIPPED_ENTRIES, *([TTT_ENTRY] if with_ttt else [])])
+
+
+def ships_ttt(code: dict[str, str]) -> bool:
+    """Whether a bundle holds the test-time training code."""
+    return TTT_ENTRY in code
 
 
 @dataclass(frozen=True)
@@ -100,8 +107,9 @@ class CodeCheck:
 
 
 def check_code(shipped: dict[str, str]) -> CodeCheck:
-    """Compare every shipped file with the bundle this golf would ship."""
-    installed = installed_sources()
+    """Compare every shipped file with the bundle this golf would ship (with or without the TTT
+    code, as the artifact was packed: both are golf's own)."""
+    installed = installed_sources(with_ttt=ships_ttt(shipped))
     both = shipped.keys() & installed.keys()
     return CodeCheck(
         shipped_sha256=bundle_id(shipped),
@@ -128,6 +136,15 @@ def vouch_for_code(artifact: Artifact, trust: bool, reporter: Reporter) -> CodeC
 def load_runtime(artifact: Artifact):
     """Import the runtime from the artifact's own code (ask ``vouch_for_code`` first)."""
     return load_bundle(artifact.code, RUNTIME_ENTRY)
+
+
+def load_ttt(artifact: Artifact):
+    """Import the test-time training from the artifact's own code (ask ``vouch_for_code`` first);
+    an artifact packed without it is one line."""
+    if not ships_ttt(artifact.code):
+        raise GolfError(f"{artifact.path}: packed without test-time training code (golf pack --no-ttt); "
+                        "score it without --ttt, or pack it again with the TTT code")
+    return load_bundle(artifact.code, TTT_ENTRY)
 
 
 def stage_code_report(stage: StageDir) -> tuple[dict, str | None]:

@@ -33,7 +33,7 @@ import numpy as np
 import torch.distributed as dist
 from safetensors.torch import save as save_safetensors
 
-from ..artifact.verify import Artifact, load_runtime, read_artifact, vouch_for_code
+from ..artifact.verify import Artifact, load_runtime, load_ttt, read_artifact, vouch_for_code
 from ..config import check_scoring_window, to_dict
 from ..contract.hashing import sha256_bytes
 from ..contract.lineage import require_same_tokenizer
@@ -152,6 +152,7 @@ def run_eval(config: EvalConfig, artifact: str | Path, data_dir: str | Path | No
             shipped = read_artifact(artifact_path)
             code = vouch_for_code(shipped, trust_code, reporter)
             runtime = load_runtime(shipped)
+            ttt_code = load_ttt(shipped) if config.ttt.mode != "none" else None
             model = build_model(runtime, shipped)
         header, data_bytes = shipped.header, shipped.data
         data = _data_dir(data_dir, pack)
@@ -166,7 +167,7 @@ def run_eval(config: EvalConfig, artifact: str | Path, data_dir: str | Path | No
         model = model.to(device)
         if config.ttt.mode != "none" and config.warmup:
             with ledger.measure("warmup", "eval", PHASE_NOTES["warmup"]):
-                _warm_up(runtime, model, val.table, seq_len, stride, config, device)
+                _warm_up(ttt_code, model, val.table, seq_len, stride, config, device)
         score = partial(validate, model, val, seq_len, stride, config.batch_windows, device, config.eval_tokens,
                         reporter, count_windows=runtime.count_windows)
         compared = {}
@@ -176,7 +177,7 @@ def run_eval(config: EvalConfig, artifact: str | Path, data_dir: str | Path | No
         receipts = runtime.TokenReceipts() if token_nll is not None else None
         facts: dict = {}  # what the TTT mode states about its pass (phased: its global phases)
         budget.receipts = receipts  # where adaptation stopped, in scoring steps
-        sums = _scored_pass(score, runtime, config.ttt, ledger, receipts, facts, budget.may_adapt)
+        sums = _scored_pass(score, runtime, ttt_code, config.ttt, ledger, receipts, facts, budget.may_adapt)
         spent = budget.finish()
         receipt_rows = _gather_receipts(runtime, receipts, ctx)
         if not ctx.is_main:
@@ -252,26 +253,27 @@ def _gather_receipts(runtime, receipts, ctx: DistContext) -> dict | None:
     return runtime.merge_receipts(parts) if ctx.is_main else None
 
 
-def _scored_pass(score, runtime, ttt: TTTConfig, ledger, receipts, facts: dict, may_adapt):
-    """The pass that is the score: plain windows, or the shipped TTT mode with its phases timed apart
-    and ``may_adapt`` (the budget) asked before each adaptation step; the mode's facts land in ``facts``."""
+def _scored_pass(score, runtime, ttt_code, ttt: TTTConfig, ledger, receipts, facts: dict, may_adapt):
+    """The pass that is the score: plain windows (the shipped ``runtime``), or the shipped TTT mode
+    (``ttt_code``) with its phases timed apart and ``may_adapt`` (the budget) asked before each
+    adaptation step; the mode's facts land in ``facts``."""
     if ttt.mode == "none":
         with ledger.measure("score", "eval", PHASE_NOTES["score"]):
             return score("eval", score_stream=partial(runtime.score_stream, receipts=receipts))
     for name in SCORED_PASS_PHASES:  # listed, in order, even when a single chunk never adapts
         ledger.add(name, 0.0, "eval", PHASE_NOTES[name])
     phase = lambda name: ledger.measure(name, "eval", phase_note(name))  # noqa: E731
-    ttt_scorer = partial(runtime.score_with_ttt, config=to_dict(ttt), receipts=receipts, phase=phase,
+    ttt_scorer = partial(ttt_code.score_with_ttt, config=to_dict(ttt), receipts=receipts, phase=phase,
                          may_adapt=may_adapt, on_fact=facts.__setitem__)
-    with shipped_errors(runtime):
+    with shipped_errors(ttt_code):
         return score(f"eval (ttt {ttt.mode})", score_stream=ttt_scorer)
 
 
 @contextmanager
-def shipped_errors(runtime):
+def shipped_errors(shipped_module):
     """The shipped code raises its own copy of GolfError (the artifact's ``errors`` module): a config
     it refuses (``ttt.freeze_blocks``, a mode it does not hold) becomes golf's one-line error."""
-    root = runtime.__name__.partition(".")[0]
+    root = shipped_module.__name__.partition(".")[0]
     shipped = getattr(sys.modules.get(f"{root}.errors"), "GolfError", None)
     try:
         yield
@@ -289,13 +291,13 @@ def phase_note(name: str) -> str:
     return next((note for key, note in PHASE_NOTES.items() if name.startswith(key)), OTHER_PHASE_NOTE)
 
 
-def _warm_up(runtime, model, table, seq_len: int, stride: int, config: EvalConfig, device) -> None:
+def _warm_up(ttt_code, model, table, seq_len: int, stride: int, config: EvalConfig, device) -> None:
     """The shipped TTT mode's warm-up at the shapes of the scored pass; it is given no val tokens."""
-    warm_up_ttt = getattr(runtime, "warm_up_ttt", None)
+    warm_up_ttt = getattr(ttt_code, "warm_up_ttt", None)
     if warm_up_ttt is None:
         raise GolfError("the artifact's code has no TTT warm-up (packed by an older golf); pass --set warmup=false")
     rank, world_size = rank_and_world()
-    with shipped_errors(runtime):
+    with shipped_errors(ttt_code):
         warm_up_ttt(model, table, seq_len, stride, config.batch_windows, device, rank, world_size,
                     autocast_dtype(device), config=to_dict(config.ttt))
 

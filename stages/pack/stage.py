@@ -73,6 +73,10 @@ class PackConfig:
     ~1 KB smaller on golf's bundle)."""
     limit: int = ranged(SIZE_LIMIT, ge=1)
     """Size limit in bytes (decimal: 16,000,000 in the challenge)."""
+    ship_ttt: bool = True
+    """Ship the test-time training code (stages/evaluate/ttt: every mode and its warm-up); off
+    (`--no-ttt`, for a recipe scored without TTT): its code bytes are saved, and `golf eval --ttt`
+    refuses the artifact."""
 
     def __post_init__(self) -> None:
         check_ranges(self)
@@ -110,7 +114,7 @@ def artifact_parts(tensors: dict[str, torch.Tensor], metadata: dict[str, str], c
     """The header, the compressed code and the weight streams of an artifact."""
     lineage = json.loads(metadata["lineage"])
     entries, streams, segments = tensor_streams(tensors, config.shuffle, config.streams)
-    files = installed_sources()
+    files = installed_sources(with_ttt=config.ship_ttt)
     header = {
         "format": FORMAT,
         "model_config": json.loads(metadata["model_config"]),
