@@ -361,9 +361,32 @@ def test_cli_lora_with_receipts_and_comparison(pack_dir, tmp_path):
     manifest = json.loads((tmp_path / "eval" / "manifest.json").read_text())
     metrics = manifest["metrics"]
     assert manifest["config"]["ttt"]["mode"] == "lora" and metrics["ttt_mode"] == "lora"
+    assert metrics["mode"] == "document chunks"  # the stride plays no part in its windows
     assert f"val_bpb_no_ttt:{metrics['val_bpb_no_ttt']:.8f}" in result.stdout
     assert metrics["val_bpb"] != metrics["val_bpb_no_ttt"]
     receipts = load_file(tmp_path / "nll.safetensors")
     assert metrics["token_nll_rows"] == metrics["tokens_scored"] == len(receipts["position"])
     assert len(receipts["update_after_order"]) > 0
     assert manifest["ledger"]["adapt"]["seconds"] > 0 and manifest["ledger"]["score"]["seconds"] > 0
+
+
+def test_compare_no_ttt_scores_the_document_windows_and_skips_the_stream_comparison():
+    """--compare-no-ttt must score lora's own windows (the documents') with learning off, and a
+    document-window score must never be held against quantize's stream-window score (it would
+    differ, and fail the stage, while nothing is wrong)."""
+    from stages.evaluate.stage import _no_ttt_pass, _stream_bpb_without_adaptation
+
+    calls = []
+
+    class Shipped:
+        @staticmethod
+        def score_with_ttt(*, config):
+            calls.append(config)
+
+    score = lambda label, score_stream: score_stream()  # noqa: E731
+    for mode in ("lora", "phased"):
+        _no_ttt_pass(score, None, Shipped, TTTConfig(mode=mode, lora_lr=0.01))
+        assert calls[-1]["mode"] == "lora" and calls[-1]["lora_lr"] == 0.0
+        assert _stream_bpb_without_adaptation(mode, 2.0, {"val_bpb_no_ttt": 2.1}) is None
+    assert _stream_bpb_without_adaptation("chunk-sgd", 2.0, {"val_bpb_no_ttt": 2.1}) == 2.1
+    assert _stream_bpb_without_adaptation("none", 2.0, {}) == 2.0

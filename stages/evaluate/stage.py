@@ -173,7 +173,7 @@ def run_eval(config: EvalConfig, artifact: str | Path, data_dir: str | Path | No
         compared = {}
         if config.compare_no_ttt:
             with ledger.measure("score_no_ttt", None, "diagnostic: the same windows without adaptation"):
-                compared = {"val_bpb_no_ttt": score("eval (no ttt)", score_stream=runtime.score_stream).bpb}
+                compared = {"val_bpb_no_ttt": _no_ttt_pass(score, runtime, ttt_code, config.ttt).bpb}
         receipts = runtime.TokenReceipts() if token_nll is not None else None
         facts: dict = {}  # what the TTT mode states about its pass (phased: its global phases)
         budget.receipts = receipts  # where adaptation stopped, in scoring steps
@@ -194,12 +194,12 @@ def run_eval(config: EvalConfig, artifact: str | Path, data_dir: str | Path | No
             "bytes_scored": sums.bytes,
             "seq_len": seq_len,
             "stride": stride,
-            "mode": "non-overlapping" if stride == seq_len else "sliding",
+            "mode": _windows_kind(config.ttt.mode, seq_len, stride),
             "byte_source": "sidecar" if val.sidecar is not None else "tokenizer table",
             "artifact_bytes": len(data_bytes),
             **spent,
             **code.record(trust_code),
-            **_compare_in_memory(pack, sums.bpb if config.ttt.mode == "none" else compared.get("val_bpb_no_ttt"),
+            **_compare_in_memory(pack, _stream_bpb_without_adaptation(config.ttt.mode, sums.bpb, compared),
                                  seq_len, stride, config),
         }
         if receipts is not None:
@@ -251,6 +251,32 @@ def _gather_receipts(runtime, receipts, ctx: DistContext) -> dict | None:
     parts = [None] * ctx.world_size if ctx.is_main else None
     dist.gather_object(mine, parts, dst=0)
     return runtime.merge_receipts(parts) if ctx.is_main else None
+
+
+def _windows_kind(ttt_mode: str, seq_len: int, stride: int) -> str:
+    """How the scored pass cut the stream: document LoRA scores each document chunk by chunk in
+    windows of its own (the stride plays no part); the others slide or step windows over the stream."""
+    if ttt_mode in ("lora", "phased"):
+        return "document chunks"
+    return "non-overlapping" if stride == seq_len else "sliding"
+
+
+def _no_ttt_pass(score, runtime, ttt_code, ttt: TTTConfig):
+    """The --compare-no-ttt diagnostic: the scored pass's own windows with adaptation off. Document
+    LoRA's windows are each document's own, so it runs the shipped lora with its learning rate 0
+    (its zero-learning test: exactly the plain forward on those windows) and no global phase."""
+    if ttt.mode in ("lora", "phased"):
+        frozen = replace(ttt, mode="lora", lora_lr=0.0)
+        return score("eval (no ttt)", score_stream=partial(ttt_code.score_with_ttt, config=to_dict(frozen)))
+    return score("eval (no ttt)", score_stream=runtime.score_stream)
+
+
+def _stream_bpb_without_adaptation(ttt_mode: str, bpb: float, compared: dict) -> float | None:
+    """The score of the artifact's weights on the stream's windows, comparable with quantize's in
+    memory: the score itself without TTT, else the --compare-no-ttt pass if it used stream windows."""
+    if ttt_mode == "none":
+        return bpb
+    return None if ttt_mode in ("lora", "phased") else compared.get("val_bpb_no_ttt")
 
 
 def _scored_pass(score, runtime, ttt_code, ttt: TTTConfig, ledger, receipts, facts: dict, may_adapt):
@@ -361,7 +387,8 @@ def _compare_in_memory(pack: StageDir | None, bpb: float | None, seq_len: int, s
     if pack is None:
         return {}
     if bpb is None:
-        return {"in_memory_comparison": "skipped: test-time training changes the weights (--compare-no-ttt compares)"}
+        return {"in_memory_comparison": "skipped: test-time training changes the weights or the windows "
+                                        "(--compare-no-ttt compares chunk-sgd)"}
     quant = pack.upstream("quantized", "quantize")
     measured = quant.manifest.metrics.get("eval", {})
     same_setup = (measured.get("seq_len") == seq_len and measured.get("stride") == stride
