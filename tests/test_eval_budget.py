@@ -26,7 +26,6 @@ from torch.optim.optimizer import register_optimizer_step_pre_hook
 
 from stages.config import apply_overrides
 from stages.contract.ledger import TimeLedger
-from stages.contract.stage_dir import StageDir
 from stages.errors import GolfError
 from stages.evaluate.budget import UNTIMED_BUCKET, EvalBudget
 from stages.evaluate.scoring import TokenReceipts, usable_targets
