@@ -79,6 +79,19 @@ def test_within_the_budget_nothing_stops():
     assert metrics["within_budget"] is True and metrics["adaptation_stopped_at_s"] is None
 
 
+def test_a_stop_agreed_from_another_rank_is_recorded_here_too():
+    """Where ranks update together, one rank's budget can stop the update while this rank's own
+    clock still allows it (``TTTPass.may_adapt_together``): this rank's metrics must say so too
+    (rank 0 writes them), and it adapts no more."""
+    budget = EvalBudget(100.0, "stop-adapting", clock=ticking_clock())
+    assert budget.may_adapt() is True
+    assert budget.may_adapt(stopped_elsewhere=True) is False
+    assert budget.may_adapt() is False
+    metrics = budget.finish()
+    assert metrics["adaptation_stopped_at_check"] == 1 and metrics["adaptation_stopped_at_s"] is not None
+    assert metrics["within_budget"] is True  # this rank's own clock stayed within it
+
+
 def test_fail_raises_one_line_at_the_first_check_past_the_budget():
     budget = EvalBudget(2.5, "fail", clock=ticking_clock())
     with pytest.raises(GolfError, match=r"over the eval budget: 3 s .* --eval-budget-s 2.5 at check 3") as raised:

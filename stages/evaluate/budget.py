@@ -50,9 +50,15 @@ class EvalBudget:
         """Budgeted seconds so far: the clock since the start, less the buckets no budget counts."""
         return self.clock() - self.start - self._not_budgeted_s()
 
-    def may_adapt(self) -> bool:
+    def may_adapt(self, stopped_elsewhere: bool = False) -> bool:
         """Asked before each adaptation step: True within the budget. The first time past it,
-        'stop-adapting' records where and says False from then on; 'fail' raises."""
+        'stop-adapting' records where and says False from then on; 'fail' raises.
+        ``stopped_elsewhere``: another rank's budget stopped an update all ranks take together
+        (the shipped ``may_adapt_together``), so this rank records the stop at its last check too."""
+        if stopped_elsewhere:
+            if self.stopped_at_s is None:
+                self._record_stop(self.spent_s())
+            return False
         self.checks += 1
         if self.stopped_at_s is not None:
             return False
@@ -60,10 +66,13 @@ class EvalBudget:
         if spent <= self.limit_s:
             return True
         self._refuse(spent, f"check {self.checks} before an adaptation step")
+        self._record_stop(spent)
+        return False
+
+    def _record_stop(self, spent: float) -> None:
         self.stopped_at_s, self.stopped_at_check = spent, self.checks
         if self.receipts is not None:
             self.stopped_after_order = self.receipts.steps - 1  # the last scoring step committed
-        return False
 
     def finish(self) -> dict:
         """At the end of the scored pass: time what no bucket timed, judge the total, and return the

@@ -19,8 +19,9 @@ from ..bpb import BpbSums
 from ..scoring import TokenReceipts, Window, WindowScorer, score_windows
 
 
-def always() -> bool:
-    return True
+def always(stopped_elsewhere: bool = False) -> bool:
+    """The ``may_adapt`` of a pass without a budget: adaptation is always allowed."""
+    return not stopped_elsewhere
 
 
 @dataclass
@@ -44,9 +45,10 @@ class TTTPass:
     """Called with the number of windows just scored (progress)."""
     phase: Callable[[str], ContextManager] | None = None
     """``phase(name)`` times a block into the ledger bucket ``name`` ('score', 'adapt', ...)."""
-    may_adapt: Callable[[], bool] = always
+    may_adapt: Callable[..., bool] = always
     """Asked before each adaptation step: False once the eval budget says stop adapting (scoring goes on).
-    Each rank asks its own; before an update all ranks take together, ``may_adapt_together`` agrees."""
+    Each rank asks its own; before an update all ranks take together, ``may_adapt_together`` agrees
+    and tells a rank whose own budget said yes that another's stopped (``stopped_elsewhere=True``)."""
     on_fact: Callable[[str, object], None] | None = None
     """Called with (name, JSON value) for a fact about the pass that the eval's metrics keep (phased: its phases)."""
 
@@ -63,7 +65,8 @@ class TTTPass:
         if self.world_size > 1 and dist.is_available() and dist.is_initialized():
             flag = torch.tensor([int(allowed)], device=self.scorer.device)
             dist.all_reduce(flag, op=dist.ReduceOp.MIN)
-            allowed = bool(flag.item())
+            if allowed and not flag.item():
+                allowed = self.may_adapt(stopped_elsewhere=True)  # so this rank's record says where
         return allowed
 
     def timed(self, name: str):
