@@ -24,7 +24,7 @@ from stages.evaluate.ttt import score_with_ttt
 from stages.evaluate.ttt import lora as lora_mode
 from stages.evaluate.ttt.common import TTTPass, requires_grad
 from stages.evaluate.ttt.config import TTTConfig
-from stages.evaluate.ttt.documents import Document, find_documents, plan_batches, rank_share
+from stages.evaluate.ttt.documents import Document, find_documents, plan_batches, rank_batches
 
 from .conftest import golf
 from .test_ttt import BOS, VOCAB, by_position, byte_table, synthetic_docs, tiny_gpt
@@ -101,7 +101,7 @@ def test_documents_tile_the_targets_and_batches_go_longest_first():
     lengths = [d.targets for b in ascending for d in b.docs]
     assert lengths == sorted(lengths) and sorted(lengths) == sorted(d.targets for d in docs)
     assert {d for b in batches for d in b.docs} == set(docs)
-    shares = [rank_share(batches, rank, 3) for rank in range(3)]
+    shares = [rank_batches(batches, rank, 3) for rank in range(3)]
     assert sorted((b.index for share in shares for b in share)) == list(range(len(batches)))
 
 

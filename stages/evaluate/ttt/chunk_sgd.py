@@ -11,12 +11,14 @@ adapted model is discarded.
 
 from __future__ import annotations
 
+from functools import partial
+
 import torch
 
 from ...ranges import ConfigError
 from ..bpb import BpbSums
 from ..scoring import plan_windows
-from .common import TTTPass, chunk_sequence_starts, cosine_lr, plan_chunks, rank_share, sgd_step, warm_up_backward
+from .common import TTTPass, chunk_sequence_starts, cosine_lr, plan_chunks, train_sequences, warm_up_backward
 from .config import TTTConfig
 
 
@@ -65,19 +67,16 @@ def train_on_chunk(model: torch.nn.Module, optimizer: torch.optim.Optimizer, run
     per SGD step."""
     if not starts:
         return
-    offsets = torch.arange(run.scorer.seq_len + 1)
     model.train()
-    for _ in range(config.epochs):
-        for first in range(0, len(starts), config.batch_seqs):
-            batch = starts[first : first + config.batch_seqs]
-            share = rank_share(batch, run.rank, run.world_size)
-            rows = run.scorer.stream[torch.tensor(share, dtype=torch.int64)[:, None] + offsets].to(run.scorer.device)
-            # Each rank's mean loss weighted by its share, so that the ranks' summed gradient is the batch's mean.
-            sgd_step(model.loss, optimizer, rows, config.grad_clip, run.scorer.autocast_dtype, len(share) / len(batch))
-            if run.receipts is not None and run.rank == 0:  # one step of all ranks: rank 0 notes it
-                # The targets of sequence s are positions s + 1 .. s + seq_len.
-                run.receipts.note_update(min(batch) + 1, max(batch) + run.scorer.seq_len)
+    train_sequences(model.loss, optimizer, run, run.scorer.stream, starts, config.batch_seqs, config.epochs,
+                    config.grad_clip, partial(note_chunk_step, run))
     model.eval()
+
+
+def note_chunk_step(run: TTTPass, step: list[int], mine: torch.Tensor) -> None:
+    """One step of all ranks: rank 0 notes it. The targets of sequence s are positions s + 1 .. s + seq_len."""
+    if run.receipts is not None and run.rank == 0:
+        run.receipts.note_update(min(step) + 1, max(step) + run.scorer.seq_len)
 
 
 def warm_up(model: torch.nn.Module, run: TTTPass, config: TTTConfig) -> None:

@@ -124,6 +124,22 @@ def cosine_lr(peak: float, chunk: int, num_chunks: int) -> float:
     return peak * 0.5 * (1 + math.cos(math.pi * chunk / (num_chunks - 1)))
 
 
+def train_sequences(loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], optimizer: torch.optim.Optimizer,
+                    run: TTTPass, tokens: torch.Tensor, starts: list[int], batch_seqs: int, epochs: int,
+                    grad_clip: float, note: Callable[[list[int], torch.Tensor], None]) -> None:
+    """``epochs`` passes over the ``seq_len`` sequences of ``tokens`` at ``starts``, ``batch_seqs`` of
+    them per SGD step over all ranks, each rank its contiguous slice (``sgd_step`` weighs it by its
+    share); ``note(step's starts, this rank's starts)`` after each step, for the update receipts."""
+    offsets = torch.arange(run.scorer.seq_len + 1)
+    for _ in range(epochs):
+        for first in range(0, len(starts), batch_seqs):
+            step = starts[first : first + batch_seqs]
+            mine = torch.tensor(rank_share(step, run.rank, run.world_size), dtype=torch.int64)
+            rows = tokens[mine[:, None] + offsets].to(run.scorer.device)
+            sgd_step(loss_fn, optimizer, rows, grad_clip, run.scorer.autocast_dtype, share=len(mine) / len(step))
+            note(step, mine)
+
+
 def sgd_step(loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], optimizer: torch.optim.Optimizer,
              rows: torch.Tensor, grad_clip: float, autocast_dtype: torch.dtype | None, share: float = 1.0) -> None:
     """One optimizer step on ``rows`` (each a sequence plus its next token: inputs, then targets

@@ -65,7 +65,12 @@ def plan_batches(documents: list[Document], batch_docs: int) -> list[DocumentBat
     return sorted(batches, key=lambda batch: -batch.longest)
 
 
-def rank_share(batches: list[DocumentBatch], rank: int, world_size: int) -> list[DocumentBatch]:
-    """The batches rank ``rank`` processes: every world_size-th one of the processing order, from
-    its rank on. Fixed in advance (no shared queue), so every run assigns the same batches."""
-    return batches[rank::world_size]
+def takes_batch(number: int, rank: int, world_size: int) -> bool:
+    """Whether rank ``rank`` processes batch ``number`` of the processing order: every world_size-th
+    one, from its rank on. Fixed in advance (no shared queue), so every run assigns the same batches."""
+    return number % world_size == rank
+
+
+def rank_batches(batches: list[DocumentBatch], rank: int, world_size: int) -> list[DocumentBatch]:
+    """The batches rank ``rank`` processes (``takes_batch``), in order."""
+    return [batch for number, batch in enumerate(batches) if takes_batch(number, rank, world_size)]

@@ -28,7 +28,7 @@ from typing import Iterable, Sequence
 import torch
 
 from ..scoring import TokenReceipts
-from .common import TTTPass, chunk_sequence_starts, cosine_lr, rank_share, requires_grad, sgd_step
+from .common import TTTPass, chunk_sequence_starts, cosine_lr, requires_grad, train_sequences
 from .config import TTTConfig
 
 
@@ -122,21 +122,15 @@ def train_global_phase(model: torch.nn.Module, run: TTTPass, config: TTTConfig, 
     num_chunks = math.ceil((len(tokens) - 1) / config.global_chunk_tokens)
     optimizer = torch.optim.SGD(model.parameters(), lr=config.global_lr, momentum=config.global_momentum)
     loss_fn = partial(model.loss, doc_mask=config.global_doc_mask)
-    offsets = torch.arange(seq_len + 1)
     model.train()
     with requires_grad(model, True):
         for chunk in range(num_chunks - 1):  # the records never train the stream's last chunk
             for group in optimizer.param_groups:
                 group["lr"] = cosine_lr(config.global_lr, chunk, num_chunks)
             starts = chunk_sequence_starts(chunk, config.global_chunk_tokens, len(tokens) - 1, seq_len)
-            for _ in range(config.global_epochs):
-                for first in range(0, len(starts), config.global_batch_seqs):
-                    step = starts[first : first + config.global_batch_seqs]
-                    mine = torch.tensor(rank_share(step, run.rank, run.world_size), dtype=torch.int64)
-                    rows = tokens[mine[:, None] + offsets].to(run.scorer.device)
-                    sgd_step(loss_fn, optimizer, rows, config.global_grad_clip, run.scorer.autocast_dtype,
-                             share=len(mine) / len(step))
-                    note_trained_targets(run.receipts, positions, mine, seq_len)
+            train_sequences(loss_fn, optimizer, run, tokens, starts, config.global_batch_seqs, config.global_epochs,
+                            config.global_grad_clip,
+                            lambda step, mine: note_trained_targets(run.receipts, positions, mine, seq_len))
     optimizer.zero_grad(set_to_none=True)  # no gradient outlives the phase
     model.eval()
 

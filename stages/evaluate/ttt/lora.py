@@ -11,7 +11,7 @@ step over the adapters (the base model stays frozen). Each batch starts from B =
 no-op) and a fresh optimizer; A is drawn per document from a generator seeded by the document's
 position, or kept from the previous batch (``lora_warm_start_a``).
 
-The pieces a phased mode reuses: ``plan_batches``/``rank_share`` (documents.py), ``BatchAdapters``
+The pieces a phased mode reuses: ``plan_batches``/``takes_batch`` (documents.py), ``BatchAdapters``
 (its ``rebuild`` after a global phase) and ``score_batch``.
 """
 
@@ -27,7 +27,7 @@ from ..bpb import BpbSums
 from ..scoring import TokenReceipts, commit, plan_windows
 from .common import TTTPass, requires_grad
 from .config import TTTConfig
-from .documents import Document, find_documents, plan_batches, rank_share
+from .documents import Document, find_documents, plan_batches, rank_batches
 
 # A document's A matrices come from a generator seeded with this plus its stream position: a run
 # reproduces, and (without warm start) a document's scores depend on its own tokens alone.
@@ -40,7 +40,7 @@ def score_with_lora(model: torch.nn.Module, run: TTTPass, config: TTTConfig) -> 
     and 'adapt' apart. ``run.stride`` plays no part: each chunk is scored in its document's window."""
     scorer = run.scorer
     documents = find_documents(scorer.stream, scorer.num_targets, model.config.bos_id)
-    batches = rank_share(plan_batches(documents, config.lora_batch_docs), run.rank, run.world_size)
+    batches = rank_batches(plan_batches(documents, config.lora_batch_docs), run.rank, run.world_size)
     adapters = BatchAdapters(model, config, scorer.device)
     progress = windows_progress(run)
     sums = BpbSums()

@@ -23,7 +23,7 @@ import torch.distributed as dist
 from ..bpb import BpbSums
 from .common import TTTPass, requires_grad, warm_up_backward
 from .config import TTTConfig
-from .documents import DocumentBatch, find_documents, plan_batches
+from .documents import DocumentBatch, find_documents, plan_batches, takes_batch
 from .global_sgd import (ScoredDocument, phase_boundaries, run_global_phase, schedule_phases)
 from .lora import BatchAdapters, score_batch, windows_progress
 from .lora import warm_up as warm_up_lora
@@ -49,7 +49,7 @@ def score_with_phased(model: torch.nn.Module, run: TTTPass, config: TTTConfig) -
     model.eval()
     with requires_grad(model, False):
         for processed, batch in enumerate(batches):
-            if processed % run.world_size == run.rank:
+            if takes_batch(processed, run.rank, run.world_size):
                 adapters.start_batch(batch.docs)
                 score_batch(model, run, config, batch.docs, adapters, sums)
                 scored += scored_documents(batch)
