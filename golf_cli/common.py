@@ -118,10 +118,6 @@ def launches_torchrun(nproc: int) -> bool:
     return nproc > 1 and "WORLD_SIZE" not in os.environ
 
 
-def silent_reporter() -> Reporter:
-    return Reporter(stream=open(os.devnull, "w"))
-
-
 def launch_torchrun(nproc: int) -> int:
     """Re-run this very command under torchrun with --nproc removed; return its exit code.
 
@@ -158,6 +154,14 @@ def resolve_config(config, overrides: list[str] | None, reporter: Reporter):
 
 def log_config(config, reporter: Reporter) -> None:
     reporter.log(config=json.dumps(to_dict(config), separators=(",", ":")))
+
+
+def print_settings(preset: str, items: list[tuple[str, object]]) -> None:
+    """--print-config: the preset's name, then one ``key: value`` line per setting, values written as
+    --set takes them."""
+    print(f"preset: {preset}")
+    for key, value in items:
+        print(f"{key}: {as_override(value)}".rstrip())
 
 
 def flat_items(data: dict, prefix: str = "") -> list[tuple[str, object]]:

@@ -13,11 +13,12 @@ from stages.config import apply_overrides, to_dict
 from stages.evaluate.budget import OverBudget
 from stages.evaluate.stage import EvalConfig, check_eval_inputs, run_eval
 from stages.evaluate.ttt.config import TTTMode
+from stages.progress import silent_reporter
 from stages.train.presets import get_preset
 
 from .common import (
-    ForceOption, RichReporter, RunOption, SetOption, as_override, flat_items, handle_errors, launch_torchrun,
-    launches_torchrun, log_config, silent_reporter, stage_path,
+    ForceOption, RichReporter, RunOption, SetOption, flat_items, handle_errors, launch_torchrun,
+    launches_torchrun, log_config, print_settings, stage_path,
 )
 
 TTT_HELP = (
@@ -114,6 +115,4 @@ def _compare_flag(compare_no_ttt: bool) -> list[str]:
 
 def _print_config(preset: str | None, config: EvalConfig) -> None:
     """Every field after the overrides, one ``key: value`` line each, values written as --set takes them."""
-    print(f"preset: {preset or 'none'}")
-    for key, value in flat_items(to_dict(config)):
-        print(f"{key}: {as_override(value)}".rstrip())
+    print_settings(preset or "none", flat_items(to_dict(config)))

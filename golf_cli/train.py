@@ -10,15 +10,15 @@ from rich.table import Table
 from stages.config import apply_overrides, field_docs, from_dict, to_dict
 from stages.contract.stage_dir import StageDir, check_replaceable
 from stages.errors import GolfError
-from stages.progress import Reporter
+from stages.progress import Reporter, silent_reporter
 from stages.train.checkpointing import read_checkpoint_config
 from stages.train.config import RunConfig
 from stages.train.presets import PRESETS, Preset, get_preset, with_tokenizer_vocab
 from stages.train.stage import run_train
 
 from .common import (
-    ForceOption, RichReporter, RunOption, SetOption, as_override, flat_items, handle_errors, launch_torchrun,
-    launches_torchrun, log_config, print_table, silent_reporter, stage_path,
+    ForceOption, RichReporter, RunOption, SetOption, flat_items, handle_errors, launch_torchrun,
+    launches_torchrun, log_config, print_settings, print_table, stage_path,
 )
 
 VOCAB_KEY = "model.vocab_size"
@@ -82,11 +82,8 @@ def _print_config(preset: Preset, overrides: list[str], max_steps, max_seconds, 
     line each, values written as --set takes them (``model.vocab_size`` is the preset's: training
     takes the tokenizer's unless --set names it)."""
     config = apply_overrides(preset.config, _with_flags(overrides, max_steps, max_seconds, seed))
-    print(f"preset: {preset.name}")
-    sections = [*flat_items(to_dict(config)), *flat_items(to_dict(preset.quantize), "quantize."),
-                *flat_items(to_dict(preset.eval), "eval.")]
-    for key, value in sections:
-        print(f"{key}: {as_override(value)}".rstrip())
+    print_settings(preset.name, [*flat_items(to_dict(config)), *flat_items(to_dict(preset.quantize), "quantize."),
+                                 *flat_items(to_dict(preset.eval), "eval.")])
 
 
 def _vocab_from_tokenizer(config: RunConfig, data_dir: Path, overrides: list[str], reporter: Reporter) -> RunConfig:

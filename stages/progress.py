@@ -6,6 +6,7 @@ Every logged line is also kept, so a stage can save its log next to its manifest
 
 from __future__ import annotations
 
+import os
 import sys
 from contextlib import contextmanager
 from typing import Callable, Iterator
@@ -52,3 +53,8 @@ class Reporter:
 
     def text(self) -> str:
         return "\n".join(self.lines) + "\n"
+
+
+def silent_reporter() -> Reporter:
+    """A reporter that prints nothing (ranks other than 0; a launcher checking arguments)."""
+    return Reporter(stream=open(os.devnull, "w"))

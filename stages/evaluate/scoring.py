@@ -98,7 +98,7 @@ class WindowScorer:
 
     def scored_targets(self, positions: torch.Tensor, nll: torch.Tensor) -> ScoredTargets:
         """The targets at stream ``positions`` (CPU int64) with their ``nll``, and their bytes."""
-        return ScoredTargets(positions.to(self.device), nll, self.target_bytes(positions))
+        return ScoredTargets(positions, nll, self.target_bytes(positions))
 
     def target_bytes(self, positions: torch.Tensor) -> torch.Tensor:
         """Bytes of the targets at stream ``positions`` (CPU int64): the sidecar's when there is one,

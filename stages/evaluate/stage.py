@@ -21,7 +21,6 @@ alone writes the stage folder and the receipts file and prints the result.
 from __future__ import annotations
 
 import math
-import os
 import sys
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
@@ -43,12 +42,12 @@ from ..contract.stage_dir import StageDir, StageWriter, atomic_write_bytes, chec
 from ..device import resolve_device
 from ..distributed import DistContext, init_distributed, shutdown
 from ..errors import GolfError
-from ..progress import Reporter
+from ..progress import Reporter, silent_reporter
 from ..ranges import ConfigError, check_ranges, ranged
 from .budget import EvalBudget, OverBudget
 from .ttt.config import TTTConfig
 from .val_data import load_val
-from .validate import autocast_dtype, rank_and_world, validate
+from .validate import autocast_dtype, validate
 
 IN_MEMORY_TOLERANCE = 1e-6
 # Why each ledger bucket of the scored pass counts toward the evaluation budget. The shipped TTT
@@ -167,7 +166,7 @@ def run_eval(config: EvalConfig, artifact: str | Path, data_dir: str | Path | No
         model = model.to(device)
         if config.ttt.mode != "none" and config.warmup:
             with ledger.measure("warmup", "eval", PHASE_NOTES["warmup"]):
-                _warm_up(ttt_code, model, val.table, seq_len, stride, config, device)
+                _warm_up(ttt_code, model, val.table, seq_len, stride, config, ctx)
         score = partial(validate, model, val, seq_len, stride, config.batch_windows, device, config.eval_tokens,
                         reporter, count_windows=runtime.count_windows)
         compared = {}
@@ -228,7 +227,7 @@ def _rank_stage(device: str, out_dir: str | Path, force: bool, reporter: Reporte
             with StageWriter(out_dir, "eval", force) as writer:
                 yield ctx, writer, reporter
         else:
-            yield ctx, _RankLedger(TimeLedger()), Reporter(stream=open(os.devnull, "w"))
+            yield ctx, _RankLedger(TimeLedger()), silent_reporter()
     finally:
         shutdown(ctx)
 
@@ -253,10 +252,14 @@ def _gather_receipts(runtime, receipts, ctx: DistContext) -> dict | None:
     return runtime.merge_receipts(parts) if ctx.is_main else None
 
 
+# Modes that score each document in windows of its own (document LoRA), not the stream's windows.
+DOCUMENT_MODES = ("lora", "phased")
+
+
 def _windows_kind(ttt_mode: str, seq_len: int, stride: int) -> str:
     """How the scored pass cut the stream: document LoRA scores each document chunk by chunk in
     windows of its own (the stride plays no part); the others slide or step windows over the stream."""
-    if ttt_mode in ("lora", "phased"):
+    if ttt_mode in DOCUMENT_MODES:
         return "document chunks"
     return "non-overlapping" if stride == seq_len else "sliding"
 
@@ -265,7 +268,7 @@ def _no_ttt_pass(score, runtime, ttt_code, ttt: TTTConfig):
     """The --compare-no-ttt diagnostic: the scored pass's own windows with adaptation off. Document
     LoRA's windows are each document's own, so it runs the shipped lora with its learning rate 0
     (its zero-learning test: exactly the plain forward on those windows) and no global phase."""
-    if ttt.mode in ("lora", "phased"):
+    if ttt.mode in DOCUMENT_MODES:
         frozen = replace(ttt, mode="lora", lora_lr=0.0)
         return score("eval (no ttt)", score_stream=partial(ttt_code.score_with_ttt, config=to_dict(frozen)))
     return score("eval (no ttt)", score_stream=runtime.score_stream)
@@ -276,7 +279,7 @@ def _stream_bpb_without_adaptation(ttt_mode: str, bpb: float, compared: dict) ->
     memory: the score itself without TTT, else the --compare-no-ttt pass if it used stream windows."""
     if ttt_mode == "none":
         return bpb
-    return None if ttt_mode in ("lora", "phased") else compared.get("val_bpb_no_ttt")
+    return None if ttt_mode in DOCUMENT_MODES else compared.get("val_bpb_no_ttt")
 
 
 def _scored_pass(score, runtime, ttt_code, ttt: TTTConfig, ledger, receipts, facts: dict, may_adapt):
@@ -317,15 +320,14 @@ def phase_note(name: str) -> str:
     return next((note for key, note in PHASE_NOTES.items() if name.startswith(key)), OTHER_PHASE_NOTE)
 
 
-def _warm_up(ttt_code, model, table, seq_len: int, stride: int, config: EvalConfig, device) -> None:
+def _warm_up(ttt_code, model, table, seq_len: int, stride: int, config: EvalConfig, ctx: DistContext) -> None:
     """The shipped TTT mode's warm-up at the shapes of the scored pass; it is given no val tokens."""
     warm_up_ttt = getattr(ttt_code, "warm_up_ttt", None)
     if warm_up_ttt is None:
         raise GolfError("the artifact's code has no TTT warm-up (packed by an older golf); pass --set warmup=false")
-    rank, world_size = rank_and_world()
     with shipped_errors(ttt_code):
-        warm_up_ttt(model, table, seq_len, stride, config.batch_windows, device, rank, world_size,
-                    autocast_dtype(device), config=to_dict(config.ttt))
+        warm_up_ttt(model, table, seq_len, stride, config.batch_windows, ctx.device, ctx.rank, ctx.world_size,
+                    autocast_dtype(ctx.device), config=to_dict(config.ttt))
 
 
 def _check_receipts_path(path: Path) -> None:

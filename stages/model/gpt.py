@@ -18,7 +18,7 @@ from torch import nn
 
 from .attention import CausalSelfAttention
 from .config import ModelConfig
-from .embeddings import BigramHash, ChannelSmear, SmearGate, ValueEmbedding, document_starts
+from .embeddings import BigramHash, ChannelSmear, SmearGate, ValueEmbedding, document_starts, scaled_orthogonal_
 from .layers import Linear, document_ids, rms_norm
 from .lora import LoRASet, LoRASlot, adapted
 
@@ -111,7 +111,7 @@ class GPT(nn.Module):
         self.value_embed = ValueEmbedding(config) if config.value_embed_dim else None
         self.blocks = nn.ModuleList(Block(config, layer) for layer in range(config.num_layers))
         longest = len(config.layer_sequence(looping=True))
-        num_skips = longest // 2 if config.unet_skips else 0
+        num_skips = config.num_encoder_positions(looping=True)
         self.skip_weights = nn.Parameter(torch.ones(min(num_skips, longest - num_skips), config.model_dim))
         self.skip_gates = nn.Parameter(torch.zeros_like(self.skip_weights)) if config.skip_gates else None
         self.lm_head = None if config.tie_embeddings else Linear(config.model_dim, config.vocab_size, zero_init=True)
@@ -124,8 +124,8 @@ class GPT(nn.Module):
 
     def _orthogonal_init(self) -> None:
         for module in self.modules():
-            if isinstance(module, Linear) and not module.zero_init and min(module.weight.shape) >= 64:
-                nn.init.orthogonal_(module.weight)
+            if isinstance(module, Linear) and not module.zero_init:
+                scaled_orthogonal_(module, 1.0)
         # PR #401 overwrites the zero start of these two projections too, scaled like an output
         # projection would be (its output projections themselves stay zero).
         for extra in (self.bigram, self.value_embed):
@@ -156,7 +156,9 @@ class GPT(nn.Module):
         """x0: token embedding (+ BigramHash), the gated SmearGate on that raw sum, the first
         RMSNorm, then the per-channel SmearGate (each record's own placement)."""
         cfg = self.config
-        starts = document_starts(input_ids, cfg.bos_id, cfg.smear_bos_mask)
+        # Only BigramHash and the SmearGates read the document starts.
+        needs_starts = self.bigram is not None or self.smear is not None
+        starts = document_starts(input_ids, cfg.bos_id, cfg.smear_bos_mask) if needs_starts else None
         x = self.tok_emb(input_ids)
         if self.bigram is not None:
             x = x + self.bigram(input_ids, starts)

@@ -23,15 +23,16 @@ def dequantize_rows(q: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     return q.float() * scale.float()[:, None]
 
 
-def _grouped_codes(q: torch.Tensor, group: int) -> torch.Tensor:
-    """The flattened codes as float rows of ``group``, the last row zero-padded."""
+def grouped_rows(q: torch.Tensor, group: int) -> torch.Tensor:
+    """The flattened tensor (codes, or values to quantize) as float rows of ``group``, the last row
+    zero-padded."""
     flat = q.float().flatten()
     return torch.nn.functional.pad(flat, (0, (-flat.numel()) % group)).view(-1, group)
 
 
 def dequantize_groups(q: torch.Tensor, scale: torch.Tensor, offset: torch.Tensor | None, shape, group: int) -> torch.Tensor:
     """Group codes back to a float32 tensor of ``shape``: code * scale (+ offset, when asymmetric)."""
-    values = _grouped_codes(q, group) * scale.float()[:, None]
+    values = grouped_rows(q, group) * scale.float()[:, None]
     if offset is not None:
         values = values + offset.float()[:, None]
     return values.flatten()[: q.numel()].view(*shape)

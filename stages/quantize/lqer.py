@@ -23,8 +23,11 @@ import math
 
 import torch
 
-RECORD = "record"
-ASYMMETRIC = "asymmetric"
+from .dequant import LQER_ASYMMETRIC as ASYMMETRIC
+from .dequant import LQER_RECORD as RECORD
+from .dequant import grouped_rows
+from .rows import _storable
+
 FORMATS = (RECORD, ASYMMETRIC)
 
 
@@ -39,20 +42,13 @@ def svd_factors(error: torch.Tensor, rank: int, balanced: bool) -> tuple[torch.T
 
 def _fp16_scale(absmax: torch.Tensor, bits: int) -> torch.Tensor:
     """absmax / (2^(bits-1) - 1/2) in fp16; a zero (or underflowing) scale becomes 1 (its codes are all 0)."""
-    scale = (absmax / (2 ** (bits - 1) - 0.5)).to(torch.float16)
-    return torch.where(scale > 0, scale, torch.ones_like(scale))
+    return _storable(absmax / (2 ** (bits - 1) - 0.5))
 
 
 def _signed_codes(values: torch.Tensor, scale: torch.Tensor, bits: int) -> torch.Tensor:
     """clamp(round(values / scale), -2^(bits-1), 2^(bits-1) - 1) as int8; ``scale`` broadcasts."""
     half = 2 ** (bits - 1)
     return torch.clamp(torch.round(values / scale.float()), -half, half - 1).to(torch.int8)
-
-
-def _grouped(values: torch.Tensor, group: int) -> torch.Tensor:
-    """The flattened values as rows of ``group``, the last row zero-padded."""
-    flat = values.detach().float().flatten()
-    return torch.nn.functional.pad(flat, (0, (-flat.numel()) % group)).view(-1, group)
 
 
 def quantize_per_matrix(values: torch.Tensor, bits: int) -> dict[str, torch.Tensor]:
@@ -64,7 +60,7 @@ def quantize_per_matrix(values: torch.Tensor, bits: int) -> dict[str, torch.Tens
 
 def quantize_signed_groups(values: torch.Tensor, bits: int, group: int) -> dict[str, torch.Tensor]:
     """Signed codes (same shape as ``values``) with one fp16 scale per ``group`` consecutive elements."""
-    padded = _grouped(values, group)
+    padded = grouped_rows(values.detach(), group)
     scale = _fp16_scale(padded.abs().max(dim=1).values, bits)
     codes = _signed_codes(padded, scale[:, None], bits).flatten()[: values.numel()]
     return {"q": codes.view(values.shape).contiguous(), "scale": scale}
@@ -73,11 +69,10 @@ def quantize_signed_groups(values: torch.Tensor, bits: int, group: int) -> dict[
 def quantize_groups(values: torch.Tensor, bits: int, group: int) -> dict[str, torch.Tensor]:
     """Asymmetric codes in [0, 2^bits - 1] over groups of ``group`` consecutive elements:
     value ~ code * scale + offset, scale and offset in fp16 (codes flattened, stored as int8)."""
-    padded = _grouped(values, group)
+    padded = grouped_rows(values.detach(), group)
     low, high = padded.min(dim=1).values, padded.max(dim=1).values
     levels = 2**bits - 1
-    scale = ((high - low) / levels).to(torch.float16)
-    scale = torch.where(scale > 0, scale, torch.ones_like(scale))
+    scale = _storable((high - low) / levels)
     offset = low.to(torch.float16)
     codes = torch.clamp(torch.round((padded - offset.float()[:, None]) / scale.float()[:, None]), 0, levels)
     return {"q": codes.to(torch.int8).flatten()[: values.numel()].contiguous(), "scale": scale, "offset": offset}

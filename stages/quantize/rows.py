@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import torch
 
+from .dequant import dequantize_rows
+
 
 def code_max(bits: int) -> int:
     """R: the largest code magnitude of a symmetric ``bits``-bit grid."""
@@ -48,7 +50,7 @@ def searched_quantile_scales(weight: torch.Tensor, bits: int, quantiles=SEARCH_Q
     best, best_error = None, float("inf")
     for quantile in quantiles:
         scale = quantile_scales(weight, bits, quantile)
-        restored = rtn_codes(weight, scale, bits).float() * scale.float()[:, None]
+        restored = dequantize_rows(rtn_codes(weight, scale, bits), scale)
         error = float((weight.float() - restored).pow(2).mean())
         if error < best_error:
             best, best_error = scale, error

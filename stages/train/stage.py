@@ -7,7 +7,6 @@ clock) -> save ``model.safetensors``, ``curves.json`` and the manifest.
 from __future__ import annotations
 
 import json
-import os
 import resource
 import time
 from dataclasses import dataclass
@@ -25,7 +24,7 @@ from ..evaluate.val_data import load_val, split_files, train_shard_paths
 from ..evaluate.validate import validate
 from ..model.checkpoint import model_metadata, save_tensors
 from ..model.gpt import GPT, count_parameters
-from ..progress import Reporter
+from ..progress import Reporter, silent_reporter
 from .config import RunConfig, resolve_grad_accum
 from .checkpointing import (
     STATE_FILE, TENSORS_FILE, Resumed, data_identity, restore_checkpoint, run_checkpoint_dir, save_checkpoint,
@@ -65,7 +64,7 @@ def run_train(config: RunConfig, data_dir: str | Path, out_dir: str | Path, forc
     ctx = init_distributed(resolve_device(config.train.device))
     try:
         if not ctx.is_main:
-            _fit(config, data, ctx, TimeLedger(), Reporter(stream=open(os.devnull, "w")), None, resume)
+            _fit(config, data, ctx, TimeLedger(), silent_reporter(), None, resume)
             return None
         with StageWriter(out_dir, "train", force, reporter) as writer:
             checkpoints = Checkpoints(run_checkpoint_dir(out_dir, writer.run_id), data_identity(data), writer.run_id)
