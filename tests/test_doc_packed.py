@@ -13,7 +13,7 @@ import torch
 
 from stages.data.shards import encode_shard, shard_name
 from stages.errors import GolfError
-from stages.model.attention import attend
+from stages.model.attention_backends import attend, plan_attention
 from stages.model.config import ModelConfig
 from stages.model.gpt import GPT
 from stages.model.layers import document_ids
@@ -23,7 +23,8 @@ from stages.train.loader import DocPackedLoader, make_loader
 from stages.train.loop import Trainer
 
 from .conftest import tiny_run_config
-from .test_attention import fake_flash_func, fake_flash_varlen
+from .flash_standins import STAND_IN
+from .test_attention import explicit_mask_attention
 
 BOS = 1
 CPU = torch.device("cpu")
@@ -249,9 +250,9 @@ def test_flash_varlen_gets_the_cut_segments():
     torch.manual_seed(0)
     q, k, v = torch.randn(2, 4, 48, 8), torch.randn(2, 2, 48, 8), torch.randn(2, 2, 48, 8)
     row, _ = packed_row(torch.Generator().manual_seed(4))
-    docs = document_ids(torch.cat((row[:, :48], row[:, -48:])), BOS, 8)
-    expected = attend(q, k, v, docs)
-    assert torch.allclose(attend(q, k, v, docs, flash=(fake_flash_func, fake_flash_varlen)), expected, atol=1e-5)
+    rows = torch.cat((row[:, :48], row[:, -48:]))
+    expected = explicit_mask_attention(q, k, v, document_ids(rows, BOS, 8))
+    assert torch.allclose(attend(q, k, v, plan_attention(STAND_IN, rows, BOS, 8)), expected, atol=1e-5)
 
 
 # ---- config and trainer ----

@@ -1,5 +1,6 @@
 """Causal self-attention with every switch of the records: GQA, QK-norm, partial RoPE, QK-gain,
-XSA, the attention output gate, a shared value embedding, and masking at document boundaries."""
+XSA, the attention output gate, a shared value embedding, and masking at document boundaries
+(the kernels and the boundaries: attention_backends.py)."""
 
 from __future__ import annotations
 
@@ -7,52 +8,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .attention_backends import AttentionPlan, attend
 from .config import ModelConfig
 from .layers import Linear, Rotary, rms_norm
 from .lora import LoRASlot, adapted
-
-
-def flash_functions():
-    """(flash_attn_func, flash_attn_varlen_func) when flash-attn is installed, else None."""
-    try:
-        from flash_attn import flash_attn_func, flash_attn_varlen_func
-    except ImportError:
-        return None
-    return flash_attn_func, flash_attn_varlen_func
-
-
-def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, doc_ids: torch.Tensor | None,
-           flash=None) -> torch.Tensor:
-    """Causal attention over (batch, heads, seq, head_dim); with ``doc_ids`` no position attends to
-    an earlier document. flash-attn runs on CUDA in half precision when it is importable (``flash``
-    overrides the choice, for tests); PyTorch SDPA with native GQA everywhere else."""
-    if flash is None and q.is_cuda and q.dtype in (torch.float16, torch.bfloat16):
-        flash = flash_functions()
-    if flash is not None:
-        return _attend_flash(q, k, v, doc_ids, *flash)
-    gqa = k.size(1) != q.size(1)
-    if doc_ids is None:
-        return F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=gqa)
-    seq_len = q.size(-2)
-    causal = torch.ones(seq_len, seq_len, dtype=torch.bool, device=q.device).tril()
-    same_doc = doc_ids[:, :, None] == doc_ids[:, None, :]
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=(causal & same_doc)[:, None], enable_gqa=gqa)
-
-
-def _attend_flash(q, k, v, doc_ids, flash_func, flash_varlen_func) -> torch.Tensor:
-    """flash-attn wants (batch, seq, heads, dim); documents become varlen segments."""
-    q, k, v = (t.transpose(1, 2).contiguous() for t in (q, k, v))
-    batch, seq_len, heads, dim = q.shape
-    if doc_ids is None:
-        return flash_func(q, k, v, causal=True).transpose(1, 2)
-    starts = torch.ones_like(doc_ids, dtype=torch.bool)
-    starts[:, 1:] = doc_ids[:, 1:] != doc_ids[:, :-1]  # a new segment at every BOS and every row start
-    begin = torch.nonzero(starts.flatten()).flatten()
-    cu_seqlens = torch.cat((begin, begin.new_tensor([batch * seq_len]))).to(torch.int32)
-    max_len = int((cu_seqlens[1:] - cu_seqlens[:-1]).max())
-    flat = [t.reshape(batch * seq_len, t.size(2), dim) for t in (q, k, v)]
-    out = flash_varlen_func(*flat, cu_seqlens, cu_seqlens, max_len, max_len, causal=True)
-    return out.view(batch, seq_len, heads, dim).transpose(1, 2)
 
 
 def exclusive(y: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
@@ -79,9 +38,10 @@ class CausalSelfAttention(nn.Module):
         # This layer's weight on the shared value embedding (PR #401: one learned scalar per layer).
         self.value_scale = nn.Parameter(torch.ones(1)) if uses_ve else None
 
-    def forward(self, x: torch.Tensor, doc_ids: torch.Tensor | None = None,
+    def forward(self, x: torch.Tensor, plan: AttentionPlan | None = None,
                 value_embed: torch.Tensor | None = None, adapters: LoRASlot | None = None) -> torch.Tensor:
-        """``adapters`` add their q, k, v (before the value embedding) and o deltas, all fed ``x``."""
+        """``plan``: this forward's backend and document boundaries (None: causal SDPA).
+        ``adapters`` add their q, k, v (before the value embedding) and o deltas, all fed ``x``."""
         batch, seq_len, dim = x.shape
         q = adapted(self.c_q(x), adapters, "q", x)
         k = adapted(self.c_k(x), adapters, "k", x)
@@ -95,7 +55,7 @@ class CausalSelfAttention(nn.Module):
             q, k = rms_norm(q), rms_norm(k)
         q, k = self.rotary(q), self.rotary(k)
         q = q * self.q_gain.to(q.dtype)[None, :, None, None]
-        y = attend(q, k, v, doc_ids)
+        y = attend(q, k, v, plan)
         if self.xsa:
             y = exclusive(y, v.repeat_interleave(self.num_heads // self.num_kv_heads, dim=1))
         if self.gate is not None:

@@ -17,9 +17,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from .attention import CausalSelfAttention
+from .attention_backends import AttentionPlan, Backend, Segments, compute_dtype, find_backend, plan_attention
 from .config import ModelConfig
 from .embeddings import BigramHash, ChannelSmear, SmearGate, ValueEmbedding, document_starts, scaled_orthogonal_
-from .layers import Linear, document_ids, rms_norm
+from .layers import Linear, rms_norm
 from .lora import LoRASet, LoRASlot, adapted
 
 # Small learned tensors that steer the residual stream; optimizers give them Adam, not Muon,
@@ -66,24 +67,24 @@ class Block(nn.Module):
             self.lane_resid = nn.Parameter(torch.full((2,), LANE_RESID_INIT))
             self.lane_post = nn.Parameter(torch.full((2, 2), LANE_POST_INIT))
 
-    def forward(self, x: torch.Tensor, x0: torch.Tensor, doc_ids=None, value_embed=None,
+    def forward(self, x: torch.Tensor, x0: torch.Tensor, plan: AttentionPlan | None = None, value_embed=None,
                 adapters: LoRASlot | None = None) -> torch.Tensor:
         """``adapters``: this virtual layer's LoRA adapters (test-time training), if any."""
         x = self._mixed(x, x0)
         h = rms_norm(x) * self.input_scale
-        attn_out = self.attn_scale.to(x.dtype) * self.attn(h, doc_ids, value_embed, adapters)
+        attn_out = self.attn_scale.to(x.dtype) * self.attn(h, plan, value_embed, adapters)
         if self.parallel:  # attention and MLP both read the block's input
             return x + attn_out + self.mlp_scale.to(x.dtype) * self._mlp(h, adapters)
         x = x + attn_out
         return x + self.mlp_scale.to(x.dtype) * self._mlp(rms_norm(x) * self.input_scale, adapters)
 
-    def forward_lanes(self, lanes: tuple[torch.Tensor, torch.Tensor], x0: torch.Tensor, doc_ids=None,
+    def forward_lanes(self, lanes: tuple[torch.Tensor, torch.Tensor], x0: torch.Tensor, plan=None,
                       value_embed=None, adapters: LoRASlot | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Two-lane parallel block: attention reads lane 0 (mixed with x0), the MLP reads lane 1;
         both outputs go to both lanes."""
         lane0, lane1 = lanes
         attn_in = rms_norm(self._mixed(lane0, x0)) * self.input_scale
-        attn_out = self.attn_scale.to(lane0.dtype) * self.attn(attn_in, doc_ids, value_embed, adapters)
+        attn_out = self.attn_scale.to(lane0.dtype) * self.attn(attn_in, plan, value_embed, adapters)
         mlp_out = self.mlp_scale.to(lane1.dtype) * self._mlp(rms_norm(lane1) * self.input_scale, adapters)
         keep, post = self.lane_resid.to(lane0.dtype), self.lane_post.to(lane0.dtype)
         return (keep[0] * lane0 + post[0, 0] * attn_out + post[1, 0] * mlp_out,
@@ -119,6 +120,9 @@ class GPT(nn.Module):
         self.head_input = nn.Identity()
         # Depth recurrence runs only once the trainer switches it on; a built model (eval) loops.
         self.looping = True
+        # The attention kernel (attention_backends.py); None: chosen per forward by device and dtype.
+        # Trainers and eval pin it once (and log it) so a compiled forward never looks it up.
+        self.attention_backend: Backend | None = None
         if config.orthogonal_init:
             self._orthogonal_init()
 
@@ -133,17 +137,19 @@ class GPT(nn.Module):
                 extra.record_init(1 / math.sqrt(2 * self.config.num_layers))
 
     def forward(self, input_ids: torch.Tensor, max_doc_len: int = 0, adapters: LoRASet | None = None,
-                doc_mask: bool | None = None) -> torch.Tensor:
+                doc_mask: bool | None = None, segments: Segments | None = None) -> torch.Tensor:
         """Logits (batch, seq, vocab) after the softcap. With doc_mask, ``max_doc_len`` also splits
         attention inside documents longer than that (doc-packed training rows: the train seq_len).
         ``adapters`` adds each row's own LoRA deltas (document test-time training; stages/model/lora.py).
-        ``doc_mask`` overrides the config's switch (test-time training on packed documents)."""
+        ``doc_mask`` overrides the config's switch (test-time training on packed documents).
+        ``segments``: the batch's document boundaries, computed by the loader (they imply the mask and
+        replace ``max_doc_len``); without them a masked forward finds them in the tokens, once."""
         cfg = self.config
         x0 = self._embed(input_ids)
         masked = cfg.doc_mask if doc_mask is None else doc_mask
-        doc_ids = document_ids(input_ids, cfg.bos_id, max_doc_len) if masked else None
+        plan = plan_attention(self._backend(x0), input_ids, cfg.bos_id, max_doc_len, segments, masked)
         value_embed = self.value_embed(input_ids) if self.value_embed is not None else None
-        x = self._run_layers(x0, x0, doc_ids, value_embed, adapters)
+        x = self._run_layers(x0, x0, plan, value_embed, adapters)
         x = self.head_input(rms_norm(x))
         head = self.tok_emb.weight if self.lm_head is None else self.lm_head.weight
         logits = F.linear(x, head.to(x.dtype))
@@ -151,6 +157,11 @@ class GPT(nn.Module):
             logits = adapted(logits, adapters.slot(adapters.head_slot), "head", x)
         cap = cfg.logit_softcap
         return cap * torch.tanh(logits / cap) if cap > 0 else logits
+
+    def _backend(self, x: torch.Tensor) -> Backend:
+        if self.attention_backend is not None:
+            return self.attention_backend
+        return find_backend(x.device, compute_dtype(x.device, x.dtype))
 
     def _embed(self, input_ids: torch.Tensor) -> torch.Tensor:
         """x0: token embedding (+ BigramHash), the gated SmearGate on that raw sum, the first
@@ -169,7 +180,7 @@ class GPT(nn.Module):
             x = self.smear(x, starts)
         return x
 
-    def _run_layers(self, x, x0, doc_ids, value_embed, adapters: LoRASet | None = None) -> torch.Tensor:
+    def _run_layers(self, x, x0, plan: AttentionPlan, value_embed, adapters: LoRASet | None = None) -> torch.Tensor:
         """Virtual layers in order; the first half push U-Net skips, the second half pop them.
         Two-lane blocks (the decoder's tail) start both lanes from the hidden state, take the skips
         on lane 0, and end as the lanes' mean."""
@@ -188,9 +199,9 @@ class GPT(nn.Module):
                     lanes = (self._add_skip(lanes[0], skip, position - num_encoder), lanes[1])
             slot = None if adapters is None else adapters.slot(position)
             if lanes is None:
-                x = block(x, x0, doc_ids, value_embed, slot)
+                x = block(x, x0, plan, value_embed, slot)
             else:
-                lanes = block.forward_lanes(lanes, x0, doc_ids, value_embed, slot)
+                lanes = block.forward_lanes(lanes, x0, plan, value_embed, slot)
             if position < num_encoder:
                 skips.append(x)
         return x if lanes is None else 0.5 * (lanes[0] + lanes[1])
@@ -202,9 +213,10 @@ class GPT(nn.Module):
         return torch.lerp(weighted, x, torch.sigmoid(self.skip_gates[index]).to(x.dtype))
 
     def loss(self, input_ids: torch.Tensor, targets: torch.Tensor, max_doc_len: int = 0,
-             adapters: LoRASet | None = None, doc_mask: bool | None = None) -> torch.Tensor:
+             adapters: LoRASet | None = None, doc_mask: bool | None = None,
+             segments: Segments | None = None) -> torch.Tensor:
         """Mean cross-entropy in fp32 over every target."""
-        logits = self(input_ids, max_doc_len, adapters, doc_mask)
+        logits = self(input_ids, max_doc_len, adapters, doc_mask, segments)
         return F.cross_entropy(logits.float().flatten(0, 1), targets.flatten())
 
 
