@@ -13,7 +13,7 @@ import torch
 
 from stages.data.shards import encode_shard, shard_name
 from stages.errors import GolfError
-from stages.model.attention_backends import attend, plan_attention
+from stages.model.attention_backends import attend, bucket_length, find_segments, plan_attention
 from stages.model.config import ModelConfig
 from stages.model.gpt import GPT
 from stages.model.layers import document_ids
@@ -93,7 +93,7 @@ def step_rows(loaders, steps: int, local_tokens: int, row_tokens: int, grad_accu
     out = []
     for _ in range(steps):
         got = [[loader.next_batch(local_tokens, row_tokens, CPU) for _ in range(grad_accum)] for loader in loaders]
-        out.append(torch.cat([torch.cat([x, y[:, -1:]], dim=1) for per_rank in got for x, y in per_rank]))
+        out.append(torch.cat([torch.cat([x, y[:, -1:]], dim=1) for per_rank in got for x, y, _ in per_rank]))
     return out
 
 
@@ -110,10 +110,17 @@ def test_rows_are_the_records_rows_from_the_first_bos_skipping_short_shard_tails
 
 def test_rows_hold_whole_documents_or_the_records_splits(shards):
     """Every attention segment of every row is a document, or a piece of one cut where the records cut it."""
-    loader = DocPackedLoader(shards, grad_accum=2)
+    loader = DocPackedLoader(shards, grad_accum=2, max_doc_len=16)
+    bucket = bucket_length(1, 2, 64, 16)
     for _ in range(20):
-        x, y = loader.next_batch(2 * 64, 64, CPU)
+        x, y, loaded = loader.next_batch(2 * 64, 64, CPU)
         assert torch.equal(x[:, 1:], y[:, :-1])
+        # The loader's cu_seqlens are the records' segments over the flattened rows, padded with the
+        # total to a whole number of buckets.
+        starts = [b + 64 * r for r, row in enumerate(x.tolist()) for b, _ in record_segments(row, 16)]
+        cu = loaded.cu_seqlens.tolist()
+        assert cu[: len(starts)] == starts and set(cu[len(starts):]) == {x.numel()} and len(cu) % bucket == 0
+        assert loaded.cu_seqlens.dtype == torch.int32 and loaded.max_seqlen == 16
         segments = document_ids(x, BOS, 16)
         for row, ids in zip(x.tolist(), segments):
             got = segments_of(ids)
@@ -150,7 +157,7 @@ def test_resume_continues_identically(shards, micro_batches_done):
     expected = [reference.next_batch(16, 16, CPU) for _ in range(40)]
     resumed = DocPackedLoader(shards, 1, 2, grad_accum=4)
     resumed.load_state_dict(state)
-    for (x1, y1), (x2, y2) in zip(expected, (resumed.next_batch(16, 16, CPU) for _ in range(40))):
+    for (x1, y1, _), (x2, y2, _) in zip(expected, (resumed.next_batch(16, 16, CPU) for _ in range(40))):
         assert torch.equal(x1, x2) and torch.equal(y1, y2)
 
 
@@ -281,12 +288,13 @@ def test_trainer_feeds_packed_rows_and_cuts_at_seq_len(shards, monkeypatch):
     seen = []
     real_loss = GPT.loss
 
-    def spy(model, x, y, max_doc_len=0):
-        seen.append((tuple(x.shape), max_doc_len))
-        return real_loss(model, x, y, max_doc_len)
+    def spy(model, x, y, max_doc_len=0, segments=None):
+        seen.append((tuple(x.shape), segments.max_seqlen))  # the loader's segments: cut every seq_len
+        assert segments.cu_seqlens.tolist() == find_segments(x, BOS, 64).cu_seqlens.tolist()
+        return real_loss(model, x, y, max_doc_len, segments=segments)
 
     monkeypatch.setattr(GPT, "loss", spy)
-    trainer = Trainer(GPT(config.model), config, make_loader("doc_packed", shards, grad_accum=2), CPU)
+    trainer = Trainer(GPT(config.model), config, make_loader("doc_packed", shards, grad_accum=2, max_doc_len=64), CPU)
     trainer.warm_up(1)
     trainer.train_step()
     # 2 micro-batches of 2 rows of 128 tokens, cut every 64 (seq_len); the warm-up's random rows the same.

@@ -34,7 +34,7 @@ def shards(tmp_path):
 
 
 def batches(loader, count: int, local_tokens: int, seq_len: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    return [loader.next_batch(local_tokens, seq_len, CPU) for _ in range(count)]
+    return [loader.next_batch(local_tokens, seq_len, CPU)[:2] for _ in range(count)]
 
 
 def assert_same(first, second) -> None:
@@ -53,13 +53,13 @@ def step_windows(loaders, steps: int, local_tokens: int, seq_len: int, grad_accu
     out = []
     for _ in range(steps):
         rows = [[loader.next_batch(local_tokens, seq_len, CPU) for _ in range(grad_accum)] for loader in loaders]
-        out.append(torch.cat([torch.cat([x, y[:, -1:]], dim=1) for per_rank in rows for x, y in per_rank]))
+        out.append(torch.cat([torch.cat([x, y[:, -1:]], dim=1) for per_rank in rows for x, y, _ in per_rank]))
     return out
 
 
 def test_contiguous_reads_the_stream_in_order_with_targets_shifted(shards):
     loader = ContiguousLoader(shards)
-    x, y = loader.next_batch(64, 16, CPU)
+    x, y, _ = loader.next_batch(64, 16, CPU)
     assert x.shape == y.shape == (4, 16) and x.dtype == torch.int64
     assert torch.equal(x.flatten(), torch.arange(64)) and torch.equal(y.flatten(), torch.arange(1, 65))
 

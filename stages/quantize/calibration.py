@@ -72,8 +72,7 @@ def collect_hessians(model: GPT, batches: Iterator[torch.Tensor], names: set[str
 def training_batches(loader, config: CalibrationConfig, seq_len: int, device) -> Iterator[torch.Tensor]:
     """``config.batches`` windows batches from the training-shard loader."""
     for _ in range(config.batches):
-        inputs, _targets = loader.next_batch(config.batch_tokens, seq_len, device)
-        yield inputs
+        yield loader.next_batch(config.batch_tokens, seq_len, device).inputs
 
 
 def generated_batches(model: GPT, config: CalibrationConfig, seq_len: int, device) -> Iterator[torch.Tensor]:

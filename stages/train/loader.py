@@ -36,8 +36,10 @@ document work. A row is R = pack_tokens input tokens (the records: their per-GPU
 786,432 / 8 = 98,304) read as one sequence, with R + 1 tokens consumed so the last input has its
 target. Attention restarts at the row start, at every BOS, and every seq_len tokens inside a
 document (counted from its BOS, or from the row start for the document the row begins inside): the
-records' cu_seqlens, rebuilt by the model from the tokens (``document_ids`` with ``max_doc_len``, so
-``model.doc_mask`` must be on). A row therefore usually begins and ends inside a document. A global
+records' cu_seqlens, computed here on the host from each micro-batch's rows (``find_segments``, as
+``document_ids`` with ``max_doc_len`` cuts them; pinned and copied without a sync on CUDA) and
+returned with the batch, so the model's forward never searches the tokens (``model.doc_mask`` must be
+on). A row therefore usually begins and ends inside a document. A global
 step is G = batch_tokens / R consecutive rows; when they do not all fit in what is left of the
 current shard, the rest of the shard is skipped and the step starts at the first BOS of the next
 shard (shards in order, wrapping around), as the records do with their 8 GPUs. Rank r owns the r-th
@@ -50,16 +52,27 @@ many of its rows this rank has used.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
 
 from ..data.shards import read_shard
 from ..errors import GolfError
+from ..model.attention_backends import Segments, find_segments
 
 LOADER_MODES = ("contiguous", "shuffled", "doc_packed")
 # Shards are searched for their first BOS this many tokens at a time (they normally start with one).
 BOS_SEARCH_CHUNK = 1 << 20
+
+
+class Batch(NamedTuple):
+    """One micro-batch on its device: inputs and targets (rows, row_tokens), and for doc-packed rows
+    the document boundaries the forward takes (``GPT.forward(..., segments=)``)."""
+
+    inputs: torch.Tensor
+    targets: torch.Tensor
+    segments: Segments | None = None
 
 
 class TokenStream:
@@ -115,7 +128,7 @@ class ContiguousLoader:
         self.stream = TokenStream(paths)
         self.rank, self.world_size = rank, world_size
 
-    def next_batch(self, local_tokens: int, seq_len: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    def next_batch(self, local_tokens: int, seq_len: int, device) -> Batch:
         """(x, y) of shape (local_tokens / seq_len, seq_len), y being x shifted by one token."""
         _rows(local_tokens, seq_len)
         span = local_tokens + 1  # one extra token: the target of the last input
@@ -158,7 +171,7 @@ class ShuffledLoader:
         starts = rng.integers(0, self.lengths[shard_ids] - seq_len)
         return shard_ids, starts
 
-    def next_batch(self, local_tokens: int, seq_len: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    def next_batch(self, local_tokens: int, seq_len: int, device) -> Batch:
         """This rank's next micro-batch; the step advances once its slice of the step is used up."""
         per_micro = _rows(local_tokens, seq_len)
         per_rank = per_micro * self.grad_accum
@@ -203,17 +216,20 @@ class DocPackedLoader:
     """Rows of pack_tokens cut from the stream, all of a global step in one shard (see module doc)."""
 
     def __init__(self, paths: list[Path], rank: int = 0, world_size: int = 1, grad_accum: int = 1,
-                 bos_id: int = 1):
+                 bos_id: int = 1, max_doc_len: int = 0):
+        """``max_doc_len``: attention also restarts every this many tokens inside a document (the
+        train seq_len; 0: only at BOS and row starts)."""
         _check_split(rank, world_size, grad_accum)
         self.stream = TokenStream(paths)
         self.stream.pos = first_bos(self.stream.tokens, bos_id)
         self.rank, self.world_size, self.grad_accum, self.bos_id = rank, world_size, grad_accum, bos_id
+        self.max_doc_len = max_doc_len
         self.cursor = 0  # rows of the current step already handed to this rank
         self._step: tuple[int, int] | None = None  # (rows, row tokens) of the step in progress
 
-    def next_batch(self, local_tokens: int, row_tokens: int, device) -> tuple[torch.Tensor, torch.Tensor]:
-        """This rank's next micro-batch, (local_tokens / row_tokens, row_tokens); the step advances
-        once its slice of the step is used up."""
+    def next_batch(self, local_tokens: int, row_tokens: int, device) -> Batch:
+        """This rank's next micro-batch, (local_tokens / row_tokens, row_tokens) with its segments;
+        the step advances once its slice of the step is used up."""
         per_micro = _rows(local_tokens, row_tokens)
         per_rank = per_micro * self.grad_accum
         step = (per_rank * self.world_size, row_tokens)
@@ -229,7 +245,7 @@ class DocPackedLoader:
         if self.cursor == per_rank:
             self.stream.pos += step[0] * span
             self.cursor, self._step = 0, None
-        return _to_device(rows[:, :-1], rows[:, 1:], device)
+        return packed_batch(rows, self.bos_id, self.max_doc_len, device)
 
     def _place(self, step_tokens: int) -> None:
         """Move to the first BOS of the next shard, and on, until the whole step fits."""
@@ -273,15 +289,16 @@ def first_bos(tokens: np.ndarray, bos_id: int) -> int:
 
 
 def make_loader(mode: str, paths: list[Path], rank: int = 0, world_size: int = 1, seed: int = 0,
-                grad_accum: int = 1, bos_id: int = 1):
+                grad_accum: int = 1, bos_id: int = 1, max_doc_len: int = 0):
     """The loader named by ``mode`` over ``paths`` (train shards only: nothing else is opened).
-    ``bos_id`` (the model's; 1 in the challenge's shards) is where doc-packed steps start in a shard."""
+    ``bos_id`` (the model's; 1 in the challenge's shards) is where doc-packed steps start in a shard
+    and documents start in its rows; ``max_doc_len`` cuts those documents (doc-packed only)."""
     if mode == "contiguous":
         return ContiguousLoader(paths, rank, world_size)
     if mode == "shuffled":
         return ShuffledLoader(paths, rank, world_size, seed, grad_accum)
     if mode == "doc_packed":
-        return DocPackedLoader(paths, rank, world_size, grad_accum, bos_id)
+        return DocPackedLoader(paths, rank, world_size, grad_accum, bos_id, max_doc_len)
     raise GolfError(f"unknown loader {mode!r}; choose one of {', '.join(LOADER_MODES)}")
 
 
@@ -308,9 +325,26 @@ def _field(state: dict, key: str) -> int:
     return int(state[key])
 
 
-def _to_device(x: np.ndarray, y: np.ndarray, device) -> tuple[torch.Tensor, torch.Tensor]:
-    """Contiguous int64 tensors on ``device`` (ids are uint16 on disk; embeddings index with int64)."""
-    def move(tokens: np.ndarray) -> torch.Tensor:
-        return torch.from_numpy(np.ascontiguousarray(tokens, dtype=np.int64)).to(device, non_blocking=True)
+def packed_batch(rows: np.ndarray, bos_id: int, max_doc_len: int, device) -> Batch:
+    """Inputs, targets and segments of rows of row_tokens + 1 tokens; the segments are found on the
+    host (no device sync) and travel like the tokens."""
+    inputs, targets = _host(rows[:, :-1]), _host(rows[:, 1:])
+    segments = find_segments(inputs, bos_id, max_doc_len)
+    return Batch(_move(inputs, device), _move(targets, device),
+                 Segments(_move(segments.cu_seqlens, device), segments.max_seqlen))
 
-    return move(x), move(y)
+
+def _host(tokens: np.ndarray) -> torch.Tensor:
+    """Contiguous int64 (ids are uint16 on disk; embeddings index with int64)."""
+    return torch.from_numpy(np.ascontiguousarray(tokens, dtype=np.int64))
+
+
+def _move(tensor: torch.Tensor, device) -> torch.Tensor:
+    """``tensor`` on ``device``; through pinned memory to CUDA so the copy does not block the host."""
+    if torch.device(device).type == "cuda":
+        tensor = tensor.pin_memory()
+    return tensor.to(device, non_blocking=True)
+
+
+def _to_device(x: np.ndarray, y: np.ndarray, device) -> Batch:
+    return Batch(_move(_host(x), device), _move(_host(y), device))

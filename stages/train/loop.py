@@ -3,7 +3,9 @@
 Per step: compute the schedule (progress -> LR scale, Muon momentum), flip the switches that
 depend on it (depth recurrence from ``loop_start_frac``, late QAT below ``qat_lr_scale``), run
 the micro-batches, clip, step the optimizers, then update the EMA and tight SWA averages. Only
-the step itself is timed; the caller books the seconds to the ledger.
+the step itself is timed; the caller books the seconds to the ledger. The compiled loss is one
+graph (fullgraph) per switch setting, and the untimed warm-up compiles every setting the run can
+reach, so nothing recompiles inside the timed loop.
 """
 
 from __future__ import annotations
@@ -14,25 +16,30 @@ import math
 import torch
 
 from ..errors import GolfError
+from ..model.attention_backends import find_backend, unbounded_reason
 from ..model.gpt import GPT
 from ..model.layers import Linear
 from .averaging import EMA, TightSWA
 from .config import RunConfig, resolve_grad_accum
+from .loader import Batch, packed_batch
 from .optim import build_optimizers
 from .schedule import lr_multiplier, muon_momentum, progress
 
 
 class RandomTokens:
     """Dummy batches for the compile warm-up: never training or val data; rows as long as the real
-    loader's (``row_tokens``), so the warm-up compiles the shapes the timed loop runs."""
+    loader's (``row_tokens``), with segments when its rows are doc-packed (cut every
+    ``max_doc_len``), so the warm-up compiles the shapes the timed loop runs."""
 
-    def __init__(self, vocab_size: int, seed: int):
-        self.vocab_size = vocab_size
+    def __init__(self, vocab_size: int, seed: int, bos_id: int = 1, max_doc_len: int | None = None):
+        self.vocab_size, self.bos_id, self.max_doc_len = vocab_size, bos_id, max_doc_len
         self.generator = torch.Generator().manual_seed(seed)
 
-    def next_batch(self, local_tokens: int, row_tokens: int, device):
+    def next_batch(self, local_tokens: int, row_tokens: int, device) -> Batch:
         rows = torch.randint(0, self.vocab_size, (local_tokens // row_tokens, row_tokens + 1), generator=self.generator)
-        return rows[:, :-1].to(device), rows[:, 1:].to(device)
+        if self.max_doc_len is not None:
+            return packed_batch(rows.numpy(), self.bos_id, self.max_doc_len, device)
+        return Batch(rows[:, :-1].to(device), rows[:, 1:].to(device))
 
 
 class Trainer:
@@ -43,15 +50,27 @@ class Trainer:
         self.ema = EMA(model, self.tcfg.ema_decay) if self.tcfg.ema_decay else None
         self.swa = TightSWA(self.tcfg.swa_every, self.tcfg.swa_lr_scale) if self.tcfg.swa_every else None
         self.grad_accum = resolve_grad_accum(self.tcfg, self.world_size())
-        # Packed rows hold many documents: attention splits long ones every seq_len tokens, as the records do.
+        # Packed rows hold many documents: attention splits long ones every seq_len tokens, as the records do
+        # (the loader's segments cut them).
         self.max_doc_len = self.tcfg.seq_len if self.tcfg.loader == "doc_packed" else 0
+        if self.max_doc_len and getattr(loader, "max_doc_len", self.max_doc_len) != self.max_doc_len:
+            raise GolfError(f"the doc-packed loader cuts documents every {loader.max_doc_len} tokens, "
+                            f"training needs every {self.max_doc_len} (train.seq_len)")
         self.step = 0
         self.elapsed = 0.0
         self.qat_on_step: int | None = None
+        self.switches_held = False
         self.loop_on_step: int | None = None
         self.model.looping = config.model.loop_start_frac <= 0
-        # Compiled once here: the warm-up pays the compile cost outside the timed loop.
-        self.loss_fn = torch.compile(model.loss) if self.tcfg.compile else model.loss
+        # The attention kernel, chosen once (autocast runs bf16 on CUDA); rows it could only mask
+        # with a (T, T) tensor are refused here, before any step.
+        dtype = torch.bfloat16 if device.type == "cuda" else next(model.parameters()).dtype
+        model.attention_backend = find_backend(device, dtype)
+        refusal = unbounded_reason(model.attention_backend, config.model.doc_mask, self.tcfg.row_tokens, self.max_doc_len)
+        if refusal:
+            raise GolfError(refusal)
+        # Compiled once here as one graph: the warm-up pays the compile cost outside the timed loop.
+        self.loss_fn = torch.compile(model.loss, fullgraph=True) if self.tcfg.compile else model.loss
 
     # ---- budget and schedule ----
     def usable_seconds(self) -> float | None:
@@ -90,9 +109,9 @@ class Trainer:
         local_tokens = tcfg.batch_tokens // (self.grad_accum * self.world_size())
         total = 0.0
         for _ in range(self.grad_accum):
-            x, y = self.loader.next_batch(local_tokens, tcfg.row_tokens, self.device)
+            x, y, segments = self.loader.next_batch(local_tokens, tcfg.row_tokens, self.device)
             with torch.autocast(device_type=self.device.type, dtype=torch.bfloat16, enabled=self.device.type == "cuda"):
-                loss = self.loss_fn(x, y, self.max_doc_len)
+                loss = self.loss_fn(x, y, self.max_doc_len, segments=segments)
             (loss / self.grad_accum).backward()
             total += loss.item() / self.grad_accum
         if not math.isfinite(total):
@@ -110,31 +129,48 @@ class Trainer:
         return total
 
     def _apply_switches(self, frac: float, scale: float) -> None:
+        if self.switches_held:  # the warm-up sets them itself
+            return
         cfg = self.config.model
         if cfg.looped and not self.model.looping and frac >= cfg.loop_start_frac:
             self.model.looping, self.loop_on_step = True, self.step
         if self.tcfg.qat_bits and self.qat_on_step is None and scale < self.tcfg.qat_lr_scale:
-            for module in self.model.modules():
-                if isinstance(module, Linear):
-                    module.fake_quant_bits = self.tcfg.qat_bits
+            self._set_fake_quant(self.tcfg.qat_bits)
             self.qat_on_step = self.step
 
+    def _set_fake_quant(self, bits: int) -> None:
+        for module in self.model.modules():
+            if isinstance(module, Linear):
+                module.fake_quant_bits = bits
+
     # ---- compile warm-up ----
+    def switch_settings(self) -> list[tuple[bool, bool]]:
+        """Every (looping, QAT) setting the run can reach: each is its own compiled graph."""
+        loops = (False, True) if self.config.model.looped else (self.model.looping,)
+        qat = (False, True) if self.tcfg.qat_bits else (False,)
+        return [(loop, quantized) for loop in loops for quantized in qat]
+
     def warm_up(self, steps: int) -> None:
-        """Run ``steps`` steps on random tokens (half of them with looping on, when the model loops),
-        then restore every weight, optimizer state, average and counter: only compile caches stay."""
+        """Run ``steps`` steps on random tokens (at least one per switch setting, spread evenly),
+        then restore every weight, optimizer state, average, switch and counter: only compile caches stay."""
         saved = copy.deepcopy({
             "model": self.model.state_dict(), "optimizers": [o.state_dict() for o in self.optimizers],
             "ema": self.ema.shadow if self.ema else None, "looping": self.model.looping,
         })
-        real_loader, self.loader = self.loader, RandomTokens(self.config.model.vocab_size, self.tcfg.seed)
+        packed = self.max_doc_len if self.tcfg.loader == "doc_packed" else None
+        real_loader, self.loader = self.loader, RandomTokens(self.config.model.vocab_size, self.tcfg.seed,
+                                                             self.config.model.bos_id, packed)
+        settings = self.switch_settings()
+        steps = max(steps, len(settings))
+        self.switches_held = True
         try:
             for i in range(steps):
-                if self.config.model.looped:
-                    self.model.looping = i >= steps // 2
+                self.model.looping, quantized = settings[i * len(settings) // steps]
+                self._set_fake_quant(self.tcfg.qat_bits if quantized else 0)
                 self.train_step()
         finally:
-            self.loader = real_loader
+            self.loader, self.switches_held = real_loader, False
+            self._set_fake_quant(0)
         self.model.load_state_dict(saved["model"])
         for optimizer, state in zip(self.optimizers, saved["optimizers"]):
             optimizer.load_state_dict(state)

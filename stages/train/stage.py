@@ -125,7 +125,7 @@ def _fit(config: RunConfig, data: StageDir, ctx: DistContext, ledger: TimeLedger
         torch.manual_seed(tcfg.seed)
         accum = resolve_grad_accum(tcfg, ctx.world_size)
         loader = make_loader(tcfg.loader, train_shard_paths(data), ctx.rank, ctx.world_size, tcfg.seed, accum,
-                             config.model.bos_id)
+                             config.model.bos_id, max_doc_len=tcfg.seq_len)
         val = load_val(data, config.model.vocab_size)
         model = GPT(config.model).to(device)
         trainer = Trainer(model, config, loader, device)
@@ -139,7 +139,7 @@ def _fit(config: RunConfig, data: StageDir, ctx: DistContext, ledger: TimeLedger
         ledger.merge(TimeLedger.from_dict(resumed.ledger))
     reporter.log(stage="train", params=count_parameters(model), device=str(device), world_size=ctx.world_size,
                  steps=tcfg.max_steps, max_seconds=tcfg.max_seconds, batch_tokens=tcfg.batch_tokens,
-                 resumed_from_step=trainer.step)
+                 resumed_from_step=trainer.step, attention=model.attention_backend.name)
     curves = {"train": [], "val": []}
 
     def run_validation() -> None:
@@ -256,4 +256,5 @@ def _metrics(model, config, trainer: Trainer, stop_reason, curves, device, param
         "val_tokens_scored": tcfg.val_tokens or "all",
         "loop_on_step": trainer.loop_on_step,
         "qat_on_step": trainer.qat_on_step,
+        "attention": model.attention_backend.name,
     }
