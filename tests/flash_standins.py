@@ -7,62 +7,77 @@ compiled graph without a GPU."""
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 from stages.model.attention_backends import Backend
 
 
-def dense_reference(q, k, v, causal: bool, mask=None):
-    """Attention on (batch, seq, heads, dim) with GQA; ``mask`` (batch, seq, seq) when given."""
-    q, k, v = (t.transpose(1, 2) for t in (q, k, v))
-    gqa = k.size(1) != q.size(1)
-    if mask is None:
-        out = F.scaled_dot_product_attention(q, k, v, is_causal=causal, enable_gqa=gqa)
-    else:
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask[:, None], enable_gqa=gqa)
-    return out.transpose(1, 2)
+def causal_mask(seq_len: int) -> torch.Tensor:
+    return torch.ones(seq_len, seq_len, dtype=torch.bool).tril()
 
 
-def varlen_reference(q, k, v, cu_seqlens, max_seqlen):
-    """Varlen causal attention as one masked row: positions attend inside their segment only."""
-    total = q.size(0)
+def varlen_mask(cu_seqlens: torch.Tensor, total: int, max_seqlen: int) -> torch.Tensor:
+    """(total, total): causal inside each segment of ``cu_seqlens``."""
     assert cu_seqlens.dtype == torch.int32 and int(cu_seqlens[-1]) == total
     lengths = cu_seqlens[1:] - cu_seqlens[:-1]
     assert int(lengths.min()) >= 0 and int(lengths.max()) <= max_seqlen, "a segment is longer than max_seqlen"
     ids = torch.searchsorted(cu_seqlens, torch.arange(total, dtype=torch.int32), right=True)
-    mask = (ids[:, None] == ids[None, :]) & torch.ones(total, total, dtype=torch.bool).tril()
-    return dense_reference(q[None], k[None], v[None], False, mask[None])[0]
+    return (ids[:, None] == ids[None, :]) & causal_mask(total)
 
 
-def _gradients(reference, grad, q, k, v, *args):
-    with torch.enable_grad():
-        inputs = [t.detach().requires_grad_() for t in (q, k, v)]
-        out = reference(*inputs, *args)
-        return torch.autograd.grad(out, inputs, grad)
+def _scores(q, k, mask):
+    """Attention probabilities (batch, heads, Tq, Tk) of (batch, seq, heads, dim) inputs, GQA expanded."""
+    k = k.repeat_interleave(q.size(2) // k.size(2), dim=2)
+    scores = torch.einsum("bqhd,bkhd->bhqk", q, k) / q.size(-1) ** 0.5
+    return torch.softmax(scores.masked_fill(~mask, float("-inf")), dim=-1)
+
+
+def reference(q, k, v, mask):
+    """Exact attention on (batch, seq, heads, dim) under ``mask`` (Tq, Tk)."""
+    probs = _scores(q, k, mask)
+    return torch.einsum("bhqk,bkhd->bqhd", probs, v.repeat_interleave(q.size(2) // v.size(2), dim=2))
+
+
+def reference_backward(grad, q, k, v, mask):
+    """dq, dk, dv of ``reference`` by hand (inside a custom op autograd does not record)."""
+    group = q.size(2) // k.size(2)
+    probs = _scores(q, k, mask)
+    k_full, v_full = (t.repeat_interleave(group, dim=2) for t in (k, v))
+    d_v = torch.einsum("bhqk,bqhd->bkhd", probs, grad)
+    d_probs = torch.einsum("bqhd,bkhd->bhqk", grad, v_full)
+    d_scores = probs * (d_probs - (d_probs * probs).sum(-1, keepdim=True)) / q.size(-1) ** 0.5
+    d_q = torch.einsum("bhqk,bkhd->bqhd", d_scores, k_full)
+    d_k = torch.einsum("bhqk,bqhd->bkhd", d_scores, q)
+
+    def fold(t):  # sum each kv head's group of query heads
+        return t.unflatten(2, (k.size(2), group)).sum(3)
+
+    return [d_q, fold(d_k), fold(d_v)]
 
 
 @torch.library.custom_op("golf_test::flash", mutates_args=())
 def flash(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool) -> torch.Tensor:
-    return dense_reference(q, k, v, causal).contiguous()
+    assert causal
+    return reference(q, k, v, causal_mask(q.size(1))).contiguous()
 
 
 @torch.library.custom_op("golf_test::flash_backward", mutates_args=())
 def flash_backward(grad: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                    causal: bool) -> list[torch.Tensor]:
-    return list(_gradients(dense_reference, grad, q, k, v, causal))
+    return reference_backward(grad, q, k, v, causal_mask(q.size(1)))
 
 
 @torch.library.custom_op("golf_test::flash_varlen", mutates_args=())
 def flash_varlen(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens_q: torch.Tensor,
                  cu_seqlens_k: torch.Tensor, max_seqlen_q: int, max_seqlen_k: int, causal: bool) -> torch.Tensor:
     assert causal and torch.equal(cu_seqlens_q, cu_seqlens_k) and max_seqlen_q == max_seqlen_k
-    return varlen_reference(q, k, v, cu_seqlens_q, max_seqlen_q).contiguous()
+    return reference(q[None], k[None], v[None], varlen_mask(cu_seqlens_q, q.size(0), max_seqlen_q))[0].contiguous()
 
 
 @torch.library.custom_op("golf_test::flash_varlen_backward", mutates_args=())
 def flash_varlen_backward(grad: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                           cu_seqlens: torch.Tensor, max_seqlen: int) -> list[torch.Tensor]:
-    return list(_gradients(varlen_reference, grad, q, k, v, cu_seqlens, max_seqlen))
+    mask = varlen_mask(cu_seqlens, q.size(0), max_seqlen)
+    return [t[0] for t in reference_backward(grad[None], q[None], k[None], v[None], mask)]
 
 
 def _like_inputs(grad, q, k, v, *rest):

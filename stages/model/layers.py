@@ -64,13 +64,18 @@ class Rotary(nn.Module):
         return self.base * (seq_len / self.train_len) ** (self.dims / (self.dims - 2))
 
     def cos_sin(self, seq_len: int, device: torch.device, dtype: torch.dtype):
+        if torch.compiler.is_compiling():  # in the graph: a cache would be guarded on and recompile once set
+            return tuple(t.to(dtype) for t in self._cos_sin(seq_len, device))
         if self._cache is None or self._cache[0] != seq_len or self._cache[1] != device:
-            base = self.base_for(seq_len)
-            inv_freq = self.inv_freq if base == self.base else self.inverse_frequencies(base)
-            positions = torch.arange(seq_len, device=device, dtype=torch.float32)
-            freqs = torch.outer(positions, inv_freq.to(device))
-            self._cache = (seq_len, device, freqs.cos()[None, None], freqs.sin()[None, None])
+            self._cache = (seq_len, device, *self._cos_sin(seq_len, device))
         return self._cache[2].to(dtype), self._cache[3].to(dtype)
+
+    def _cos_sin(self, seq_len: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        base = self.base_for(seq_len)
+        inv_freq = self.inv_freq if base == self.base else self.inverse_frequencies(base)
+        positions = torch.arange(seq_len, device=device, dtype=torch.float32)
+        freqs = torch.outer(positions, inv_freq.to(device))
+        return freqs.cos()[None, None], freqs.sin()[None, None]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Rotate the first ``dims`` dims of x (batch, heads, seq, head_dim); the rest pass through."""

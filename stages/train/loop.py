@@ -110,6 +110,8 @@ class Trainer:
         total = 0.0
         for _ in range(self.grad_accum):
             x, y, segments = self.loader.next_batch(local_tokens, tcfg.row_tokens, self.device)
+            if segments is not None and self.tcfg.compile:  # any bucket count runs the same graph
+                torch._dynamo.mark_dynamic(segments.cu_seqlens, 0)
             with torch.autocast(device_type=self.device.type, dtype=torch.bfloat16, enabled=self.device.type == "cuda"):
                 loss = self.loss_fn(x, y, self.max_doc_len, segments=segments)
             (loss / self.grad_accum).backward()
