@@ -313,6 +313,7 @@ def test_train_stage_resumes_doc_packed_runs_exactly(data_dir, tmp_path):
         "train.max_steps=6", "train.checkpoint_every=3", "train.schedule=steps"])
     full = run_train(config, data_dir, tmp_path / "full")
     assert full.config["train"]["loader"] == "doc_packed"
+    assert full.metrics["attention"] == "sdpa" and "attention:sdpa" in (tmp_path / "full" / "log.txt").read_text()
     checkpoint = tmp_path / full.metrics["checkpoints"] / "step_000003"
     assert json.loads((checkpoint / "state.json").read_text())["loader"]["kind"] == "doc_packed"
     run_train(config, data_dir, tmp_path / "resumed", resume=checkpoint)

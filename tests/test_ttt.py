@@ -291,6 +291,8 @@ def test_plain_eval_writes_receipts_too(pack_dir, tmp_path):
     assert len(np.unique(receipts["position"].numpy())) == len(receipts["position"]) == manifest.metrics["tokens_scored"]
     assert len(receipts["update_after_order"]) == 0 and manifest.metrics["ttt_mode"] == "none"
     assert "adapt" not in manifest.ledger
+    # The attention kernel that scored, in the manifest and as one log line.
+    assert manifest.metrics["attention"] == "sdpa" and "attention:sdpa" in (tmp_path / "eval" / "log.txt").read_text()
 
 
 def test_artifact_ships_the_ttt_code_and_eval_runs_the_shipped_copy(pack_dir, data_dir, tmp_path):

@@ -164,6 +164,8 @@ def run_eval(config: EvalConfig, artifact: str | Path, data_dir: str | Path | No
                            build_table=runtime.build_byte_table)
         device = ctx.device
         model = model.to(device)
+        attention = _choose_attention(model, device)
+        reporter.log(stage="eval", attention=attention)
         if config.ttt.mode != "none" and config.warmup:
             with ledger.measure("warmup", "eval", PHASE_NOTES["warmup"]):
                 _warm_up(ttt_code, model, val.table, seq_len, stride, config, ctx)
@@ -196,6 +198,7 @@ def run_eval(config: EvalConfig, artifact: str | Path, data_dir: str | Path | No
             "mode": _windows_kind(config.ttt.mode, seq_len, stride),
             "byte_source": "sidecar" if val.sidecar is not None else "tokenizer table",
             "artifact_bytes": len(data_bytes),
+            "attention": attention,
             **spent,
             **code.record(trust_code),
             **_compare_in_memory(pack, _stream_bpb_without_adaptation(config.ttt.mode, sums.bpb, compared),
@@ -353,6 +356,13 @@ def _save_receipts(path: Path, tensors: dict, sums, run_id: str) -> dict:
     except OSError as exc:
         raise GolfError(f"{path}: cannot write the receipts ({exc.strerror})") from None
     return {"token_nll_file": str(path), "token_nll_sha256": sha256_bytes(data), "token_nll_rows": len(positions)}
+
+
+def _choose_attention(model, device) -> str:
+    """Pin the shipped model's attention backend for scoring's precision; its name for the log."""
+    if not hasattr(model, "choose_attention"):  # an artifact whose code predates the choice
+        return "shipped code's own"
+    return model.choose_attention(device, autocast_dtype(device) or next(model.parameters()).dtype)
 
 
 def _in_memory_failure(metrics: dict) -> str:

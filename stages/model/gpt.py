@@ -158,6 +158,12 @@ class GPT(nn.Module):
         cap = cfg.logit_softcap
         return cap * torch.tanh(logits / cap) if cap > 0 else logits
 
+    def choose_attention(self, device: torch.device, dtype: torch.dtype) -> str:
+        """Pin the attention backend for ``dtype`` (the autocast dtype when autocast is on) on
+        ``device``, so no forward looks it up; returns its name (the ``attention:`` log line)."""
+        self.attention_backend = find_backend(torch.device(device), dtype)
+        return self.attention_backend.name
+
     def _backend(self, x: torch.Tensor) -> Backend:
         if self.attention_backend is not None:
             return self.attention_backend

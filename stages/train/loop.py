@@ -16,7 +16,7 @@ import math
 import torch
 
 from ..errors import GolfError
-from ..model.attention_backends import find_backend, unbounded_reason
+from ..model.attention_backends import unbounded_reason
 from ..model.gpt import GPT
 from ..model.layers import Linear
 from .averaging import EMA, TightSWA
@@ -64,8 +64,7 @@ class Trainer:
         self.model.looping = config.model.loop_start_frac <= 0
         # The attention kernel, chosen once (autocast runs bf16 on CUDA); rows it could only mask
         # with a (T, T) tensor are refused here, before any step.
-        dtype = torch.bfloat16 if device.type == "cuda" else next(model.parameters()).dtype
-        model.attention_backend = find_backend(device, dtype)
+        model.choose_attention(device, torch.bfloat16 if device.type == "cuda" else next(model.parameters()).dtype)
         refusal = unbounded_reason(model.attention_backend, config.model.doc_mask, self.tcfg.row_tokens, self.max_doc_len)
         if refusal:
             raise GolfError(refusal)
