@@ -8,9 +8,11 @@ import torch
 import torch.nn.functional as F
 
 from stages.model.attention_backends import (
-    FLEX, SDPA, AttentionPlan, Segments, attend, attend_blocks, find_backend, find_segments, plan_attention,
+    FLEX, HALF, SDPA, AttentionPlan, Backend, Segments, attend, attend_blocks, find_backend, find_segments, plan_attention,
     segment_ids, static_segments, unbounded_reason,
 )
+from stages.model.config import ModelConfig
+from stages.model.gpt import GPT
 from stages.model.layers import document_ids
 
 from .flash_standins import STAND_IN, STAND_IN_WITH_LSE
@@ -104,7 +106,7 @@ def test_mixed_precision_reaches_the_kernel_in_one_dtype():
         seen.append({q.dtype, k.dtype, v.dtype})
         return STAND_IN.func(q.float(), k.float(), v.float(), causal).to(v.dtype)
 
-    out = attend(q, k, v.bfloat16(), AttentionPlan(STAND_IN.__class__("spy", spy, STAND_IN.varlen_func)))
+    out = attend(q, k, v.bfloat16(), AttentionPlan(Backend("spy", spy, STAND_IN.varlen_func)))
     assert seen == [{torch.bfloat16}] and out.dtype == torch.bfloat16
     # SDPA itself refuses mixed dtypes: without the cast this call would raise.
     assert attend(q, k, v.bfloat16(), None).dtype == torch.bfloat16
@@ -123,3 +125,15 @@ def test_flash_plan_holds_the_loaders_segments_untouched():
     plan = plan_attention(STAND_IN, ids, BOS, 0, segments)
     assert plan.segments is segments and plan.doc_ids is None
     assert isinstance(plan.segments, Segments)
+
+
+def test_a_pinned_half_precision_kernel_gives_way_to_sdpa_in_float32():
+    """flash-attn takes bf16/fp16 only: a float32 forward (no autocast) of a model pinned to it runs SDPA."""
+    def refuse(*args, **kwargs):
+        raise AssertionError("a half-precision kernel got float32")
+
+    model = GPT(ModelConfig(vocab_size=64, num_layers=2, model_dim=32, num_heads=4, num_kv_heads=2, doc_mask=True))
+    ids = tokens_with_documents(1, 16, [(0, 4)])
+    expected = model(ids)
+    model.attention_backend = Backend("half-only", refuse, refuse, HALF)
+    assert torch.equal(model(ids), expected)

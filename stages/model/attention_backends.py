@@ -59,6 +59,11 @@ class Backend:
     """flash_attn_func(q, k, v, causal=True) on (batch, seq, heads, dim); may return (out, lse)."""
     varlen_func: Callable | None = None
     """flash_attn_varlen_func(q, k, v, cu_q, cu_k, max_q, max_k, causal=True) on (total, heads, dim)."""
+    dtypes: tuple[torch.dtype, ...] | None = None
+    """The dtypes its kernels take (None: any); flash-attn takes half precision only."""
+
+    def takes(self, dtype: torch.dtype) -> bool:
+        return self.dtypes is None or dtype in self.dtypes
 
 
 SDPA = Backend("sdpa")
@@ -76,7 +81,7 @@ def _flash(name: str, module: str) -> Backend | None:
     found = _imported[module]
     if found is None:
         return None
-    return Backend(name, found.flash_attn_func, found.flash_attn_varlen_func)
+    return Backend(name, found.flash_attn_func, found.flash_attn_varlen_func, HALF)
 
 
 def flex_importable() -> bool:

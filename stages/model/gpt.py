@@ -165,9 +165,12 @@ class GPT(nn.Module):
         return self.attention_backend.name
 
     def _backend(self, x: torch.Tensor) -> Backend:
-        if self.attention_backend is not None:
-            return self.attention_backend
-        return find_backend(x.device, compute_dtype(x.device, x.dtype))
+        """The pinned backend, unless it is a flash kernel and this forward is not in half precision."""
+        dtype = compute_dtype(x.device, x.dtype)
+        pinned = self.attention_backend
+        if pinned is not None and pinned.takes(dtype):
+            return pinned
+        return find_backend(x.device, dtype)
 
     def _embed(self, input_ids: torch.Tensor) -> torch.Tensor:
         """x0: token embedding (+ BigramHash), the gated SmearGate on that raw sum, the first

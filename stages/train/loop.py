@@ -147,7 +147,8 @@ class Trainer:
     # ---- compile warm-up ----
     def switch_settings(self) -> list[tuple[bool, bool]]:
         """Every (looping, QAT) setting the run can reach: each is its own compiled graph."""
-        loops = (False, True) if self.config.model.looped else (self.model.looping,)
+        cfg = self.config.model
+        loops = (False, True) if cfg.looped and cfg.loop_start_frac > 0 else (self.model.looping,)
         qat = (False, True) if self.tcfg.qat_bits else (False,)
         return [(loop, quantized) for loop in loops for quantized in qat]
 
