@@ -165,7 +165,7 @@ def run_eval(config: EvalConfig, artifact: str | Path, data_dir: str | Path | No
         device = ctx.device
         model = model.to(device)
         attention = _choose_attention(model, device)
-        reporter.log(stage="eval", attention=attention)
+        reporter.log(attention=attention)
         if config.ttt.mode != "none" and config.warmup:
             with ledger.measure("warmup", "eval", PHASE_NOTES["warmup"]):
                 _warm_up(ttt_code, model, val.table, seq_len, stride, config, ctx)
