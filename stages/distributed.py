@@ -92,10 +92,11 @@ def rank_and_world() -> tuple[int, int]:
 
 
 class Pending:
-    """A collective in flight: ``wait()`` finishes it and returns its result."""
+    """A collective in flight: ``wait()`` finishes it and returns its result. ``keep`` holds the
+    tensors it reads until then, so the allocator cannot hand their memory out mid-transfer."""
 
-    def __init__(self, work, finish):
-        self.work, self.finish = work, finish
+    def __init__(self, work, finish, keep: tuple = ()):
+        self.work, self.finish, self.keep = work, finish, keep
 
     def wait(self):
         if self.work is not None:
@@ -142,7 +143,7 @@ def start_reduce_scatter_mean(stack: torch.Tensor) -> Pending:
     share = stack.size(0) // world
     if dist.get_backend() == "nccl":
         out = stack.new_empty(share, *stack.shape[1:])
-        return Pending(dist.reduce_scatter_tensor(out, stack, async_op=True), lambda: out.div_(world))
+        return Pending(dist.reduce_scatter_tensor(out, stack, async_op=True), lambda: out.div_(world), (stack,))
     work = dist.all_reduce(stack, async_op=True)
     return Pending(work, lambda: stack[rank * share:(rank + 1) * share].div_(world))
 
@@ -150,9 +151,9 @@ def start_reduce_scatter_mean(stack: torch.Tensor) -> Pending:
 def start_all_gather(share: torch.Tensor) -> Pending:
     """Begin gathering every rank's ``share`` into one stack, rank order along the first dim."""
     _, world = rank_and_world()
-    out = share.new_empty(world * share.size(0), *share.shape[1:])
+    out, share = share.new_empty(world * share.size(0), *share.shape[1:]), share.contiguous()
     if dist.get_backend() == "nccl":
-        work = dist.all_gather_into_tensor(out, share.contiguous(), async_op=True)
+        work = dist.all_gather_into_tensor(out, share, async_op=True)
     else:
-        work = dist.all_gather(list(out.chunk(world)), share.contiguous(), async_op=True)
-    return Pending(work, lambda: out)
+        work = dist.all_gather(list(out.chunk(world)), share, async_op=True)
+    return Pending(work, lambda: out, (share,))

@@ -2,8 +2,17 @@
 
 Per step: compute the schedule (progress -> LR scale, Muon momentum), flip the switches that
 depend on it (depth recurrence from ``loop_start_frac``, late QAT below ``qat_lr_scale``), run
-the micro-batches, clip, step the optimizers, then update the EMA and tight SWA averages. Only
-the step itself is timed; the caller books the seconds to the ledger.
+the micro-batches, average the gradients over the ranks, clip, step the optimizers, then update
+the EMA and tight SWA averages. Only the step itself is timed; the caller books the seconds to the
+ledger.
+
+As the records run it, the step never waits on the host: the loss is summed on the device and
+handed back as a tensor (the caller reads it once, ``read_loss``, after the step), the gradients
+travel in a few flat buckets and Muon's reduce-scattered by shape, the optimizers work on lists
+(fused AdamW on CUDA, foreach elsewhere) and so does the EMA. On CUDA the lookup tables train in
+bf16 and everything else in float32 (``use_record_precision``). Each phase is a
+``record_function`` region (data, forward, backward, communication, optimizer, ema) for
+bench/profile_step.py. The gradient collectives start after the backward, not during it.
 """
 
 from __future__ import annotations
