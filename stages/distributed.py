@@ -135,15 +135,26 @@ def start_mean(tensors: list[torch.Tensor], bucket_bytes: int = BUCKET_BYTES) ->
     return pending
 
 
+# torch 2.13 renamed the single-tensor collectives (the old names warn); torch 2.9 has only the old.
+_reduce_scatter = getattr(dist, "reduce_scatter_single", None) or dist.reduce_scatter_tensor
+_all_gather = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
+
+
+def tensor_collectives() -> bool:
+    """Whether to reduce-scatter and all-gather single tensors natively: NCCL always can; gloo lacks
+    them on some torch versions, so on gloo the same results come from all-reduce and list gathers."""
+    return dist.get_backend() == "nccl"
+
+
 def start_reduce_scatter_mean(stack: torch.Tensor) -> Pending:
     """Begin averaging ``stack`` (first dim a multiple of the world size) over the ranks, keeping only
     this rank's contiguous share of its first dim. NCCL reduce-scatters; gloo (no reduce-scatter on
     some torch versions) all-reduces the whole stack and slices, which gives the same share."""
     rank, world = rank_and_world()
     share = stack.size(0) // world
-    if dist.get_backend() == "nccl":
+    if tensor_collectives():
         out = stack.new_empty(share, *stack.shape[1:])
-        return Pending(dist.reduce_scatter_tensor(out, stack, async_op=True), lambda: out.div_(world), (stack,))
+        return Pending(_reduce_scatter(out, stack, async_op=True), lambda: out.div_(world), (stack,))
     work = dist.all_reduce(stack, async_op=True)
     return Pending(work, lambda: stack[rank * share:(rank + 1) * share].div_(world))
 
@@ -152,8 +163,8 @@ def start_all_gather(share: torch.Tensor) -> Pending:
     """Begin gathering every rank's ``share`` into one stack, rank order along the first dim."""
     _, world = rank_and_world()
     out, share = share.new_empty(world * share.size(0), *share.shape[1:]), share.contiguous()
-    if dist.get_backend() == "nccl":
-        work = dist.all_gather_into_tensor(out, share, async_op=True)
+    if tensor_collectives():
+        work = _all_gather(out, share, async_op=True)
     else:
         work = dist.all_gather(list(out.chunk(world)), share, async_op=True)
     return Pending(work, lambda: out, (share,))

@@ -7,6 +7,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+from stages import distributed
 from stages.train.averaging import EMA, TightSWA
 from stages.train.config import TrainConfig
 from stages.train.muon import COEFFICIENTS, POLAR_EXPRESS_COEFFS, Muon, newton_schulz
@@ -121,14 +122,22 @@ def random_problem(seed: int, shapes=((24, 8), (8, 24), (16, 16)), steps: int = 
     return weights, grads
 
 
-def muon_steps(weights, grads_per_step, **options):
+def stepped_muon(weights, grads_per_step, reduce: bool = False, **options):
+    """Muon over fresh copies of ``weights`` fed these gradients (reduce-scattered first when
+    ``reduce``): the parameters after the steps and the optimizer."""
     params = [torch.nn.Parameter(w.clone()) for w in weights]
     opt = Muon(params, **options)
     for grads in grads_per_step:
         for p, g in zip(params, grads):
             p.grad = g.clone()
+        if reduce:
+            opt.reduce_gradients()
         opt.step()
-    return [p.detach() for p in params]
+    return params, opt
+
+
+def muon_steps(weights, grads_per_step, **options):
+    return [p.detach() for p in stepped_muon(weights, grads_per_step, **options)[0]]
 
 
 @pytest.mark.parametrize("nesterov", [True, False])
@@ -205,11 +214,13 @@ def rank_gradients(grads_per_step, rank: int):
     return [[g + sign * 0.5 * torch.ones_like(g) for g in grads] for grads in grads_per_step]
 
 
-def sharded_worker(rank: int, world: int, store_path: str, out_path: str) -> None:
+def sharded_worker(rank: int, world: int, store_path: str, out_path: str, native: bool) -> None:
     """One rank: identical weights, its own gradients reduce-scattered, sharded Muon steps; save the
-    weights, the matrices it orthogonalized and its momentum before and after gathering."""
+    weights, the matrices it orthogonalized and its gathered momentum. ``native``: the NCCL path
+    (reduce_scatter / all_gather of single tensors), which this torch's gloo also runs."""
     store = dist.FileStore(store_path, world)
     dist.init_process_group("gloo", store=store, rank=rank, world_size=world)
+    distributed.tensor_collectives = lambda: native  # this spawned process only
     calls = []
     orthogonalize = Muon._orthogonalize
 
@@ -220,13 +231,7 @@ def sharded_worker(rank: int, world: int, store_path: str, out_path: str) -> Non
     Muon._orthogonalize = counted  # this spawned process only
     try:
         weights, grads = random_problem(7, STACKED_SHAPES)
-        params = [torch.nn.Parameter(w.clone()) for w in weights]
-        opt = Muon(params, **SHARDED_OPTIONS)
-        for step_grads in rank_gradients(grads, rank):
-            for p, g in zip(params, step_grads):
-                p.grad = g.clone()
-            opt.reduce_gradients()
-            opt.step()
+        params, opt = stepped_muon(weights, rank_gradients(grads, rank), reduce=True, **SHARDED_OPTIONS)
         opt.gather_momentum()
         momentum = [opt.state[p]["momentum_buffer"] for p in params]
         torch.save(([p.detach() for p in params], sum(calls), momentum), f"{out_path}.{rank}")
@@ -237,20 +242,17 @@ def sharded_worker(rank: int, world: int, store_path: str, out_path: str) -> Non
         dist.destroy_process_group()
 
 
-def test_sharded_muon_on_two_ranks_matches_one_process(tmp_path):
+@pytest.mark.parametrize("native", [False, True], ids=["gloo_fallback", "reduce_scatter"])
+def test_sharded_muon_on_two_ranks_matches_one_process(tmp_path, native):
+    if native and not hasattr(dist, "reduce_scatter_single"):
+        pytest.skip("this torch's gloo may lack reduce_scatter_tensor")
     world = 2
-    mp.spawn(sharded_worker, args=(world, str(tmp_path / "store"), str(tmp_path / "params")), nprocs=world)
+    mp.spawn(sharded_worker, args=(world, str(tmp_path / "store"), str(tmp_path / "params"), native), nprocs=world)
     per_rank, calls, momenta = zip(*[torch.load(tmp_path / f"params.{r}") for r in range(world)])
     assert calls == (4 * 3, 2 * 3)  # 3 steps; rank 0 owns 2 + 1 + 1 matrices, rank 1 owns 1 + 0 + 1
     assert all(torch.equal(a, b) for a, b in zip(*per_rank))  # every rank applied identical updates
     assert all(torch.equal(a, b) for a, b in zip(*momenta))  # gathered: every rank holds all momentum
-    weights, grads = random_problem(7, STACKED_SHAPES)
-    params = [torch.nn.Parameter(w.clone()) for w in weights]
-    opt = Muon(params, **SHARDED_OPTIONS)
-    for step_grads in grads:
-        for p, g in zip(params, step_grads):
-            p.grad = g.clone()
-        opt.step()
+    params, opt = stepped_muon(*random_problem(7, STACKED_SHAPES), **SHARDED_OPTIONS)
     # Same maths in another process; allow for BLAS thread-count differences in float32.
     assert all(torch.allclose(a, b.detach(), atol=1e-5, rtol=0) for a, b in zip(per_rank[0], params))
     assert all(torch.allclose(a, opt.state[p]["momentum_buffer"], atol=1e-5, rtol=0)
