@@ -213,8 +213,10 @@ def main() -> None:
     parser.add_argument("--base", default="f9d32a8", help="the git revision 'before' is")
     parser.add_argument("--rounds", type=int, default=3, help="before/after alternations per preset")
     parser.add_argument("--steps-compare", type=int, default=8, help="timed steps per worker run")
-    parser.add_argument("--threads", type=int, default=1, help="torch threads of each timing worker")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads on CPU (profile and timing workers)")
     args = parser.parse_args()
+    if args.device == "cpu":  # the profile and the comparison on the same thread count
+        torch.set_num_threads(args.threads)
     traces = RESULTS / "traces"
     traces.mkdir(parents=True, exist_ok=True)
     rows = [profile(preset, args, traces) for preset in args.presets]
