@@ -3,6 +3,7 @@ tokens/s and optimizer share before and after a change, measured side by side.
 
     python bench/profile_step.py                                  # CPU: tiny and top-cpu, profile + before/after
     python bench/profile_step.py --no-compare                     # the profile only
+    python bench/profile_step.py --skip-profile --nproc 2         # before/after on two gloo ranks
     python bench/profile_step.py --device cuda --full-size --presets baseline top --no-compare
                                                                   # one GPU's share of the record batch
 
@@ -16,7 +17,8 @@ bench/results/profile_step_<device>.json.
 Before/after (CPU): the same timing worker runs against this tree and against ``--base`` (checked
 out into a temporary git worktree), alternating, in fresh processes with ``--threads`` threads.
 The optimizer share is the time inside the optimizers' ``step()`` over the whole step, measured the
-same way in both trees (the EMA update is reported apart). Saved to bench/results/step_before_after.json.
+same way in both trees; the gradient averaging (communication) and the EMA update are reported
+apart. Saved to bench/results/step_before_after[_nprocN].json.
 Synthetic tokens; torch.compile off in the comparison (the step's structure is what is measured).
 """
 
@@ -66,7 +68,7 @@ def build_trainer(preset: str, device: str, full_size: bool = False, compile_: b
 
 
 def finish_step(trainer) -> None:
-    """Wait for the step's device work (and its loss, a float in older trees)."""
+    """Wait for the step's device work."""
     if trainer.device.type == "cuda":
         torch.cuda.synchronize()
 
@@ -75,9 +77,10 @@ def finish_step(trainer) -> None:
 
 def time_steps(preset: str, steps: int, warmup: int) -> dict:
     """Median step time and the optimizers' share of the step, by wrapping ``step()`` of each
-    optimizer and the EMA update with a clock (the same in any tree that has a Trainer)."""
+    optimizer, the gradient averaging and the EMA update with a clock (the same in any tree that
+    has a Trainer; the averaging is ``_reduce`` here, ``_sync_gradients`` before)."""
     trainer = build_trainer(preset, "cpu")
-    spent = {"optimizer": 0.0, "ema": 0.0}
+    spent = {"optimizer": 0.0, "ema": 0.0, "communication": 0.0}
 
     def clocked(fn, key):
         def wrapper(*args, **kwargs):
@@ -91,9 +94,11 @@ def time_steps(preset: str, steps: int, warmup: int) -> dict:
         optimizer.step = clocked(optimizer.step, "optimizer")
     if trainer.ema is not None:
         trainer.ema.update = clocked(trainer.ema.update, "ema")
+    averaging = "_reduce" if hasattr(trainer, "_reduce") else "_sync_gradients"
+    setattr(trainer, averaging, clocked(getattr(trainer, averaging), "communication"))
     for _ in range(warmup):
         float(trainer.train_step())
-    spent.update(optimizer=0.0, ema=0.0)
+    spent.update(optimizer=0.0, ema=0.0, communication=0.0)
     times = []
     for _ in range(steps):
         start = time.perf_counter()
@@ -102,7 +107,24 @@ def time_steps(preset: str, steps: int, warmup: int) -> dict:
     total = sum(times)
     return {"ms_per_step": 1000 * statistics.median(times), "batch_tokens": trainer.tcfg.batch_tokens,
             "optimizer_share": spent["optimizer"] / total, "ema_share": spent["ema"] / total,
-            "optimizer_ms": 1000 * spent["optimizer"] / steps}
+            "communication_share": spent["communication"] / total, "optimizer_ms": 1000 * spent["optimizer"] / steps}
+
+
+def rank_worker(rank: int, world: int, store: str, out: str, root: str, preset: str, steps: int, warmup: int,
+                threads: int) -> None:
+    """One gloo rank of a multi-process timing run; rank 0 writes the result."""
+    import torch.distributed as dist
+
+    sys.path.insert(0, root)
+    torch.set_num_threads(threads)
+    dist.init_process_group("gloo", store=dist.FileStore(store, world), rank=rank, world_size=world)
+    try:
+        result = time_steps(preset, steps, warmup)
+        if rank == 0:
+            Path(out).write_text(json.dumps(result))
+        dist.barrier()
+    finally:
+        dist.destroy_process_group()
 
 
 def worker_main(argv: list[str]) -> None:
@@ -112,10 +134,20 @@ def worker_main(argv: list[str]) -> None:
     parser.add_argument("--steps", type=int, required=True)
     parser.add_argument("--warmup", type=int, required=True)
     parser.add_argument("--threads", type=int, required=True)
+    parser.add_argument("--nproc", type=int, required=True)
     args = parser.parse_args(argv)
-    sys.path.insert(0, args.root)
-    torch.set_num_threads(args.threads)
-    print(json.dumps(time_steps(args.preset, args.steps, args.warmup)))
+    if args.nproc == 1:
+        sys.path.insert(0, args.root)
+        torch.set_num_threads(args.threads)
+        print(json.dumps(time_steps(args.preset, args.steps, args.warmup)))
+        return
+    import torch.multiprocessing as mp
+
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "result.json"
+        mp.spawn(rank_worker, args=(args.nproc, str(Path(tmp) / "store"), str(out), args.root, args.preset,
+                                    args.steps, args.warmup, args.threads), nprocs=args.nproc)
+        print(out.read_text())
 
 
 # ---- the profile (this tree) ----
@@ -164,7 +196,8 @@ def profile(preset: str, args, traces: Path) -> dict:
 
 def timed_in(root: Path, preset: str, args) -> dict:
     command = [sys.executable, str(Path(__file__).resolve()), "--worker", "--root", str(root), "--preset", preset,
-               "--steps", str(args.steps_compare), "--warmup", str(args.warmup), "--threads", str(args.threads)]
+               "--steps", str(args.steps_compare), "--warmup", str(args.warmup), "--threads", str(args.threads),
+               "--nproc", str(args.nproc)]
     done = subprocess.run(command, capture_output=True, text=True, cwd=root)
     if done.returncode:
         raise SystemExit(f"timing worker failed in {root}:\n{done.stderr[-2000:]}")
@@ -198,6 +231,7 @@ def summarize(preset: str, label: str, results: list[dict], base: str) -> dict:
             "ms_per_step": round(ms, 2), "tokens_per_second": round(results[0]["batch_tokens"] / (ms / 1000), 1),
             "optimizer_ms": round(statistics.median(r["optimizer_ms"] for r in results), 3),
             "optimizer_share": round(statistics.median(r["optimizer_share"] for r in results), 4),
+            "communication_share": round(statistics.median(r["communication_share"] for r in results), 4),
             "ema_share": round(statistics.median(r["ema_share"] for r in results), 4), "rounds": len(results)}
 
 
@@ -214,25 +248,28 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3, help="before/after alternations per preset")
     parser.add_argument("--steps-compare", type=int, default=8, help="timed steps per worker run")
     parser.add_argument("--threads", type=int, default=1, help="torch threads on CPU (profile and timing workers)")
+    parser.add_argument("--nproc", type=int, default=1, help="gloo ranks of each timing run (batch split over them)")
+    parser.add_argument("--skip-profile", action="store_true", help="only the before/after timing")
     args = parser.parse_args()
     if args.device == "cpu":  # the profile and the comparison on the same thread count
         torch.set_num_threads(args.threads)
     traces = RESULTS / "traces"
     traces.mkdir(parents=True, exist_ok=True)
-    rows = [profile(preset, args, traces) for preset in args.presets]
-    columns = ["config", "step_ms", "tokens_per_second", *[f"{c}_share" for c in COMPONENTS]]
-    print_table(f"one training step by component on {args.device} (profiler CPU time)", rows, columns)
-    if args.device == "cuda":
-        print_table("device time per component (ms)", rows,
-                    ["config", "step_ms", *[f"{c}_device_ms" for c in COMPONENTS], "peak_memory_gib"])
-    save(f"profile_step_{args.device}{'_full' if args.full_size else ''}", rows, vars(args))
+    if not args.skip_profile:
+        rows = [profile(preset, args, traces) for preset in args.presets]
+        columns = ["config", "step_ms", "tokens_per_second", *[f"{c}_share" for c in COMPONENTS]]
+        print_table(f"one training step by component on {args.device} (profiler CPU time)", rows, columns)
+        if args.device == "cuda":
+            print_table("device time per component (ms)", rows,
+                        ["config", "step_ms", *[f"{c}_device_ms" for c in COMPONENTS], "peak_memory_gib"])
+        save(f"profile_step_{args.device}{'_full' if args.full_size else ''}", rows, vars(args))
     if args.no_compare or args.device != "cpu":
         return
     rows = compare(args)
-    print_table(f"before ({args.base}) and after, alternating, {args.threads} thread(s)", rows,
-                ["config", "code", "ms_per_step", "tokens_per_second", "optimizer_ms", "optimizer_share",
-                 "ema_share", "rounds"])
-    save("step_before_after", rows, vars(args))
+    print_table(f"before ({args.base}) and after, alternating, {args.nproc} process(es) x {args.threads} thread(s)",
+                rows, ["config", "code", "ms_per_step", "tokens_per_second", "optimizer_ms", "optimizer_share",
+                       "communication_share", "ema_share", "rounds"])
+    save(f"step_before_after{f'_nproc{args.nproc}' if args.nproc > 1 else ''}", rows, vars(args))
 
 
 if __name__ == "__main__":
