@@ -3,6 +3,7 @@ Muon with a global clip, the loss on the device with a non-finite check every ra
 foreach EMA, the records' bf16-embedding precision and a resume onto another device."""
 
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -282,3 +283,41 @@ def test_resume_puts_every_state_on_the_models_device_and_dtype(data_dir, tmp_pa
     for average in (resumed.ema.shadow, resumed.swa.mean):
         assert average and all(t.device == meta and t.dtype == torch.float32 for t in average.values())
     assert resumed.step == 2 and resumed.swa.count == saved.swa.count
+
+
+# ---- a checkpoint written on two ranks resumes them exactly ----
+
+def resume_worker(rank: int, store_path: str, out_path: str, data_dir: str, folder: str) -> None:
+    """Four steps straight, and two steps + a checkpoint (momentum gathered from every rank first,
+    rank 0 writes) + two steps in fresh trainers restored from it: the same weights."""
+    join_group(rank, store_path)
+    try:
+        config, data = step_config(), StageDir(data_dir, "tokenize")
+
+        def fresh() -> Trainer:
+            torch.manual_seed(0)
+            return Trainer(GPT(config.model), config, FixedBatches(config.model.vocab_size, [rank]), CPU)
+
+        straight = fresh()
+        for _ in range(4):
+            straight.train_step()
+        first = fresh()
+        for _ in range(2):
+            first.train_step()
+        first.gather_state()
+        if rank == 0:
+            save_checkpoint(first, Path(folder), data_identity(data), {}, "run")
+        dist.barrier()
+        resumed = fresh()
+        restore_checkpoint(resumed, Path(folder) / "step_000002", data)
+        for _ in range(2):
+            resumed.train_step()
+        torch.save((straight.model.state_dict(), resumed.model.state_dict()), f"{out_path}.{rank}")
+        leave_group()
+    finally:
+        dist.destroy_process_group() if dist.is_initialized() else None
+
+
+def test_a_two_rank_checkpoint_resumes_exactly(data_dir, tmp_path):
+    for straight, resumed in run_ranks(resume_worker, tmp_path, str(data_dir), str(tmp_path / "checkpoints")):
+        assert all(torch.equal(straight[k], resumed[k]) for k in straight)

@@ -212,13 +212,13 @@ class Muon(torch.optim.Optimizer):
         rank, world = rank_and_world()
         if world == 1:
             return
-        for group in self.param_groups:
-            for stack in shape_stacks(group["params"]):
-                buffers = self._buffers(stack)
-                owned = share_of(len(stack), rank, world)
-                per = math.ceil(len(stack) / world)
-                padded = buffers[0].new_zeros(per, *buffers[0].shape)
-                if len(owned):
-                    torch.stack(buffers[owned.start:owned.stop], out=padded[:len(owned)])
-                gathered = start_all_gather(padded).wait()
-                torch._foreach_copy_(buffers, list(gathered[:len(stack)].unbind(0)))
+        # The stacks of the last step (weights with gradients), so each share has the owner it had.
+        for _, _, stack in self._stacks():
+            buffers = self._buffers(stack)
+            owned = share_of(len(stack), rank, world)
+            per = math.ceil(len(stack) / world)
+            padded = buffers[0].new_zeros(per, *buffers[0].shape)
+            if len(owned):
+                torch.stack(buffers[owned.start:owned.stop], out=padded[:len(owned)])
+            gathered = start_all_gather(padded).wait()
+            torch._foreach_copy_(buffers, list(gathered[:len(stack)].unbind(0)))
