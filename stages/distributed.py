@@ -76,3 +76,95 @@ def _all_reduce(value: float, op) -> float:
     tensor = torch.tensor([value], dtype=torch.float64, device=collective_device())
     dist.all_reduce(tensor, op=op)
     return float(tensor)
+
+
+# ---- tensor collectives for the training step ----
+# Gradients travel in flat buckets of at most this many bytes: a few large all-reduces instead of one
+# per parameter (collective launch latency dominates small tensors), small enough not to double memory.
+BUCKET_BYTES = 32 * 2**20
+
+
+def rank_and_world() -> tuple[int, int]:
+    """(rank, world size) when a multi-process group is running, else (0, 1)."""
+    if _distributed() and dist.get_world_size() > 1:
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+class Pending:
+    """A collective in flight: ``wait()`` finishes it and returns its result. ``keep`` holds the
+    tensors it reads until then, so the allocator cannot hand their memory out mid-transfer."""
+
+    def __init__(self, work, finish, keep: tuple = ()):
+        self.work, self.finish, self.keep = work, finish, keep
+
+    def wait(self):
+        if self.work is not None:
+            self.work.wait()
+        return self.finish()
+
+
+def buckets(tensors: list[torch.Tensor], bucket_bytes: int = BUCKET_BYTES) -> list[list[torch.Tensor]]:
+    """``tensors`` split into runs of one dtype and device, each at most ``bucket_bytes`` (a larger
+    tensor is a bucket of its own); the order within each dtype is kept."""
+    runs: dict[tuple, list[list[torch.Tensor]]] = {}
+    filled: dict[tuple, int] = {}
+    for tensor in tensors:
+        kind, size = (tensor.dtype, tensor.device), tensor.numel() * tensor.element_size()
+        if kind not in runs or filled[kind] + size > bucket_bytes:
+            runs.setdefault(kind, []).append([])
+            filled[kind] = 0
+        runs[kind][-1].append(tensor)
+        filled[kind] += size
+    return [run for kind_runs in runs.values() for run in kind_runs]
+
+
+def start_mean(tensors: list[torch.Tensor], bucket_bytes: int = BUCKET_BYTES) -> list[Pending]:
+    """Begin averaging ``tensors`` in place over the ranks, one all-reduce per bucket; each pending
+    result copies its bucket's mean back when waited on. SUM then divide: gloo has no AVG."""
+    world = dist.get_world_size()
+    pending = []
+    for bucket in buckets(tensors, bucket_bytes):
+        flat = torch.cat([t.reshape(-1) for t in bucket])
+
+        def finish(flat=flat, bucket=bucket):
+            flat /= world
+            torch._foreach_copy_(bucket, [chunk.view_as(t) for chunk, t in
+                                          zip(flat.split([t.numel() for t in bucket]), bucket)])
+        pending.append(Pending(dist.all_reduce(flat, async_op=True), finish))
+    return pending
+
+
+# torch 2.13 renamed the single-tensor collectives (the old names warn); torch 2.9 has only the old.
+_reduce_scatter = getattr(dist, "reduce_scatter_single", None) or dist.reduce_scatter_tensor
+_all_gather = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
+
+
+def tensor_collectives() -> bool:
+    """Whether to reduce-scatter and all-gather single tensors natively: NCCL always can; gloo lacks
+    them on some torch versions, so on gloo the same results come from all-reduce and list gathers."""
+    return dist.get_backend() == "nccl"
+
+
+def start_reduce_scatter_mean(stack: torch.Tensor) -> Pending:
+    """Begin averaging ``stack`` (first dim a multiple of the world size) over the ranks, keeping only
+    this rank's contiguous share of its first dim. NCCL reduce-scatters; gloo (no reduce-scatter on
+    some torch versions) all-reduces the whole stack and slices, which gives the same share."""
+    rank, world = rank_and_world()
+    share = stack.size(0) // world
+    if tensor_collectives():
+        out = stack.new_empty(share, *stack.shape[1:])
+        return Pending(_reduce_scatter(out, stack, async_op=True), lambda: out.div_(world), (stack,))
+    work = dist.all_reduce(stack, async_op=True)
+    return Pending(work, lambda: stack[rank * share:(rank + 1) * share].div_(world))
+
+
+def start_all_gather(share: torch.Tensor) -> Pending:
+    """Begin gathering every rank's ``share`` into one stack, rank order along the first dim."""
+    _, world = rank_and_world()
+    out, share = share.new_empty(world * share.size(0), *share.shape[1:]), share.contiguous()
+    if tensor_collectives():
+        work = _all_gather(out, share, async_op=True)
+    else:
+        work = dist.all_gather(list(out.chunk(world)), share, async_op=True)
+    return Pending(work, lambda: out, (share,))

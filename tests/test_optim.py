@@ -7,6 +7,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+from stages import distributed
 from stages.train.averaging import EMA, TightSWA
 from stages.train.config import TrainConfig
 from stages.train.muon import COEFFICIENTS, POLAR_EXPRESS_COEFFS, Muon, newton_schulz
@@ -121,14 +122,22 @@ def random_problem(seed: int, shapes=((24, 8), (8, 24), (16, 16)), steps: int = 
     return weights, grads
 
 
-def muon_steps(weights, grads_per_step, **options):
+def stepped_muon(weights, grads_per_step, reduce: bool = False, **options):
+    """Muon over fresh copies of ``weights`` fed these gradients (reduce-scattered first when
+    ``reduce``): the parameters after the steps and the optimizer."""
     params = [torch.nn.Parameter(w.clone()) for w in weights]
     opt = Muon(params, **options)
     for grads in grads_per_step:
         for p, g in zip(params, grads):
             p.grad = g.clone()
+        if reduce:
+            opt.reduce_gradients()
         opt.step()
-    return [p.detach() for p in params]
+    return params, opt
+
+
+def muon_steps(weights, grads_per_step, **options):
+    return [p.detach() for p in stepped_muon(weights, grads_per_step, **options)[0]]
 
 
 @pytest.mark.parametrize("nesterov", [True, False])
@@ -175,26 +184,57 @@ def test_weight_decay_is_applied_before_the_update():
     assert torch.equal(one_step(w, g, weight_decay=0.5), one_step(w * (1 - 0.1 * 0.5), g))
 
 
-# ---- sharded update on two gloo processes ----
+# ---- batched by shape, sharded over two gloo processes ----
+
+# Three shapes, stacks of 3, 1 and 2: on two ranks rank 0 owns 2 + 1 + 1 matrices, rank 1 owns 1 + 0 + 1.
+STACKED_SHAPES = ((24, 8), (8, 24), (24, 8), (16, 16), (24, 8), (16, 16))
+
+
+@pytest.mark.parametrize("nesterov", [True, False])
+def test_batched_stacks_equal_the_per_matrix_muon(nesterov):
+    weights, grads = random_problem(8, STACKED_SHAPES)
+    new = muon_steps(weights, grads, lr=0.04, momentum=0.95, nesterov=nesterov)
+    old = old_muon_steps(weights, grads, lr=0.04, momentum=0.95, nesterov=nesterov)
+    assert all(torch.allclose(a, b, atol=1e-6, rtol=0) for a, b in zip(new, old))
+
+
+def test_a_stack_orthogonalizes_each_matrix_on_its_own():
+    stack = torch.randn(3, 16, 8, generator=torch.Generator().manual_seed(9))
+    batched = newton_schulz(stack, 5, torch.float32, POLAR_EXPRESS_COEFFS)
+    alone = torch.stack([newton_schulz(m, 5, torch.float32, POLAR_EXPRESS_COEFFS) for m in stack])
+    assert torch.allclose(batched, alone, atol=1e-6, rtol=0)
+
 
 SHARDED_OPTIONS = dict(lr=0.05, momentum=0.9, coefficients="polar_express", row_normalize=True, weight_decay=0.1)
 
 
-def sharded_worker(rank: int, world: int, store_path: str, out_path: str) -> None:
-    """One rank: identical weights and (already averaged) gradients, sharded Muon steps, save the result."""
+def rank_gradients(grads_per_step, rank: int):
+    """Rank ``rank``'s own gradients: the mean over ranks 0 and 1 is the single process's."""
+    sign = 1 if rank == 0 else -1
+    return [[g + sign * 0.5 * torch.ones_like(g) for g in grads] for grads in grads_per_step]
+
+
+def sharded_worker(rank: int, world: int, store_path: str, out_path: str, native: bool) -> None:
+    """One rank: identical weights, its own gradients reduce-scattered, sharded Muon steps; save the
+    weights, the matrices it orthogonalized and its gathered momentum. ``native``: the NCCL path
+    (reduce_scatter / all_gather of single tensors), which this torch's gloo also runs."""
     store = dist.FileStore(store_path, world)
     dist.init_process_group("gloo", store=store, rank=rank, world_size=world)
+    distributed.tensor_collectives = lambda: native  # this spawned process only
     calls = []
     orthogonalize = Muon._orthogonalize
 
     def counted(self, direction, group):
-        calls.append(direction.shape)  # count the Newton-Schulz runs: each rank should do only its share
+        calls.append(direction.size(0))  # count the matrices: each rank should do only its share
         return orthogonalize(self, direction, group)
 
     Muon._orthogonalize = counted  # this spawned process only
     try:
-        weights, grads = random_problem(7)
-        torch.save((muon_steps(weights, grads, **SHARDED_OPTIONS), len(calls)), f"{out_path}.{rank}")
+        weights, grads = random_problem(7, STACKED_SHAPES)
+        params, opt = stepped_muon(weights, rank_gradients(grads, rank), reduce=True, **SHARDED_OPTIONS)
+        opt.gather_momentum()
+        momentum = [opt.state[p]["momentum_buffer"] for p in params]
+        torch.save(([p.detach() for p in params], sum(calls), momentum), f"{out_path}.{rank}")
         # Both ranks done before either tears gloo down: a rank that leaves while the other is still
         # in a collective aborts it ("terminate called without an active exception", SIGABRT).
         dist.barrier()
@@ -202,16 +242,21 @@ def sharded_worker(rank: int, world: int, store_path: str, out_path: str) -> Non
         dist.destroy_process_group()
 
 
-def test_sharded_muon_matches_single_process(tmp_path):
+@pytest.mark.parametrize("native", [False, True], ids=["gloo_fallback", "reduce_scatter"])
+def test_sharded_muon_on_two_ranks_matches_one_process(tmp_path, native):
+    if native and not hasattr(dist, "reduce_scatter_single"):
+        pytest.skip("this torch's gloo may lack reduce_scatter_tensor")
     world = 2
-    mp.spawn(sharded_worker, args=(world, str(tmp_path / "store"), str(tmp_path / "params")), nprocs=world)
-    per_rank, calls = zip(*[torch.load(tmp_path / f"params.{r}") for r in range(world)])
-    assert calls == (2 * 3, 1 * 3)  # 3 matrices x 3 steps: rank 0 owns matrices 0 and 2, rank 1 owns 1
+    mp.spawn(sharded_worker, args=(world, str(tmp_path / "store"), str(tmp_path / "params"), native), nprocs=world)
+    per_rank, calls, momenta = zip(*[torch.load(tmp_path / f"params.{r}") for r in range(world)])
+    assert calls == (4 * 3, 2 * 3)  # 3 steps; rank 0 owns 2 + 1 + 1 matrices, rank 1 owns 1 + 0 + 1
     assert all(torch.equal(a, b) for a, b in zip(*per_rank))  # every rank applied identical updates
-    weights, grads = random_problem(7)
-    single = muon_steps(weights, grads, **SHARDED_OPTIONS)
+    assert all(torch.equal(a, b) for a, b in zip(*momenta))  # gathered: every rank holds all momentum
+    params, opt = stepped_muon(*random_problem(7, STACKED_SHAPES), **SHARDED_OPTIONS)
     # Same maths in another process; allow for BLAS thread-count differences in float32.
-    assert all(torch.allclose(a, b, atol=1e-6, rtol=0) for a, b in zip(per_rank[0], single))
+    assert all(torch.allclose(a, b.detach(), atol=1e-5, rtol=0) for a, b in zip(per_rank[0], params))
+    assert all(torch.allclose(a, opt.state[p]["momentum_buffer"], atol=1e-5, rtol=0)
+               for a, p in zip(momenta[0], params))
 
 
 # ---- schedules ----

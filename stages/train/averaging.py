@@ -38,18 +38,24 @@ class EMA:
     @torch.no_grad()
     def update(self, model: torch.nn.Module) -> None:
         """Fold the model's current weights into the shadows (call after each optimizer step)."""
-        for name, tensor in model.state_dict().items():
-            if name in self.shadow:
-                # lerp_ is shadow + (1 - decay) * (weight - shadow): the same average, one kernel.
-                self.shadow[name].lerp_(tensor.detach().float(), 1 - self.decay)
+        state = model.state_dict()
+        # lerp is shadow + (1 - decay) * (weight - shadow): the same average, one kernel, and the
+        # foreach form does every tensor in one call (one launch per chunk of tensors on CUDA).
+        # .float() copies only the bf16 weights; float32 ones are read in place.
+        torch._foreach_lerp_(list(self.shadow.values()), [state[name].detach().float() for name in self.shadow],
+                             1 - self.decay)
 
     def state_dict(self) -> State:
         """The averaged weights under the model's own names (float32 copies)."""
         return {name: t.clone() for name, t in self.shadow.items()}
 
     def load_state_dict(self, state: State) -> None:
-        """Replace the shadows (e.g. from a checkpoint)."""
-        self.shadow = {name: t.detach().float().clone() for name, t in state.items()}
+        """Replace the shadows (e.g. from a checkpoint), keeping each shadow's device and float32:
+        a checkpoint read on the CPU resumes a run on the GPU."""
+        if set(state) != set(self.shadow):
+            raise ValueError(f"EMA holds {len(self.shadow)} tensors, the state {len(state)} (names differ)")
+        for name, tensor in state.items():
+            self.shadow[name].copy_(tensor)
 
 
 class TightSWA:
@@ -92,3 +98,8 @@ class TightSWA:
     def average(self) -> State:
         """A copy of the averaged weights, for export."""
         return {name: t.clone() for name, t in self.mean.items()}
+
+    def load_state_dict(self, mean: State, count: int, device: torch.device) -> None:
+        """Resume from a checkpoint's mean and count, as float32 on ``device`` (the model's)."""
+        self.mean = {name: t.to(device=device, dtype=torch.float32) for name, t in mean.items()}
+        self.count = count

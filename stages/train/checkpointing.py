@@ -194,8 +194,9 @@ def _restore_optimizers(trainer: Trainer, tensors: dict, state: dict) -> None:
 
 
 def _restore_averages(trainer: Trainer, tensors: dict, state: dict) -> None:
+    """EMA shadows and the SWA mean, float32 on the model's device (the file is read to the CPU)."""
     if trainer.ema is not None:
         trainer.ema.load_state_dict({k[4:]: v for k, v in tensors.items() if k.startswith("ema.")})
     if trainer.swa is not None:
-        trainer.swa.mean = {k[4:]: v for k, v in tensors.items() if k.startswith("swa.")}
-        trainer.swa.count = state["swa_count"]
+        trainer.swa.load_state_dict({k[4:]: v for k, v in tensors.items() if k.startswith("swa.")},
+                                    state["swa_count"], trainer.device)

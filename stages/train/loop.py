@@ -2,10 +2,18 @@
 
 Per step: compute the schedule (progress -> LR scale, Muon momentum), flip the switches that
 depend on it (depth recurrence from ``loop_start_frac``, late QAT below ``qat_lr_scale``), run
-the micro-batches, clip, step the optimizers, then update the EMA and tight SWA averages. Only
-the step itself is timed; the caller books the seconds to the ledger. The compiled loss is one
-graph (fullgraph) per switch setting, and the untimed warm-up compiles every setting the run can
-reach, so nothing recompiles inside the timed loop.
+the micro-batches, average the gradients over the ranks, clip, step the optimizers, then update
+the EMA and tight SWA averages. Only the step itself is timed; the caller books the seconds to the
+ledger. The compiled loss is one graph (fullgraph) per switch setting, and the untimed warm-up
+compiles every setting the run can reach, so nothing recompiles inside the timed loop.
+
+As the records run it, the step never waits on the host: the loss is summed on the device and
+handed back as a tensor (the caller reads it once, ``read_loss``, after the step), the gradients
+travel in a few flat buckets and Muon's reduce-scattered by shape, the optimizers work on lists
+(fused AdamW on CUDA, foreach elsewhere) and so does the EMA. On CUDA the lookup tables train in
+bf16 and everything else in float32 (``use_record_precision``). Each phase is a
+``record_function`` region (data, forward, backward, communication, optimizer, ema) for
+bench/profile_step.py. The gradient collectives start after the backward, not during it.
 """
 
 from __future__ import annotations
@@ -14,7 +22,10 @@ import copy
 import math
 
 import torch
+import torch.distributed as dist
+from torch.profiler import record_function
 
+from ..distributed import rank_and_world, start_mean
 from ..errors import GolfError
 from ..model.attention_backends import unbounded_reason
 from ..model.gpt import GPT
@@ -22,8 +33,16 @@ from ..model.layers import Linear
 from .averaging import EMA, TightSWA
 from .config import RunConfig, resolve_grad_accum
 from .loader import Batch, packed_batch
-from .optim import build_optimizers
+from .muon import Muon
+from .optim import build_optimizers, use_record_precision
 from .schedule import lr_multiplier, muon_momentum, progress
+
+
+def float32_copy(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A detached copy with every floating tensor in float32: what the weight files hold, whatever
+    dtype a weight trained in (bf16 embeddings on CUDA)."""
+    return {name: t.detach().to(torch.float32 if t.is_floating_point() else t.dtype, copy=True)
+            for name, t in state.items()}
 
 
 class RandomTokens:
@@ -46,6 +65,8 @@ class Trainer:
     def __init__(self, model: GPT, config: RunConfig, loader, device: torch.device):
         self.model, self.config, self.loader, self.device = model, config, loader, device
         self.tcfg = config.train
+        if device.type == "cuda":  # before the optimizers and averages take the weights in
+            use_record_precision(model)
         self.optimizers = build_optimizers(model, self.tcfg)
         self.ema = EMA(model, self.tcfg.ema_decay) if self.tcfg.ema_decay else None
         self.swa = TightSWA(self.tcfg.swa_every, self.tcfg.swa_lr_scale) if self.tcfg.swa_every else None
@@ -93,8 +114,9 @@ class Trainer:
         return lr_multiplier(self.tcfg, self.progress(), self.step)
 
     # ---- one step ----
-    def train_step(self) -> float:
-        """One optimizer step; returns the mean micro-batch loss."""
+    def train_step(self) -> torch.Tensor:
+        """One optimizer step; returns the mean micro-batch loss over every rank, a 0-d float64
+        tensor left on the device: reading it (``read_loss``) is the caller's one host sync."""
         tcfg = self.tcfg
         frac, scale = self.progress(), self.lr_scale()
         self._apply_switches(frac, scale)
@@ -106,28 +128,42 @@ class Trainer:
                     group["momentum"] = momentum
             optimizer.zero_grad(set_to_none=True)
         local_tokens = tcfg.batch_tokens // (self.grad_accum * self.world_size())
-        total = 0.0
+        total = torch.zeros((), dtype=torch.float64, device=self.device)
         for _ in range(self.grad_accum):
-            x, y, segments = self.loader.next_batch(local_tokens, tcfg.row_tokens, self.device)
-            if segments is not None and self.tcfg.compile:  # any bucket count runs the same graph
-                torch._dynamo.mark_dynamic(segments.cu_seqlens, 0)
-            with torch.autocast(device_type=self.device.type, dtype=torch.bfloat16, enabled=self.device.type == "cuda"):
+            with record_function("data"):
+                x, y, segments = self.loader.next_batch(local_tokens, tcfg.row_tokens, self.device)
+                if segments is not None and self.tcfg.compile:  # any bucket count runs the same graph
+                    torch._dynamo.mark_dynamic(segments.cu_seqlens, 0)
+            with record_function("forward"), torch.autocast(device_type=self.device.type, dtype=torch.bfloat16,
+                                                            enabled=self.device.type == "cuda"):
                 loss = self.loss_fn(x, y, self.max_doc_len, segments=segments)
-            (loss / self.grad_accum).backward()
-            total += loss.item() / self.grad_accum
-        if not math.isfinite(total):
-            raise GolfError(f"train loss became {total} at step {self.step}: lower the learning rates")
-        self._sync_gradients()
-        if tcfg.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), tcfg.grad_clip)
-        for optimizer in self.optimizers:
-            optimizer.step()
+            with record_function("backward"):
+                (loss / self.grad_accum).backward()
+            total += loss.detach()
+        with record_function("communication"):
+            total = self._reduce(total / self.grad_accum)
+        with record_function("optimizer"):
+            if tcfg.grad_clip > 0:
+                self._clip_gradients(tcfg.grad_clip)
+            for optimizer in self.optimizers:
+                optimizer.step()
         self.step += 1
-        if self.ema is not None:
-            self.ema.update(self.model)
-        if self.swa is not None and self.swa.due(self.step, scale):  # the snapshot copies every weight
-            self.swa.maybe_collect(self.step, scale, self.ema.state_dict() if self.ema else self.model.state_dict())
+        with record_function("ema"):
+            if self.ema is not None:
+                self.ema.update(self.model)
+            if self.swa is not None and self.swa.due(self.step, scale):  # the snapshot copies every weight
+                self.swa.maybe_collect(self.step, scale, self.ema.state_dict() if self.ema else self.model.state_dict())
         return total
+
+    def read_loss(self, loss: torch.Tensor) -> float:
+        """The step's loss as a float, refusing a non-finite one. ``loss`` is already the mean over
+        the ranks, so every rank reads the same value and all stop on the same step, none left
+        waiting in a collective. The timed loop synchronizes after each step anyway (its clock), so
+        this read costs no extra drain of the GPU queue; the step itself never waits on the host."""
+        value = float(loss)
+        if not math.isfinite(value):
+            raise GolfError(f"train loss became {value} at step {self.step}: lower the learning rates")
+        return value
 
     def _apply_switches(self, frac: float, scale: float) -> None:
         if self.switches_held:  # the warm-up sets them itself
@@ -183,23 +219,50 @@ class Trainer:
         self.model.looping = saved["looping"]
         self.step, self.elapsed, self.qat_on_step, self.loop_on_step = 0, 0.0, None, None
 
-    # ---- distributed hooks (single process: no-ops) ----
+    # ---- distributed: gradients and the loss averaged over the ranks ----
     def world_size(self) -> int:
-        import torch.distributed as dist
+        return rank_and_world()[1]
 
-        return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+    @property
+    def muon(self) -> Muon:
+        return next(o for o in self.optimizers if isinstance(o, Muon))
 
-    def _sync_gradients(self) -> None:
-        """Average gradients across ranks so every rank steps identically."""
+    def _replicated_grads(self) -> list[torch.Tensor]:
+        """The gradients every rank holds whole after the reduction: all but Muon's matrices."""
+        sharded = {p for group in self.muon.param_groups for p in group["params"]}
+        return [p.grad for p in self.model.parameters() if p.grad is not None and p not in sharded]
+
+    def _reduce(self, loss: torch.Tensor) -> torch.Tensor:
+        """Average the loss and every gradient over the ranks so every rank steps identically: the
+        Adam-trained gradients and the loss in a few flat buckets, Muon's reduce-scattered by shape
+        (each rank receives the share it orthogonalizes, waited on by Muon's step). All are started
+        before any is waited on. One process: nothing to do."""
         if self.world_size() == 1:
-            return
-        import torch.distributed as dist
+            return loss
+        self.muon.reduce_gradients()
+        for work in start_mean([loss, *self._replicated_grads()]):
+            work.wait()
+        return loss
 
-        world = self.world_size()
-        for param in self.model.parameters():
-            if param.grad is not None:
-                dist.all_reduce(param.grad)  # SUM: gloo has no AVG
-                param.grad /= world
+    def _clip_gradients(self, max_norm: float) -> None:
+        """Scale every gradient so that their global L2 norm is at most ``max_norm``. Multi-rank, the
+        Muon gradients are this rank's reduce-scattered shares: their squares are summed over the
+        ranks (the padding is zeros) and added to the replicated gradients', as clip_grad_norm_ does."""
+        if self.world_size() == 1:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm)
+            return
+        replicated, shares = self._replicated_grads(), self.muon.gradient_shares()
+        zero = torch.zeros((), device=self.device)
+        squares = sum((g.float().square().sum() for g in shares), zero)
+        dist.all_reduce(squares)
+        squares = squares + sum((g.float().square().sum() for g in replicated), zero)
+        scale = (max_norm / (squares.sqrt() + 1e-6)).clamp(max=1.0)
+        torch._foreach_mul_(replicated + shares, scale)
+
+    def gather_state(self) -> None:
+        """Make this rank's optimizer state whole (Muon keeps momentum for its share only), so a
+        checkpoint written by rank 0 resumes on any number of ranks. Every rank must call it."""
+        self.muon.gather_momentum()
 
     # ---- what gets exported ----
     def export_state(self) -> tuple[dict[str, torch.Tensor], str]:
@@ -208,4 +271,4 @@ class Trainer:
             return self.swa.average(), f"tight SWA of {self.swa.count} EMA snapshots"
         if self.ema is not None:
             return self.ema.state_dict(), f"EMA (decay {self.tcfg.ema_decay})"
-        return self.model.state_dict(), "raw"
+        return float32_copy(self.model.state_dict()), "raw"

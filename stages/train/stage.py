@@ -29,9 +29,9 @@ from .config import RunConfig, resolve_grad_accum
 from .checkpointing import (
     STATE_FILE, TENSORS_FILE, Resumed, data_identity, restore_checkpoint, run_checkpoint_dir, save_checkpoint,
 )
-from ..distributed import DistContext, all_reduce_max, all_reduce_mean, init_distributed, shutdown
+from ..distributed import DistContext, all_reduce_max, init_distributed, shutdown
 from .loader import make_loader
-from .loop import Trainer
+from .loop import Trainer, float32_copy
 from .plot import plot_curves
 
 WEIGHTS_FILE = "model.safetensors"
@@ -150,9 +150,9 @@ def _fit(config: RunConfig, data: StageDir, ctx: DistContext, ledger: TimeLedger
         reporter.log(step=trainer.step, val_loss=sums.loss, val_bpb=sums.bpb)
 
     stop_reason = _train_loop(trainer, ctx, ledger, reporter, curves, run_validation, checkpoints)
-    if tcfg.checkpoint_every and checkpoints is not None and trainer.step % tcfg.checkpoint_every:
+    if tcfg.checkpoint_every and trainer.step % tcfg.checkpoint_every:
         _checkpoint(trainer, ledger, reporter, checkpoints)  # the end state, so a finished run can be extended
-    raw = {name: tensor.detach().clone() for name, tensor in model.state_dict().items()}
+    raw = float32_copy(model.state_dict())  # bf16 embeddings on CUDA: saved float32 like the averages
     exported, export_kind = trainer.export_state()
     model.load_state_dict(exported)
     for module in model.modules():  # the exported float weights are scored without fake quantization
@@ -169,10 +169,11 @@ def _train_loop(trainer: Trainer, ctx: DistContext, ledger, reporter: Reporter, 
     with reporter.progress("train", tcfg.max_steps - trainer.step) as advance:
         while (stop_reason := trainer.done()) is None:
             start = time.perf_counter()
-            loss = all_reduce_mean(trainer.train_step())
+            loss = trainer.train_step()
             if trainer.device.type == "cuda":
                 torch.cuda.synchronize()
             seconds = time.perf_counter() - start
+            loss = trainer.read_loss(loss)  # the step's one host read, after the clock's sync
             # The slowest rank's clock counts, so a timed budget ends on the same step everywhere.
             trainer.elapsed = all_reduce_max(trainer.elapsed + seconds)
             ledger.add("train_loop", seconds, "train", "timed optimizer steps on training data")
@@ -183,15 +184,20 @@ def _train_loop(trainer: Trainer, ctx: DistContext, ledger, reporter: Reporter, 
             if step % tcfg.log_every == 0 or step == 1:
                 reporter.log(step=step, train_loss=loss, train_seconds=round(trainer.elapsed, 2),
                              step_ms=round(1000 * trainer.elapsed / step, 2), lr_scale=round(trainer.lr_scale(), 4))
-            if tcfg.checkpoint_every and step % tcfg.checkpoint_every == 0 and checkpoints is not None:
+            if tcfg.checkpoint_every and step % tcfg.checkpoint_every == 0:
                 _checkpoint(trainer, ledger, reporter, checkpoints)
             if tcfg.val_every and step % tcfg.val_every == 0 and trainer.done() is None:
                 run_validation()
     return stop_reason
 
 
-def _checkpoint(trainer: Trainer, ledger: TimeLedger, reporter: Reporter, checkpoints: Checkpoints) -> None:
+def _checkpoint(trainer: Trainer, ledger: TimeLedger, reporter: Reporter, checkpoints: Checkpoints | None) -> None:
+    """Every rank calls it (the optimizer state is gathered first); rank 0, the one with
+    ``checkpoints``, writes."""
     with ledger.measure("checkpoint", note="writing a resumable checkpoint: outside the budget"):
+        trainer.gather_state()
+        if checkpoints is None:
+            return
         folder = save_checkpoint(trainer, checkpoints.folder, checkpoints.data, ledger.to_dict(), checkpoints.run_id)
     reporter.log(step=trainer.step, checkpoint=str(folder))
 
