@@ -19,6 +19,7 @@ from torch import nn
 from .attention import CausalSelfAttention
 from .config import ModelConfig
 from .embeddings import BigramHash, ChannelSmear, SmearGate, ValueEmbedding, document_starts, scaled_orthogonal_
+from .head_loss import head_nll
 from .layers import Linear, document_ids, rms_norm
 from .lora import LoRASet, LoRASlot, adapted
 
@@ -138,19 +139,27 @@ class GPT(nn.Module):
         attention inside documents longer than that (doc-packed training rows: the train seq_len).
         ``adapters`` adds each row's own LoRA deltas (document test-time training; stages/model/lora.py).
         ``doc_mask`` overrides the config's switch (test-time training on packed documents)."""
+        x = self.hidden(input_ids, max_doc_len, adapters, doc_mask)
+        logits = F.linear(x, self.head_weight().to(x.dtype))
+        if adapters is not None:
+            logits = adapted(logits, adapters.slot(adapters.head_slot), "head", x)
+        cap = self.config.logit_softcap
+        return cap * torch.tanh(logits / cap) if cap > 0 else logits
+
+    def hidden(self, input_ids: torch.Tensor, max_doc_len: int = 0, adapters: LoRASet | None = None,
+               doc_mask: bool | None = None) -> torch.Tensor:
+        """The final-normed hidden state (batch, seq, dim) the head reads; arguments as ``forward``'s."""
         cfg = self.config
         x0 = self._embed(input_ids)
         masked = cfg.doc_mask if doc_mask is None else doc_mask
         doc_ids = document_ids(input_ids, cfg.bos_id, max_doc_len) if masked else None
         value_embed = self.value_embed(input_ids) if self.value_embed is not None else None
         x = self._run_layers(x0, x0, doc_ids, value_embed, adapters)
-        x = self.head_input(rms_norm(x))
-        head = self.tok_emb.weight if self.lm_head is None else self.lm_head.weight
-        logits = F.linear(x, head.to(x.dtype))
-        if adapters is not None:
-            logits = adapted(logits, adapters.slot(adapters.head_slot), "head", x)
-        cap = cfg.logit_softcap
-        return cap * torch.tanh(logits / cap) if cap > 0 else logits
+        return self.head_input(rms_norm(x))
+
+    def head_weight(self) -> torch.Tensor:
+        """(vocab, dim): the tied embedding or the untied head's weight."""
+        return self.tok_emb.weight if self.lm_head is None else self.lm_head.weight
 
     def _embed(self, input_ids: torch.Tensor) -> torch.Tensor:
         """x0: token embedding (+ BigramHash), the gated SmearGate on that raw sum, the first
@@ -204,8 +213,19 @@ class GPT(nn.Module):
     def loss(self, input_ids: torch.Tensor, targets: torch.Tensor, max_doc_len: int = 0,
              adapters: LoRASet | None = None, doc_mask: bool | None = None) -> torch.Tensor:
         """Mean cross-entropy in fp32 over every target."""
-        logits = self(input_ids, max_doc_len, adapters, doc_mask)
-        return F.cross_entropy(logits.float().flatten(0, 1), targets.flatten())
+        return self.nll(input_ids, targets, max_doc_len, adapters, doc_mask, reduction="mean")
+
+    def nll(self, input_ids: torch.Tensor, targets: torch.Tensor, max_doc_len: int = 0,
+            adapters: LoRASet | None = None, doc_mask: bool | None = None, reduction: str = "none") -> torch.Tensor:
+        """Per-target NLL in fp32 shaped like ``targets`` (reduction 'none') or its mean ('mean').
+        Without a head adapter the head and the loss run fused, a chunk of tokens at a time, never
+        holding every logit (head_loss.py); a head adapter adds its delta to full logits."""
+        if adapters is not None and (adapters.head_slot, "head") in adapters.index:
+            logits = self(input_ids, max_doc_len, adapters, doc_mask)
+            nll = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), reduction=reduction)
+            return nll.view_as(targets) if reduction == "none" else nll
+        x = self.hidden(input_ids, max_doc_len, adapters, doc_mask)
+        return head_nll(x, self.head_weight(), targets, self.config.logit_softcap, reduction)
 
 
 def count_parameters(model: nn.Module) -> int:
