@@ -30,7 +30,10 @@ class LiveBytes(TorchDispatchMode):
         self.live: dict[str, int] = {}
         self.peak = 0
         self.at_peak: dict[str, int] = {}
-        self.seen = WeakIdKeyDictionary()  # storage -> True while it lives
+        self.peak_label = label  # the label in force when the peak was reached
+        self.created = 0  # storages counted so far: a storage made before the peak's is in at_peak
+        self.created_at_peak = 0
+        self.storages = WeakIdKeyDictionary()  # storage -> [label, bytes, creation number] while it lives
 
     @property
     def total(self) -> int:
@@ -45,25 +48,35 @@ class LiveBytes(TorchDispatchMode):
         finally:
             self.current = previous
 
-    def reset_peak(self) -> None:
-        """Start a new peak from what is alive now."""
-        self.peak, self.at_peak = self.total, dict(self.live)
-
-    def add(self, tensor: torch.Tensor, label: str | None = None) -> None:
-        """Count ``tensor``'s storage (once) under ``label`` (default: the current one) until it is freed."""
+    def add(self, tensor: torch.Tensor) -> None:
+        """Count ``tensor``'s storage (once) under the current label until it is freed."""
         storage = tensor.untyped_storage()
-        if storage in self.seen:
+        if storage in self.storages:
             return
-        self.seen[storage] = True
-        label = label or self.current
-        size = storage.nbytes()
-        self.live[label] = self.live.get(label, 0) + size
-        weakref.finalize(storage, self._free, label, size)
+        self.created += 1
+        record = [self.current, storage.nbytes(), self.created]
+        self.storages[storage] = record
+        self.live[record[0]] = self.live.get(record[0], 0) + record[1]
+        weakref.finalize(storage, self._free, record)
         if self.total > self.peak:
-            self.peak, self.at_peak = self.total, dict(self.live)
+            self.peak, self.at_peak, self.peak_label = self.total, dict(self.live), self.current
+            self.created_at_peak = self.created
 
-    def _free(self, label: str, size: int) -> None:
-        self.live[label] -= size
+    def relabel(self, tensor: torch.Tensor, name: str) -> None:
+        """Count ``tensor``'s storage under ``name`` from now on, and at the peak if it was alive then
+        (a gradient is made by the backward's ops and becomes a gradient once accumulated)."""
+        record = self.storages.get(tensor.untyped_storage())
+        if record is None or record[0] == name:
+            return
+        old, size, number = record
+        moves = [self.live] + ([self.at_peak] if number <= self.created_at_peak else [])
+        for table in moves:
+            table[old] -= size
+            table[name] = table.get(name, 0) + size
+        record[0] = name
+
+    def _free(self, record: list) -> None:
+        self.live[record[0]] -= record[1]
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
