@@ -58,18 +58,15 @@ COMPONENTS = (WEIGHTS, GRADIENTS, OPTIMIZER, AVERAGES, ADAPTERS, ADAPTER_GRADS, 
 
 @dataclass(frozen=True)
 class MemoryReport:
-    """One step's peak memory."""
+    """One step's peak: ``name`` ('train', 'ttt lora', ...) and ``shape`` (its batch, in words) say
+    what ran; ``peak`` is the most bytes allocated at once, ``at_peak`` each component's bytes at that
+    moment, ``peak_phase`` the component being run then."""
 
     name: str
-    """What was run ('train', 'ttt lora', ...)."""
     shape: str
-    """The batch it ran, in words."""
     peak: int
-    """Peak bytes allocated."""
     at_peak: dict[str, int]
-    """Bytes held by each component at the peak."""
     peak_phase: str
-    """The component being run when the peak was reached."""
 
     def fits(self, device_gb: float) -> bool:
         return self.peak <= HEADROOM * device_gb * 1e9
