@@ -126,3 +126,77 @@ def test_compiles_without_a_graph_break(backend):
     torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-6)
     for g, w in zip(got_grads, want_grads):
         torch.testing.assert_close(g, w, rtol=1e-5, atol=1e-6)
+
+
+def test_gpt_loss_compiles_as_one_graph():
+    """The whole training loss (no document mask) with the fused head: one graph, the plain value."""
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    model = GPT(ModelConfig(vocab_size=64, num_layers=2, model_dim=32, num_heads=2, num_kv_heads=1, mlp_mult=2))
+    tokens = torch.randint(64, (2, 33))
+    compiled = torch.compile(model.loss, backend="aot_eager", fullgraph=True)
+    got = compiled(tokens[:, :-1], tokens[:, 1:])
+    got.backward()
+    want = F.cross_entropy(model(tokens[:, :-1]).float().flatten(0, 1), tokens[:, 1:].flatten())
+    torch.testing.assert_close(got.detach(), want.detach(), rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("reduction", ["mean", "none"])
+def test_a_per_row_low_rank_term_equals_adding_it_to_the_logits(reduction):
+    """The head's LoRA: row i's logits gain h[i] b[i]^T before the cap, chunks inside each row."""
+    generator = torch.Generator().manual_seed(1)
+    x = torch.randn(3, 13, DIM, generator=generator, requires_grad=True)
+    weight = (0.5 * torch.randn(VOCAB, DIM, generator=generator)).requires_grad_()
+    h = torch.randn(3, 13, 4, generator=generator, requires_grad=True)
+    b = (0.3 * torch.randn(3, VOCAB, 4, generator=generator)).requires_grad_()
+    targets = torch.randint(VOCAB, (3, 13), generator=generator)
+    leaves = (x, weight, h, b)
+
+    def run(fused: bool):
+        if fused:
+            out = head_nll(x, weight, targets, 30.0, reduction, chunk=5, low_rank=(h, b))
+        else:
+            logits = 30.0 * torch.tanh((x @ weight.t() + h @ b.transpose(1, 2)) / 30.0)
+            out = F.cross_entropy(logits.flatten(0, 1), targets.flatten(), reduction=reduction).view_as(
+                targets) if reduction == "none" else F.cross_entropy(logits.flatten(0, 1), targets.flatten())
+        (out * torch.linspace(0.5, 1.5, out.numel()).view_as(out)).sum().backward()
+        grads = [t.grad.clone() for t in leaves]
+        for t in leaves:
+            t.grad = None
+        return out.detach(), grads
+
+    got, got_grads = run(True)
+    want, want_grads = run(False)
+    torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-6)
+    for g, w in zip(got_grads, want_grads):
+        torch.testing.assert_close(g, w, rtol=1e-5, atol=1e-6)
+
+
+def test_gpt_nll_with_a_head_adapter_equals_the_logits_path():
+    """GPT.nll with every LoRA adapter (head included): the adapted logits' cross-entropy, values and
+    the adapters' gradients."""
+    from stages.model.lora import LoRASet
+
+    torch.manual_seed(0)
+    model = GPT(ModelConfig(vocab_size=64, num_layers=2, model_dim=32, num_heads=2, num_kv_heads=1, mlp_mult=2))
+    lora = LoRASet(model.config, 2, 2, 4, 8.0, ("q", "v", "mlp", "head"))
+    torch.nn.init.normal_(lora.a, std=0.3)
+    for b in lora.b:
+        torch.nn.init.normal_(b, std=0.3)
+    tokens = torch.randint(64, (2, 17))
+    inputs_, targets = tokens[:, :-1], tokens[:, 1:]
+    results = []
+    for fused in (True, False):
+        if fused:
+            nll = model.nll(inputs_, targets, adapters=lora)
+        else:
+            logits = model(inputs_, adapters=lora)
+            nll = F.cross_entropy(logits.flatten(0, 1), targets.flatten(), reduction="none").view_as(targets)
+        nll.mean(dim=1).sum().backward()
+        results.append((nll.detach(), [p.grad.clone() for p in lora.parameters()]))
+        lora.zero_grad(set_to_none=True)
+        model.zero_grad(set_to_none=True)
+    (got, got_grads), (want, want_grads) = results
+    torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-6)
+    for g, w in zip(got_grads, want_grads):
+        torch.testing.assert_close(g, w, rtol=1e-5, atol=1e-6)

@@ -217,15 +217,12 @@ class GPT(nn.Module):
 
     def nll(self, input_ids: torch.Tensor, targets: torch.Tensor, max_doc_len: int = 0,
             adapters: LoRASet | None = None, doc_mask: bool | None = None, reduction: str = "none") -> torch.Tensor:
-        """Per-target NLL in fp32 shaped like ``targets`` (reduction 'none') or its mean ('mean').
-        Without a head adapter the head and the loss run fused, a chunk of tokens at a time, never
-        holding every logit (head_loss.py); a head adapter adds its delta to full logits."""
-        if adapters is not None and (adapters.head_slot, "head") in adapters.index:
-            logits = self(input_ids, max_doc_len, adapters, doc_mask)
-            nll = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), reduction=reduction)
-            return nll.view_as(targets) if reduction == "none" else nll
+        """Per-target NLL in fp32 shaped like ``targets`` (reduction 'none') or its mean ('mean'). The
+        head (with its adapter's delta, if any) and the loss run fused, a chunk of tokens at a time,
+        never holding every logit (head_loss.py)."""
         x = self.hidden(input_ids, max_doc_len, adapters, doc_mask)
-        return head_nll(x, self.head_weight(), targets, self.config.logit_softcap, reduction)
+        low_rank = None if adapters is None else adapters.factors((adapters.head_slot, "head"), x)
+        return head_nll(x, self.head_weight(), targets, self.config.logit_softcap, reduction, low_rank=low_rank)
 
 
 def count_parameters(model: nn.Module) -> int:
