@@ -116,13 +116,16 @@ def test_gpt_loss_equals_the_logits_path(tied):
 
 
 @pytest.mark.parametrize("backend", ["eager", "aot_eager"])
-def test_compiles_without_a_graph_break(backend):
+@pytest.mark.parametrize("autocast", [False, True])
+def test_compiles_without_a_graph_break(backend, autocast):
     torch._dynamo.reset()
     x, weight, targets = inputs()
     compiled = torch.compile(lambda x, w, t, reduction: head_nll(x, w, t, 30.0, reduction, chunk=8),
                              backend=backend, fullgraph=True)
-    got, got_grads = values_and_grads(compiled, x, weight, targets, "mean")
-    want, want_grads = values_and_grads(lambda *a: plain_nll(*a[:3], 30.0, a[3]), x, weight, targets, "mean")
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+        got, got_grads = values_and_grads(compiled, x, weight, targets, "mean")
+        want, want_grads = values_and_grads(lambda *a: head_nll(*a[:3], 30.0, a[3], chunk=8), x, weight, targets,
+                                            "mean")
     torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-6)
     for g, w in zip(got_grads, want_grads):
         torch.testing.assert_close(g, w, rtol=1e-5, atol=1e-6)
