@@ -2,14 +2,15 @@
 the documents side by side, and ``lora_batch_docs`` = 64 at the records' shapes can outgrow a GPU.
 
 The rule, measured rather than assumed: run the adapter step (two steps, so AdamW's state is there
-as it is from a batch's second chunk on) at the eval window's width with 1 and then 2 documents on
-random tokens, take the peak bytes each allocated above what was resident before, and extrapolate
-linearly (activations, logits and adapters all grow with the documents):
-``docs = floor((HEADROOM * limit - resident - fixed) / per_doc)``, with ``per_doc = peak(2) - peak(1)``
-and ``fixed = peak(1) - per_doc``, then at most ``lora_batch_docs`` and at least 1. On CUDA the
-peaks are the allocator's (``max_memory_allocated``) and the limit the device's memory; elsewhere
-they are counted op by op (stages/model/live_bytes.py) and only ``memory_limit_gb`` sets a limit.
-Every rank takes the smallest rank's choice, so all plan the same batches. Ships inside the
+as it is from a batch's second chunk on) at the eval window's width on random tokens and take the
+peak bytes it allocated above what was resident before; do it with 1 and 2 documents, extrapolate
+along the line through the two largest counts measured so far to the most documents that fit
+``HEADROOM * limit``, measure that count, and repeat (up to ``REFINEMENTS`` times: the peak is
+the largest of several phases' lines, so a line measured at small counts can be too shallow).
+The choice is the largest measured count that fit, at most ``lora_batch_docs`` (at least 1). On
+CUDA the peaks are the allocator's (``max_memory_allocated``) and the limit the device's memory;
+elsewhere they are counted op by op (stages/model/live_bytes.py) and only ``memory_limit_gb``
+sets a limit. Every rank takes the smallest rank's choice, so all plan the same batches. Ships inside the
 artifact: torch only.
 """
 
@@ -28,6 +29,7 @@ from .lora import A_SEED, BatchAdapters, adapter_step
 
 HEADROOM = 0.9  # the share of the limit a batch's measured peak may take: the allocator needs the rest
 PROBE_DOCS = (1, 2)
+REFINEMENTS = 3  # probes after the first two: each at the count the last line predicts
 
 
 @dataclass(frozen=True)
@@ -43,9 +45,9 @@ class BatchFit:
     limit_bytes: int = 0
     """The memory the batches must fit in (0: none)."""
     per_doc_bytes: int = 0
-    """Measured peak bytes each document adds to the adapter step."""
+    """Peak bytes each document adds to the adapter step, between the two largest counts measured."""
     fixed_bytes: int = 0
-    """Measured peak bytes of the step that do not grow with the documents (plus the resident weights)."""
+    """The step's peak bytes less per_doc_bytes per document, at the largest count measured."""
 
     def facts(self) -> dict:
         return {"ttt_batch_docs": self.docs, "ttt_batch_docs_configured": self.configured, "ttt_batch_docs_rule": self.rule, "ttt_memory_limit_bytes": self.limit_bytes,
@@ -59,15 +61,33 @@ def fit_batch_docs(model: torch.nn.Module, config: TTTConfig, seq_len: int, devi
     limit = memory_limit(config, device)
     if not limit:
         return BatchFit(config.lora_batch_docs, config.lora_batch_docs, f"configured: no memory limit on {device.type}")
-    resident = resident_bytes(model, device)
-    low, high = (probe_peak(model, config, docs, seq_len, device, autocast_dtype) for docs in PROBE_DOCS)
-    per_doc = max(high - low, 1)
-    fixed = low - per_doc + resident
-    allowed = math.floor((HEADROOM * limit - fixed) / per_doc)
-    docs = agreed(max(1, min(config.lora_batch_docs, allowed)), device)
-    rule = (f"measured: floor(({HEADROOM:g} * limit - fixed) / per_doc) = {allowed}, at most lora_batch_docs "
-            f"{config.lora_batch_docs}, at least 1, the smallest over the ranks")
-    return BatchFit(docs, config.lora_batch_docs, rule, limit, per_doc, fixed)
+    budget = int(HEADROOM * limit) - resident_bytes(model, device)  # what the step may allocate
+    measured = {docs: probe_peak(model, config, docs, seq_len, device, autocast_dtype) for docs in PROBE_DOCS}
+    for _ in range(REFINEMENTS):
+        guess = extrapolated(measured, budget, config.lora_batch_docs)
+        if guess in measured:
+            break
+        measured[guess] = probe_peak(model, config, guess, seq_len, device, autocast_dtype)
+    fitting = [docs for docs, peak in measured.items() if peak <= budget and docs <= config.lora_batch_docs]
+    docs = agreed(max(fitting, default=1), device)
+    per_doc, high, high_peak = last_line(measured)
+    rule = (f"measured: the most documents (of {sorted(measured)}, up to lora_batch_docs {config.lora_batch_docs}) "
+            f"whose adapter step peaked within {HEADROOM:g} x limit less the resident bytes; at least 1; the "
+            f"smallest over the ranks")
+    return BatchFit(docs, config.lora_batch_docs, rule, limit, round(per_doc), round(high_peak - per_doc * high))
+
+
+def extrapolated(measured: dict[int, int], budget: int, most: int) -> int:
+    """The documents at which the line through the two largest measured counts reaches ``budget``,
+    within [1, most]."""
+    per_doc, high, high_peak = last_line(measured)
+    return max(1, min(most, math.floor(high + (budget - high_peak) / per_doc)))
+
+
+def last_line(measured: dict[int, int]) -> tuple[float, int, int]:
+    """(peak bytes per document, count, its peak) of the line through the two largest counts measured."""
+    (low, low_peak), (high, high_peak) = sorted(measured.items())[-2:]
+    return max((high_peak - low_peak) / (high - low), 1.0), high, high_peak
 
 
 def memory_limit(config: TTTConfig, device: torch.device) -> int:
