@@ -25,8 +25,8 @@ from stages.model import gpt
 from stages.train.presets import get_preset
 
 
-def unfused_head_nll(x, weight, targets, softcap=0.0, reduction="mean", chunk=0):
-    """The plain path: every logit at once, then the float32 cross-entropy."""
+def unfused_head_nll(x, weight, targets, softcap=0.0, reduction="mean", chunk=0, low_rank=None):
+    """The plain path: every logit at once, then the float32 cross-entropy (training: no low-rank term)."""
     logits = x @ weight.to(x.dtype).t()
     if softcap > 0:
         logits = softcap * torch.tanh(logits / softcap)
