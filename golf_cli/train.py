@@ -10,6 +10,7 @@ from rich.table import Table
 from stages.config import apply_overrides, field_docs, from_dict, to_dict
 from stages.contract.stage_dir import StageDir, check_replaceable
 from stages.errors import GolfError
+from stages.memory import COMPONENTS, GIB, H100_GB, memory_lines, preset_reports
 from stages.progress import Reporter, silent_reporter
 from stages.train.checkpointing import read_checkpoint_config
 from stages.train.config import RunConfig
@@ -40,6 +41,11 @@ def train(
     print_config: bool = typer.Option(False, "--print-config",
                                       help="Print the resolved config (quantize and eval settings too) as key: value lines "
                                            "and exit; reads no data."),
+    print_memory: bool = typer.Option(False, "--print-memory",
+                                      help="Print the peak device memory of one training step and of the preset's TTT "
+                                           "mode at full size, by component (computed on fake tensors, no GPU) and exit; "
+                                           "reads no data."),
+    device_gb: float = typer.Option(H100_GB, "--device-gb", help="Device memory in GB for --print-memory's verdict."),
     force: bool = ForceOption,
 ):
     """Train the model; weights go to model.safetensors, the time ledger to the manifest.
@@ -53,6 +59,9 @@ def train(
         if resume:
             raise GolfError("--print-config shows a preset's config; a checkpoint's is in its state.json")
         _print_config(get_preset(preset), overrides or [], max_steps, max_seconds, seed)
+        return
+    if print_memory:
+        _print_memory(get_preset(preset), overrides or [], max_steps, max_seconds, seed, device_gb)
         return
     launching = launches_torchrun(nproc)
     reporter = silent_reporter() if launching else RichReporter()
@@ -84,6 +93,25 @@ def _print_config(preset: Preset, overrides: list[str], max_steps, max_seconds, 
     config = apply_overrides(preset.config, _with_flags(overrides, max_steps, max_seconds, seed))
     print_settings(preset.name, [*flat_items(to_dict(config)), *flat_items(to_dict(preset.quantize), "quantize."),
                                  *flat_items(to_dict(preset.eval), "eval.")])
+
+
+def _print_memory(preset: Preset, overrides: list[str], max_steps, max_seconds, seed, device_gb: float) -> None:
+    """--print-memory: a table of each step's bytes by component at its peak (GiB), then the same as
+    key:value lines with the verdict against ``device_gb`` (stages/memory.py)."""
+    if device_gb <= 0:
+        raise GolfError(f"--device-gb must be positive, got {device_gb:g}")
+    config = apply_overrides(preset.config, _with_flags(overrides, max_steps, max_seconds, seed))
+    evaluation = preset.eval
+    reports = preset_reports(config, evaluation.ttt, device_gb, evaluation.seq_len, evaluation.batch_windows)
+    table = Table("GiB at the peak", *(report.name for report in reports))
+    for component in COMPONENTS:
+        if any(component in report.at_peak for report in reports):
+            table.add_row(component, *(f"{report.at_peak.get(component, 0) / GIB:.2f}" for report in reports))
+    table.add_row("peak", *(f"{report.peak / GIB:.2f}" for report in reports))
+    table.add_row(f"fits {device_gb:g} GB", *("yes" if report.fits(device_gb) else "no" for report in reports))
+    print_table(table)
+    print(f"preset:{preset.name}")
+    print("\n".join(memory_lines(reports, device_gb)))
 
 
 def _vocab_from_tokenizer(config: RunConfig, data_dir: Path, overrides: list[str], reporter: Reporter) -> RunConfig:

@@ -293,13 +293,13 @@ def test_each_batch_starts_from_zero_b_and_a_fresh_optimizer(monkeypatch, warm_s
 def test_no_row_holds_two_documents_or_more_than_a_window(monkeypatch):
     model = tiny_gpt()
     rows = []
-    forward = model.forward
+    trunk = model.hidden  # every scoring forward runs it (GPT.nll: the trunk, then the fused head)
 
-    def forward_spy(inputs, *args, **kwargs):
+    def trunk_spy(inputs, *args, **kwargs):
         rows.append(inputs.clone())
-        return forward(inputs, *args, **kwargs)
+        return trunk(inputs, *args, **kwargs)
 
-    monkeypatch.setattr(model, "forward", forward_spy)
+    monkeypatch.setattr(model, "hidden", trunk_spy)
     receipts = TokenReceipts()
     score_with_ttt(model, stream(), byte_table(), SEQ, SEQ, config=FAST_LORA, receipts=receipts)
     assert rows and all(batch.size(1) <= SEQ for batch in rows)

@@ -91,10 +91,7 @@ class WindowScorer:
     def nll(self, model: torch.nn.Module, inputs: torch.Tensor, targets: torch.Tensor, **forward) -> torch.Tensor:
         """Per-target NLL (float32, shaped like ``targets``) of the model's own forward under this
         scorer's autocast; ``forward`` goes to the model (test-time training passes its adapters)."""
-        device_type = torch.device(self.device).type
-        with torch.autocast(device_type=device_type, dtype=self.autocast_dtype, enabled=self.autocast_dtype is not None):
-            logits = model(inputs, **forward)
-        return F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), reduction="none").view_as(targets)
+        return model_nll(model, inputs, targets, self.autocast_dtype, **forward)
 
     def scored_targets(self, positions: torch.Tensor, nll: torch.Tensor) -> ScoredTargets:
         """The targets at stream ``positions`` (CPU int64) with their ``nll``, and their bytes."""
@@ -107,6 +104,18 @@ class WindowScorer:
             return self.side[positions].to(self.device)
         return self.byte_table.target_bytes(self.stream[positions - 1].to(self.device),
                                             self.stream[positions].to(self.device))
+
+
+def model_nll(model: torch.nn.Module, inputs: torch.Tensor, targets: torch.Tensor,
+              autocast_dtype: torch.dtype | None = None, **forward) -> torch.Tensor:
+    """Per-target NLL (float32, shaped like ``targets``) of the model's forward under autocast at
+    ``autocast_dtype`` (None: off). A model with its own ``nll`` (the GPT: head and loss fused, never
+    every logit at once) computes it; any other model returns logits."""
+    with torch.autocast(device_type=inputs.device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
+        if hasattr(model, "nll"):
+            return model.nll(inputs, targets, **forward)
+        logits = model(inputs, **forward)
+    return F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), reduction="none").view_as(targets)
 
 
 class TokenReceipts:

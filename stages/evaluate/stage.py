@@ -55,6 +55,7 @@ IN_MEMORY_TOLERANCE = 1e-6
 PHASE_NOTES = {
     "warmup": "the TTT mode's warm-up on random tokens (no val data) before scoring: counted here, "
               "not by the records (docs/TTT_CASEOPS.md section E)",
+    "batch_fit": "document TTT: measuring the adapter step's memory to choose the documents per batch",
     "score": "scoring every val target once (no_grad)",
     "adapt": "test-time training on targets already scored",
     "global_sgd": "phased: SGD of the base weights on documents already scored (every phase in this bucket)",
@@ -166,9 +167,14 @@ def run_eval(config: EvalConfig, artifact: str | Path, data_dir: str | Path | No
         model = model.to(device)
         attention = _choose_attention(model, device)
         reporter.log(attention=attention)
+        fit: dict = {}  # document modes: the documents per batch that fit the device, and the rule
         if config.ttt.mode != "none" and config.warmup:
             with ledger.measure("warmup", "eval", PHASE_NOTES["warmup"]):
+                config, fit = _fit_batch(ttt_code, model, seq_len, config, ctx)
                 _warm_up(ttt_code, model, val.table, seq_len, stride, config, ctx)
+        elif config.ttt.mode in DOCUMENT_MODES:
+            with ledger.measure("batch_fit", "eval", PHASE_NOTES["batch_fit"]):
+                config, fit = _fit_batch(ttt_code, model, seq_len, config, ctx)
         score = partial(validate, model, val, seq_len, stride, config.batch_windows, device, config.eval_tokens,
                         reporter, count_windows=runtime.count_windows)
         compared = {}
@@ -189,6 +195,7 @@ def run_eval(config: EvalConfig, artifact: str | Path, data_dir: str | Path | No
             "val_loss": sums.loss,
             "val_bpb": sums.bpb,
             "ttt_mode": config.ttt.mode,
+            **fit,
             **compared,
             **facts,
             "tokens_scored": sums.tokens,
@@ -321,6 +328,17 @@ def phase_note(name: str) -> str:
     if name in PHASE_NOTES:
         return PHASE_NOTES[name]
     return next((note for key, note in PHASE_NOTES.items() if name.startswith(key)), OTHER_PHASE_NOTE)
+
+
+def _fit_batch(ttt_code, model, seq_len: int, config: EvalConfig, ctx: DistContext) -> tuple[EvalConfig, dict]:
+    """Document modes: the config with the documents per batch that fit the device (the shipped rule,
+    ttt/batch_fit.py), and its facts for the metrics; other modes (or older code): as they are."""
+    fit_ttt_batch = getattr(ttt_code, "fit_ttt_batch", None)
+    if config.ttt.mode not in DOCUMENT_MODES or fit_ttt_batch is None:
+        return config, {}
+    with shipped_errors(ttt_code):
+        fit = fit_ttt_batch(model, seq_len, ctx.device, autocast_dtype(ctx.device), config=to_dict(config.ttt))
+    return replace(config, ttt=replace(config.ttt, lora_batch_docs=fit["ttt_batch_docs"])), fit
 
 
 def _warm_up(ttt_code, model, table, seq_len: int, stride: int, config: EvalConfig, ctx: DistContext) -> None:

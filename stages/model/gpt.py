@@ -20,6 +20,7 @@ from .attention import CausalSelfAttention
 from .attention_backends import AttentionPlan, Backend, Segments, compute_dtype, find_backend, plan_attention
 from .config import ModelConfig
 from .embeddings import BigramHash, ChannelSmear, SmearGate, ValueEmbedding, document_starts, scaled_orthogonal_
+from .head_loss import head_nll
 from .layers import Linear, rms_norm
 from .lora import LoRASet, LoRASlot, adapted
 
@@ -144,19 +145,27 @@ class GPT(nn.Module):
         ``doc_mask`` overrides the config's switch (test-time training on packed documents).
         ``segments``: the batch's document boundaries, computed by the loader (they imply the mask and
         replace ``max_doc_len``); without them a masked forward finds them in the tokens, once."""
+        x = self.hidden(input_ids, max_doc_len, adapters, doc_mask, segments)
+        logits = F.linear(x, self.head_weight().to(x.dtype))
+        if adapters is not None:
+            logits = adapted(logits, adapters.slot(adapters.head_slot), "head", x)
+        cap = self.config.logit_softcap
+        return cap * torch.tanh(logits / cap) if cap > 0 else logits
+
+    def hidden(self, input_ids: torch.Tensor, max_doc_len: int = 0, adapters: LoRASet | None = None,
+               doc_mask: bool | None = None, segments: Segments | None = None) -> torch.Tensor:
+        """The final-normed hidden state (batch, seq, dim) the head reads; arguments as ``forward``'s."""
         cfg = self.config
         x0 = self._embed(input_ids)
         masked = cfg.doc_mask if doc_mask is None else doc_mask
         plan = plan_attention(self._backend(x0), input_ids, cfg.bos_id, max_doc_len, segments, masked)
         value_embed = self.value_embed(input_ids) if self.value_embed is not None else None
         x = self._run_layers(x0, x0, plan, value_embed, adapters)
-        x = self.head_input(rms_norm(x))
-        head = self.tok_emb.weight if self.lm_head is None else self.lm_head.weight
-        logits = F.linear(x, head.to(x.dtype))
-        if adapters is not None:
-            logits = adapted(logits, adapters.slot(adapters.head_slot), "head", x)
-        cap = cfg.logit_softcap
-        return cap * torch.tanh(logits / cap) if cap > 0 else logits
+        return self.head_input(rms_norm(x))
+
+    def head_weight(self) -> torch.Tensor:
+        """(vocab, dim): the tied embedding or the untied head's weight."""
+        return self.tok_emb.weight if self.lm_head is None else self.lm_head.weight
 
     def choose_attention(self, device: torch.device, dtype: torch.dtype) -> str:
         """Pin the attention backend for ``dtype`` (the autocast dtype when autocast is on) on
@@ -225,8 +234,17 @@ class GPT(nn.Module):
              adapters: LoRASet | None = None, doc_mask: bool | None = None,
              segments: Segments | None = None) -> torch.Tensor:
         """Mean cross-entropy in fp32 over every target."""
-        logits = self(input_ids, max_doc_len, adapters, doc_mask, segments)
-        return F.cross_entropy(logits.float().flatten(0, 1), targets.flatten())
+        return self.nll(input_ids, targets, max_doc_len, adapters, doc_mask, segments, reduction="mean")
+
+    def nll(self, input_ids: torch.Tensor, targets: torch.Tensor, max_doc_len: int = 0,
+            adapters: LoRASet | None = None, doc_mask: bool | None = None, segments: Segments | None = None,
+            reduction: str = "none") -> torch.Tensor:
+        """Per-target NLL in fp32 shaped like ``targets`` (reduction 'none') or its mean ('mean'). The
+        head (with its adapter's delta, if any) and the loss run fused, a chunk of tokens at a time,
+        never holding every logit (head_loss.py)."""
+        x = self.hidden(input_ids, max_doc_len, adapters, doc_mask, segments)
+        low_rank = None if adapters is None else adapters.factors((adapters.head_slot, "head"), x)
+        return head_nll(x, self.head_weight(), targets, self.config.logit_softcap, reduction, low_rank=low_rank)
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -70,6 +70,14 @@ class LoRASet(nn.Module):
         a, b = self.a[:, j].to(x.dtype), self.b[j].to(x.dtype)
         return (x @ a.transpose(1, 2)) @ b.transpose(1, 2) * self.scale
 
+    def factors(self, key: tuple[int, str], x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """(x A^T * alpha / r, B) of the adapter on ``key`` for every row, so that its delta is their
+        product (the fused head forms it chunk by chunk); None without such an adapter."""
+        if key not in self.index:
+            return None
+        j = self.index[key]
+        return (x @ self.a[:, j].to(x.dtype).transpose(1, 2)) * self.scale, self.b[j]
+
     @torch.no_grad()
     def zero_b(self) -> None:
         """Every adapter back to an exact no-op (A untouched)."""

@@ -21,6 +21,7 @@ import torch
 from ...ranges import ConfigError
 from ..bpb import BpbSums, ByteTable
 from ..scoring import WindowScorer, score_stream
+from .batch_fit import fit_batch_docs
 from .chunk_sgd import score_with_chunk_sgd
 from .chunk_sgd import warm_up as warm_up_chunk_sgd
 from .common import TTTPass, always
@@ -90,6 +91,14 @@ def warm_up_ttt(
         built(WARM_UPS, ttt.mode)(model, run, ttt)
     if torch.device(device).type == "cuda":  # its kernels finish inside the 'warmup' bucket
         torch.cuda.synchronize(device)
+
+
+def fit_ttt_batch(model: torch.nn.Module, seq_len: int, device: torch.device | str = "cpu",
+                  autocast_dtype: torch.dtype | None = None, *, config: dict) -> dict:
+    """The documents per batch a document mode (lora, phased) runs with on ``device`` and the rule
+    that chose them (batch_fit.py), as JSON facts: 'ttt_batch_docs', 'ttt_batch_docs_rule', ..."""
+    with training_mode_kept(model):
+        return fit_batch_docs(model, ttt_config(config), seq_len, device, autocast_dtype).facts()
 
 
 def built(registry: dict[str, Callable], mode: str) -> Callable:

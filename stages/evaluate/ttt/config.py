@@ -65,6 +65,10 @@ class TTTConfig:
     """lora: AdamW epsilon."""
     lora_weight_decay: float = ranged(1.0, ge=0)
     """lora: AdamW weight decay (top: 0.5)."""
+    memory_limit_gb: float = ranged(0.0, ge=0)
+    """lora: device memory (GB, 10^9 bytes) the document batches must fit in: documents per batch become the
+    most (up to lora_batch_docs) whose adapter step fits (batch_fit.py). 0: the CUDA device's own memory
+    on CUDA, no limit elsewhere (lora_batch_docs stands)."""
     lora_warm_start_a: bool = True
     """lora: keep the A matrices from one batch of documents to the next (B and the optimizer state are
     reset either way, so each document starts from a zero delta; #1767). Off: documents are independent."""

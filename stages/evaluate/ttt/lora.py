@@ -24,7 +24,7 @@ import torch
 
 from ...model.lora import LoRASet
 from ..bpb import BpbSums
-from ..scoring import TokenReceipts, commit, plan_windows
+from ..scoring import TokenReceipts, commit, model_nll, plan_windows
 from .common import TTTPass, requires_grad
 from .config import TTTConfig
 from .documents import Document, find_documents, plan_batches, rank_batches
@@ -208,7 +208,13 @@ def warm_up(model: torch.nn.Module, run: TTTPass, config: TTTConfig) -> None:
     with requires_grad(model, False):
         for width in dict.fromkeys((min(config.lora_chunk, scorer.seq_len), scorer.seq_len)):
             tokens = torch.randint(model.config.vocab_size, (config.lora_batch_docs, width + 1), generator=generator)
-            tokens = tokens.to(scorer.device)
-            nll = scorer.nll(model, tokens[:, :-1], tokens[:, 1:], adapters=adapters.lora)
-            adapters.step(nll.mean(dim=1).sum())
+            adapter_step(model, adapters, tokens.to(scorer.device), scorer.autocast_dtype)
     adapters.rebuild()
+
+
+def adapter_step(model: torch.nn.Module, adapters: BatchAdapters, tokens: torch.Tensor,
+                 autocast_dtype: torch.dtype | None) -> None:
+    """One adapter step at the scoring loop's cost on ``tokens`` (rows of inputs, then the next
+    token): every target's NLL through the adapters, the rows' mean NLLs summed, backward, AdamW."""
+    nll = model_nll(model, tokens[:, :-1], tokens[:, 1:], autocast_dtype, adapters=adapters.lora)
+    adapters.step(nll.mean(dim=1).sum())
