@@ -1,0 +1,75 @@
+"""The eval's compiled forwards (stages/evaluate/compiled.py): the scores equal the eager ones for
+plain scoring and every TTT mode, each compiled function is one graph (fullgraph: a break raises),
+and after the warm-up the timed pass compiles nothing (dynamo's error_on_recompile).
+
+CPU runs them with the 'aot_eager' backend: the same dynamo graphs as inductor, no kernels built.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from torch._dynamo.utils import counters
+
+from stages.evaluate.compiled import forget_compiled
+from stages.evaluate.scoring import TokenReceipts, score_stream, warm_up_scoring
+from stages.evaluate.ttt import score_with_ttt, warm_up_ttt
+
+from .test_ttt import BATCH_WINDOWS, FAST_TTT, SEQ, STRIDE, byte_table, synthetic_docs, tiny_gpt
+from .test_ttt_lora import FAST_LORA
+from .test_ttt_phased import PHASED
+
+BACKEND = "aot_eager"
+TOLERANCE = 1e-5  # compiled and eager differ by float rounding only
+# Each mode with a partial last batch/step (so padding is exercised) and short chunks.
+MODES = {
+    "none": None,
+    "chunk-sgd": {**FAST_TTT, "batch_seqs": 3},
+    "lora": {**FAST_LORA, "lora_batch_docs": 5, "lora_warm_start_a": True},
+    "phased": {**PHASED, "lora_batch_docs": 5, "global_batch_seqs": 3},
+}
+
+
+@pytest.fixture(autouse=True)
+def fresh_compiles():
+    forget_compiled()
+    counters.clear()
+    yield
+    forget_compiled()
+
+
+def scored(model, stream, ttt: dict | None, backend: str | None) -> tuple[dict, object]:
+    """Warm up, then score ``stream`` (receipts, sums); compiled, any recompile in the pass raises."""
+    table, receipts = byte_table(), TokenReceipts()
+    if ttt is None:
+        warm_up_scoring(model, table, SEQ, BATCH_WINDOWS, compile_backend=backend)
+    else:
+        warm_up_ttt(model, table, SEQ, STRIDE, BATCH_WINDOWS, compile_backend=backend, config=ttt)
+    graphs = counters["stats"]["unique_graphs"]
+    with torch._dynamo.config.patch(error_on_recompile=True):
+        if ttt is None:
+            sums = score_stream(model, stream, table, SEQ, STRIDE, BATCH_WINDOWS, receipts=receipts,
+                                compile_backend=backend)
+        else:
+            sums = score_with_ttt(model, stream, table, SEQ, STRIDE, BATCH_WINDOWS, config=ttt, receipts=receipts,
+                                  compile_backend=backend)
+    assert counters["stats"]["unique_graphs"] == graphs, "the timed pass compiled a graph"
+    return receipts.tensors(), sums
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_compiled_scores_equal_eager_with_every_graph_built_in_the_warm_up(mode):
+    model = tiny_gpt(smear_gate=True, doc_mask=True)
+    stream = synthetic_docs(num_tokens=6 * 128 + 1)
+    eager, eager_sums = scored(copy.deepcopy(model), stream, MODES[mode], None)
+    assert counters["stats"]["unique_graphs"] == 0
+    compiled, sums = scored(copy.deepcopy(model), stream, MODES[mode], BACKEND)
+    assert counters["stats"]["unique_graphs"] >= 1
+    assert not counters["graph_break"]
+    for name in ("position", "bytes", "order", "update_after_order", "update_first_position", "update_last_position"):
+        assert torch.equal(compiled[name], eager[name]), name
+    torch.testing.assert_close(compiled["nll"], eager["nll"], rtol=0, atol=TOLERANCE)
+    assert sums.tokens == eager_sums.tokens and sums.bytes == eager_sums.bytes
+    assert sums.bpb == pytest.approx(eager_sums.bpb, rel=1e-6)
