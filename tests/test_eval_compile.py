@@ -18,6 +18,7 @@ from stages.evaluate.scoring import TokenReceipts, score_stream, warm_up_scoring
 from stages.evaluate.ttt import score_with_ttt, warm_up_ttt
 
 from .test_ttt import BATCH_WINDOWS, FAST_TTT, SEQ, STRIDE, byte_table, synthetic_docs, tiny_gpt
+from .test_lora_adapters import preset_model
 from .test_ttt_lora import FAST_LORA
 from .test_ttt_phased import PHASED
 
@@ -73,3 +74,18 @@ def test_compiled_scores_equal_eager_with_every_graph_built_in_the_warm_up(mode)
     torch.testing.assert_close(compiled["nll"], eager["nll"], rtol=0, atol=TOLERANCE)
     assert sums.tokens == eager_sums.tokens and sums.bytes == eager_sums.bytes
     assert sums.bpb == pytest.approx(eager_sums.bpb, rel=1e-6)
+
+
+def test_the_top_architecture_compiles_whole_and_scores_as_eager_under_phased_ttt():
+    """Every switch of `top` (looping, two-lane blocks, value embeddings, per-channel smear, gates)
+    at its CPU size: the adapted forward, its no-grad twin and the doc-masked training loss are
+    single graphs built in the warm-up, and phased TTT scores as eagerly."""
+    model = preset_model("top")
+    stream = synthetic_docs(num_tokens=3 * 128 + 1)
+    ttt = {**MODES["phased"], "phase_docs": 4}
+    eager, _ = scored(copy.deepcopy(model), stream, ttt, None)
+    compiled, _ = scored(copy.deepcopy(model), stream, ttt, BACKEND)
+    assert not counters["graph_break"]
+    assert counters["stats"]["unique_graphs"] == 3
+    assert torch.equal(compiled["position"], eager["position"])
+    torch.testing.assert_close(compiled["nll"], eager["nll"], rtol=0, atol=TOLERANCE)
