@@ -36,7 +36,7 @@ else
     GPU=$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -1)
 fi
 SLUG=$(echo "${GPU:-unknown_gpu}" | tr 'A-Z' 'a-z' | tr -cs 'a-z0-9' '_' | sed 's/^_*//; s/_*$//')
-RESULTS="bench/results/${SLUG:-unknown_gpu}"
+RESULTS="${RESULTS:-bench/results/${SLUG:-unknown_gpu}}"
 LOGS="$RESULTS/logs"
 WORK="${WORK:-artifacts/gpu-session}"
 mkdir -p "$LOGS" "$WORK"
