@@ -121,13 +121,13 @@ run_tests() {
     [ "$DEVICE" = cpu ] && selection="${TESTS:-tests/test_presets.py}"
     # 16 cores shared by the workers: unbounded torch threads make the CPU tests crawl.
     # shellcheck disable=SC2086
-    OMP_NUM_THREADS=2 step tests "${TESTS_CAP:-130}" 30 "$PY" -m pytest "${args[@]}" $selection
+    OMP_NUM_THREADS=2 step tests "${TESTS_CAP:-100}" 30 "$PY" -m pytest "${args[@]}" $selection
 }
 
 run_throughput() {
     local shape=(--full-size --compile --steps 10 --warmup 4 --configs baseline top)
     [ "$DEVICE" = cpu ] && shape=(--configs tiny --seq-len 64 --batch-tokens 128 --steps 1 --warmup 1)
-    step throughput "${THROUGHPUT_CAP:-170}" 60 "$PY" bench/train_throughput.py --device "$DEVICE" "${shape[@]}" \
+    step throughput "${THROUGHPUT_CAP:-150}" 60 "$PY" bench/train_throughput.py --device "$DEVICE" "${shape[@]}" \
         --tag _session
     cp bench/results/train_throughput_"$DEVICE"_session.json "$RESULTS/" 2>/dev/null
 }
@@ -139,7 +139,7 @@ run_profile() {
     fi
     local shape=(--full-size)
     [ "$DEVICE" = cpu ] && shape=()
-    step profile "${PROFILE_CAP:-60}" 20 "$PY" bench/profile_step.py --device "$DEVICE" "${shape[@]}"
+    step profile "${PROFILE_CAP:-45}" 20 "$PY" bench/profile_step.py --device "$DEVICE" "${shape[@]}"
     # Its table (JSON) beside the others; its Chrome trace into the log archive.
     find bench/results -maxdepth 1 -newer "$MARK" -name 'profile*' -exec cp {} "$LOGS/" \;
     find bench/results -maxdepth 1 -newer "$MARK" -name 'profile*.json' -exec cp {} "$RESULTS/" \;
@@ -147,12 +147,13 @@ run_profile() {
 
 run_stages() {
     local data="${DATA:-artifacts/gpu8k/tokenize}" run="$WORK/$PRESET"
-    local preset=$PRESET train_set=() tokenize_set=(--vocab-size 8192) quantize_set=(--preset "$PRESET")
+    local preset=$PRESET train_set=() tokenize_set=(--vocab-size 8192) quantize_set=(--preset "$PRESET") eval_set=()
     local codec=brotli
     if [ "$DEVICE" = cpu ]; then
         preset=tiny run="$WORK/tiny" data="${DATA:-$WORK/tokenize-cpu}"
         tokenize_set=(--vocab-size 512 --max-docs 400) quantize_set=(--preset tiny)
         train_set=(--set train.seq_len=64 --set train.batch_tokens=512 --set train.val_tokens=2048)
+        eval_set=(--set ttt.lora_batch_docs=8 --set ttt.lora_rank=8 --set ttt.phase_docs=16 --set ttt.global_batch_seqs=4)
     fi
     if [ ! -f "$data/manifest.json" ]; then
         if has_news; then
@@ -162,21 +163,21 @@ run_stages() {
             return
         fi
     fi
-    step train "${TRAIN_CAP:-240}" 60 "${GOLF[@]}" train --preset "$preset" --data "$data" --out "$run/train" --force \
+    step train "${TRAIN_CAP:-200}" 60 "${GOLF[@]}" train --preset "$preset" --data "$data" --out "$run/train" --force \
         --max-seconds "$TRAIN_SECONDS" --set train.device="$DEVICE" --set train.val_every=0 \
         --set train.checkpoint_every=0 "${train_set[@]}" || return
     if ! has_module brotli; then  # quantize sizes its tensors with the codec pack will use
         codec=lzma quantize_set+=(--set target_codec=lzma)
         say "codec:brotli absent, quantize sizes and pack codes the weights with lzma"
     fi
-    step quantize "${QUANTIZE_CAP:-120}" 30 "${GOLF[@]}" quantize --train "$run/train" --data "$data" --out "$run/quantize" \
+    step quantize "${QUANTIZE_CAP:-90}" 30 "${GOLF[@]}" quantize --train "$run/train" --data "$data" --out "$run/quantize" \
         --force "${quantize_set[@]}" --set device="$DEVICE" || return
     # A generous limit so that eval always runs; the 16,000,000-byte gate is read from the manifest.
     step pack 60 10 "${GOLF[@]}" pack --quantized "$run/quantize" --out "$run/pack" --force --codec "$codec" \
         --limit 40000000 || return
     # shellcheck disable=SC2086  (EVAL_SET: extra --set words, e.g. the dry run's compile=on)
-    step eval "${EVAL_CAP:-240}" 30 "${GOLF[@]}" eval "$run/pack" --data "$data" --out "$run/eval" --force \
-        --preset "$preset" --ttt phased --set device="$DEVICE" --set eval_tokens="$EVAL_TOKENS" ${EVAL_SET:-}
+    step eval "${EVAL_CAP:-200}" 30 "${GOLF[@]}" eval "$run/pack" --data "$data" --out "$run/eval" --force \
+        --preset "$preset" --ttt phased --set device="$DEVICE" --set eval_tokens="$EVAL_TOKENS" "${eval_set[@]}" ${EVAL_SET:-}
     "$PY" - "$run" <<'EOF' | tee -a "$SUMMARY"
 import json, sys
 from pathlib import Path
