@@ -8,17 +8,22 @@ CPU runs them with the 'aot_eager' backend: the same dynamo graphs as inductor, 
 from __future__ import annotations
 
 import copy
+from types import SimpleNamespace
 
 import pytest
 import torch
 from torch._dynamo.utils import counters
 
+from stages.config import apply_overrides
+from stages.errors import GolfError
 from stages.evaluate.compiled import compiled, forget_compiled, mean_loss, token_nll
 from stages.evaluate.scoring import TokenReceipts, score_stream, warm_up_scoring
+from stages.evaluate.stage import EvalConfig, compile_backend, run_eval
 from stages.evaluate.ttt import score_with_ttt, warm_up_ttt
+from stages.ranges import ConfigError
 
-from .test_ttt import BATCH_WINDOWS, FAST_TTT, SEQ, STRIDE, byte_table, synthetic_docs, tiny_gpt
 from .test_lora_adapters import adapters_for, preset_model
+from .test_ttt import BATCH_WINDOWS, FAST_TTT, SEQ, STRIDE, byte_table, eval_config, synthetic_docs, tiny_gpt
 from .test_ttt_lora import FAST_LORA
 from .test_ttt_phased import PHASED
 
@@ -92,3 +97,25 @@ def test_the_top_architecture_compiles_whole():
     loss = compiled(mean_loss, "eager")(model, inputs, targets, doc_mask=True)
     torch.testing.assert_close(loss, model.loss(inputs, targets, doc_mask=True), rtol=0, atol=TOLERANCE)
     assert counters["stats"]["unique_graphs"] == 2 and not counters["graph_break"]
+
+
+def test_compile_switch_auto_is_cuda_only_and_a_bad_value_is_one_line():
+    runtime = SimpleNamespace(score_stream=score_stream)
+    assert compile_backend(EvalConfig(), "cpu", runtime) is None
+    assert compile_backend(EvalConfig(compile="on", compile_backend="eager"), "cpu", runtime) == "eager"
+    assert compile_backend(EvalConfig(compile="off"), "cuda", runtime) is None
+    with pytest.raises(ConfigError, match="compile"):
+        EvalConfig(compile="yes")
+    older = SimpleNamespace(score_stream=lambda model, tokens: None)  # a runtime packed before compiling existed
+    with pytest.raises(GolfError, match="compile=off"):
+        compile_backend(EvalConfig(compile="on"), "cpu", older)
+
+
+def test_the_stage_compiles_the_shipped_scorer_in_its_warm_up_and_scores_as_eager(pack_dir, tmp_path):
+    eager = run_eval(eval_config(), pack_dir, None, tmp_path / "eager")
+    config = apply_overrides(eval_config(), ["compile=on", "compile_backend=eager"])
+    compiled_run = run_eval(config, pack_dir, None, tmp_path / "compiled")
+    assert compiled_run.metrics["compiled"] == "eager" and eager.metrics["compiled"] == "off"
+    assert compiled_run.ledger["warmup"]["counts_toward"] == "eval" and "warmup" not in eager.ledger
+    assert compiled_run.metrics["val_bpb"] == pytest.approx(eager.metrics["val_bpb"], rel=1e-6)
+    assert compiled_run.metrics["tokens_scored"] == eager.metrics["tokens_scored"]

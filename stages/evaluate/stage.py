@@ -201,6 +201,7 @@ def run_eval(config: EvalConfig, artifact: str | Path, data_dir: str | Path | No
             "val_loss": sums.loss,
             "val_bpb": sums.bpb,
             "ttt_mode": config.ttt.mode,
+            "compiled": backend or "off",
             **compared,
             **facts,
             "tokens_scored": sums.tokens,
