@@ -27,18 +27,21 @@ from stages.train.stage import PEAK_FLOPS, flops_per_token
 RECORD_GPUS = 8
 
 
-def shape(name: str, args) -> tuple[int, int]:
-    """(seq_len, batch tokens per step) for this configuration."""
+def shape(name: str, args) -> tuple[int, int, list[str]]:
+    """(seq_len, batch tokens per step, the overrides that keep the preset's row) for this
+    configuration: --full-size keeps a document-packed preset's own rows (top: one packed row of
+    98,304 tokens, as its loader gives each GPU), not rows cut from the smaller batch."""
     train = get_preset(name).config.train
-    if args.full_size:
-        return train.seq_len, train.batch_tokens // RECORD_GPUS
-    return args.seq_len, args.batch_tokens
+    if not args.full_size:
+        return args.seq_len, args.batch_tokens, []
+    packed = [f"train.pack_tokens={train.row_tokens}"] if train.loader == "doc_packed" else []
+    return train.seq_len, train.batch_tokens // RECORD_GPUS, packed
 
 
 def measure(name: str, args) -> dict:
-    seq_len, batch_tokens = shape(name, args)
+    seq_len, batch_tokens, row = shape(name, args)
     config = apply_overrides(get_preset(name).config, [
-        f"train.seq_len={seq_len}", f"train.batch_tokens={batch_tokens}", "train.grad_accum=1",
+        *row, f"train.seq_len={seq_len}", f"train.batch_tokens={batch_tokens}", "train.grad_accum=1",
         f"train.device={args.device}", f"train.compile={args.compile}", "train.max_steps=1000000",
         "train.max_seconds=none", "train.schedule=steps", "model.loop_start_frac=0",
     ])
@@ -65,7 +68,7 @@ def measure(name: str, args) -> dict:
     peak = next((v for k, v in PEAK_FLOPS.items() if k in gpu), None)
     return {
         "config": name, "compiled": args.compile, "params": count_parameters(model), "seq_len": seq_len,
-        "batch_tokens": batch_tokens,
+        "row_tokens": config.train.row_tokens, "batch_tokens": batch_tokens,
         "ms_per_step": round(1000 * step_s, 2), "tokens_per_second": round(tok_s, 1),
         "achieved_tflops": round(fpt * tok_s / 1e12, 4), "mfu": round(fpt * tok_s / peak, 4) if peak else None,
         "peak_memory_gib": round(torch.cuda.max_memory_allocated(device) / 2**30, 2) if device.type == "cuda" else None,
@@ -88,7 +91,7 @@ def main() -> None:
     args = parser.parse_args()
     rows = [measure(name, args) for name in args.configs]
     print_table(f"training throughput on {args.device}", rows,
-                ["config", "compiled", "params", "seq_len", "batch_tokens", "ms_per_step", "tokens_per_second",
+                ["config", "compiled", "params", "seq_len", "row_tokens", "batch_tokens", "ms_per_step", "tokens_per_second",
                  "achieved_tflops", "mfu", "peak_memory_gib"])
     save(f"train_throughput_{args.device}{args.tag}", rows, vars(args))
 

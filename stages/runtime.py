@@ -12,7 +12,8 @@ from __future__ import annotations
 
 from .artifact.layout import decode_tensors
 from .evaluate.bpb import build_byte_table  # noqa: F401  (re-exported for eval)
-from .evaluate.scoring import TokenReceipts, count_windows, merge_receipts, score_stream  # noqa: F401  (re-exported)
+from .evaluate.scoring import (  # noqa: F401  (re-exported)
+    TokenReceipts, count_windows, merge_receipts, score_stream, warm_up_scoring)
 from .model.config import ModelConfig
 from .model.gpt import GPT
 from .quantize.dequant import dequantize_state

@@ -9,13 +9,14 @@ scored exactly once with at least ``seq_len - stride`` tokens of context.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 from typing import Callable
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from .bpb import BpbSums, ByteTable, TorchByteTable
+from .compiled import compiled, mean_loss, pad_rows, token_nll
 
 
 @dataclass(frozen=True)
@@ -63,11 +64,13 @@ class WindowScorer:
     """Scores batches of windows of one token stream with the model's own forward, under no_grad.
 
     Plain evaluation and every test-time-training mode score through this one class, so that
-    with adaptation off they produce the very same numbers.
+    with adaptation off they produce the very same numbers. With ``compile_backend`` its forwards
+    are compiled (``compiled.py``); None: eager.
     """
 
     def __init__(self, tokens: np.ndarray, table: ByteTable, seq_len: int, device: torch.device | str = "cpu",
-                 sidecar: np.ndarray | None = None, autocast_dtype: torch.dtype | None = None):
+                 sidecar: np.ndarray | None = None, autocast_dtype: torch.dtype | None = None,
+                 compile_backend: str | None = None):
         self.num_targets = usable_targets(len(tokens), seq_len)
         self.stream = torch.as_tensor(np.asarray(tokens[: self.num_targets + 1], dtype=np.int64))
         self.side = None if sidecar is None else torch.as_tensor(
@@ -76,22 +79,40 @@ class WindowScorer:
         self.seq_len = seq_len
         self.device = device
         self.autocast_dtype = autocast_dtype
+        self.compile_backend = compile_backend
         self.offsets = torch.arange(seq_len + 1)
 
     @torch.no_grad()
-    def score(self, model: torch.nn.Module, batch: list[Window]) -> ScoredTargets:
-        """The NLL and bytes of every target the windows of ``batch`` score (the model in eval mode)."""
+    def score(self, model: torch.nn.Module, batch: list[Window], rows: int = 0) -> ScoredTargets:
+        """The NLL and bytes of every target the windows of ``batch`` score (the model in eval mode).
+        Compiled, a batch of fewer than ``rows`` windows is padded with copies of its last one
+        (one static shape), whose scores are dropped."""
         model.eval()
-        index = torch.tensor([w.start for w in batch])[:, None] + self.offsets
-        chunk = self.stream[index].to(self.device)
-        nll = self.nll(model, chunk[:, :-1], chunk[:, 1:])
+        starts = torch.tensor([w.start for w in batch])
+        if self.compile_backend is not None:
+            starts = pad_rows(starts, rows, batch[-1].start)
+        chunk = self.stream[starts[:, None] + self.offsets].to(self.device)
+        nll = self.nll(model, chunk[:, :-1], chunk[:, 1:])[: len(batch)]
+        index = starts[: len(batch), None] + self.offsets
         scored = torch.arange(self.seq_len)[None, :] >= torch.tensor([w.score_from for w in batch])[:, None]
         return self.scored_targets(index[:, 1:][scored], nll[scored.to(self.device)])
 
-    def nll(self, model: torch.nn.Module, inputs: torch.Tensor, targets: torch.Tensor, **forward) -> torch.Tensor:
+    def nll(self, model: torch.nn.Module, inputs: torch.Tensor, targets: torch.Tensor, dynamic_width: bool = False,
+            **forward) -> torch.Tensor:
         """Per-target NLL (float32, shaped like ``targets``) of the model's own forward under this
-        scorer's autocast; ``forward`` goes to the model (test-time training passes its adapters)."""
-        return model_nll(model, inputs, targets, self.autocast_dtype, **forward)
+        scorer's autocast; ``forward`` goes to the model (test-time training passes its adapters).
+        ``dynamic_width``: compiled, one graph serves every width (document LoRA's growing rows)."""
+        device_type = torch.device(self.device).type
+        extra = {} if self.compile_backend is None else {"dynamic_width": dynamic_width}
+        with torch.autocast(device_type=device_type, dtype=self.autocast_dtype, enabled=self.autocast_dtype is not None):
+            return compiled(token_nll, self.compile_backend)(model, inputs, targets, **extra, **forward)
+
+    def training_loss(self, model: torch.nn.Module, **forward) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+        """``loss(inputs, targets)``: the model's own mean loss (``forward`` to the model), compiled
+        when this scorer compiles; the caller sets the autocast (``ttt.common.autocast_loss``)."""
+        if self.compile_backend is None:
+            return partial(model.loss, **forward)
+        return partial(compiled(mean_loss, self.compile_backend), model, **forward)
 
     def scored_targets(self, positions: torch.Tensor, nll: torch.Tensor) -> ScoredTargets:
         """The targets at stream ``positions`` (CPU int64) with their ``nll``, and their bytes."""
@@ -109,13 +130,9 @@ class WindowScorer:
 def model_nll(model: torch.nn.Module, inputs: torch.Tensor, targets: torch.Tensor,
               autocast_dtype: torch.dtype | None = None, **forward) -> torch.Tensor:
     """Per-target NLL (float32, shaped like ``targets``) of the model's forward under autocast at
-    ``autocast_dtype`` (None: off). A model with its own ``nll`` (the GPT: head and loss fused, never
-    every logit at once) computes it; any other model returns logits."""
+    ``autocast_dtype`` (None: off), eager (``compiled.token_nll``)."""
     with torch.autocast(device_type=inputs.device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
-        if hasattr(model, "nll"):
-            return model.nll(inputs, targets, **forward)
-        logits = model(inputs, **forward)
-    return F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), reduction="none").view_as(targets)
+        return token_nll(model, inputs, targets, **forward)
 
 
 class TokenReceipts:
@@ -186,7 +203,7 @@ def score_windows(model: torch.nn.Module, scorer: WindowScorer, windows: list[Wi
     """Score ``windows`` in batches, adding each batch to ``sums`` (and ``receipts``) as it is committed."""
     for first in range(0, len(windows), batch_windows):
         batch = windows[first : first + batch_windows]
-        commit(scorer.score(model, batch), sums, receipts)
+        commit(scorer.score(model, batch, batch_windows), sums, receipts)
         if on_windows is not None:
             on_windows(len(batch))
 
@@ -212,18 +229,35 @@ def score_stream(
     autocast_dtype: torch.dtype | None = None,
     on_windows: Callable[[int], None] | None = None,
     receipts: TokenReceipts | None = None,
+    compile_backend: str | None = None,
 ) -> BpbSums:
     """Sum NLL and bytes over this rank's share of the windows (all-reduce the result for the total).
 
-    ``sidecar`` (one byte count per token, from the original text) replaces the table when given.
+    ``sidecar`` (one byte count per token, from the original text) replaces the table when given;
+    ``compile_backend`` compiles the forward (None: eager).
     """
-    scorer = WindowScorer(tokens, table, seq_len, device, sidecar, autocast_dtype)
+    scorer = WindowScorer(tokens, table, seq_len, device, sidecar, autocast_dtype, compile_backend)
     windows = plan_windows(scorer.num_targets, seq_len, stride)[rank::world_size]
     sums = BpbSums()
     was_training = model.training
     score_windows(model, scorer, windows, batch_windows, sums, receipts, on_windows)
     model.train(was_training)
     return sums
+
+
+def warm_up_scoring(model: torch.nn.Module, table: ByteTable, seq_len: int, batch_windows: int = 8,
+                    device: torch.device | str = "cpu", autocast_dtype: torch.dtype | None = None,
+                    compile_backend: str | None = None, seed: int = 0) -> None:
+    """Before the timed pass: one scoring batch at its shape, on random tokens (no val data), so the
+    compiled forward is compiled here; the weights are untouched."""
+    generator = torch.Generator().manual_seed(seed)
+    stream = torch.randint(0, model.config.vocab_size, (batch_windows * seq_len + 1,), generator=generator)
+    scorer = WindowScorer(stream.numpy(), table, seq_len, device, None, autocast_dtype, compile_backend)
+    was_training = model.training
+    scorer.score(model, plan_windows(scorer.num_targets, seq_len, seq_len), batch_windows)
+    model.train(was_training)
+    if torch.device(device).type == "cuda":  # its kernels finish inside the 'warmup' bucket
+        torch.cuda.synchronize(device)
 
 
 def count_windows(num_tokens: int, seq_len: int, stride: int) -> int:

@@ -20,15 +20,17 @@ alone writes the stage folder and the receipts file and prints the result.
 
 from __future__ import annotations
 
+import inspect
 import math
 import sys
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
-from typing import get_args
+from typing import Literal, get_args
 
 import numpy as np
+import torch
 import torch.distributed as dist
 from safetensors.torch import save as save_safetensors
 
@@ -53,8 +55,8 @@ IN_MEMORY_TOLERANCE = 1e-6
 # Why each ledger bucket of the scored pass counts toward the evaluation budget. The shipped TTT
 # code names its phases (``run.timed(name)``); a name a key here begins (global_sgd_2) takes its note.
 PHASE_NOTES = {
-    "warmup": "the TTT mode's warm-up on random tokens (no val data) before scoring: counted here, "
-              "not by the records (docs/TTT_CASEOPS.md section E)",
+    "warmup": "the TTT mode's warm-up (or, compiled, the scoring forward's) on random tokens (no val data) "
+              "before scoring, compiling included: counted here, not by the records (docs/TTT_CASEOPS.md section E)",
     "batch_fit": "document TTT: measuring the adapter step's memory to choose the documents per batch",
     "score": "scoring every val target once (no_grad)",
     "adapt": "test-time training on targets already scored",
@@ -62,6 +64,7 @@ PHASE_NOTES = {
 }
 OTHER_PHASE_NOTE = "a phase of the shipped test-time training, on targets already scored"
 SCORED_PASS_PHASES = ("score", "adapt")  # listed in every TTT ledger, in order, even at 0 s
+CompileSwitch = Literal["auto", "on", "off"]
 
 
 @dataclass(frozen=True)
@@ -85,7 +88,14 @@ class EvalConfig:
     compare_no_ttt: bool = False
     """Also score the same windows without adaptation first (val_bpb_no_ttt; a diagnostic, not budgeted)."""
     warmup: bool = True
-    """Warm the TTT mode up before scoring (its shapes, random tokens only, weights unchanged; ledger 'warmup')."""
+    """Warm the TTT mode (or a compiled scoring forward) up before scoring: its shapes, random tokens only,
+    weights unchanged, compiling done there (ledger 'warmup')."""
+    compile: CompileSwitch = "auto"
+    """torch.compile (fullgraph) the scoring forward and each TTT mode's adapted forward and loss, at static
+    shapes (the LoRA width dynamic): 'on', 'off', or 'auto' (on for CUDA, off on CPU, where it would not pay)."""
+    compile_backend: str = "inductor"
+    """The torch.compile backend when compiling ('inductor'; 'aot_eager' traces the same graphs without
+    generating kernels: the CPU tests)."""
     budget_s: float = ranged(600.0, gt=0)
     """Evaluation budget in seconds: every second from the stage start (load, warm-up, scoring, adaptation,
     global SGD phases) but the --compare-no-ttt diagnostic. Conservative: the records timed only their loop."""
@@ -99,6 +109,8 @@ class EvalConfig:
         if self.over_budget not in get_args(OverBudget):
             allowed = ", ".join(get_args(OverBudget))
             raise ConfigError("over_budget", f"must be one of {allowed}, got {self.over_budget!r}")
+        if self.compile not in get_args(CompileSwitch):
+            raise ConfigError("compile", f"must be one of {', '.join(get_args(CompileSwitch))}, got {self.compile!r}")
         if self.compare_no_ttt and self.ttt.mode == "none":
             raise ConfigError("compare_no_ttt", "needs a test-time training mode (ttt.mode is 'none')")
 
@@ -167,11 +179,13 @@ def run_eval(config: EvalConfig, artifact: str | Path, data_dir: str | Path | No
         model = model.to(device)
         attention = _choose_attention(model, device)
         reporter.log(attention=attention)
+        backend = compile_backend(config, device, runtime)
+        reporter.log(eval_compile=backend or "off")
         fit: dict = {}  # document modes: the documents per batch that fit the device, and the rule
-        if config.ttt.mode != "none" and config.warmup:
+        if config.warmup and (config.ttt.mode != "none" or backend is not None):
             with ledger.measure("warmup", "eval", PHASE_NOTES["warmup"]):
                 config, fit = _fit_batch(ttt_code, model, seq_len, config, ctx)
-                _warm_up(ttt_code, model, val.table, seq_len, stride, config, ctx)
+                _warm_up(runtime, ttt_code, model, val.table, seq_len, stride, config, ctx, backend)
         elif config.ttt.mode in DOCUMENT_MODES:
             with ledger.measure("batch_fit", "eval", PHASE_NOTES["batch_fit"]):
                 config, fit = _fit_batch(ttt_code, model, seq_len, config, ctx)
@@ -180,11 +194,11 @@ def run_eval(config: EvalConfig, artifact: str | Path, data_dir: str | Path | No
         compared = {}
         if config.compare_no_ttt:
             with ledger.measure("score_no_ttt", None, "diagnostic: the same windows without adaptation"):
-                compared = {"val_bpb_no_ttt": _no_ttt_pass(score, runtime, ttt_code, config.ttt).bpb}
+                compared = {"val_bpb_no_ttt": _no_ttt_pass(score, runtime, ttt_code, config.ttt, backend).bpb}
         receipts = runtime.TokenReceipts() if token_nll is not None else None
         facts: dict = {}  # what the TTT mode states about its pass (phased: its global phases)
         budget.receipts = receipts  # where adaptation stopped, in scoring steps
-        sums = _scored_pass(score, runtime, ttt_code, config.ttt, ledger, receipts, facts, budget.may_adapt)
+        sums = _scored_pass(score, runtime, ttt_code, config.ttt, ledger, receipts, facts, budget.may_adapt, backend)
         spent = budget.finish()
         receipt_rows = _gather_receipts(runtime, receipts, ctx)
         if not ctx.is_main:
@@ -196,6 +210,7 @@ def run_eval(config: EvalConfig, artifact: str | Path, data_dir: str | Path | No
             "val_bpb": sums.bpb,
             "ttt_mode": config.ttt.mode,
             **fit,
+            "compiled": backend or "off",
             **compared,
             **facts,
             "tokens_scored": sums.tokens,
@@ -274,14 +289,16 @@ def _windows_kind(ttt_mode: str, seq_len: int, stride: int) -> str:
     return "non-overlapping" if stride == seq_len else "sliding"
 
 
-def _no_ttt_pass(score, runtime, ttt_code, ttt: TTTConfig):
+def _no_ttt_pass(score, runtime, ttt_code, ttt: TTTConfig, backend: str | None = None):
     """The --compare-no-ttt diagnostic: the scored pass's own windows with adaptation off. Document
     LoRA's windows are each document's own, so it runs the shipped lora with its learning rate 0
-    (its zero-learning test: exactly the plain forward on those windows) and no global phase."""
+    (its zero-learning test: exactly the plain forward on those windows) and no global phase.
+    ``backend`` compiles the forwards (None: eager)."""
     if ttt.mode in DOCUMENT_MODES:
         frozen = replace(ttt, mode="lora", lora_lr=0.0)
-        return score("eval (no ttt)", score_stream=partial(ttt_code.score_with_ttt, config=to_dict(frozen)))
-    return score("eval (no ttt)", score_stream=runtime.score_stream)
+        return score("eval (no ttt)", score_stream=partial(ttt_code.score_with_ttt, config=to_dict(frozen),
+                                                           **compiling(backend)))
+    return score("eval (no ttt)", score_stream=partial(runtime.score_stream, **compiling(backend)))
 
 
 def _stream_bpb_without_adaptation(ttt_mode: str, bpb: float, compared: dict) -> float | None:
@@ -292,18 +309,19 @@ def _stream_bpb_without_adaptation(ttt_mode: str, bpb: float, compared: dict) ->
     return None if ttt_mode in DOCUMENT_MODES else compared.get("val_bpb_no_ttt")
 
 
-def _scored_pass(score, runtime, ttt_code, ttt: TTTConfig, ledger, receipts, facts: dict, may_adapt):
+def _scored_pass(score, runtime, ttt_code, ttt: TTTConfig, ledger, receipts, facts: dict, may_adapt,
+                 backend: str | None = None):
     """The pass that is the score: plain windows (the shipped ``runtime``), or the shipped TTT mode
     (``ttt_code``) with its phases timed apart and ``may_adapt`` (the budget) asked before each
-    adaptation step; the mode's facts land in ``facts``."""
+    adaptation step; the mode's facts land in ``facts``; ``backend`` compiles (None: eager)."""
     if ttt.mode == "none":
         with ledger.measure("score", "eval", PHASE_NOTES["score"]):
-            return score("eval", score_stream=partial(runtime.score_stream, receipts=receipts))
+            return score("eval", score_stream=partial(runtime.score_stream, receipts=receipts, **compiling(backend)))
     for name in SCORED_PASS_PHASES:  # listed, in order, even when a single chunk never adapts
         ledger.add(name, 0.0, "eval", PHASE_NOTES[name])
     phase = lambda name: ledger.measure(name, "eval", phase_note(name))  # noqa: E731
     ttt_scorer = partial(ttt_code.score_with_ttt, config=to_dict(ttt), receipts=receipts, phase=phase,
-                         may_adapt=may_adapt, on_fact=facts.__setitem__)
+                         may_adapt=may_adapt, on_fact=facts.__setitem__, **compiling(backend))
     with shipped_errors(ttt_code):
         return score(f"eval (ttt {ttt.mode})", score_stream=ttt_scorer)
 
@@ -341,14 +359,36 @@ def _fit_batch(ttt_code, model, seq_len: int, config: EvalConfig, ctx: DistConte
     return replace(config, ttt=replace(config.ttt, lora_batch_docs=fit["ttt_batch_docs"])), fit
 
 
-def _warm_up(ttt_code, model, table, seq_len: int, stride: int, config: EvalConfig, ctx: DistContext) -> None:
-    """The shipped TTT mode's warm-up at the shapes of the scored pass; it is given no val tokens."""
+def compile_backend(config: EvalConfig, device, runtime) -> str | None:
+    """The torch.compile backend the eval's forwards use, or None (eager): ``config.compile``, where
+    'auto' compiles on CUDA only; the shipped ``runtime`` must know how."""
+    on = config.compile == "on" or (config.compile == "auto" and torch.device(device).type == "cuda")
+    if on and "compile_backend" not in inspect.signature(runtime.score_stream).parameters:
+        raise GolfError("the artifact's code cannot compile its forward (packed by an older golf); "
+                        "pass --set compile=off")
+    return config.compile_backend if on else None
+
+
+def compiling(backend: str | None) -> dict:
+    """The shipped scorers' keyword that compiles with ``backend``; none when eager (so code packed
+    before it existed still scores eagerly)."""
+    return {} if backend is None else {"compile_backend": backend}
+
+
+def _warm_up(runtime, ttt_code, model, table, seq_len: int, stride: int, config: EvalConfig, ctx: DistContext,
+             backend: str | None) -> None:
+    """The shipped TTT mode's warm-up (plain scoring: the compiled scoring forward's) at the shapes of
+    the scored pass; it is given no val tokens."""
+    if config.ttt.mode == "none":
+        runtime.warm_up_scoring(model, table, seq_len, config.batch_windows, ctx.device, autocast_dtype(ctx.device),
+                                backend)
+        return
     warm_up_ttt = getattr(ttt_code, "warm_up_ttt", None)
     if warm_up_ttt is None:
         raise GolfError("the artifact's code has no TTT warm-up (packed by an older golf); pass --set warmup=false")
     with shipped_errors(ttt_code):
         warm_up_ttt(model, table, seq_len, stride, config.batch_windows, ctx.device, ctx.rank, ctx.world_size,
-                    autocast_dtype(ctx.device), config=to_dict(config.ttt))
+                    autocast_dtype(ctx.device), backend, config=to_dict(config.ttt))
 
 
 def _check_receipts_path(path: Path) -> None:

@@ -64,13 +64,15 @@ class Rotary(nn.Module):
         return self.base * (seq_len / self.train_len) ** (self.dims / (self.dims - 2))
 
     def cos_sin(self, seq_len: int, device: torch.device, dtype: torch.dtype):
-        if torch.compiler.is_compiling():  # in the graph: a cache would be guarded on and recompile once set
-            return tuple(t.to(dtype) for t in self._cos_sin(seq_len, device))
+        if torch.compiler.is_compiling():  # inside a graph: no Python cache to guard on (one graph for every length)
+            cos, sin = self.tables(seq_len, device)
+            return cos.to(dtype), sin.to(dtype)
         if self._cache is None or self._cache[0] != seq_len or self._cache[1] != device:
-            self._cache = (seq_len, device, *self._cos_sin(seq_len, device))
+            self._cache = (seq_len, device, *self.tables(seq_len, device))
         return self._cache[2].to(dtype), self._cache[3].to(dtype)
 
-    def _cos_sin(self, seq_len: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    def tables(self, seq_len: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos and sin (1, 1, seq_len, dims / 2) in float32."""
         base = self.base_for(seq_len)
         inv_freq = self.inv_freq if base == self.base else self.inverse_frequencies(base)
         positions = torch.arange(seq_len, device=device, dtype=torch.float32)

@@ -54,7 +54,7 @@ def score_with_ttt(
     stream.apply_defaults()
     args = stream.arguments
     scorer = WindowScorer(args["tokens"], args["table"], args["seq_len"], args["device"], args["sidecar"],
-                          args["autocast_dtype"])
+                          args["autocast_dtype"], args["compile_backend"])
     run = TTTPass(scorer, args["stride"], args["batch_windows"], args["rank"], args["world_size"], args["receipts"],
                   args["on_windows"], phase, may_adapt, on_fact)
     with training_mode_kept(args["model"]):
@@ -71,6 +71,7 @@ def warm_up_ttt(
     rank: int = 0,
     world_size: int = 1,
     autocast_dtype: torch.dtype | None = None,
+    compile_backend: str | None = None,
     *,
     config: dict,
     seed: int = 0,
@@ -80,12 +81,13 @@ def warm_up_ttt(
     The pass it gets scores a stream of random tokens (``batch_windows`` windows long), not the
     val stream: the records that warmed up on val tokens were challenged, later ones used random
     tokens (docs/TTT_CASEOPS.md sections A.3, E). The tokens come from a generator of their own,
-    so the global random state (adapter init) is what it would be without a warm-up.
+    so the global random state (adapter init) is what it would be without a warm-up. With
+    ``compile_backend`` the mode's compiled forwards are compiled here, at the pass's shapes.
     """
     ttt = ttt_config(config)
     generator = torch.Generator().manual_seed(seed)
     stream = torch.randint(0, model.config.vocab_size, (batch_windows * seq_len + 1,), generator=generator)
-    scorer = WindowScorer(stream.numpy(), table, seq_len, device, None, autocast_dtype)
+    scorer = WindowScorer(stream.numpy(), table, seq_len, device, None, autocast_dtype, compile_backend)
     run = TTTPass(scorer, stride, batch_windows, rank, world_size)
     with training_mode_kept(model):
         built(WARM_UPS, ttt.mode)(model, run, ttt)

@@ -68,8 +68,9 @@ def train_on_chunk(model: torch.nn.Module, optimizer: torch.optim.Optimizer, run
     if not starts:
         return
     model.train()
-    train_sequences(model.loss, optimizer, run, run.scorer.stream, starts, config.batch_seqs, config.epochs,
-                    config.grad_clip, partial(note_chunk_step, run))
+    train_sequences(run.scorer.training_loss(model), optimizer, run, run.scorer.stream, starts, config.batch_seqs,
+                    config.epochs, config.grad_clip, partial(note_chunk_step, run),
+                    run.pad_to(config.batch_seqs, config.chunk_tokens))
     model.eval()
 
 
@@ -84,9 +85,10 @@ def warm_up(model: torch.nn.Module, run: TTTPass, config: TTTConfig) -> None:
     the pass will use, on random tokens (``run`` scores a random stream: ``warm_up_ttt``). No
     optimizer step, so the weights are bitwise unchanged."""
     scorer = run.scorer
-    scorer.score(model, plan_windows(scorer.num_targets, scorer.seq_len, scorer.seq_len)[: run.batch_windows])
-    # A training step's batch: batch_seqs sequences, or as many as one chunk holds (train_on_chunk).
-    batch = max(1, min(config.batch_seqs, config.chunk_tokens // scorer.seq_len))
-    rows = torch.randint(0, model.config.vocab_size, (batch, scorer.seq_len + 1),
+    windows = plan_windows(scorer.num_targets, scorer.seq_len, scorer.seq_len)[: run.batch_windows]
+    scorer.score(model, windows, run.batch_windows)
+    # A training step's batch: this rank's share of batch_seqs sequences, or of as many as one chunk holds.
+    rows = torch.randint(0, model.config.vocab_size, (run.step_rows(config.batch_seqs, config.chunk_tokens),
+                                                      scorer.seq_len + 1),
                          generator=torch.Generator().manual_seed(0)).to(scorer.device)
-    warm_up_backward(model, model.loss, rows, scorer.autocast_dtype)
+    warm_up_backward(model, scorer.training_loss(model), rows, scorer.autocast_dtype)

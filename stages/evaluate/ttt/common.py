@@ -16,6 +16,7 @@ import torch
 import torch.distributed as dist
 
 from ..bpb import BpbSums
+from ..compiled import IGNORE, pad_rows
 from ..scoring import TokenReceipts, Window, WindowScorer, score_windows
 
 
@@ -85,6 +86,18 @@ class TTTPass:
             self.receipts.catch_up(first_step + math.ceil(largest / self.batch_windows))
 
 
+    def step_rows(self, batch_seqs: int, chunk_tokens: int) -> int:
+        """The most sequences one rank trains on in a step of ``batch_seqs`` sequences (over all
+        ranks) drawn from chunks of ``chunk_tokens``: the rows its warm-up runs, and, compiled,
+        the static row count every step is padded to (``train_sequences``); 0 when eager."""
+        per_step = max(1, min(batch_seqs, chunk_tokens // self.scorer.seq_len))
+        return math.ceil(per_step / self.world_size)
+
+    def pad_to(self, batch_seqs: int, chunk_tokens: int) -> int:
+        """Rows a compiled training step is padded to (``step_rows``); 0 (no padding) when eager."""
+        return 0 if self.scorer.compile_backend is None else self.step_rows(batch_seqs, chunk_tokens)
+
+
 def rank_share(items: list, rank: int, world_size: int) -> list:
     """Rank ``rank``'s contiguous slice of ``items``; the slices of all ranks cover them once, in
     order, and differ in length by at most one."""
@@ -126,25 +139,30 @@ def cosine_lr(peak: float, chunk: int, num_chunks: int) -> float:
 
 def train_sequences(loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], optimizer: torch.optim.Optimizer,
                     run: TTTPass, tokens: torch.Tensor, starts: list[int], batch_seqs: int, epochs: int,
-                    grad_clip: float, note: Callable[[list[int], torch.Tensor], None]) -> None:
+                    grad_clip: float, note: Callable[[list[int], torch.Tensor], None], pad_to: int = 0) -> None:
     """``epochs`` passes over the ``seq_len`` sequences of ``tokens`` at ``starts``, ``batch_seqs`` of
     them per SGD step over all ranks, each rank its contiguous slice (``sgd_step`` weighs it by its
-    share); ``note(step's starts, this rank's starts)`` after each step, for the update receipts."""
+    share, padded to ``pad_to`` rows); ``note(step's starts, this rank's starts)`` after each step,
+    for the update receipts."""
     offsets = torch.arange(run.scorer.seq_len + 1)
     for _ in range(epochs):
         for first in range(0, len(starts), batch_seqs):
             step = starts[first : first + batch_seqs]
             mine = torch.tensor(rank_share(step, run.rank, run.world_size), dtype=torch.int64)
             rows = tokens[mine[:, None] + offsets].to(run.scorer.device)
-            sgd_step(loss_fn, optimizer, rows, grad_clip, run.scorer.autocast_dtype, share=len(mine) / len(step))
+            sgd_step(loss_fn, optimizer, rows, grad_clip, run.scorer.autocast_dtype, share=len(mine) / len(step),
+                     pad_to=pad_to)
             note(step, mine)
 
 
 def sgd_step(loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], optimizer: torch.optim.Optimizer,
-             rows: torch.Tensor, grad_clip: float, autocast_dtype: torch.dtype | None, share: float = 1.0) -> None:
+             rows: torch.Tensor, grad_clip: float, autocast_dtype: torch.dtype | None, share: float = 1.0,
+             pad_to: int = 0) -> None:
     """One optimizer step on ``rows`` (each a sequence plus its next token: inputs, then targets
     shifted by one): ``loss_fn``'s mean loss times ``share``, backward, gradients summed over the
     ranks when a process group is initialized, clipped to ``grad_clip`` (0: not clipped), step.
+    Fewer rows than ``pad_to`` are padded with rows whose targets the loss ignores (a compiled
+    step keeps one shape; the loss and its gradient are those of ``rows``).
 
     With ranks, each passes its fraction of the step's sequences as ``share``, so that the summed
     gradient is the mean over the whole step's sequences whatever the split (the records' average
@@ -153,7 +171,7 @@ def sgd_step(loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], opti
     params = [p for group in optimizer.param_groups for p in group["params"]]
     optimizer.zero_grad(set_to_none=True)
     if len(rows):
-        (autocast_loss(loss_fn, rows, autocast_dtype) * share).backward()
+        (autocast_loss(loss_fn, rows, autocast_dtype, pad_to) * share).backward()
     if dist.is_available() and dist.is_initialized():
         sum_gradients(params)
     if grad_clip:
@@ -162,10 +180,12 @@ def sgd_step(loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], opti
 
 
 def autocast_loss(loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], rows: torch.Tensor,
-                  autocast_dtype: torch.dtype | None) -> torch.Tensor:
-    """``loss_fn``'s mean loss on ``rows`` (inputs, then targets shifted by one) at the pass's precision."""
+                  autocast_dtype: torch.dtype | None, pad_to: int = 0) -> torch.Tensor:
+    """``loss_fn``'s mean loss on ``rows`` (inputs, then targets shifted by one) at the pass's
+    precision; padded to ``pad_to`` rows of token 0 whose targets are ignored."""
+    inputs, targets = pad_rows(rows[:, :-1], pad_to, 0), pad_rows(rows[:, 1:], pad_to, IGNORE)
     with torch.autocast(device_type=rows.device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
-        return loss_fn(rows[:, :-1], rows[:, 1:])
+        return loss_fn(inputs, targets)
 
 
 def warm_up_backward(model: torch.nn.Module, loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from functools import partial
 from itertools import accumulate
 from typing import Iterable, Sequence
 
@@ -121,7 +120,7 @@ def train_global_phase(model: torch.nn.Module, run: TTTPass, config: TTTConfig, 
     seq_len = run.scorer.seq_len
     num_chunks = math.ceil((len(tokens) - 1) / config.global_chunk_tokens)
     optimizer = torch.optim.SGD(model.parameters(), lr=config.global_lr, momentum=config.global_momentum)
-    loss_fn = partial(model.loss, doc_mask=config.global_doc_mask)
+    loss_fn = run.scorer.training_loss(model, doc_mask=config.global_doc_mask)
     model.train()
     with requires_grad(model, True):
         for chunk in range(num_chunks - 1):  # the records never train the stream's last chunk
@@ -130,7 +129,8 @@ def train_global_phase(model: torch.nn.Module, run: TTTPass, config: TTTConfig, 
             starts = chunk_sequence_starts(chunk, config.global_chunk_tokens, len(tokens) - 1, seq_len)
             train_sequences(loss_fn, optimizer, run, tokens, starts, config.global_batch_seqs, config.global_epochs,
                             config.global_grad_clip,
-                            lambda step, mine: note_trained_targets(run.receipts, positions, mine, seq_len))
+                            lambda step, mine: note_trained_targets(run.receipts, positions, mine, seq_len),
+                            run.pad_to(config.global_batch_seqs, config.global_chunk_tokens))
     optimizer.zero_grad(set_to_none=True)  # no gradient outlives the phase
     model.eval()
 

@@ -24,7 +24,8 @@ import torch
 
 from ...model.lora import LoRASet
 from ..bpb import BpbSums
-from ..scoring import TokenReceipts, commit, model_nll, plan_windows
+from ..compiled import pad_rows, padded_width
+from ..scoring import TokenReceipts, WindowScorer, commit, model_nll, plan_windows
 from .common import TTTPass, requires_grad
 from .config import TTTConfig
 from .documents import Document, find_documents, plan_batches, rank_batches
@@ -41,7 +42,7 @@ def score_with_lora(model: torch.nn.Module, run: TTTPass, config: TTTConfig) -> 
     scorer = run.scorer
     documents = find_documents(scorer.stream, scorer.num_targets, model.config.bos_id)
     batches = rank_batches(plan_batches(documents, config.lora_batch_docs), run.rank, run.world_size)
-    adapters = BatchAdapters(model, config, scorer.device)
+    adapters = batch_adapters(model, config, scorer)
     progress = windows_progress(run)
     sums = BpbSums()
     model.eval()
@@ -58,11 +59,15 @@ def score_with_lora(model: torch.nn.Module, run: TTTPass, config: TTTConfig) -> 
 
 class BatchAdapters:
     """The LoRA adapters and AdamW of the batch of documents in flight, one adapter per document
-    in every virtual layer slot and on the head (stages/model/lora.py); reset for each batch."""
+    in every virtual layer slot and on the head (stages/model/lora.py); reset for each batch.
+    Compiled (``rows``: lora_batch_docs), every batch has ``rows`` adapters, a short batch's extra
+    ones zero (they see only padding rows)."""
 
-    def __init__(self, model: torch.nn.Module, config: TTTConfig, device: torch.device | str):
+    def __init__(self, model: torch.nn.Module, config: TTTConfig, device: torch.device | str, rows: int = 0):
         self.model_config, self.config, self.device = model.config, config, torch.device(device)
         self.slots = len(model.config.layer_sequence(model.looping))
+        self.rows = rows
+        self.docs = 0  # documents of the batch in flight
         self.lora: LoRASet | None = None
         self.optimizer: torch.optim.AdamW | None = None
 
@@ -75,12 +80,15 @@ class BatchAdapters:
         model; row b's A drawn from ``seeds[b]``, unless warm start keeps the last batch's A (a batch
         of another size gets new adapters, its A drawn)."""
         config = self.config
-        reuse = self.lora is not None and self.lora.batch == len(seeds)
+        reuse = self.lora is not None and self.docs == len(seeds)
         if reuse:
             self.lora.zero_b()
         else:
-            self.lora = LoRASet(self.model_config, self.slots, len(seeds), config.lora_rank, config.lora_alpha,
-                                config.lora_targets, self.device)
+            self.lora = LoRASet(self.model_config, self.slots, max(self.rows, len(seeds)), config.lora_rank,
+                                config.lora_alpha, config.lora_targets, self.device)
+            with torch.no_grad():
+                self.lora.a[len(seeds):].zero_()
+        self.docs = len(seeds)
         if not (reuse and config.lora_warm_start_a):
             for row, seed in enumerate(seeds):
                 self.lora.draw_a(row, torch.Generator(self.device).manual_seed(seed))
@@ -92,6 +100,7 @@ class BatchAdapters:
         """Drop the adapters, so the next batch draws fresh A even with warm start (after a global
         phase has changed the base model the A's were learned on)."""
         self.lora = self.optimizer = None
+        self.docs = 0
 
     def step(self, loss: torch.Tensor) -> None:
         """One AdamW step on ``loss`` over the adapters (the base takes no gradient: ``requires_grad``)."""
@@ -140,6 +149,26 @@ def chunk_rows(stream: torch.Tensor, docs: Sequence[Document], ci: int, chunk: i
     )
 
 
+def padded_chunk_rows(rows: ChunkRows, docs: int) -> ChunkRows:
+    """``rows`` padded to ``docs`` rows and a width that is a multiple of WIDTH_MULTIPLE, with
+    padding that is neither scored nor trained (the compiled forward's shapes: ``compiled.py``)."""
+    width = padded_width(rows.inputs.shape[1])
+
+    def padded(tensor: torch.Tensor, fill) -> torch.Tensor:
+        wide = torch.cat([tensor, tensor.new_full((len(tensor), width - tensor.shape[1]), fill)], dim=1)
+        return pad_rows(wide, docs, fill)
+
+    return ChunkRows(padded(rows.inputs, PAD_TOKEN), padded(rows.targets, PAD_TOKEN), padded(rows.scored, False),
+                     padded(rows.positions, 0), pad_rows(rows.trained, docs, False))
+
+
+def adapted_nll(model: torch.nn.Module, scorer: WindowScorer, inputs: torch.Tensor, targets: torch.Tensor,
+                adapters: LoRASet) -> torch.Tensor:
+    """The scorer's per-target NLL with each row's adapters; compiled, one graph for every width."""
+    return scorer.nll(model, inputs.to(scorer.device), targets.to(scorer.device), dynamic_width=True,
+                      adapters=adapters)
+
+
 def score_batch(model: torch.nn.Module, run: TTTPass, config: TTTConfig, docs: Sequence[Document],
                 adapters: BatchAdapters, sums: BpbSums) -> None:
     """Score every target of ``docs`` (row b of ``adapters`` is docs[b]'s, already reset), chunk by
@@ -148,9 +177,11 @@ def score_batch(model: torch.nn.Module, run: TTTPass, config: TTTConfig, docs: S
     scorer, device = run.scorer, run.scorer.device
     for ci in range(max(doc.num_chunks(config.lora_chunk) for doc in docs)):
         rows = chunk_rows(scorer.stream, docs, ci, config.lora_chunk, scorer.seq_len)
+        if scorer.compile_backend is not None:
+            rows = padded_chunk_rows(rows, adapters.lora.batch)
         adapt = bool(rows.trained.any()) and run.may_adapt()
         with run.timed("score"), torch.set_grad_enabled(adapt):
-            nll = scorer.nll(model, rows.inputs.to(device), rows.targets.to(device), adapters=adapters.lora)
+            nll = adapted_nll(model, scorer, rows.inputs, rows.targets, adapters.lora)
             scored = rows.scored.to(device)
             commit(scorer.scored_targets(rows.positions[rows.scored], nll.detach()[scored]), sums, run.receipts)
         if adapt:
@@ -203,18 +234,31 @@ def warm_up(model: torch.nn.Module, run: TTTPass, config: TTTConfig) -> None:
     is left bitwise unchanged (only the adapters step)."""
     scorer = run.scorer
     generator = torch.Generator().manual_seed(A_SEED)
-    adapters = BatchAdapters(model, config, scorer.device)
+    adapters = batch_adapters(model, config, scorer)
     adapters.reset(list(range(config.lora_batch_docs)))
+    compiling = scorer.compile_backend is not None
     with requires_grad(model, False):
         for width in dict.fromkeys((min(config.lora_chunk, scorer.seq_len), scorer.seq_len)):
+            width = padded_width(width) if compiling else width
             tokens = torch.randint(model.config.vocab_size, (config.lora_batch_docs, width + 1), generator=generator)
-            adapter_step(model, adapters, tokens.to(scorer.device), scorer.autocast_dtype)
+            nll = adapted_nll(model, scorer, tokens[:, :-1], tokens[:, 1:], adapters.lora)
+            adapters.step(nll.mean(dim=1).sum())
+        if compiling:  # a step that trains nothing (every document in its last chunk) scores without grad
+            with torch.no_grad():
+                adapted_nll(model, scorer, tokens[:, :-1], tokens[:, 1:], adapters.lora)
     adapters.rebuild()
+
+
+def batch_adapters(model: torch.nn.Module, config: TTTConfig, scorer: WindowScorer) -> BatchAdapters:
+    """The pass's ``BatchAdapters``: compiled, every batch padded to lora_batch_docs documents."""
+    rows = 0 if scorer.compile_backend is None else config.lora_batch_docs
+    return BatchAdapters(model, config, scorer.device, rows)
 
 
 def adapter_step(model: torch.nn.Module, adapters: BatchAdapters, tokens: torch.Tensor,
                  autocast_dtype: torch.dtype | None) -> None:
-    """One adapter step at the scoring loop's cost on ``tokens`` (rows of inputs, then the next
-    token): every target's NLL through the adapters, the rows' mean NLLs summed, backward, AdamW."""
+    """One eager adapter step at the scoring loop's cost on ``tokens`` (rows of inputs, then the next
+    token): every target's NLL through the adapters, the rows' mean NLLs summed, backward, AdamW
+    (the documents-per-batch rule measures it, batch_fit.py)."""
     nll = model_nll(model, tokens[:, :-1], tokens[:, 1:], autocast_dtype, adapters=adapters.lora)
     adapters.step(nll.mean(dim=1).sum())

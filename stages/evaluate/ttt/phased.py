@@ -14,9 +14,6 @@ last phase (the suffix) are never trained on by global SGD.
 
 from __future__ import annotations
 
-import math
-from functools import partial
-
 import torch
 import torch.distributed as dist
 
@@ -25,7 +22,7 @@ from .common import TTTPass, requires_grad, warm_up_backward
 from .config import TTTConfig
 from .documents import DocumentBatch, find_documents, plan_batches, takes_batch
 from .global_sgd import (ScoredDocument, phase_boundaries, run_global_phase, schedule_phases)
-from .lora import BatchAdapters, score_batch, windows_progress
+from .lora import batch_adapters, score_batch, windows_progress
 from .lora import warm_up as warm_up_lora
 
 # Seeds the random tokens of the global SGD warm-up (never val tokens).
@@ -42,7 +39,7 @@ def score_with_phased(model: torch.nn.Module, run: TTTPass, config: TTTConfig) -
     schedule = schedule_phases([len(batch.docs) for batch in batches],
                                phase_boundaries(config.phase_docs, config.phases))
     trained = [False] * config.phases
-    adapters = BatchAdapters(model, config, scorer.device)
+    adapters = batch_adapters(model, config, scorer)
     progress = windows_progress(run)
     scored: list[ScoredDocument] = []  # by this rank
     sums = BpbSums()
@@ -87,7 +84,8 @@ def warm_up(model: torch.nn.Module, run: TTTPass, config: TTTConfig) -> None:
     timed loop (section E). The base weights are left bitwise unchanged and without gradients."""
     warm_up_lora(model, run, config)
     scorer = run.scorer
-    rows = math.ceil(config.global_batch_seqs / run.world_size)
+    rows = run.step_rows(config.global_batch_seqs, config.global_chunk_tokens)
     generator = torch.Generator().manual_seed(WARM_UP_SEED)
     tokens = torch.randint(model.config.vocab_size, (rows, scorer.seq_len + 1), generator=generator).to(scorer.device)
-    warm_up_backward(model, partial(model.loss, doc_mask=config.global_doc_mask), tokens, scorer.autocast_dtype)
+    warm_up_backward(model, scorer.training_loss(model, doc_mask=config.global_doc_mask), tokens,
+                     scorer.autocast_dtype)
