@@ -54,8 +54,13 @@ def compute_dtype(x: torch.Tensor) -> torch.dtype:
 
 
 def pieces(rows: int, seq: int, chunk: int):
-    """(row, columns) of every chunk: at most ``chunk`` tokens of one row."""
+    """(row, columns) of every chunk: at most ``chunk`` tokens of one row. A row that fits one chunk
+    is one piece without a range over its length: compiled with a dynamic width (document LoRA),
+    ``seq <= chunk`` is a guard where ``range(0, seq, chunk)`` would pin the width to a constant."""
     for row in range(rows):
+        if seq <= chunk:
+            yield row, slice(None)
+            continue
         for start in range(0, seq, chunk):
             yield row, slice(start, start + chunk)
 
