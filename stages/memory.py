@@ -160,7 +160,8 @@ def report(name: str, shape: str, tracker: LiveBytes) -> MemoryReport:
 
 
 def training_memory(config: RunConfig, world_size: int = RECORD_WORLD_SIZE) -> MemoryReport:
-    """One rank's training step: micro-batches of the per-rank batch (two when accumulating, so the
+    """One rank's training step as the timed loop runs it (the second of two, so the optimizer state
+    the first made is alive): micro-batches of the per-rank batch (two when accumulating, so the
     second runs with the first's gradients alive), the optimizers' step, the EMA update and a SWA
     snapshot."""
     tcfg = config.train
@@ -176,23 +177,26 @@ def training_memory(config: RunConfig, world_size: int = RECORD_WORLD_SIZE) -> M
         with tracker.label(AVERAGES):
             ema = EMA(model, tcfg.ema_decay) if tcfg.ema_decay else None
             swa = TightSWA(tcfg.swa_every, tcfg.swa_lr_scale) if tcfg.swa_every else None
-        for _ in range(min(accum, 2)):
-            with tracker.label(INPUTS):
-                inputs, targets = tokens(rows, tcfg.row_tokens, config.model.vocab_size)
-            with tracker.label(ACTIVATIONS), torch.autocast("cpu", dtype=AUTOCAST):
-                loss = model.loss(inputs, targets, max_doc_len)
-            with tracker.label(HEAD):  # until label_head's hook says the head's backward is done
-                (loss / accum).backward()
-            del loss
-        with tracker.label(OPTIMIZER):
+        for _ in range(2):  # the second step runs with the optimizer state the first one made
             for optimizer in optimizers:
-                optimizer.step()
-        label_state(optimizers, tracker, OPTIMIZER)
-        with tracker.label(AVERAGES), torch.no_grad():
-            if ema is not None:
-                ema.update(model)
-            if swa is not None:
-                swa.maybe_collect(swa.every, 0.0, ema.state_dict() if ema else model.state_dict())
+                optimizer.zero_grad(set_to_none=True)
+            for _ in range(min(accum, 2)):
+                with tracker.label(INPUTS):
+                    inputs, targets = tokens(rows, tcfg.row_tokens, config.model.vocab_size)
+                with tracker.label(ACTIVATIONS), torch.autocast("cpu", dtype=AUTOCAST):
+                    loss = model.loss(inputs, targets, max_doc_len)
+                with tracker.label(HEAD):  # until label_head's hook says the head's backward is done
+                    (loss / accum).backward()
+                del loss
+            with tracker.label(OPTIMIZER):
+                for optimizer in optimizers:
+                    optimizer.step()
+            label_state(optimizers, tracker, OPTIMIZER)
+            with tracker.label(AVERAGES), torch.no_grad():
+                if ema is not None:
+                    ema.update(model)
+                if swa is not None:
+                    swa.maybe_collect(swa.every, 0.0, ema.state_dict() if ema else model.state_dict())
         shape = f"{accum} x {rows} row(s) of {tcfg.row_tokens} tokens per rank, {world_size} ranks"
         return report("train", shape, tracker)
 

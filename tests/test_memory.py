@@ -17,6 +17,7 @@ from stages.model.config import ModelConfig
 from stages.model.gpt import GPT
 from stages.model.live_bytes import LiveBytes
 from stages.train.config import RunConfig, TrainConfig
+from stages.train.optim import build_optimizers
 from stages.train.presets import get_preset
 
 from .conftest import golf
@@ -99,12 +100,25 @@ def test_flash_stand_in_saves_out_and_logsumexp_only():
 
 
 def test_gradients_and_optimizer_state_are_labelled():
-    """With two micro-batches the second runs beside the first's gradients; the state comes with the step."""
+    """With two micro-batches the second runs beside the first's gradients, and the optimizer state
+    of the step before is alive at the peak: exactly what a real step leaves behind."""
     config = small_run()
     config = replace(config, train=replace(config.train, grad_accum=2, batch_tokens=256 * 16))
     report = training_memory(config)
-    assert report.at_peak[GRADIENTS] == sum(p.numel() * p.element_size() for p in GPT(SMALL).parameters())
-    assert OPTIMIZER not in report.at_peak  # Muon and Adam make their state in the step, after the peak
+    model = GPT(SMALL)
+    assert report.at_peak[GRADIENTS] == sum(p.numel() * p.element_size() for p in model.parameters())
+    assert report.at_peak[OPTIMIZER] == optimizer_state_bytes(model, config)
+
+
+def optimizer_state_bytes(model: GPT, config: RunConfig) -> int:
+    """The bytes of every optimizer state tensor after one real step on CPU."""
+    optimizers = build_optimizers(model, config.train)
+    for p in model.parameters():
+        p.grad = torch.ones_like(p)
+    for optimizer in optimizers:
+        optimizer.step()
+    return sum(t.numel() * t.element_size() for o in optimizers for state in o.state.values()
+               for t in state.values() if torch.is_tensor(t))
 
 
 @pytest.mark.parametrize("name", ["top", "pr1790", "pr1880"])
