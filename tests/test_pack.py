@@ -387,3 +387,12 @@ def test_shipped_code_needs_only_stdlib_numpy_and_torch():
         top_level |= {node.module.split(".")[0] for node in tree.body if isinstance(node, ast.ImportFrom) and not node.level}
         assert roots <= allowed | lazy, f"{rel} imports {sorted(roots - allowed - lazy)}"
         assert top_level <= allowed, f"{rel} imports {sorted(top_level - allowed)} at import time"
+
+
+@pytest.mark.parametrize("codec,module", [("brotli", "brotli"), ("zstd", "zstandard")])
+def test_a_codec_whose_package_is_missing_is_one_line(monkeypatch, codec, module):
+    """Without its package a codec is a one-line GolfError naming what to install, not a traceback."""
+    monkeypatch.setitem(sys.modules, module, None)  # import now raises ImportError
+    with pytest.raises(GolfError, match=f"pip install {module}"):
+        compress(b"golf" * 100, codec)
+    assert lzma.decompress(compress(b"golf" * 100, "lzma")) == b"golf" * 100

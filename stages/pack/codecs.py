@@ -9,6 +9,7 @@ from __future__ import annotations
 import lzma
 import zlib
 
+from ..errors import GolfError
 from ..artifact.codecs import CODECS, check_codec, check_itemsize  # noqa: F401  (CODECS: pack's choices)
 from .rans import rans_compress
 
@@ -50,7 +51,11 @@ def compress(data: bytes, codec: str, level: int | None = None, segments: list[i
     check_codec(codec)
     if codec == "rans":  # one setting only: exact static tables
         return rans_compress(data, segments)
-    return _COMPRESS[codec](data, STRONGEST_LEVEL[codec] if level is None else level)
+    try:
+        return _COMPRESS[codec](data, STRONGEST_LEVEL[codec] if level is None else level)
+    except ImportError as exc:  # brotli and zstandard are imported on first use
+        raise GolfError(f"codec {codec} needs the {exc.name} package (pip install {exc.name}); "
+                        "lzma, zlib and rans need none") from None
 
 
 def byte_shuffle(raw: bytes, itemsize: int) -> bytes:
