@@ -115,6 +115,8 @@ def launches_torchrun(nproc: int) -> bool:
     The launcher checks the arguments first (silently: ``silent_reporter``), so that a bad one is
     one line, not one line per rank followed by torchrun's traceback.
     """
+    if nproc < 1:
+        raise GolfError(f"--nproc must be at least 1, got {nproc}")
     return nproc > 1 and "WORLD_SIZE" not in os.environ
 
 

@@ -157,3 +157,15 @@ def test_nproc_checks_eval_arguments_before_launching(pack_dir, tmp_path, args, 
     assert result.returncode != 0 and "Traceback" not in result.stderr
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and message in lines[0], result.stderr
+
+
+@pytest.mark.parametrize("command", ["train", "eval"])
+@pytest.mark.parametrize("nproc", ["0", "-1"])
+def test_nproc_below_one_is_a_one_line_error(pack_dir, tmp_path, command, nproc):
+    """--nproc 0 and -1 used to run as one process, silently."""
+    target = ["--data", tmp_path / "none"] if command == "train" else [pack_dir]
+    result = golf(command, *target, "--nproc", nproc, "--out", tmp_path / "out", cwd=tmp_path)
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert result.returncode != 0 and len(lines) == 1 and f"--nproc must be at least 1, got {nproc}" in lines[0], \
+        result.stderr
+    assert not (tmp_path / "out").exists()

@@ -27,6 +27,7 @@ from stages.evaluate.ttt import score_with_ttt
 from stages.evaluate.ttt.common import cosine_lr, plan_chunks
 from stages.evaluate.val_data import load_val
 from stages.contract.stage_dir import StageDir
+from stages.errors import GolfError
 from stages.model.config import ModelConfig
 from stages.model.gpt import GPT
 from stages.ranges import ConfigError
@@ -348,3 +349,25 @@ def test_bad_ttt_input_is_one_line(pack_dir, tmp_path, args, message):
     assert result.stderr.strip().startswith("error:") and message in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "eval").exists()
+
+
+def test_token_nll_never_replaces_a_file_golf_did_not_write(pack_dir, tmp_path):
+    """An existing --token-nll file is kept without --force; with --force only an earlier eval's
+    receipts are replaced, never another file (a shard, a README) nor anything through a symlink."""
+    config = eval_config()
+    receipts = tmp_path / "nll.safetensors"
+    run_eval(config, pack_dir, None, tmp_path / "first", token_nll=receipts)
+    before = receipts.read_bytes()
+    with pytest.raises(GolfError, match="pass --force"):
+        run_eval(config, pack_dir, None, tmp_path / "second", token_nll=receipts)
+    assert receipts.read_bytes() == before and not (tmp_path / "second").exists()
+    run_eval(config, pack_dir, None, tmp_path / "third", token_nll=receipts, force=True)
+    assert load_file(receipts)["nll"].numel() > 0
+    notes = tmp_path / "README.md"
+    notes.write_text("mine")
+    link = tmp_path / "link.safetensors"
+    link.symlink_to(receipts)
+    for path, message in ((notes, "not an eval's receipts"), (link, "symlink")):
+        with pytest.raises(GolfError, match=message):
+            run_eval(config, pack_dir, None, tmp_path / "fourth", token_nll=path, force=True)
+    assert notes.read_text() == "mine" and link.is_symlink()

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Literal, get_args
 
 import numpy as np
+from safetensors import safe_open
 import torch
 import torch.distributed as dist
 from safetensors.torch import save as save_safetensors
@@ -145,7 +146,7 @@ def check_eval_inputs(artifact: str | Path, out_dir: str | Path, force: bool,
     torchrun launcher before it starts the ranks, and by every rank before any waits on another."""
     artifact_path, pack = open_artifact(artifact)
     if token_nll is not None:
-        _check_receipts_path(Path(token_nll))
+        _check_receipts_path(Path(token_nll), force)
     check_replaceable(Path(out_dir).resolve(), "eval", force)
     return artifact_path, pack
 
@@ -391,12 +392,32 @@ def _warm_up(runtime, ttt_code, model, table, seq_len: int, stride: int, config:
                     autocast_dtype(ctx.device), backend, config=to_dict(config.ttt))
 
 
-def _check_receipts_path(path: Path) -> None:
-    """Refuse a receipts path that cannot be written before spending the eval on it."""
+def _check_receipts_path(path: Path, force: bool) -> None:
+    """Refuse a receipts path that cannot be written before spending the eval on it, and never
+    replace a file golf did not write there: an existing file only with ``--force``, and only when
+    it is a receipts file of an earlier eval (a symlink never: it could lead anywhere)."""
+    if path.is_symlink():
+        raise GolfError(f"{path}: --token-nll is a symlink; give a plain file path")
     if path.is_dir():
         raise GolfError(f"{path}: --token-nll names a folder; give a file path")
     if not path.parent.is_dir():
         raise GolfError(f"{path}: --token-nll folder {path.parent} does not exist")
+    if not path.exists():
+        return
+    if not force:
+        raise GolfError(f"{path}: --token-nll file exists; pass --force to replace an earlier eval's receipts")
+    if not _is_receipts_file(path):
+        raise GolfError(f"{path}: --token-nll file is not an eval's receipts (golf did not write it); "
+                        "nothing is replaced")
+
+
+def _is_receipts_file(path: Path) -> bool:
+    """Whether ``path`` is a safetensors file whose metadata names the eval run that wrote it."""
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            return "eval_run_id" in (handle.metadata() or {})
+    except Exception:  # not safetensors at all (a shard, a README, ...): each reader raises its own type
+        return False
 
 
 def _save_receipts(path: Path, tensors: dict, sums, run_id: str) -> dict:
