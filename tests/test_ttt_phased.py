@@ -441,3 +441,15 @@ def test_cli_phased_with_receipts_ledger_and_phases(pack_dir, tmp_path):
     assert np.array_equal(np.sort(receipts["position"].numpy()), np.arange(1, metrics["tokens_scored"] + 1))
     assert metrics["val_bpb"] != metrics["val_bpb_no_ttt"]
     print(f"phased val_bpb {metrics['val_bpb']:.6f} vs no TTT {metrics['val_bpb_no_ttt']:.6f}")
+
+
+def test_a_phase_whose_tokens_fit_one_chunk_is_not_recorded_as_trained():
+    """The stream's last chunk is never trained on: a phase whose documents fit in one chunk takes
+    no SGD step, leaves the base as it was and must say so (it used to read trained: true)."""
+    stream = synthetic_docs()
+    model = tiny_gpt()
+    start = copy.deepcopy(model.state_dict())
+    documents = documents_of(stream)[:1]
+    one_chunk = replace(GLOBAL, global_chunk_tokens=documents[0].length + 2 * SEQ)
+    assert run_global_phase(model, ttt_pass(stream), one_chunk, documents, 1) == []
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in start.items())

@@ -139,12 +139,13 @@ def cosine_lr(peak: float, chunk: int, num_chunks: int) -> float:
 
 def train_sequences(loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], optimizer: torch.optim.Optimizer,
                     run: TTTPass, tokens: torch.Tensor, starts: list[int], batch_seqs: int, epochs: int,
-                    grad_clip: float, note: Callable[[list[int], torch.Tensor], None], pad_to: int = 0) -> None:
+                    grad_clip: float, note: Callable[[list[int], torch.Tensor], None], pad_to: int = 0) -> int:
     """``epochs`` passes over the ``seq_len`` sequences of ``tokens`` at ``starts``, ``batch_seqs`` of
     them per SGD step over all ranks, each rank its contiguous slice (``sgd_step`` weighs it by its
     share, padded to ``pad_to`` rows); ``note(step's starts, this rank's starts)`` after each step,
-    for the update receipts."""
+    for the update receipts. Returns the number of SGD steps taken."""
     offsets = torch.arange(run.scorer.seq_len + 1)
+    steps = 0
     for _ in range(epochs):
         for first in range(0, len(starts), batch_seqs):
             step = starts[first : first + batch_seqs]
@@ -153,6 +154,8 @@ def train_sequences(loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor
             sgd_step(loss_fn, optimizer, rows, grad_clip, run.scorer.autocast_dtype, share=len(mine) / len(step),
                      pad_to=pad_to)
             note(step, mine)
+            steps += 1
+    return steps
 
 
 def sgd_step(loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], optimizer: torch.optim.Optimizer,

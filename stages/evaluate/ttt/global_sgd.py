@@ -100,24 +100,26 @@ def training_stream(stream: torch.Tensor, documents: Sequence[ScoredDocument]) -
 def run_global_phase(model: torch.nn.Module, run: TTTPass, config: TTTConfig, scored: Iterable[ScoredDocument],
                      boundary: int) -> list[ScoredDocument] | None:
     """One phase, timed into 'global_sgd': train on the first ``boundary`` scored documents. Returns
-    the documents trained on, or None when the eval budget says stop adapting (then the base stays)."""
+    the documents trained on; [] when no SGD step ran (their tokens fit the one chunk that is never
+    trained); None when the eval budget says stop adapting (then the base stays)."""
     if not run.may_adapt_together():
         return None
     documents = training_documents(scored, boundary)
     with run.timed("global_sgd"):
         tokens, positions = training_stream(run.scorer.stream, documents)
-        train_global_phase(model, run, config, tokens, positions)
-    return documents
+        steps = train_global_phase(model, run, config, tokens, positions)
+    return documents if steps else []
 
 
 def train_global_phase(model: torch.nn.Module, run: TTTPass, config: TTTConfig, tokens: torch.Tensor,
-                       positions: torch.Tensor) -> None:
+                       positions: torch.Tensor) -> int:
     """SGD on every base weight over the packed ``tokens`` (stream indices ``positions``): for each
     chunk but the last, ``global_epochs`` passes over its whole sequences, each step's sequences
     split into contiguous slices over the ranks; a fresh optimizer, so no momentum carries over
     from an earlier phase. The weights' requires_grad flags are restored afterwards, and the model
-    is left in eval mode."""
+    is left in eval mode. Returns the number of SGD steps taken (0 when the tokens fit one chunk)."""
     seq_len = run.scorer.seq_len
+    steps = 0
     num_chunks = math.ceil((len(tokens) - 1) / config.global_chunk_tokens)
     optimizer = torch.optim.SGD(model.parameters(), lr=config.global_lr, momentum=config.global_momentum)
     loss_fn = run.scorer.training_loss(model, doc_mask=config.global_doc_mask)
@@ -127,12 +129,13 @@ def train_global_phase(model: torch.nn.Module, run: TTTPass, config: TTTConfig, 
             for group in optimizer.param_groups:
                 group["lr"] = cosine_lr(config.global_lr, chunk, num_chunks)
             starts = chunk_sequence_starts(chunk, config.global_chunk_tokens, len(tokens) - 1, seq_len)
-            train_sequences(loss_fn, optimizer, run, tokens, starts, config.global_batch_seqs, config.global_epochs,
-                            config.global_grad_clip,
-                            lambda step, mine: note_trained_targets(run.receipts, positions, mine, seq_len),
-                            run.pad_to(config.global_batch_seqs, config.global_chunk_tokens))
+            steps += train_sequences(loss_fn, optimizer, run, tokens, starts, config.global_batch_seqs,
+                                     config.global_epochs, config.global_grad_clip,
+                                     lambda step, mine: note_trained_targets(run.receipts, positions, mine, seq_len),
+                                     run.pad_to(config.global_batch_seqs, config.global_chunk_tokens))
     optimizer.zero_grad(set_to_none=True)  # no gradient outlives the phase
     model.eval()
+    return steps
 
 
 def note_trained_targets(receipts: TokenReceipts | None, positions: torch.Tensor, starts: torch.Tensor,

@@ -55,7 +55,7 @@ def score_with_phased(model: torch.nn.Module, run: TTTPass, config: TTTConfig) -
                 with run.timed("global_sgd"):  # waiting here for the other ranks counts too
                     everyone = gather_scored(scored)
                 done = run_global_phase(model, run, config, everyone, schedule.boundaries[phase])
-                trained[phase] = done is not None
+                trained[phase] = bool(done)  # None: the budget stopped it; []: no SGD step ran
                 adapters.rebuild()
     run.note("ttt_global_phases", [{"docs": docs, "after_batch": after, "trained": ran}
                                    for docs, after, ran in zip(schedule.boundaries, schedule.after_batch, trained)])
