@@ -97,7 +97,9 @@ def _parse_value(text: str, hint, key: str):
         raise GolfError(f"{key}: expected a boolean, got {text!r}")
     if origin is typing.Union or origin is types.UnionType:
         args = [a for a in typing.get_args(hint) if a is not type(None)]
-        if text.strip().lower() in ("none", "null", ""):
+        if not text.strip():  # a typo or an unset shell variable must not lift a limit silently
+            raise GolfError(f"{key}: empty value; write {key}=none to unset it")
+        if text.strip().lower() in ("none", "null"):
             return None
         return _parse_value(text, args[0], key)
     if origin is tuple:

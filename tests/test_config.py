@@ -85,6 +85,9 @@ def test_no_wall_clock_cap_is_none_and_zero_is_refused():
         apply_overrides(RunConfig(), ["train.max_seconds=none", "train.schedule=time"])
     with pytest.raises(GolfError, match=r"^train\.gptq_reserve_seconds: must be below max_seconds 4"):
         apply_overrides(RunConfig(), ["train.max_seconds=4", "train.gptq_reserve_seconds=4"])
+    # An empty value (a typo, an unset shell variable) used to read as none and lift the cap.
+    with pytest.raises(GolfError, match=r"^train\.max_seconds: empty value; write train\.max_seconds=none to unset it$"):
+        apply_overrides(RunConfig(), ["train.max_seconds="])
 
 
 @pytest.mark.parametrize("make, message", [
