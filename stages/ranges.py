@@ -19,6 +19,7 @@ This lives apart from ``stages/config.py`` because ``ModelConfig`` ships inside 
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 
 from .errors import GolfError
@@ -74,6 +75,8 @@ class Range:
         for item in value if several else (value,):
             if isinstance(item, bool) or not isinstance(item, (int, float)):
                 raise ConfigError(name, f"must be a number, got {item!r}")
+            if not math.isfinite(item):  # inf passes every lower bound: a learning rate of inf scores nan
+                raise ConfigError(name, f"must be a finite number, got {item!r}")
             if not self.contains(item):
                 each = "each item " if several else ""
                 raise ConfigError(name, f"{each}must be {self}, got {item!r}")

@@ -13,6 +13,7 @@ import typer
 
 from golf_cli.common import handle_errors
 from stages.contract.hashing import sha256_file
+from stages.config import apply_overrides
 from stages.data.shards import HEADER_BYTES
 from stages.errors import GolfError
 from stages.evaluate.stage import EvalConfig
@@ -160,6 +161,25 @@ def test_every_config_refuses_a_value_outside_a_declared_range(cls, field):
     value = (bad,) if typing.get_origin(typing.get_type_hints(cls)[field.name]) is tuple else bad
     with pytest.raises(ConfigError, match=f"^{field.name}: "):
         cls(**{field.name: value})
+
+
+@pytest.mark.parametrize("override", ["ttt.lr=inf", "ttt.lora_lr=-inf"])
+def test_infinity_is_refused_where_it_would_score_nan(override):
+    """inf passes every lower bound: ttt.lr=inf (or train.matrix_lr=inf) used to give val_bpb nan
+    with status ok, and mlp.clip_sigmas=inf a traceback."""
+    with pytest.raises(ConfigError, match="must be a finite number"):
+        apply_overrides(EvalConfig(), [override])
+
+
+@pytest.mark.parametrize("override", ["train.matrix_lr=inf", "model.qk_gain_init=inf"])
+def test_infinity_is_refused_in_training(override):
+    with pytest.raises(ConfigError, match="must be a finite number"):
+        apply_overrides(RunConfig(), [override])
+
+
+def test_infinity_is_refused_in_quantize():
+    with pytest.raises(ConfigError, match="^mlp.clip_sigmas: must be a finite number"):
+        apply_overrides(QuantizeConfig(), ["mlp.clip_sigmas=inf"])
 
 
 def test_the_cli_prints_an_error_as_one_plain_line(capsys):
