@@ -371,3 +371,19 @@ def test_token_nll_never_replaces_a_file_golf_did_not_write(pack_dir, tmp_path):
         with pytest.raises(GolfError, match=message):
             run_eval(config, pack_dir, None, tmp_path / "fourth", token_nll=path, force=True)
     assert notes.read_text() == "mine" and link.is_symlink()
+
+
+def test_a_prefix_score_is_marked_partial_and_a_whole_one_is_not(pack_dir, tmp_path):
+    """--set eval_tokens=N scores a prefix: the manifest and the log say so (item 7 of issue 17)."""
+    partial = run_eval(eval_config(), pack_dir, None, tmp_path / "prefix")
+    assert partial.metrics["partial"] is True and "partial:True" in (tmp_path / "prefix" / "log.txt").read_text()
+    whole = run_eval(EvalConfig(), pack_dir, None, tmp_path / "whole")
+    assert whole.metrics["partial"] is False
+
+
+def test_a_non_finite_score_fails_the_stage():
+    from stages.evaluate.stage import _non_finite_failure
+
+    assert _non_finite_failure({"val_bpb": 1.5, "val_loss": 3.0}) == ""
+    for bad in (float("nan"), float("inf")):
+        assert "not a finite score" in _non_finite_failure({"val_bpb": bad, "val_loss": 3.0})

@@ -48,6 +48,7 @@ from ..errors import GolfError
 from ..progress import Reporter, silent_reporter
 from ..ranges import ConfigError, check_ranges, ranged
 from .budget import EvalBudget, OverBudget
+from .scoring import usable_targets
 from .ttt.config import TTTConfig
 from .val_data import load_val
 from .validate import autocast_dtype, validate
@@ -215,6 +216,8 @@ def run_eval(config: EvalConfig, artifact: str | Path, data_dir: str | Path | No
             **compared,
             **facts,
             "tokens_scored": sums.tokens,
+            # eval_tokens scored a prefix: a partial score is never a full val_bpb
+            "partial": sums.tokens < usable_targets(len(val.tokens), seq_len),
             "bytes_scored": sums.bytes,
             "seq_len": seq_len,
             "stride": stride,
@@ -229,12 +232,12 @@ def run_eval(config: EvalConfig, artifact: str | Path, data_dir: str | Path | No
         }
         if receipts is not None:
             metrics.update(_save_receipts(Path(token_nll), receipt_rows, sums, writer.run_id))
-        failure = _in_memory_failure(metrics)
+        failure = _non_finite_failure(metrics) or _in_memory_failure(metrics)
         reporter.log(ledger=",".join(f"{name}={bucket.seconds:.3f}" for name, bucket in ledger.buckets.items()))
         reporter.log(stage="eval", val_loss=sums.loss, val_bpb=sums.bpb, ttt=config.ttt.mode, **compared,
                      artifact_bytes=len(data_bytes), mode=metrics["mode"], eval_s=spent["budgeted_s"],
                      budget_s=config.budget_s, within_budget=spent["within_budget"],
-                     adaptation_stopped_at_s=spent["adaptation_stopped_at_s"],
+                     adaptation_stopped_at_s=spent["adaptation_stopped_at_s"], partial=metrics["partial"],
                      status="failed" if failure else "ok", out=str(out_dir))
         manifest = writer.commit(to_dict(config), dict(data.lineage), metrics, reporter.text(), failure=failure)
     if failure:
@@ -442,6 +445,13 @@ def _choose_attention(model, device) -> str:
     if not hasattr(model, "choose_attention"):  # an artifact whose code predates the choice
         return "shipped code's own"
     return model.choose_attention(device, autocast_dtype(device) or next(model.parameters()).dtype)
+
+
+def _non_finite_failure(metrics: dict) -> str:
+    """A nan or infinite score (weights or an adaptation that diverged) is never a result."""
+    if math.isfinite(metrics["val_bpb"]) and math.isfinite(metrics["val_loss"]):
+        return ""
+    return f"the eval scored val_bpb {metrics['val_bpb']} (val_loss {metrics['val_loss']}): not a finite score"
 
 
 def _in_memory_failure(metrics: dict) -> str:
