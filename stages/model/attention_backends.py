@@ -26,7 +26,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from .layers import document_ids
+from .layers import compute_dtype, document_ids
 
 HALF = (torch.float16, torch.bfloat16)
 # A row that is one block of the SDPA path longer than this, with documents of unbounded length,
@@ -104,13 +104,6 @@ def find_backend(device: torch.device, dtype: torch.dtype) -> Backend:
             if backend is not None:
                 return backend
     return FLEX if flex_importable() else SDPA
-
-
-def compute_dtype(device: torch.device, weight_dtype: torch.dtype) -> torch.dtype:
-    """The dtype the attention kernels see: autocast's when it is on, else the weights'."""
-    if torch.is_autocast_enabled(device.type):
-        return torch.get_autocast_dtype(device.type)
-    return weight_dtype
 
 
 def unbounded_reason(backend: Backend, doc_mask: bool, row_tokens: int, max_doc_len: int) -> str | None:

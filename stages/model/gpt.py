@@ -17,11 +17,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from .attention import CausalSelfAttention
-from .attention_backends import AttentionPlan, Backend, Segments, compute_dtype, find_backend, plan_attention
+from .attention_backends import AttentionPlan, Backend, Segments, find_backend, plan_attention
 from .config import ModelConfig
 from .embeddings import BigramHash, ChannelSmear, SmearGate, ValueEmbedding, document_starts, scaled_orthogonal_
 from .head_loss import head_nll
-from .layers import Linear, rms_norm
+from .layers import Linear, compute_dtype, rms_norm
 from .lora import LoRASet, LoRASlot, adapted
 
 # Small learned tensors that steer the residual stream; optimizers give them Adam, not Muon,

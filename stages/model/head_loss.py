@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import torch
 
+from .layers import compute_dtype
+
 # Tokens per chunk: 8,192 x 8,192 float32 logits are 256 MiB, small beside a 98,304-token row's
 # activations, and large enough that each chunk's matmul stays efficient.
 DEFAULT_CHUNK = 8192
@@ -35,7 +37,7 @@ def head_nll(x: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, softc
     ``F.cross_entropy(logits.float(), targets)`` on the plain logits."""
     if reduction not in ("mean", "none"):
         raise ValueError(f"reduction must be 'mean' or 'none', got {reduction!r}")
-    dtype = compute_dtype(x)
+    dtype = compute_dtype(x.device, x.dtype)  # what F.linear would compute in here
     h, b = (None, None) if low_rank is None else (t.to(dtype) for t in low_rank)
     rows = x.reshape(-1, x.shape[-1])[None] if low_rank is None else x  # one row unless each row has its own b
     nll = ChunkedHeadNLL.apply(rows.to(dtype), weight.to(dtype), targets.reshape(rows.shape[:-1]), h, b,
@@ -43,14 +45,6 @@ def head_nll(x: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, softc
     if reduction == "none":
         return nll.view(targets.shape)
     return nll.sum() / (targets != IGNORE_INDEX).sum()
-
-
-def compute_dtype(x: torch.Tensor) -> torch.dtype:
-    """The dtype ``F.linear`` would compute in here: autocast's, when it is on for x's device."""
-    device_type = x.device.type
-    if torch.is_autocast_enabled(device_type):
-        return torch.get_autocast_dtype(device_type)
-    return x.dtype
 
 
 def pieces(rows: int, seq: int, chunk: int):

@@ -7,6 +7,13 @@ import torch.nn.functional as F
 from torch import nn
 
 
+def compute_dtype(device: torch.device, dtype: torch.dtype) -> torch.dtype:
+    """The dtype a kernel computes in on ``device``: autocast's when it is on there, else ``dtype``."""
+    if torch.is_autocast_enabled(device.type):
+        return torch.get_autocast_dtype(device.type)
+    return dtype
+
+
 def rms_norm(x: torch.Tensor) -> torch.Tensor:
     """RMSNorm without weights over the last dim."""
     return F.rms_norm(x, (x.size(-1),))
