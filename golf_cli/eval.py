@@ -103,7 +103,7 @@ def evaluate(
     log_config(config, reporter)
     artifact, out = stage_path(artifact, run, "pack"), stage_path(out, run, "eval")
     if launching:
-        check_eval_inputs(artifact, out, force, token_nll)
+        check_eval_inputs(artifact, data, out, force, token_nll)
         raise typer.Exit(launch_torchrun(nproc))
     run_eval(config, artifact, data, out, force, reporter, trust_code=trust_code, token_nll=token_nll)
 

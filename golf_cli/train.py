@@ -8,14 +8,15 @@ import typer
 from rich.table import Table
 
 from stages.config import apply_overrides, field_docs, from_dict, to_dict
-from stages.contract.stage_dir import StageDir, check_replaceable
+from stages.contract.output_path import check_output_path
+from stages.contract.stage_dir import StageDir
 from stages.errors import GolfError
 from stages.memory import COMPONENTS, GIB, H100_GB, memory_lines, preset_reports
 from stages.progress import Reporter, silent_reporter
 from stages.train.checkpointing import read_checkpoint_config
 from stages.train.config import RunConfig
 from stages.train.presets import PRESETS, Preset, get_preset, with_tokenizer_vocab
-from stages.train.stage import run_train
+from stages.train.stage import run_train, train_inputs
 
 from .common import (
     ForceOption, RichReporter, RunOption, SetOption, flat_items, handle_errors, launch_torchrun,
@@ -74,7 +75,7 @@ def train(
                                        reporter)
     log_config(config, reporter)
     if launching:
-        check_replaceable(out_dir.resolve(), "train", force)
+        check_output_path(out_dir, "train", force, train_inputs(data_dir, resume))
         raise typer.Exit(launch_torchrun(nproc))
     run_train(config, data_dir, out_dir, force, reporter, "resumed" if resume else preset, resume)
 

@@ -2,9 +2,11 @@
 
 A stage writes into a hidden temporary sibling folder and renames it into place only after the
 manifest is written, so a killed stage never leaves a folder that looks complete. One process
-writes a folder at a time (a lock, see ``lock.py``); what a killed writer left behind is removed
-at the next start of that stage. An existing folder is replaced only with ``force``, and only if
-it is a finished golf folder of the same stage: never a folder golf did not write.
+writes a folder at a time (a lock, see ``lock.py``); what a killed writer left behind (marked as
+golf's own, see ``temp_folders.py``) is removed at the next start of that stage, with a ``cleaned:``
+line. The output path must pass ``output_path.check_output_path``: no symlink on the way, not in or
+over an input, and an existing folder replaced only with ``force`` and only if it is a golf folder of
+the same stage: never a folder golf did not write.
 """
 
 from __future__ import annotations
@@ -17,11 +19,14 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from ..errors import GolfError
+from ..progress import Reporter
 from .environment import capture
 from .hashing import sha256_bytes, sha256_file
 from .ledger import TimeLedger
 from .lock import FolderLock
 from .manifest import MANIFEST_NAME, STATUS_FAILED, STATUS_OK, FileRecord, InputRecord, Manifest
+from .output_path import Inputs, check_output_path
+from .temp_folders import new_temporary, remove_leftovers, set_aside, unmark
 
 
 LOG_FILE = "log.txt"
@@ -154,10 +159,14 @@ class StageWriter:
     untouched. The folder's lock is held from construction to the end of the block.
     """
 
-    def __init__(self, out_dir: str | Path, stage: str, force: bool = False, reporter=None):
-        self.out_dir = Path(out_dir).resolve()
+    def __init__(self, out_dir: str | Path, stage: str, force: bool = False, reporter=None,
+                 inputs: Inputs | None = None):
+        """``inputs`` maps a label to each path the stage reads (see ``check_output_path``);
+        ``reporter`` gets the ``cleaned:`` lines (default: printed)."""
+        self.out_dir = check_output_path(out_dir, stage, force, inputs)
         self.stage = stage
         self.force = force
+        self.inputs_read = dict(inputs or {})
         self.run_id = new_run_id()
         self._created_parents = _missing_parents(self.out_dir.parent)
         try:
@@ -170,12 +179,10 @@ class StageWriter:
             self._remove_created_parents()
             raise GolfError(f"{out_dir}: cannot write in the folder it goes in ({exc.strerror})") from None
         try:
-            check_replaceable(self.out_dir, stage, force)
-            for leftover in remove_leftovers(self.out_dir):
-                if reporter is not None:
-                    reporter.log(cleaned=leftover, reason="left by a killed run of this stage")
-            self.tmp_dir = self.out_dir.parent / f".{self.out_dir.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-            self.tmp_dir.mkdir()
+            check_output_path(out_dir, stage, force, inputs)  # again, now that no other golf writes it
+            for leftover in remove_leftovers(self.out_dir, stage):
+                (reporter or Reporter()).log(cleaned=leftover, reason="left by a killed run of this stage")
+            self.tmp_dir = new_temporary(self.out_dir, stage, self.run_id)
         except BaseException as exc:
             self.lock.release()
             self._remove_created_parents()
@@ -264,48 +271,16 @@ class StageWriter:
         atomic_write_text(self.tmp_dir / MANIFEST_NAME, manifest.to_json())
         _fsync_dir(self.tmp_dir)
         old = None
-        if self.out_dir.exists():
-            check_replaceable(self.out_dir, self.stage, self.force)  # it appeared while the stage ran
-            old = self.out_dir.parent / f".{self.out_dir.name}.old-{uuid.uuid4().hex[:8]}"
-            os.rename(self.out_dir, old)
+        if os.path.lexists(self.out_dir):
+            # It appeared while the stage ran: the same rule as at the start.
+            check_output_path(self.out_dir, self.stage, self.force, self.inputs_read)
+            old = set_aside(self.out_dir, self.stage, self.run_id)
+        unmark(self.tmp_dir)
         os.rename(self.tmp_dir, self.out_dir)
         _fsync_dir(self.out_dir.parent)
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
         return manifest
-
-
-def check_replaceable(out_dir: Path, stage: str, force: bool) -> None:
-    """Refuse to replace anything but a finished golf folder of the same stage, and that only with force."""
-    if not out_dir.exists() and not out_dir.is_symlink():
-        return
-    if not force:
-        raise GolfError(f"{out_dir}: already exists (pass --force to replace it)")
-    if out_dir.is_symlink() or not out_dir.is_dir():
-        raise GolfError(f"{out_dir}: is not a folder golf wrote; --force replaces only a golf {stage} folder")
-    try:
-        existing = StageDir(out_dir, strict=False)
-    except GolfError:
-        raise GolfError(f"{out_dir}: has no golf manifest; --force replaces only a golf {stage} folder, "
-                        "so nothing was touched") from None
-    if existing.stage != stage:
-        raise GolfError(f"{out_dir}: is a golf '{existing.stage}' folder; --force replaces only a '{stage}' "
-                        "folder, so nothing was touched")
-
-
-def leftovers(out_dir: Path) -> list[Path]:
-    """Temporary and half-replaced siblings a killed writer of ``out_dir`` left behind."""
-    patterns = (f".{out_dir.name}.tmp-*", f".{out_dir.name}.old-*")
-    return sorted(path for pattern in patterns for path in out_dir.parent.glob(pattern) if path.is_dir())
-
-
-def remove_leftovers(out_dir: Path) -> list[str]:
-    """Remove what killed writers of ``out_dir`` left; only call while holding its lock."""
-    removed = []
-    for path in leftovers(out_dir):
-        shutil.rmtree(path, ignore_errors=True)
-        removed.append(path.name)
-    return removed
 
 
 def _missing_parents(folder: Path) -> list[Path]:

@@ -41,7 +41,8 @@ from ..contract.hashing import sha256_bytes
 from ..contract.lineage import require_same_tokenizer
 from ..contract.manifest import MANIFEST_NAME
 from ..contract.ledger import TimeLedger
-from ..contract.stage_dir import StageDir, StageWriter, atomic_write_bytes, check_replaceable
+from ..contract.output_path import OutputKind, check_output_path
+from ..contract.stage_dir import StageDir, StageWriter, atomic_write_bytes
 from ..device import resolve_device
 from ..distributed import DistContext, init_distributed, shutdown
 from ..errors import GolfError
@@ -141,15 +142,19 @@ def build_model(runtime, artifact: Artifact):
         raise GolfError(f"{artifact.path}: the model does not rebuild from the artifact ({message})") from None
 
 
-def check_eval_inputs(artifact: str | Path, out_dir: str | Path, force: bool,
-                      token_nll: str | Path | None) -> tuple[Path, StageDir | None]:
-    """The checks that need no reading of the artifact (``open_artifact``'s result): run by the
-    torchrun launcher before it starts the ranks, and by every rank before any waits on another."""
+def check_eval_inputs(artifact: str | Path, data_dir: str | Path | None, out_dir: str | Path, force: bool,
+                      token_nll: str | Path | None) -> tuple[Path, StageDir | None, StageDir, dict]:
+    """The checks that need no reading of the artifact: run by the torchrun launcher before it starts
+    the ranks, and by every rank before any waits on another. Returns the artifact file, its pack
+    folder (if any), the data folder and what the eval reads (the outputs' ``inputs``)."""
     artifact_path, pack = open_artifact(artifact)
+    data = _data_dir(data_dir, pack)
+    inputs = {"the artifact": artifact_path, "its pack folder": pack.path if pack else None,
+              "the data folder": data.path}
     if token_nll is not None:
-        _check_receipts_path(Path(token_nll), force)
-    check_replaceable(Path(out_dir).resolve(), "eval", force)
-    return artifact_path, pack
+        _check_receipts_path(Path(token_nll), force, {**inputs, "the eval's output folder": out_dir})
+    check_output_path(out_dir, "eval", force, inputs)
+    return artifact_path, pack, data, inputs
 
 
 def run_eval(config: EvalConfig, artifact: str | Path, data_dir: str | Path | None, out_dir: str | Path,
@@ -158,8 +163,8 @@ def run_eval(config: EvalConfig, artifact: str | Path, data_dir: str | Path | No
     """Score the artifact; ``trust_code`` runs its code even when it is not the code this golf ships;
     ``token_nll`` saves the per-target receipts there (safetensors). Under torchrun every rank
     scores its share; rank 0 writes and returns the manifest, the other ranks return None."""
-    artifact_path, pack = check_eval_inputs(artifact, out_dir, force, token_nll)
-    with _rank_stage(config.device, out_dir, force, reporter or Reporter()) as (ctx, writer, reporter):
+    artifact_path, pack, data, inputs = check_eval_inputs(artifact, data_dir, out_dir, force, token_nll)
+    with _rank_stage(config.device, out_dir, force, reporter or Reporter(), inputs) as (ctx, writer, reporter):
         ledger = writer.ledger
         budget = EvalBudget(config.budget_s, config.over_budget, ledger)
         with ledger.measure("load_artifact", "eval", "read, decompress and dequantize the artifact"):
@@ -169,7 +174,6 @@ def run_eval(config: EvalConfig, artifact: str | Path, data_dir: str | Path | No
             ttt_code = load_ttt(shipped) if config.ttt.mode != "none" else None
             model = build_model(runtime, shipped)
         header, data_bytes = shipped.header, shipped.data
-        data = _data_dir(data_dir, pack)
         require_same_tokenizer(header["lineage"], f"artifact {artifact_path}", data.lineage, f"data {data.path}")
         seq_len = config.seq_len or header["train_seq_len"]
         replace(config, seq_len=seq_len)  # the window rules, now that the window length is known
@@ -246,14 +250,14 @@ def run_eval(config: EvalConfig, artifact: str | Path, data_dir: str | Path | No
 
 
 @contextmanager
-def _rank_stage(device: str, out_dir: str | Path, force: bool, reporter: Reporter):
+def _rank_stage(device: str, out_dir: str | Path, force: bool, reporter: Reporter, inputs: dict):
     """Join torchrun's process group (if any) for the block; yield (rank context, writer, reporter):
     rank 0 gets the stage folder's writer and ``reporter``; the other ranks, which write and print
     nothing, a ledger of their own and a silent reporter."""
     ctx = init_distributed(resolve_device(device))
     try:
         if ctx.is_main:
-            with StageWriter(out_dir, "eval", force) as writer:
+            with StageWriter(out_dir, "eval", force, reporter, inputs) as writer:
                 yield ctx, writer, reporter
         else:
             yield ctx, _RankLedger(TimeLedger()), silent_reporter()
@@ -395,32 +399,31 @@ def _warm_up(runtime, ttt_code, model, table, seq_len: int, stride: int, config:
                     autocast_dtype(ctx.device), backend, config=to_dict(config.ttt))
 
 
-def _check_receipts_path(path: Path, force: bool) -> None:
+def _check_receipts_path(path: Path, force: bool, inputs: dict) -> None:
     """Refuse a receipts path that cannot be written before spending the eval on it, and never
-    replace a file golf did not write there: an existing file only with ``--force``, and only when
-    it is a receipts file of an earlier eval (a symlink never: it could lead anywhere)."""
-    if path.is_symlink():
-        raise GolfError(f"{path}: --token-nll is a symlink; give a plain file path")
-    if path.is_dir():
-        raise GolfError(f"{path}: --token-nll names a folder; give a file path")
+    replace a file golf did not write there (the rule of every output path, ``check_output_path``:
+    an existing file only with ``--force`` and only an earlier eval's receipts; no symlink; not in
+    or over what the eval reads, nor in its output folder, which the eval replaces)."""
+    check_output_path(path, RECEIPTS, force, inputs)
     if not path.parent.is_dir():
         raise GolfError(f"{path}: --token-nll folder {path.parent} does not exist")
-    if not path.exists():
-        return
-    if not force:
-        raise GolfError(f"{path}: --token-nll file exists; pass --force to replace an earlier eval's receipts")
-    if not _is_receipts_file(path):
-        raise GolfError(f"{path}: --token-nll file is not an eval's receipts (golf did not write it); "
-                        "nothing is replaced")
 
 
-def _is_receipts_file(path: Path) -> bool:
+def _identify_receipts(path: Path) -> tuple[str | None, str]:
     """Whether ``path`` is a safetensors file whose metadata names the eval run that wrote it."""
+    if path.is_dir():
+        return None, "is a folder, not an eval's receipts file"
     try:
         with safe_open(str(path), framework="pt") as handle:
-            return "eval_run_id" in (handle.metadata() or {})
+            if "eval_run_id" in (handle.metadata() or {}):
+                return RECEIPTS_KIND, "is an eval's receipts"
     except Exception:  # not safetensors at all (a shard, a README, ...): each reader raises its own type
-        return False
+        pass
+    return None, "is not an eval's receipts (golf did not write it)"
+
+
+RECEIPTS_KIND = "receipts"
+RECEIPTS = OutputKind(RECEIPTS_KIND, "an earlier eval's receipts file (--token-nll)", _identify_receipts)
 
 
 def _save_receipts(path: Path, tensors: dict, sums, run_id: str) -> dict:

@@ -321,7 +321,7 @@ def run_pack(config: PackConfig, quantize_dir: str | Path, out_dir: str | Path, 
     """
     reporter = reporter or Reporter()
     quant = StageDir(quantize_dir, "quantize")
-    with StageWriter(out_dir, "pack", force) as writer:
+    with StageWriter(out_dir, "pack", force, reporter, {"the quantize folder": quant.path}) as writer:
         with writer.ledger.measure("compress", note="packing happens after training: outside both budgets"):
             tensors, metadata = load_tensors_and_metadata(quant.file("quantized"))
             parts = artifact_parts(tensors, metadata, config)

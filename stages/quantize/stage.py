@@ -63,7 +63,8 @@ def run_quantize(config: QuantizeConfig, train_dir: str | Path, out_dir: str | P
     replace(config, eval_seq_len=seq_len)  # the window rules, now that the window length is known
     stride = config.eval_stride or seq_len
     device = resolve_device(config.device)
-    with StageWriter(out_dir, "quantize", force) as writer:
+    inputs = {"the train folder": train.path, "the data folder": data.path}
+    with StageWriter(out_dir, "quantize", force, reporter, inputs) as writer:
         ledger = writer.ledger
         with ledger.measure("load", note="reading the checkpoint and val data: outside both budgets"):
             state = load_tensors(train.file("weights"))

@@ -51,7 +51,7 @@ def run_import(folder: str | Path, out_dir: str | Path, tokenizer: str | None = 
     tok_path = _tokenizer_path(folder, tokenizer)
     model_bytes = tok_path.read_bytes()
     sp = load_processor(model_bytes, str(tok_path))
-    with StageWriter(out_dir, "tokenize", force) as writer:
+    with StageWriter(out_dir, "tokenize", force, reporter, {"--import": folder, "--tokenizer": tok_path}) as writer:
         with writer.ledger.measure("verify", note="data preparation: outside both budgets"):
             counts = {}
             with reporter.progress("verify shards", len(train) + len(val) + len(sidecar_paths)) as advance:

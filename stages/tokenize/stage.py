@@ -62,7 +62,8 @@ class TokenizeConfig:
 
 def run_tokenize(config: TokenizeConfig, out_dir: str | Path, force: bool = False, reporter: Reporter | None = None):
     reporter = reporter or Reporter()
-    with StageWriter(out_dir, "tokenize", force) as writer:
+    inputs = {"--input": config.input if config.source != "news" else None, "--tokenizer": config.tokenizer}
+    with StageWriter(out_dir, "tokenize", force, reporter, inputs) as writer:
         ledger = writer.ledger
         with ledger.measure("read_corpus", note="data preparation: outside both budgets"):
             corpus = load_corpus(config.source, config.input, config.max_docs)

@@ -16,7 +16,8 @@ import torch
 
 from ..config import to_dict
 from ..contract.ledger import TimeLedger
-from ..contract.stage_dir import StageDir, StageWriter, atomic_write_text, check_replaceable, relative_path
+from ..contract.output_path import check_output_path
+from ..contract.stage_dir import StageDir, StageWriter, atomic_write_text, relative_path
 from ..device import resolve_device
 from ..errors import GolfError
 from ..data.shards import read_shard
@@ -59,14 +60,15 @@ def run_train(config: RunConfig, data_dir: str | Path, out_dir: str | Path, forc
     tokenizer_vocab = int(data.lineage["vocab_size"])
     if config.model.vocab_size < tokenizer_vocab:
         raise GolfError(f"model.vocab_size {config.model.vocab_size} is smaller than the tokenizer's {tokenizer_vocab}")
-    check_replaceable(Path(out_dir).resolve(), "train", force)  # on every rank, before any rank waits on another
+    inputs = train_inputs(data_dir, resume)
+    check_output_path(out_dir, "train", force, inputs)  # on every rank, before any rank waits on another
     check_token_ids(data, config.model.vocab_size)
     ctx = init_distributed(resolve_device(config.train.device))
     try:
         if not ctx.is_main:
             _fit(config, data, ctx, TimeLedger(), silent_reporter(), None, resume)
             return None
-        with StageWriter(out_dir, "train", force, reporter) as writer:
+        with StageWriter(out_dir, "train", force, reporter, inputs) as writer:
             checkpoints = Checkpoints(run_checkpoint_dir(out_dir, writer.run_id), data_identity(data), writer.run_id)
             fit = _fit(config, data, ctx, writer.ledger, reporter, checkpoints, resume)
             writer.add_input("data", data)
@@ -77,6 +79,11 @@ def run_train(config: RunConfig, data_dir: str | Path, out_dir: str | Path, forc
             return _save(writer, fit, config, data, ctx, reporter, preset, out_dir)
     finally:
         shutdown(ctx)
+
+
+def train_inputs(data_dir: str | Path, resume: str | Path | None) -> dict:
+    """What training reads, which its output must not be, hold or go inside (``check_output_path``)."""
+    return {"the data folder": data_dir, "--resume": resume}
 
 
 def check_token_ids(data: StageDir, vocab_size: int) -> None:
