@@ -148,8 +148,9 @@ def test_a_moved_run_folder_still_verifies(run_copy, tmp_path):
 
 
 def test_leftovers_of_a_killed_run_are_removed_at_the_next_start(run_copy):
-    stale_tmp = run_copy / ".eval2.tmp-99999-deadbeef"
-    stale_tmp.mkdir()
+    killed = StageWriter(run_copy / "eval2", "eval")  # SIGKILL: the kernel drops the lock, the folder stays
+    killed.lock.release()
+    stale_tmp = killed.tmp_dir
     (stale_tmp / "half.bin").write_bytes(b"12")
     lines = []
 
@@ -160,7 +161,7 @@ def test_leftovers_of_a_killed_run_are_removed_at_the_next_start(run_copy):
     with StageWriter(run_copy / "eval2", "eval", reporter=Collect()):
         pass
     assert not stale_tmp.exists()
-    assert lines == [{"cleaned": stale_tmp.name, "reason": "left by a killed run of this stage"}]
+    assert lines == [{"cleaned": stale_tmp, "reason": "left by a killed run of this stage"}]
 
 
 def test_a_failed_stage_removes_the_run_folder_it_created(tmp_path):

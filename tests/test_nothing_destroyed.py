@@ -113,6 +113,19 @@ def test_force_through_a_symlink_never_replaces_another_runs_folder(data_dir, tm
     assert inspected.returncode == 0, inspected.stdout + inspected.stderr
 
 
+def test_the_lock_file_is_never_written_through_a_symlink_or_over_a_user_file(tmp_path):
+    precious = tmp_path / "precious.txt"
+    precious.write_text("years of work")
+    (tmp_path / ".train.lock").symlink_to(precious)
+    with pytest.raises(GolfError, match="is a symlink"):
+        StageWriter(tmp_path / "train", "train")
+    (tmp_path / ".eval.lock").write_text("my notes")
+    with pytest.raises(GolfError, match="a file golf did not write"):
+        StageWriter(tmp_path / "eval", "eval")
+    assert precious.read_text() == "years of work" and (tmp_path / ".eval.lock").read_text() == "my notes"
+    assert sorted(path.name for path in tmp_path.iterdir()) == [".eval.lock", ".train.lock", "precious.txt"]
+
+
 # Output inside (or equal to, or holding) an input, for every stage that reads a stage folder.
 
 def test_no_stage_writes_its_output_in_or_over_its_input(run, tmp_path):

@@ -15,6 +15,9 @@ from pathlib import Path
 from ..errors import GolfError
 
 
+HOLDER_PREFIX = "pid "  # what every lock file golf writes begins with
+
+
 def lock_path(out_dir: Path) -> Path:
     return out_dir.parent / f".{out_dir.name}.lock"
 
@@ -28,7 +31,7 @@ class FolderLock:
 
     def _acquire(self, out_dir: Path, owner: str) -> int:
         while True:
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            fd = self._open(out_dir)
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
@@ -36,6 +39,10 @@ class FolderLock:
                 os.close(fd)
                 raise GolfError(f"{out_dir}: another golf process ({holder}) is writing it; wait for it to "
                                 "finish or choose another --out/--run") from None
+            if not _is_golf_lock(fd):
+                os.close(fd)
+                raise GolfError(f"{self.path}: a file golf did not write has the name of {out_dir.name}'s lock; "
+                                "move it away (nothing was touched)")
             # The holder before us may have removed the file between our open and our lock:
             # then we hold a lock on an orphan inode and must take the lock on the new file.
             try:
@@ -44,9 +51,19 @@ class FolderLock:
                 same = False
             if same:
                 os.ftruncate(fd, 0)
-                os.write(fd, f"pid {os.getpid()}, run {owner}".encode())
+                os.write(fd, f"{HOLDER_PREFIX}{os.getpid()}, run {owner}".encode())
                 return fd
             os.close(fd)
+
+    def _open(self, out_dir: Path) -> int:
+        """The lock file, never through a symlink (truncating it would empty whatever it points at)."""
+        try:
+            return os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+        except OSError:
+            if self.path.is_symlink():
+                raise GolfError(f"{self.path}: the lock file of {out_dir.name} is a symlink; golf writes "
+                                "nothing through one (nothing was touched)") from None
+            raise
 
     def release(self) -> None:
         if self.fd < 0:
@@ -56,6 +73,15 @@ class FolderLock:
         finally:
             os.close(self.fd)  # closing drops the flock
             self.fd = -1
+
+
+def _is_golf_lock(fd: int) -> bool:
+    """Empty (just made, here or by a writer that died before writing) or naming a golf writer."""
+    try:
+        head = os.pread(fd, len(HOLDER_PREFIX), 0)
+    except OSError:
+        return False
+    return head in (b"", HOLDER_PREFIX.encode())
 
 
 def _read_holder(fd: int) -> str:
