@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from stages.config import apply_overrides
+from stages.contract.output_path import check_output_path
 from stages.contract.stage_dir import StageDir, StageWriter
 from stages.contract.temp_folders import MARKER_NAME, remove_leftovers
 from stages.errors import GolfError
@@ -125,6 +126,16 @@ def test_the_lock_file_is_never_written_through_a_symlink_or_over_a_user_file(tm
         StageWriter(tmp_path / "eval", "eval")
     assert precious.read_text() == "years of work" and (tmp_path / ".eval.lock").read_text() == "my notes"
     assert sorted(path.name for path in tmp_path.iterdir()) == [".eval.lock", ".train.lock", "precious.txt"]
+
+
+def test_a_symlink_is_found_before_and_after_a_dotdot(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "real").mkdir()
+    (tmp_path / "link").symlink_to("real")
+    for path in ("link/../out", "missing/../link/out", "link", "./link/eval"):
+        with pytest.raises(GolfError, match="is a symlink"):
+            check_output_path(path, "eval", force=True)
+    assert check_output_path("real/../out", "eval", force=False) == tmp_path / "out"
 
 
 # Output inside (or equal to, or holding) an input, for every stage that reads a stage folder.

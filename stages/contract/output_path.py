@@ -58,12 +58,13 @@ def check_output_path(path: str | Path, kind: OutputKind | str, force: bool, inp
     absolute. ``kind`` is a stage name (its folder) or an ``OutputKind``; ``inputs`` maps a label
     ("--data") to each path the command reads (None: not given)."""
     kind = stage_folder(kind) if isinstance(kind, str) else kind
-    absolute = Path(os.getcwd(), path)  # getcwd is the physical path: only the given part can hold a link
-    link = first_symlink(absolute)
+    given = Path(os.getcwd(), path)  # getcwd is the physical path: only the given part can hold a link
+    absolute = Path(os.path.normpath(given))
+    # As given, the system follows a link before a '..' ('link/../x'); normalized is what golf uses.
+    link = first_symlink(given) or first_symlink(absolute)
     if link is not None:
         raise GolfError(f"{path}: {link} is a symlink (to {os.readlink(link)}); an output path must reach its "
-                        f"folder without one (give {Path(os.path.realpath(absolute))} if that is what you mean)")
-    absolute = Path(os.path.normpath(absolute))
+                        f"folder without one (give {Path(os.path.realpath(given))} if that is what you mean)")
     _refuse_inputs(path, absolute, inputs or {})
     if not os.path.lexists(absolute):
         return absolute
