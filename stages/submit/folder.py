@@ -72,7 +72,8 @@ def make_submission(run_names: list[str], out: str | Path, info: SubmissionInfo,
     rows = [seed_row(run, code_bytes, limit) for run in runs]
     for row in rows:
         if row["verdicts"]["size"] == "FAIL":
-            raise GolfError(f"seed {row['seed']}: {over_limit_message(size_verdict(row['bytes_total'], limit))} "
+            verdict = size_verdict(row["bytes_total"], limit)
+            raise GolfError(f"seed {row['seed']}: {over_limit_message(verdict, 'code + artifact')} "
                             f"(train_gpt.py {code_bytes:,} + artifact {row['artifact_bytes']:,}); nothing written",
                             exit_code=SIZE_EXIT_CODE)
     facts = compliance(runs, rows, code_bytes, limit)
