@@ -71,6 +71,7 @@ def load_run(run: str | Path) -> SeedRun:
     """Open and verify one run; a one-line error names the first problem found."""
     evaluation = StageDir(eval_folder(run), "eval")
     problems = [problem for check in audit_lineage(evaluation.path) for problem in check.problems]
+    problems.sort(key=lambda problem: problem.startswith("link "))  # a stage's own problem is the cause of its links'
     if problems:
         more = f" (and {len(problems) - 1} more; see golf inspect)" if len(problems) > 1 else ""
         raise GolfError(f"{run}: its manifests do not verify: {problems[0]}{more}")
