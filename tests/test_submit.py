@@ -110,6 +110,21 @@ def test_train_gpt_reproduces_a_seed_in_a_fresh_folder(runs, submission, tmp_pat
     assert repeated["artifact_bytes"] == original["artifact_bytes"]
 
 
+def test_train_gpt_runs_under_torchrun(runs, submission, tmp_path):
+    """Two gloo ranks in one launch: train, then quantize and pack on rank 0 while rank 1 waits, then
+    eval in a second process group (a group created again must not hang on the first one's keys)."""
+    fresh = tmp_path / "fresh"
+    shutil.copytree(submission, fresh)
+    shutil.copytree(runs / "tokenize", fresh / "data" / "tokenize")
+    env = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
+    result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                             "train_gpt.py"], cwd=fresh, env={**env, "SEED": "3"}, capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    assert result.stdout.strip().splitlines()[-1].startswith("seed:3 val_loss:")
+    assert StageDir(fresh / "golf_run_seed3" / "train", "train").manifest.metrics["world_size"] == 2
+
+
 def test_size_check_counts_the_real_code_bytes(runs, submission, tmp_path):
     fields = json.loads((submission / "submission.json").read_text())
     total = fields["bytes_total"]

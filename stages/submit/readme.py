@@ -38,11 +38,19 @@ def render_readme(info, runs: list[SeedRun], rows: list[dict], facts: dict, subm
               "that evaluates it (counted a second time). `golf pack --check <this folder>` repeats the sum with the "
               "file as it is now.", "",
               "## Reproduce", "",
-              "```bash", "pip install -r requirements.txt",
-              f"SEED={rows[0]['seed']} torchrun --standalone --nproc_per_node=8 train_gpt.py", "```", "",
+              "```bash", "pip install -r requirements.txt", f"SEED={rows[0]['seed']} {launch_command(runs[0])}",
+              "```", "",
               "It trains, quantizes, packs and evaluates one seed with the settings above and prints val_bpb beside "
-              "the submitted one. Data locations: see the top of train_gpt.py.", ""]
+              "the submitted one; with the runs' process count "
+              f"({runs[0].train.manifest.metrics.get('world_size', 1)}), as the data order depends on it. "
+              "Data locations: see the top of train_gpt.py.", ""]
     return "\n".join(lines)
+
+
+def launch_command(run: SeedRun) -> str:
+    """How the runs were launched: one process, or torchrun with as many as train had."""
+    world = run.train.manifest.metrics.get("world_size", 1)
+    return "python train_gpt.py" if world == 1 else f"torchrun --standalone --nproc_per_node={world} train_gpt.py"
 
 
 def results_table(rows: list[dict], summary: dict) -> list[str]:
