@@ -99,7 +99,7 @@ def test_train_gpt_reproduces_a_seed_in_a_fresh_folder(runs, submission, tmp_pat
     shutil.copytree(runs / "tokenize", fresh / "data" / "tokenize")
     env = {key: value for key, value in os.environ.items() if key not in ("PYTHONPATH", "RANK", "WORLD_SIZE")}
     result = subprocess.run([sys.executable, "train_gpt.py"], cwd=fresh, env={**env, "SEED": "2"},
-                            capture_output=True, text=True)
+                            capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     last = dict(item.split(":", 1) for item in result.stdout.strip().splitlines()[-1].split())
     repeated = StageDir(fresh / "golf_run_seed2" / "eval", "eval").manifest.metrics
