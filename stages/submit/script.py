@@ -72,14 +72,13 @@ def shipped_sources() -> dict[str, str]:
     todo = [ENTRY]
     while todo:
         rel = todo.pop()
-        if rel in files and rel != ENTRY:
+        if rel in files:
             continue
         source = (CODE_ROOT / rel).read_text(encoding="utf-8")
         files[rel] = source
         parts = Path(rel).parts
-        todo.extend(str(Path(*parts[:depth], "__init__.py")) for depth in range(1, len(parts))
-                    if str(Path(*parts[:depth], "__init__.py")) not in files)
-        todo.extend(module for module in golf_imports(rel, source) if module not in files)
+        todo.extend(str(Path(*parts[:depth], "__init__.py")) for depth in range(1, len(parts)))
+        todo.extend(golf_imports(rel, source))
     return dict(sorted(files.items()))
 
 
