@@ -17,6 +17,7 @@ import json
 import lzma
 from pathlib import Path
 
+from ..artifact.bundle import collect_sources
 from ..artifact.verify import CODE_ROOT, installed_sources
 
 PACKAGE = "stages"
@@ -68,21 +69,11 @@ LINE_CHARS = 100
 def shipped_sources() -> dict[str, str]:
     """{path: source} of everything train_gpt.py runs: the reproduction's import closure and the
     artifact's bundle (which ``golf pack`` reads from the code's own folder)."""
-    files = dict(installed_sources(with_ttt=True))
-    todo = [ENTRY]
-    while todo:
-        rel = todo.pop()
-        if rel in files:
-            continue
-        source = (CODE_ROOT / rel).read_text(encoding="utf-8")
-        files[rel] = source
-        parts = Path(rel).parts
-        todo.extend(str(Path(*parts[:depth], "__init__.py")) for depth in range(1, len(parts)))
-        todo.extend(golf_imports(rel, source))
+    files = {**installed_sources(with_ttt=True), **collect_sources(CODE_ROOT, [ENTRY], follow=golf_imports)}
     return dict(sorted(files.items()))
 
 
-def golf_imports(rel: str, source: str) -> list[str]:
+def golf_imports(root: Path, rel: str, source: str) -> list[str]:
     """Files of the golf modules ``source`` imports, relatively or as ``stages.*``, anywhere in the file."""
     package = list(Path(rel).parent.parts)
     found = []
@@ -99,7 +90,7 @@ def golf_imports(rel: str, source: str) -> list[str]:
             if not parts or parts[0] != PACKAGE:
                 continue
             for path in (Path(*parts).with_suffix(".py"), Path(*parts, "__init__.py")):
-                if (CODE_ROOT / path).is_file():
+                if (root / path).is_file():
                     found.append(str(path))
     return found
 
