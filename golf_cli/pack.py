@@ -13,6 +13,7 @@ from stages.pack.stage import (
     COMPARE_COLUMNS, SIZE_EXIT_CODE, SIZE_LIMIT, PackConfig, check_artifact, over_limit_message, run_pack,
 )
 from stages.progress import format_line
+from stages.submit.folder import check_submission
 
 from .common import (
     ForceOption, RichReporter, RunOption, SetOption, handle_errors, print_table, resolve_config, stage_path,
@@ -28,8 +29,11 @@ def pack(
                               "zstd, zlib, rans, or best (per section the smallest); the codes: --set codes_codec=... (rans)."),
     limit: int = typer.Option(SIZE_LIMIT, "--limit", help="Size limit in bytes; over it, exit 3 and write nothing."),
     compare: bool = typer.Option(False, "--compare", help="First print the size under every codec, per group and in total."),
-    check: Path = typer.Option(None, "--check", help="Only check this existing artifact file: well-formed, its code "
-                               "golf's own, and its size."),
+    check: Path = typer.Option(None, "--check", help="Only check this existing artifact file (well-formed, its code "
+                               "golf's own, and its size), or a `golf submit` folder: train_gpt.py's real bytes plus "
+                               "the largest seed's artifact bytes."),
+    code: Path = typer.Option(None, "--code", help="With --check ARTIFACT: a code file shipped beside it (a "
+                              "submission's train_gpt.py); its real bytes count toward the limit too."),
     trust_code: bool = typer.Option(False, TRUST_FLAG, help="With --check: pass even when the artifact's code is not "
                                     "the code this golf ships (a warning line)."),
     no_ttt: bool = typer.Option(False, "--no-ttt", help="Leave the test-time training code out of the artifact "
@@ -39,10 +43,17 @@ def pack(
 ):
     """Write model.golf (header, shipped code, the codes section and one section per tensor group) and apply the size gate."""
     if check is not None:
-        verdict = check_artifact(check, limit, trust_code, RichReporter())
-        print(format_line({"artifact": str(check), **verdict}))
+        if check.is_dir():
+            if code is not None:
+                raise GolfError("--code goes with an artifact file; a submission folder's code is its train_gpt.py")
+            verdict = check_submission(check, limit)
+            print(format_line({"submission": str(check), **verdict}))
+        else:
+            verdict = check_artifact(check, limit, trust_code, RichReporter(), code)
+            print(format_line({"artifact": str(check), **verdict}))
         if verdict["verdict"] != "PASS":
-            raise GolfError(f"{check}: {over_limit_message(verdict)}", exit_code=SIZE_EXIT_CODE)
+            counted = "code + artifact" if check.is_dir() or code is not None else "artifact"
+            raise GolfError(f"{check}: {over_limit_message(verdict, counted)}", exit_code=SIZE_EXIT_CODE)
         return
     reporter = RichReporter()
     # Flags go through the typed overrides, so a misspelt codec is a one-line error listing the choices.

@@ -38,8 +38,28 @@ def init_distributed(device: torch.device) -> DistContext:
         device = torch.device("cuda", local)
         torch.cuda.set_device(device)
     if not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+        _create_group("nccl" if device.type == "cuda" else "gloo")
     return DistContext(dist.get_rank(), dist.get_world_size(), device)
+
+
+# How many default groups this process has created: one process may run several stages (a
+# submission's train_gpt.py runs train, then eval), each creating and destroying its group.
+_GROUPS = {"created": 0}
+
+
+def _create_group(backend: str) -> None:
+    """The default group from torchrun's environment. A group created after another was destroyed
+    meets the rendezvous keys the destroyed one left in torchrun's store and never connects (gloo:
+    refused connections, then a hang), so every group after the first rendezvous under a prefix
+    of its own."""
+    created = _GROUPS["created"]
+    if created == 0:
+        dist.init_process_group(backend=backend)
+    else:
+        store, rank, world = next(dist.rendezvous("env://"))
+        dist.init_process_group(backend=backend, store=dist.PrefixStore(f"golf_group_{created}", store), rank=rank,
+                                world_size=world)
+    _GROUPS["created"] = created + 1
 
 
 def shutdown(ctx: DistContext) -> None:

@@ -21,8 +21,12 @@ from pathlib import Path
 PACKAGE = "stages"
 
 
-def collect_sources(root: Path, entries: list[str]) -> dict[str, str]:
-    """{relative path: source} of ``entries`` and every module they import relatively, plus package __init__s."""
+def collect_sources(root: Path, entries: list[str], follow=None) -> dict[str, str]:
+    """{relative path: source} of ``entries`` and every module they import relatively, plus package __init__s.
+
+    ``follow(root, rel, source)`` lists the files a module imports (default: its relative imports,
+    refusing absolute ``stages`` ones, as shipped code must)."""
+    follow = follow or _relative_imports
     files: dict[str, str] = {}
     todo = list(entries)
     while todo:
@@ -34,7 +38,7 @@ def collect_sources(root: Path, entries: list[str]) -> dict[str, str]:
         parts = Path(rel).parts
         for depth in range(1, len(parts)):
             todo.append(str(Path(*parts[:depth], "__init__.py")))
-        todo.extend(_relative_imports(root, rel, source))
+        todo.extend(follow(root, rel, source))
     return dict(sorted(files.items()))
 
 

@@ -305,9 +305,9 @@ def size_verdict(total: int, limit: int) -> dict:
     return {"bytes_total": total, "limit": limit, "margin": limit - total, "verdict": "PASS" if total <= limit else "FAIL"}
 
 
-def over_limit_message(verdict: dict) -> str:
-    """The one-line reason of a FAIL verdict."""
-    return (f"artifact is {verdict['bytes_total']:,} bytes, over the {verdict['limit']:,}-byte limit "
+def over_limit_message(verdict: dict, counted: str = "artifact") -> str:
+    """The one-line reason of a FAIL verdict; ``counted`` names what the bytes are."""
+    return (f"{counted} is {verdict['bytes_total']:,} bytes, over the {verdict['limit']:,}-byte limit "
             f"by {-verdict['margin']:,}")
 
 
@@ -366,12 +366,19 @@ def _report_comparison(rows: dict[str, dict], reporter: Reporter, show: Callable
 
 
 def check_artifact(path: str | Path, limit: int = SIZE_LIMIT, trust_code: bool = False,
-                   reporter: Reporter | None = None) -> dict:
+                   reporter: Reporter | None = None, code_file: str | Path | None = None) -> dict:
     """The gate on an existing artifact file: well-formed, its code golf's own, real bytes against the limit.
 
     Foreign code is refused (a one-line error naming the files) unless ``trust_code``; the
-    verdict records the code check either way.
+    verdict records the code check either way. ``code_file`` (a submission's train_gpt.py) is
+    shipped beside the artifact: its real bytes count toward the limit too.
     """
     artifact = read_artifact(path)
     code = vouch_for_code(artifact, trust_code, reporter or Reporter())
-    return {**size_verdict(len(artifact.data), limit), **code.record(trust_code)}
+    counted = {}
+    if code_file is not None:
+        if not Path(code_file).is_file():
+            raise GolfError(f"{code_file}: no such code file")
+        counted = {"bytes_artifact": len(artifact.data), "bytes_code_file": Path(code_file).stat().st_size}
+    return {**counted, **size_verdict(len(artifact.data) + counted.get("bytes_code_file", 0), limit),
+            **code.record(trust_code)}
