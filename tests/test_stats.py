@@ -147,3 +147,9 @@ def test_cli_prints_table_verdict_and_json(seeds, tmp_path):
     assert str(tmp_path) not in out.read_text()
     one = golf("stats", seeds[0], "--baseline-nats", "2.5")
     assert one.returncode == 1 and one.stderr.strip().startswith("error:") and one.stderr.count("\n") == 1
+
+
+def test_without_a_baseline_only_the_means(seeds):
+    result = seed_stats(seeds[:1], Baseline.choose())
+    assert result.test is None and result.notes == () and result.verdict().startswith("no baseline given")
+    assert result.candidate_nats.mean == CANDIDATE[0] and result.candidate_nats.std is None

@@ -124,8 +124,11 @@ def seed_stats(runs: Sequence[str | Path], baseline: Baseline, eval_name: str = 
         nats = [nats_from_bpb(value, per_token) for value in baseline.values]
         notes.append(f"baseline bpb converted to nats with the candidates' {per_token:.6f} bytes/token: exact only "
                      "if the baseline was scored on the same val data with the same tokenizer")
-    else:
+    elif baseline.kind == "nats":
         nats = list(baseline.values)
+        notes.append(f"baseline bpb shown converted from nats with the candidates' {per_token:.6f} bytes/token")
+    else:
+        nats = []
     test = record_test([score.val_loss for score in candidates], nats) if nats else None
     return SeedStats(tuple(candidates), baseline.kind, tuple(baseline_runs), tuple(nats), per_token, test,
                      tuple(notes))
