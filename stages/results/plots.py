@@ -72,8 +72,8 @@ def schedules(run: RunStages):
     names = ["matrix_lr", "embed_lr", "scalar_lr"]
     if not config.get("model", {}).get("tie_embeddings", True):
         names.append("head_lr")
-    for name in names:
-        lr_axis.plot(steps, [train[name] * e["lr_scale"] for e in curves["train"]], label=name)
+    for name, style in zip(names, ("-", "--", ":", "-.")):  # equal peaks (matrix, scalar) stay visible
+        lr_axis.plot(steps, [train[name] * e["lr_scale"] for e in curves["train"]], style, label=name)
     lr_axis.set(xlabel="step", ylabel="learning rate", title="LR (peak x logged scale)")
     lr_axis.legend()
     momentum = [momentum_warmup(step, train["muon_momentum_start"], train["muon_momentum"],
