@@ -114,6 +114,9 @@ def test_runs_on_other_val_data_are_refused(seeds):
     rewrite_manifest(seeds[2], lambda m: first_file(m).update(sha256="f" * 64))
     with pytest.raises(GolfError, match="read different data files"):
         seed_stats(seeds, Baseline.choose(nats=BASELINE))
+    rewrite_manifest(seeds[0], lambda m: m["metrics"].update(tokens_scored=m["metrics"]["tokens_scored"] - 1))
+    with pytest.raises(GolfError, match="scored different targets"):
+        seed_stats(seeds[:2], Baseline.choose(nats=BASELINE))
 
 
 def test_unverified_or_repeated_folders_are_refused(seeds):

@@ -3,7 +3,8 @@
 A RUN given on the command line is an eval folder or a run folder (artifacts/<run>) holding one;
 which folder was read is kept with the score, so the output can say so. Only a folder whose
 manifest and outputs verify is read, and scores are only compared when they were measured on the
-same tokenizer and the same val data: lineage and the hashes of the data files the eval read.
+same tokenizer and the same val data: lineage, the hashes of the data files the eval read, and the
+number of targets and bytes scored (a shorter val prefix is other val data).
 """
 
 from __future__ import annotations
@@ -114,6 +115,10 @@ def require_same_data(scores: list[SeedScore]) -> None:
             if a != b:
                 raise GolfError(f"{first.eval_dir} and {other.eval_dir} disagree on {key} ({_short(a)} vs "
                                 f"{_short(b)}): scores on different tokenizers or val data are not comparable")
+        if (first.tokens, first.bytes_per_token) != (other.tokens, other.bytes_per_token):
+            raise GolfError(f"{first.eval_dir} and {other.eval_dir} scored different targets ({first.tokens} vs "
+                            f"{other.tokens} tokens, {first.bytes_per_token:.6f} vs {other.bytes_per_token:.6f} "
+                            "bytes/token; another val prefix or windows): their scores are not comparable")
         if first.identity["data_files"] != other.identity["data_files"]:
             raise GolfError(f"{first.eval_dir} and {other.eval_dir} read different data files (val shards or "
                             "tokenizer hashes differ): scores on different val data are not comparable")

@@ -154,6 +154,4 @@ def _pooled_bytes_per_token(scores: list[SeedScore]) -> float:
 def _notes(scores: list[SeedScore]) -> list[str]:
     notes = [f"{s.eval_dir}: bytes per token {s.bytes_source}" for s in scores if s.bytes_source.startswith("derived")]
     notes += [f"{s.eval_dir}: scored a prefix of the val split only (partial)" for s in scores if s.partial]
-    if len({score.tokens for score in scores}) > 1:
-        notes.append("the evals scored different numbers of targets (other windows or prefixes)")
     return notes
