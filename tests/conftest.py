@@ -109,3 +109,13 @@ def rewrite_manifest(folder: Path, change, rehash: bool = True) -> None:
     if rehash:
         manifest["content_sha256"] = content_hash(manifest)
     path.write_text(json.dumps(manifest, indent=2))
+
+
+@pytest.fixture(scope="session")
+def eval_dir(workdir, pack_dir) -> Path:
+    """The tiny pipeline's artifact scored on a 1,024-token val prefix (no TTT)."""
+    from stages.evaluate.stage import EvalConfig, run_eval
+
+    out = workdir / "eval"
+    run_eval(EvalConfig(eval_tokens=1024), pack_dir, None, out)
+    return out

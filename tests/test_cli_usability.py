@@ -31,7 +31,7 @@ from stages.train.stage import run_train
 from .conftest import SMALL_VOCAB, TINY_OVERRIDES, golf, sets, tiny_run_config
 
 REPO = Path(__file__).resolve().parent.parent
-COMMANDS = ("tokenize", "train", "quantize", "pack", "eval", "inspect", "submit")
+COMMANDS = ("tokenize", "train", "quantize", "pack", "eval", "inspect", "submit", "stats", "report")
 # The tiny overrides without the vocab, so the tokenizer's applies; one step is enough here.
 TINY_ANY_VOCAB = [item for item in TINY_OVERRIDES if not item.startswith("model.vocab_size=")] + ["train.max_steps=1"]
 

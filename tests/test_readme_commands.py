@@ -48,7 +48,7 @@ def readme_commands() -> list[list[str]]:
 
 def test_the_readme_shows_every_command():
     shown = {args[0] for args in readme_commands()}
-    assert shown == {"tokenize", "train", "quantize", "pack", "eval", "inspect", "submit"}
+    assert shown == {"tokenize", "train", "quantize", "pack", "eval", "inspect", "submit", "stats", "report"}
 
 
 @pytest.mark.parametrize("args", readme_commands(), ids=lambda args: " ".join(args)[:60])
