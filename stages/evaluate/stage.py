@@ -177,6 +177,7 @@ def run_eval(config: EvalConfig, artifact: str | Path, data_dir: str | Path | No
         with ledger.measure("load_val", "eval", "val shards and tokenizer"):
             val = load_val(data, header["model_config"]["vocab_size"], config.use_sidecar,
                            build_table=runtime.build_byte_table)
+        val.check_window_fits(seq_len, "--seq-len" if config.seq_len else "the artifact's train_seq_len")
         device = ctx.device
         model = model.to(device)
         attention = _choose_attention(model, device)

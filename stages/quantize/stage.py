@@ -69,6 +69,7 @@ def run_quantize(config: QuantizeConfig, train_dir: str | Path, out_dir: str | P
             state = load_tensors(train.file("weights"))
             model = load_model_weights(GPT(model_config), state, str(train.file("weights"))).to(device)
             val = load_val(data, model_config.vocab_size)
+        val.check_window_fits(seq_len, "eval_seq_len" if config.eval_seq_len else "the train run's seq_len")
         writer.add_input("checkpoint", train)
         writer.add_input("data", data)
 

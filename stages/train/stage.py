@@ -127,6 +127,7 @@ def _fit(config: RunConfig, data: StageDir, ctx: DistContext, ledger: TimeLedger
         loader = make_loader(tcfg.loader, train_shard_paths(data), ctx.rank, ctx.world_size, tcfg.seed, accum,
                              config.model.bos_id, max_doc_len=tcfg.seq_len)
         val = load_val(data, config.model.vocab_size)
+        val.check_window_fits(tcfg.seq_len, "train.seq_len")
         model = GPT(config.model).to(device)
         trainer = Trainer(model, config, loader, device)
     if tcfg.warmup_steps:
