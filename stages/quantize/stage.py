@@ -99,6 +99,10 @@ def run_quantize(config: QuantizeConfig, train_dir: str | Path, out_dir: str | P
                     state, config, quantize_at, lambda result: _packed_bytes(result, metadata, config))
             else:
                 (tensors, index, report), clip_scale, attempts = quantize_at(1.0), 1.0, []
+        if not report:
+            reporter.log(warning="nothing_quantized", method=config.method,
+                         why=f"every tensor has at most keep_float_max_numel={config.keep_float_max_numel} elements "
+                             "or is not a matrix, so all stay float and the settings change nothing")
         load_model_weights(model, dequantize_state(tensors, index), "dequantized weights")
         post = score("post_quant")
         with ledger.measure("size_report", note="compressing each tensor alone for the report: outside both budgets"):

@@ -68,7 +68,8 @@ def run_train(config: RunConfig, data_dir: str | Path, out_dir: str | Path, forc
                 _fit(config, data, ctx, TimeLedger(), silent_reporter(), None, resume)
                 return None
             with StageWriter(out_dir, "train", force, reporter) as writer:
-                checkpoints = Checkpoints(run_checkpoint_dir(out_dir, writer.run_id), data_identity(data), writer.run_id)
+                checkpoints = Checkpoints(run_checkpoint_dir(out_dir, writer.run_id), data_identity(data), writer.run_id,
+                                          preset)
                 fit = _fit(config, data, ctx, writer.ledger, reporter, checkpoints, resume)
                 writer.add_input("data", data)
                 if fit.resumed is not None:
@@ -102,6 +103,8 @@ class Checkpoints:
     """The training data's identity, stored in each checkpoint and checked on resume."""
     run_id: str
     """The run id of the train stage writing them."""
+    preset: str | None = None
+    """The preset the run started from (a resumed run: its checkpoint's), kept in each checkpoint."""
 
 
 @dataclass
@@ -216,7 +219,8 @@ def _checkpoint(trainer: Trainer, ledger: TimeLedger, reporter: Reporter, checkp
         trainer.gather_state()
         if checkpoints is None:
             return
-        folder = save_checkpoint(trainer, checkpoints.folder, checkpoints.data, ledger.to_dict(), checkpoints.run_id)
+        folder = save_checkpoint(trainer, checkpoints.folder, checkpoints.data, ledger.to_dict(), checkpoints.run_id,
+                                 checkpoints.preset)
     reporter.log(step=trainer.step, checkpoint=str(folder))
 
 
