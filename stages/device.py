@@ -22,7 +22,7 @@ def resolve_device(name: str) -> torch.device:
 
 
 GIB = 2**30
-_ALLOCATION_SIZE = re.compile(r"[Tt]ried to allocate ([0-9.]+ ?[A-Za-z]+)")
+_ALLOCATION_SIZE = re.compile(r"allocate ([0-9.]+ ?[A-Za-z]+)")
 
 
 def available_bytes(device: torch.device) -> int | None:
@@ -54,8 +54,8 @@ def allocation_failures(what: str):
     """An allocation that fails in the block (CPU or CUDA) as one line naming ``what`` sized it."""
     try:
         yield
-    except RuntimeError as exc:  # torch.OutOfMemoryError is a RuntimeError
-        if not (isinstance(exc, torch.cuda.OutOfMemoryError) or "can't allocate memory" in str(exc)):
+    except (RuntimeError, MemoryError) as exc:  # torch's CPU and CUDA (OutOfMemoryError) failures; numpy's
+        if not (isinstance(exc, (MemoryError, torch.cuda.OutOfMemoryError)) or "can't allocate memory" in str(exc)):
             raise
         size = _ALLOCATION_SIZE.search(str(exc))
         tried = f"; it tried to allocate {size.group(1)}" if size else ""

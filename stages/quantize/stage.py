@@ -33,7 +33,7 @@ from ..progress import Reporter
 from ..train.loader import make_loader
 from .calibration import collect_hessians, generated_batches, training_batches
 from .config import QuantizeConfig
-from .dequant import dequantize_state
+from .dequant import KIND_FLOAT, dequantize_state
 from .pre_quant import pre_quant_score, scoring_windows
 from .quantizer import is_quantized, quantize_state
 from .report import compressed_sizes, log_report
@@ -99,7 +99,7 @@ def run_quantize(config: QuantizeConfig, train_dir: str | Path, out_dir: str | P
                     state, config, quantize_at, lambda result: _packed_bytes(result, metadata, config))
             else:
                 (tensors, index, report), clip_scale, attempts = quantize_at(1.0), 1.0, []
-        if not report:
+        if all(row["kind"] == KIND_FLOAT for row in report):
             reporter.log(warning="nothing_quantized", method=config.method,
                          why=f"every tensor has at most keep_float_max_numel={config.keep_float_max_numel} elements "
                              "or is not a matrix, so all stay float and the settings change nothing")

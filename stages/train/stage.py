@@ -141,13 +141,13 @@ def _fit(config: RunConfig, data: StageDir, ctx: DistContext, ledger: TimeLedger
          checkpoints: Checkpoints | None, resume) -> Fit:
     tcfg, device = config.train, ctx.device
     with ledger.measure("setup", note="model build and input verification: outside the budget"):
+        check_model_fits(config, device)
         torch.manual_seed(tcfg.seed)
         accum = resolve_grad_accum(tcfg, ctx.world_size)
         loader = make_loader(tcfg.loader, train_shard_paths(data), ctx.rank, ctx.world_size, tcfg.seed, accum,
                              config.model.bos_id, max_doc_len=tcfg.seq_len)
         val = load_val(data, config.model.vocab_size)
         val.check_window_fits(tcfg.seq_len, "train.seq_len")
-        check_model_fits(config, device)
         model = GPT(config.model).to(device)
         trainer = Trainer(model, config, loader, device)
     if tcfg.warmup_steps:
