@@ -11,10 +11,11 @@ import typer
 from stages.artifact.verify import TRUST_FLAG
 from stages.config import apply_overrides, to_dict
 from stages.evaluate.budget import OverBudget
-from stages.evaluate.stage import EvalConfig, check_eval_inputs, run_eval
+from stages.errors import GolfError
+from stages.evaluate.stage import EvalConfig, check_eval_inputs, open_artifact, run_eval
 from stages.evaluate.ttt.config import TTTMode
 from stages.progress import silent_reporter
-from stages.train.presets import get_preset
+from stages.train.presets import PRESETS, get_preset
 
 from .common import (
     ForceOption, RichReporter, RunOption, SetOption, flat_items, handle_errors, launch_torchrun,
@@ -63,8 +64,9 @@ def evaluate(
     data: Path = typer.Option(None, "--data", help="Tokenize folder (default: the one the artifact was made from)."),
     out: Path = typer.Option(None, "--out", help="Output folder (default artifacts/<run>/eval)."),
     preset: str = typer.Option(None, "--preset", help="Start from this preset's eval settings: its record's windows, "
-                               "TTT mode and values (see golf train --list-presets; default: non-overlapping "
-                               "windows, no TTT). The flags below and --set override them."),
+                               "TTT mode and values (see golf train --list-presets; default: the preset the artifact's train stage "
+                               "ran, as quantize does, else non-overlapping windows, no TTT; the eval_from: line "
+                               "says which). The flags below and --set override them."),
     stride: int = typer.Option(None, "--stride", help="Sliding-window stride (default: non-overlapping windows)."),
     seq_len: int = typer.Option(None, "--seq-len", help="Window length (default: the training length)."),
     ttt: str = typer.Option(None, "--ttt", metavar="MODE", help=TTT_HELP),
@@ -87,25 +89,42 @@ def evaluate(
     """Print val_loss and val_bpb of the artifact read back from disk, with the eval time ledger.
 
     Runs the artifact's own code (its test-time training included) only if it is exactly the code
-    this golf ships, unless trusted. Settings: --preset's eval settings (else the defaults), then
+    this golf ships, unless trusted. Settings: --preset's eval settings (else the train lineage's preset's,
+    else the defaults), then
     --stride, --seq-len, --ttt, --eval-budget-s, --over-budget, --compare-no-ttt, then --set.
     """
     flags = [("stride", stride), ("seq_len", seq_len), ("ttt.mode", ttt), ("budget_s", budget_s),
              ("over_budget", over_budget)]
     settings = [*(f"{key}={value}" for key, value in flags if value is not None), *(overrides or []),
                 *_compare_flag(compare_no_ttt)]
+    artifact, out = stage_path(artifact, run, "pack"), stage_path(out, run, "eval")
+    preset, source = (preset, "--preset") if preset else (lineage_preset(artifact), "train lineage")
     config = apply_overrides(get_preset(preset).eval if preset else EvalConfig(), settings)
     if print_config:
         _print_config(preset, config)
         return
     launching = launches_torchrun(nproc)
     reporter = silent_reporter() if launching else RichReporter()
+    reporter.log(eval_from=f"preset={preset} ({source})" if preset else "defaults (no preset in the train lineage)")
     log_config(config, reporter)
-    artifact, out = stage_path(artifact, run, "pack"), stage_path(out, run, "eval")
     if launching:
         check_eval_inputs(artifact, data, out, force, token_nll)
         raise typer.Exit(launch_torchrun(nproc))
     run_eval(config, artifact, data, out, force, reporter, trust_code=trust_code, token_nll=token_nll)
+
+
+def lineage_preset(artifact: Path) -> str | None:
+    """The preset the artifact's train stage ran (pack -> quantize -> train manifests), when it is one of
+    golf's presets; None for a bare artifact, a lineage that does not resolve, or a custom config."""
+    try:
+        _, pack = open_artifact(artifact)
+        if pack is None:
+            return None
+        train = pack.upstream("quantized", "quantize").upstream("checkpoint", "train")
+    except GolfError:
+        return None  # no lineage to follow: the defaults, as for a bare artifact (eval checks the artifact itself)
+    preset = train.manifest.config.get("preset")
+    return preset if preset in PRESETS else None
 
 
 def _compare_flag(compare_no_ttt: bool) -> list[str]:

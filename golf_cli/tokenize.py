@@ -7,7 +7,7 @@ from pathlib import Path
 import typer
 
 from stages.tokenize.adopt import run_import
-from stages.tokenize.stage import TokenizeConfig, run_tokenize
+from stages.tokenize.stage import TokenizeConfig, check_tokenizer_vocab, run_tokenize
 
 from .common import ForceOption, RichReporter, RunOption, SetOption, handle_errors, resolve_config, stage_path
 
@@ -18,7 +18,8 @@ def tokenize(
     out: Path = typer.Option(None, "--out", help="Output folder (default artifacts/<run>/tokenize)."),
     source: str = typer.Option("news", "--source", help="news (embedded corpus), jsonl or text."),
     input: str = typer.Option(None, "--input", help="JSONL file, or a .txt file or folder of them."),
-    vocab_size: int = typer.Option(1024, "--vocab-size", help="Tokenizer vocabulary size."),
+    vocab_size: int = typer.Option(None, "--vocab-size", help="Tokenizer vocabulary size (default 1024; with "
+                                   "--tokenizer: that model's, and a different value is an error)."),
     spec: str = typer.Option("exact", "--spec", help="exact (round-trips) or challenge (nmt_nfkc)."),
     val_docs: int = typer.Option(None, "--val-docs", help="Val = first N documents (default 50,000 or 10%)."),
     max_docs: int = typer.Option(None, "--max-docs", help="Use only the first N documents."),
@@ -33,7 +34,9 @@ def tokenize(
     if import_dir is not None:
         run_import(import_dir, out_dir, tokenizer, force, reporter)
         return
-    config = TokenizeConfig(source=source, input=input, vocab_size=vocab_size, spec=spec,
-                            val_docs=val_docs, max_docs=max_docs, tokenizer=tokenizer)
+    if tokenizer is not None and vocab_size is not None:
+        check_tokenizer_vocab(tokenizer, vocab_size)
+    config = TokenizeConfig(source=source, input=input, spec=spec, val_docs=val_docs, max_docs=max_docs,
+                            tokenizer=tokenizer, **({} if vocab_size is None else {"vocab_size": vocab_size}))
     config = resolve_config(config, overrides, reporter)
     run_tokenize(config, out_dir, force, reporter)

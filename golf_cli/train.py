@@ -13,7 +13,7 @@ from stages.contract.stage_dir import StageDir
 from stages.errors import GolfError
 from stages.memory import COMPONENTS, GIB, H100_GB, memory_lines, preset_reports
 from stages.progress import Reporter, silent_reporter
-from stages.train.checkpointing import read_checkpoint_config
+from stages.train.checkpointing import checkpoint_preset, read_checkpoint_config
 from stages.train.config import RunConfig
 from stages.train.presets import PRESETS, Preset, get_preset, with_tokenizer_vocab
 from stages.train.stage import run_train, train_inputs
@@ -24,6 +24,7 @@ from .common import (
 )
 
 VOCAB_KEY = "model.vocab_size"
+DEFAULT_PRESET = "tiny"
 
 
 @handle_errors
@@ -31,7 +32,8 @@ def train(
     run: str = RunOption,
     data: Path = typer.Option(None, "--data", help="Tokenize folder (default artifacts/<run>/tokenize)."),
     out: Path = typer.Option(None, "--out", help="Output folder (default artifacts/<run>/train)."),
-    preset: str = typer.Option("tiny", "--preset", help="Named configuration; see --list-presets."),
+    preset: str = typer.Option(None, "--preset", help="Named configuration; see --list-presets (default tiny; "
+                               "on --resume, the checkpoint's: another is an error)."),
     max_steps: int = typer.Option(None, "--max-steps", help="Step budget (overrides the preset)."),
     max_seconds: float = typer.Option(None, "--max-seconds", help="Wall-clock budget of the timed loop."),
     seed: int = typer.Option(None, "--seed", help="Seed for init and data order."),
@@ -59,25 +61,37 @@ def train(
     if print_config:
         if resume:
             raise GolfError("--print-config shows a preset's config; a checkpoint's is in its state.json")
-        _print_config(get_preset(preset), overrides or [], max_steps, max_seconds, seed)
+        _print_config(get_preset(preset or DEFAULT_PRESET), overrides or [], max_steps, max_seconds, seed)
         return
     if print_memory:
-        _print_memory(get_preset(preset), overrides or [], max_steps, max_seconds, seed, device_gb)
+        _print_memory(get_preset(preset or DEFAULT_PRESET), overrides or [], max_steps, max_seconds, seed, device_gb)
         return
     launching = launches_torchrun(nproc)
     reporter = silent_reporter() if launching else RichReporter()
     data_dir, out_dir = stage_path(data, run, "tokenize"), stage_path(out, run, "train")
     overrides = _with_flags(overrides or [], max_steps, max_seconds, seed)
     if resume:
+        preset = _resumed_preset(resume, preset)
         config = apply_overrides(from_dict(RunConfig, read_checkpoint_config(resume)), overrides)
     else:
+        preset = preset or DEFAULT_PRESET
         config = _vocab_from_tokenizer(apply_overrides(get_preset(preset).config, overrides), data_dir, overrides,
                                        reporter)
     log_config(config, reporter)
     if launching:
         check_output_path(out_dir, "train", force, train_inputs(data_dir, resume))
         raise typer.Exit(launch_torchrun(nproc))
-    run_train(config, data_dir, out_dir, force, reporter, "resumed" if resume else preset, resume)
+    run_train(config, data_dir, out_dir, force, reporter, preset, resume)
+
+
+def _resumed_preset(checkpoint: Path, asked: str | None) -> str | None:
+    """The preset a resumed run records: its checkpoint's (so quantize takes that preset's scheme). A
+    --preset naming another is refused: the checkpoint's config is what resumes, only --set changes it."""
+    recorded = checkpoint_preset(checkpoint)
+    if asked is not None and asked != recorded:
+        raise GolfError(f"--preset {asked} disagrees with the checkpoint's preset ({recorded or 'none recorded'}): "
+                        "a resumed run continues its checkpoint's config; drop --preset and change settings with --set")
+    return recorded
 
 
 def _with_flags(overrides: list[str], max_steps, max_seconds, seed) -> list[str]:

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import json
+import types
+import typing
 from dataclasses import asdict, dataclass, field
 
 from ..errors import GolfError
 from .hashing import sha256_bytes
+from .ledger import Bucket
 
 SCHEMA_VERSION = 2
 MANIFEST_NAME = "manifest.json"
@@ -95,6 +98,7 @@ class Manifest:
             raise GolfError(f"{where}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
         if not isinstance(data, dict) or data.get("schema") != SCHEMA_VERSION:
             raise GolfError(f"{where}: not a golf manifest of schema {SCHEMA_VERSION}")
+        _check_types(data, where)
         try:
             inputs = {
                 role: InputRecord(
@@ -109,6 +113,52 @@ class Manifest:
             return cls(**{**data, "inputs": inputs, "outputs": outputs})
         except (TypeError, KeyError) as exc:
             raise GolfError(f"{where}: malformed manifest ({exc})") from None
+
+
+JSON_KINDS = {dict: "an object", str: "a string", int: "a number", float: "a number"}
+
+
+def _check_types(data: dict, where: str) -> None:
+    """Refuse a field whose JSON type is not the one its dataclass declares (``outputs`` a list, an
+    output's ``path`` a number, a ledger bucket a string): one line instead of a traceback wherever
+    the manifest is read. The ledger's buckets are checked here too, since they are read as records."""
+    _check_fields(Manifest, data, where, "")
+    for role, record in data.get("inputs", {}).items():
+        _check_fields(InputRecord, record, where, f"inputs.{role}.")
+        for name, file in record.get("files", {}).items():
+            _check_fields(FileRecord, file, where, f"inputs.{role}.files.{name}.")
+    for name, record in data.get("outputs", {}).items():
+        _check_fields(FileRecord, record, where, f"outputs.{name}.")
+    for name, bucket in data.get("ledger", {}).items():
+        _check_fields(Bucket, bucket, where, f"ledger.{name}.")
+
+
+def _check_fields(cls: type, data, where: str, prefix: str) -> None:
+    """Refuse ``data`` unless it is an object whose fields have the JSON types ``cls`` declares."""
+    if not isinstance(data, dict):
+        raise GolfError(f"{where}: malformed manifest ({prefix.rstrip('.')} must be an object, got {_kind(data)})")
+    for name, hint in typing.get_type_hints(cls).items():
+        kinds = _json_kinds(hint)
+        value = data.get(name)
+        if name in data and not (isinstance(value, kinds) and not isinstance(value, bool)):
+            wanted = " or ".join(dict.fromkeys(JSON_KINDS.get(kind, "null") for kind in kinds))
+            raise GolfError(f"{where}: malformed manifest ({prefix}{name} must be {wanted}, got {_kind(value)})")
+
+
+def _json_kinds(hint) -> tuple[type, ...]:
+    """The Python types a field's JSON value may have: ``str | None`` both, ``dict[str, X]`` dict,
+    ``float`` an int too (JSON writes 3.0 as 3)."""
+    if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
+        return tuple(kind for arg in typing.get_args(hint) for kind in _json_kinds(arg))
+    kind = typing.get_origin(hint) or hint
+    return (float, int) if kind is float else (kind,)
+
+
+def _kind(value) -> str:
+    """A JSON value's type in words."""
+    if value is None or isinstance(value, bool):
+        return json.dumps(value)
+    return {dict: "an object", list: "a list", str: "a string"}.get(type(value), "a number")
 
 
 def content_hash(data: dict) -> str:

@@ -119,13 +119,26 @@ def _load_text(path: str) -> tuple[list[str], list[str], dict]:
         files = [root]
     else:
         raise GolfError(f"{path}: no such file or folder")
-    # Bytes, not read_text: universal newlines would turn every CRLF into LF.
-    documents = [_decode_utf8(file.read_bytes(), str(file)) for file in files]
+    documents = [_read_text_file(file) for file in files]
     return documents, [file.name for file in files], {
         "kind": "text",
         "path": str(root),
         "files": [{"name": f.name, "sha256": sha256_file(f)} for f in files],
     }
+
+
+def _read_text_file(file: Path) -> str:
+    """One .txt document; a folder or a link to nothing named .txt, or an empty file, is one line."""
+    if not file.is_file():
+        raise GolfError(f"{file}: not a file (a folder or a broken link); a text folder holds .txt files only")
+    try:
+        data = file.read_bytes()  # bytes, not read_text: universal newlines would turn every CRLF into LF
+    except OSError as exc:
+        raise GolfError(f"{file}: cannot read ({exc.strerror})") from None
+    text = _decode_utf8(data, str(file))
+    if not text.strip():
+        raise GolfError(f"{file}: empty (a document needs text; remove the file or fill it)")
+    return text
 
 
 def _decode_utf8(data: bytes, where: str) -> str:

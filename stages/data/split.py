@@ -39,6 +39,9 @@ def default_val_docs(num_docs: int) -> int:
 
 
 def make_split(num_docs: int, val_docs: int | None = None) -> Split:
+    if num_docs < 2:
+        raise GolfError(f"the corpus has {num_docs} document(s): val and train need one each at least, "
+                        "so a corpus needs 2 or more (one document per line of JSONL, per .txt file)")
     n_val = default_val_docs(num_docs) if val_docs is None else val_docs
     if not 0 < n_val < num_docs:
         raise GolfError(f"val must take between 1 and {num_docs - 1} of {num_docs} documents, got {n_val}")

@@ -43,7 +43,7 @@ from ..contract.manifest import MANIFEST_NAME
 from ..contract.ledger import TimeLedger
 from ..contract.output_path import OutputKind, check_output_path
 from ..contract.stage_dir import StageDir, StageWriter, atomic_write_bytes
-from ..device import resolve_device
+from ..device import allocation_failures, resolve_device
 from ..distributed import DistContext, init_distributed, shutdown
 from ..errors import GolfError
 from ..progress import Reporter, silent_reporter
@@ -164,7 +164,8 @@ def run_eval(config: EvalConfig, artifact: str | Path, data_dir: str | Path | No
     ``token_nll`` saves the per-target receipts there (safetensors). Under torchrun every rank
     scores its share; rank 0 writes and returns the manifest, the other ranks return None."""
     artifact_path, pack, data, inputs = check_eval_inputs(artifact, data_dir, out_dir, force, token_nll)
-    with _rank_stage(config.device, out_dir, force, reporter or Reporter(), inputs) as (ctx, writer, reporter):
+    with allocation_failures(memory_sizing(config)), \
+            _rank_stage(config.device, out_dir, force, reporter or Reporter(), inputs) as (ctx, writer, reporter):
         ledger = writer.ledger
         budget = EvalBudget(config.budget_s, config.over_budget, ledger)
         with ledger.measure("load_artifact", "eval", "read, decompress and dequantize the artifact"):
@@ -181,6 +182,7 @@ def run_eval(config: EvalConfig, artifact: str | Path, data_dir: str | Path | No
         with ledger.measure("load_val", "eval", "val shards and tokenizer"):
             val = load_val(data, header["model_config"]["vocab_size"], config.use_sidecar,
                            build_table=runtime.build_byte_table)
+        val.check_window_fits(seq_len, "--seq-len" if config.seq_len else "the artifact's train_seq_len")
         device = ctx.device
         model = model.to(device)
         attention = _choose_attention(model, device)
@@ -247,6 +249,15 @@ def run_eval(config: EvalConfig, artifact: str | Path, data_dir: str | Path | No
     if failure:
         raise GolfError(f"{failure}; the eval folder {out_dir} is kept and marked failed")
     return manifest
+
+
+def memory_sizing(config: EvalConfig) -> str:
+    """The eval settings that size its memory beside the model, as --set writes them (for messages)."""
+    if config.ttt.mode in DOCUMENT_MODES:
+        settings = [f"ttt.lora_rank={config.ttt.lora_rank}", f"ttt.lora_batch_docs={config.ttt.lora_batch_docs}"]
+    else:
+        settings = [f"batch_windows={config.batch_windows}"]
+    return ", ".join(settings + ([f"seq_len={config.seq_len}"] if config.seq_len else []))
 
 
 @contextmanager

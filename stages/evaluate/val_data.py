@@ -24,6 +24,12 @@ class ValData:
     tokenizer_sha256: str
     """Lineage: the tokenizer these tokens were made with."""
 
+    def check_window_fits(self, seq_len: int, source: str) -> None:
+        """Refuse a window longer than the split (nothing to score), naming where its length came from."""
+        if (len(self.tokens) - 1) // seq_len == 0:
+            raise GolfError(f"seq_len {seq_len:,} (from {source}) is longer than the val split "
+                            f"({max(len(self.tokens) - 1, 0):,} targets): nothing to score")
+
 
 def split_files(data: StageDir, split: str):
     return data.files(lambda name: shard_index(name, split) is not None)

@@ -33,7 +33,7 @@ from ..progress import Reporter
 from ..train.loader import make_loader
 from .calibration import collect_hessians, generated_batches, training_batches
 from .config import QuantizeConfig
-from .dequant import dequantize_state
+from .dequant import KIND_FLOAT, dequantize_state
 from .pre_quant import pre_quant_score, scoring_windows
 from .quantizer import is_quantized, quantize_state
 from .report import compressed_sizes, log_report
@@ -70,6 +70,7 @@ def run_quantize(config: QuantizeConfig, train_dir: str | Path, out_dir: str | P
             state = load_tensors(train.file("weights"))
             model = load_model_weights(GPT(model_config), state, str(train.file("weights"))).to(device)
             val = load_val(data, model_config.vocab_size)
+        val.check_window_fits(seq_len, "eval_seq_len" if config.eval_seq_len else "the train run's seq_len")
         writer.add_input("checkpoint", train)
         writer.add_input("data", data)
 
@@ -99,6 +100,10 @@ def run_quantize(config: QuantizeConfig, train_dir: str | Path, out_dir: str | P
                     state, config, quantize_at, lambda result: _packed_bytes(result, metadata, config))
             else:
                 (tensors, index, report), clip_scale, attempts = quantize_at(1.0), 1.0, []
+        if all(row["kind"] == KIND_FLOAT for row in report):
+            reporter.log(warning="nothing_quantized", method=config.method,
+                         why=f"every tensor has at most keep_float_max_numel={config.keep_float_max_numel} elements "
+                             "or is not a matrix, so all stay float and the settings change nothing")
         load_model_weights(model, dequantize_state(tensors, index), "dequantized weights")
         post = score("post_quant")
         with ledger.measure("size_report", note="compressing each tensor alone for the report: outside both budgets"):

@@ -29,11 +29,15 @@ class Attempt:
     actual_bytes: int
 
 
-def solve_clip_scale(predict: Callable[[float], float], goal: float) -> float:
-    """The smallest clip scale whose prediction is at most ``goal`` (prediction falls as c grows)."""
+def solve_clip_scale(predict: Callable[[float], float], target: int, correction: float = 0.0) -> float:
+    """The smallest clip scale whose predicted codes plus ``correction`` (the bytes the predictor misses,
+    measured by the last pack) land just under ``target`` (prediction falls as the scale grows)."""
+    goal = target * (1 - TOLERANCE / 2) - correction
     low, high = SEARCH_RANGE
     if predict(high) > goal:
-        raise GolfError(f"--target-bytes {int(goal):,} is out of reach even with clip widths x{high}")
+        rest = f" and the rest of the artifact (code, header, float tensors) {correction:,.0f} more" if correction else ""
+        raise GolfError(f"--target-bytes {target:,} is out of reach: even with clip widths x{high} the weights' codes "
+                        f"take {predict(high):,.0f} bytes{rest}")
     if predict(low) <= goal:
         return low
     for _ in range(30):
@@ -57,7 +61,7 @@ def fit_to_target(state, config: QuantizeConfig, quantize_at: Callable[[float], 
     best = None
     correction = 0.0  # bytes the predictor misses, measured by the last real pack
     for _ in range(MAX_ROUNDS):
-        scale = solve_clip_scale(predict, target * (1 - TOLERANCE / 2) - correction)
+        scale = solve_clip_scale(predict, target, correction)
         result = quantize_at(scale)
         actual = packed_bytes(result)
         attempts.append(Attempt(round(scale, 6), int(predict(scale)), actual))

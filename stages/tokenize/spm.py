@@ -50,6 +50,8 @@ def train_tokenizer(documents: list[str], vocab_size: int, spec: str) -> bytes:
     if not MIN_VOCAB_SIZE <= vocab_size <= MAX_VOCAB_SIZE:
         raise GolfError(f"vocab size must be in [{MIN_VOCAB_SIZE}, {MAX_VOCAB_SIZE}] (256 byte pieces + 4 specials; "
                         f"uint16 shards), got {vocab_size}")
+    if not any(document.strip() for document in documents):  # SentencePiece would fail with an INTERNAL check
+        raise GolfError("no text to train the tokenizer on: every train document is empty")
     writer = io.BytesIO()
     try:
         spm.SentencePieceTrainer.train(

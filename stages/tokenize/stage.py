@@ -150,6 +150,17 @@ def _tokenizer_bytes(config: TokenizeConfig, train_texts: list[str]) -> bytes:
     return train_tokenizer(docs, config.vocab_size, config.spec)
 
 
+def check_tokenizer_vocab(tokenizer: str | Path, vocab_size: int) -> None:
+    """Refuse a --vocab-size that disagrees with the reused tokenizer's (the tokenizer's would win silently)."""
+    path = Path(tokenizer)
+    if not path.is_file():
+        raise GolfError(f"{path}: no such tokenizer model")
+    reached = load_processor(path.read_bytes(), str(path)).vocab_size()
+    if reached != vocab_size:
+        raise GolfError(f"--vocab-size {vocab_size} disagrees with --tokenizer {path} (vocab {reached}): "
+                        "a reused tokenizer keeps its own vocab; drop --vocab-size")
+
+
 def _vocab_sizes(config: TokenizeConfig, sp, reporter: Reporter) -> dict:
     """The size asked for and the size trained, warning when training stopped short.
 

@@ -67,10 +67,12 @@ def _optimizer_tensors(trainer: Trainer) -> tuple[dict[str, torch.Tensor], list]
     return tensors, meta
 
 
-def save_checkpoint(trainer: Trainer, root: Path, data: dict, ledger: dict, run_id: str) -> Path:
+def save_checkpoint(trainer: Trainer, root: Path, data: dict, ledger: dict, run_id: str,
+                    preset: str | None = None) -> Path:
     """Write ``step_NNNNNN`` atomically under this run's checkpoint folder; return its path.
 
-    ``data`` is ``data_identity`` of the training data, ``ledger`` the stage's time ledger so far.
+    ``data`` is ``data_identity`` of the training data, ``ledger`` the stage's time ledger so far,
+    ``preset`` the preset the run started from (a resumed run records it, so quantize takes its scheme).
     """
     root.mkdir(parents=True, exist_ok=True)
     final = root / f"step_{trainer.step:06d}"
@@ -90,7 +92,7 @@ def save_checkpoint(trainer: Trainer, root: Path, data: dict, ledger: dict, run_
         "loader": trainer.loader.state_dict(), "optimizers": opt_meta,
         "swa_count": trainer.swa.count if trainer.swa is not None else 0,
         "config": to_dict(trainer.config),
-        "run_id": run_id, "data": data, "ledger": ledger,
+        "run_id": run_id, "data": data, "ledger": ledger, "preset": preset,
         "tensors_sha256": sha256_file(tmp / TENSORS_FILE),
     }
     (tmp / STATE_FILE).write_text(json.dumps(state, indent=1) + "\n")
@@ -135,6 +137,11 @@ REQUIRED_STATE = ("step", "elapsed", "loop_on_step", "qat_on_step", "looping", "
 
 def read_checkpoint_config(folder: str | Path) -> dict:
     return read_state(folder)["config"]
+
+
+def checkpoint_preset(folder: str | Path) -> str | None:
+    """The preset the checkpoint's run started from (None: not recorded, as before golf kept it)."""
+    return read_state(folder).get("preset")
 
 
 def require_same_data(state: dict, data: StageDir, folder: Path) -> None:

@@ -18,7 +18,7 @@ from ..config import to_dict
 from ..contract.ledger import TimeLedger
 from ..contract.output_path import check_output_path
 from ..contract.stage_dir import StageDir, StageWriter, atomic_write_text, relative_path
-from ..device import resolve_device
+from ..device import allocation_failures, check_fits, resolve_device
 from ..errors import GolfError
 from ..data.shards import read_shard
 from ..evaluate.val_data import load_val, split_files, train_shard_paths
@@ -65,18 +65,20 @@ def run_train(config: RunConfig, data_dir: str | Path, out_dir: str | Path, forc
     check_token_ids(data, config.model.vocab_size)
     ctx = init_distributed(resolve_device(config.train.device))
     try:
-        if not ctx.is_main:
-            _fit(config, data, ctx, TimeLedger(), silent_reporter(), None, resume)
-            return None
-        with StageWriter(out_dir, "train", force, reporter, inputs) as writer:
-            checkpoints = Checkpoints(run_checkpoint_dir(out_dir, writer.run_id), data_identity(data), writer.run_id)
-            fit = _fit(config, data, ctx, writer.ledger, reporter, checkpoints, resume)
-            writer.add_input("data", data)
-            if fit.resumed is not None:
-                folder = fit.resumed.folder
-                writer.add_file_input("resume", "checkpoint", folder,
-                                      {"tensors": folder / TENSORS_FILE, "state": folder / STATE_FILE})
-            return _save(writer, fit, config, data, ctx, reporter, preset, out_dir)
+        with allocation_failures(f"a model of {model_sizing(config)}, train.batch_tokens={config.train.batch_tokens}"):
+            if not ctx.is_main:
+                _fit(config, data, ctx, TimeLedger(), silent_reporter(), None, resume)
+                return None
+            with StageWriter(out_dir, "train", force, reporter, inputs) as writer:
+                checkpoints = Checkpoints(run_checkpoint_dir(out_dir, writer.run_id), data_identity(data), writer.run_id,
+                                          preset)
+                fit = _fit(config, data, ctx, writer.ledger, reporter, checkpoints, resume)
+                writer.add_input("data", data)
+                if fit.resumed is not None:
+                    folder = fit.resumed.folder
+                    writer.add_file_input("resume", "checkpoint", folder,
+                                          {"tensors": folder / TENSORS_FILE, "state": folder / STATE_FILE})
+                return _save(writer, fit, config, data, ctx, reporter, preset, out_dir)
     finally:
         shutdown(ctx)
 
@@ -108,6 +110,8 @@ class Checkpoints:
     """The training data's identity, stored in each checkpoint and checked on resume."""
     run_id: str
     """The run id of the train stage writing them."""
+    preset: str | None = None
+    """The preset the run started from (a resumed run: its checkpoint's), kept in each checkpoint."""
 
 
 @dataclass
@@ -125,15 +129,32 @@ class Fit:
     checkpoints: Checkpoints | None
 
 
+def model_sizing(config: RunConfig) -> str:
+    """The settings that size the model's weights, as --set writes them (for messages)."""
+    model = config.model
+    return (f"model.vocab_size={model.vocab_size}, model.model_dim={model.model_dim}, "
+            f"model.num_layers={model.num_layers}, model.mlp_mult={model.mlp_mult}")
+
+
+def check_model_fits(config: RunConfig, device: torch.device) -> None:
+    """Refuse a model whose weights (float32 as built: no less than weights and gradients in bfloat16)
+    exceed the device's free memory, before allocating it: counted on the meta device."""
+    with torch.device("meta"):
+        weights = sum(p.numel() * p.element_size() for p in GPT(config.model).parameters())
+    check_fits(weights, device, f"training a model of {model_sizing(config)}")
+
+
 def _fit(config: RunConfig, data: StageDir, ctx: DistContext, ledger: TimeLedger, reporter: Reporter,
          checkpoints: Checkpoints | None, resume) -> Fit:
     tcfg, device = config.train, ctx.device
     with ledger.measure("setup", note="model build and input verification: outside the budget"):
+        check_model_fits(config, device)
         torch.manual_seed(tcfg.seed)
         accum = resolve_grad_accum(tcfg, ctx.world_size)
         loader = make_loader(tcfg.loader, train_shard_paths(data), ctx.rank, ctx.world_size, tcfg.seed, accum,
                              config.model.bos_id, max_doc_len=tcfg.seq_len)
         val = load_val(data, config.model.vocab_size)
+        val.check_window_fits(tcfg.seq_len, "train.seq_len")
         model = GPT(config.model).to(device)
         trainer = Trainer(model, config, loader, device)
     if tcfg.warmup_steps:
@@ -205,7 +226,8 @@ def _checkpoint(trainer: Trainer, ledger: TimeLedger, reporter: Reporter, checkp
         trainer.gather_state()
         if checkpoints is None:
             return
-        folder = save_checkpoint(trainer, checkpoints.folder, checkpoints.data, ledger.to_dict(), checkpoints.run_id)
+        folder = save_checkpoint(trainer, checkpoints.folder, checkpoints.data, ledger.to_dict(), checkpoints.run_id,
+                                 checkpoints.preset)
     reporter.log(step=trainer.step, checkpoint=str(folder))
 
 

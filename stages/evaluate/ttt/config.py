@@ -100,3 +100,6 @@ class TTTConfig:
         unknown = [t for t in self.lora_targets if t not in get_args(LoRATarget)]
         if unknown:
             raise ConfigError("lora_targets", f"each must be one of {', '.join(get_args(LoRATarget))}, got {unknown[0]!r}")
+        if not self.lora_targets and self.mode in ("lora", "phased"):  # no adapter: nothing to train
+            raise ConfigError("lora_targets", f"needs at least one of {', '.join(get_args(LoRATarget))} "
+                              f"for ttt.mode {self.mode}, got none")
