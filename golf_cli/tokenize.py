@@ -24,6 +24,8 @@ def tokenize(
     max_docs: int = typer.Option(None, "--max-docs", help="Use only the first N documents."),
     tokenizer: str = typer.Option(None, "--tokenizer", help="Reuse this SentencePiece model."),
     import_dir: Path = typer.Option(None, "--import", help="Adopt an export in the challenge layout instead."),
+    caseops: bool = typer.Option(False, "--caseops", help="CaseOps case transform, controls as pieces 4-7, "
+                                                          "original-bytes sidecar (the top records' data)."),
     overrides: list[str] = SetOption,
     force: bool = ForceOption,
 ):
@@ -34,6 +36,6 @@ def tokenize(
         run_import(import_dir, out_dir, tokenizer, force, reporter)
         return
     config = TokenizeConfig(source=source, input=input, vocab_size=vocab_size, spec=spec,
-                            val_docs=val_docs, max_docs=max_docs, tokenizer=tokenizer)
+                            val_docs=val_docs, max_docs=max_docs, tokenizer=tokenizer, caseops=caseops)
     config = resolve_config(config, overrides, reporter)
     run_tokenize(config, out_dir, force, reporter)

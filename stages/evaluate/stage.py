@@ -177,6 +177,7 @@ def run_eval(config: EvalConfig, artifact: str | Path, data_dir: str | Path | No
         with ledger.measure("load_val", "eval", "val shards and tokenizer"):
             val = load_val(data, header["model_config"]["vocab_size"], config.use_sidecar,
                            build_table=runtime.build_byte_table)
+        log_byte_source(reporter, val)
         device = ctx.device
         model = model.to(device)
         attention = _choose_attention(model, device)
@@ -222,7 +223,8 @@ def run_eval(config: EvalConfig, artifact: str | Path, data_dir: str | Path | No
             "seq_len": seq_len,
             "stride": stride,
             "mode": _windows_kind(config.ttt.mode, seq_len, stride),
-            "byte_source": "sidecar" if val.sidecar is not None else "tokenizer table",
+            "byte_source": val.byte_source,
+            **({"sidecar_audit": val.sidecar_audit} if val.sidecar_audit else {}),
             "artifact_bytes": len(data_bytes),
             "attention": attention,
             **spent,
@@ -243,6 +245,16 @@ def run_eval(config: EvalConfig, artifact: str | Path, data_dir: str | Path | No
     if failure:
         raise GolfError(f"{failure}; the eval folder {out_dir} is kept and marked failed")
     return manifest
+
+
+def log_byte_source(reporter: Reporter, val) -> None:
+    """One line: where the scored bytes come from, and the sidecar audit's cost or why the table is used."""
+    if val.byte_source == "sidecar":
+        audit = val.sidecar_audit
+        reporter.log(byte_source="sidecar", caseops=val.caseops, sidecar_audit="passed", val_docs=audit["val_docs"],
+                     sidecar_bytes=audit["sidecar_bytes"], sidecar_audit_s=audit["seconds"])
+    else:
+        reporter.log(byte_source="tokenizer table", reason=val.byte_source_reason)
 
 
 @contextmanager
