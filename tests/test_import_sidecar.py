@@ -124,3 +124,25 @@ def test_doubled_sidecar_of_a_normalizing_tokenizer_is_not_used(normalizing, tmp
     sp, model_bytes, texts, val, train = normalizing
     export = write_export(tmp_path / "export", model_bytes, val, train, 2 * surface_sidecar(sp, texts))
     assert run_import(export, tmp_path / "adopted").metrics["sidecar"].startswith("not used")
+
+
+def add_bytes(share: float | None):
+    """Add one byte to evenly spread text tokens: ``share`` of the total, or (None) to a single token."""
+    def change(sidecar):
+        text_tokens = np.flatnonzero(sidecar > 0)
+        extra = 1 if share is None else round(share * int(sidecar.sum()))
+        sidecar[text_tokens[np.linspace(0, text_tokens.size - 1, extra).astype(int)]] += 1
+        return sidecar
+    return change
+
+
+@pytest.mark.parametrize("share", [0.0099, None], ids=["0.99%", "one-token"])
+def test_normalizing_export_with_bytes_added_to_its_sidecar_is_not_scored_with_it(normalizing, tmp_path, capsys, share):
+    """Issue 17 item 6: 0.99% more bytes passed a 1% allowance and lowered bpb by 0.031. Now no sidecar
+    that a normalizing tokenizer's tokens cannot vouch for is used: the byte table is, and the log says why."""
+    sp, model_bytes, texts, val, train = normalizing
+    export = write_export(tmp_path / "export", model_bytes, val, train, add_bytes(share)(surface_sidecar(sp, texts)))
+    manifest = run_import(export, tmp_path / "adopted")
+    assert manifest.metrics["sidecar"].startswith("not used") and SIDECAR.removesuffix(".bin") not in manifest.outputs
+    assert manifest.metrics["val_bytes_per_token"] == manifest.metrics["byte_audit"]["table_bytes"] / sum(map(len, val))
+    assert "byte_source:tokenizer table reason:normalizing tokenizer" in capsys.readouterr().out
