@@ -24,6 +24,8 @@ def tokenize(
     max_docs: int = typer.Option(None, "--max-docs", help="Use only the first N documents."),
     tokenizer: str = typer.Option(None, "--tokenizer", help="Reuse this SentencePiece model."),
     import_dir: Path = typer.Option(None, "--import", help="Adopt an export in the challenge layout instead."),
+    docs: Path = typer.Option(None, "--docs", help="With --import: the original documents (JSONL, val first) to "
+                                                   "check a normalizing tokenizer's original-bytes sidecar against."),
     caseops: bool = typer.Option(False, "--caseops", help="CaseOps case transform, controls as pieces 4-7, "
                                                           "original-bytes sidecar (the top records' data)."),
     overrides: list[str] = SetOption,
@@ -33,7 +35,7 @@ def tokenize(
     reporter = RichReporter()
     out_dir = stage_path(out, run, "tokenize")
     if import_dir is not None:
-        run_import(import_dir, out_dir, tokenizer, force, reporter)
+        run_import(import_dir, out_dir, tokenizer, force, reporter, docs=docs)
         return
     config = TokenizeConfig(source=source, input=input, vocab_size=vocab_size, spec=spec,
                             val_docs=val_docs, max_docs=max_docs, tokenizer=tokenizer, caseops=caseops)

@@ -1,6 +1,7 @@
 """`golf tokenize --caseops`: the transformed text, the reserved controls, the original-bytes sidecar, and
 how import, eval and train treat CaseOps data (docs/TTT_CASEOPS.md F and H.5)."""
 
+import json
 import math
 import shutil
 
@@ -8,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from stages.contract.hashing import sha256_file
 from stages.contract.stage_dir import StageDir
 from stages.data import caseops
 from stages.data.corpus import load_corpus
@@ -19,7 +21,6 @@ from stages.evaluate.val_data import load_val
 from stages.evaluate.validate import validate
 from stages.model.gpt import GPT, ModelConfig
 from stages.progress import Reporter
-from stages.ranges import ConfigError
 from stages.tokenize.adopt import run_import
 from stages.tokenize.stage import TokenizeConfig, run_tokenize
 from stages.train.stage import _note_data
@@ -187,9 +188,55 @@ def test_val_glob_never_reads_a_sidecar_as_tokens(caseops_data):
     assert val.tokens.size == StageDir(caseops_data, "tokenize").manifest.metrics["val_tokens"] == val.sidecar.size
 
 
-def test_caseops_needs_the_exact_spec():
-    with pytest.raises(ConfigError, match="caseops"):
-        TokenizeConfig(caseops=True, spec="challenge")
+@pytest.fixture(scope="module")
+def caseops_normalized(tmp_path_factory):
+    """CaseOps through the challenge's normalizing spec (as the records' tokenizer): the tokens rebuild
+    normalized text, so the val text is kept beside the sidecar of original bytes."""
+    out = tmp_path_factory.mktemp("caseops-nfkc") / "tokenize"
+    run_tokenize(TokenizeConfig(max_docs=DOCS, vocab_size=VOCAB, caseops=True, spec="challenge"), out)
+    return out
+
+
+def test_normalizing_caseops_sidecar_counts_the_original_bytes_and_keeps_the_text(caseops_normalized):
+    manifest = StageDir(caseops_normalized, "tokenize").manifest
+    assert manifest.lineage["tokenizer_spec"] == "normalizing" and "val_text" in manifest.outputs
+    originals = load_corpus("news", max_docs=DOCS).documents[: manifest.metrics["split"]["val_docs"][1]]
+    docs, sidecar, starts = val_documents(caseops_normalized)
+    assert np.add.reduceat(sidecar, starts).tolist() == [len(text.encode("utf-8")) for text in originals]
+    sp = processor(caseops_normalized)
+    rebuilt = sum(len(caseops.decode(sp.decode(doc[1:].tolist())).encode()) for doc in docs)
+    assert rebuilt < int(sidecar.sum())  # the normalizer folded whitespace: only the text can vouch for the sidecar
+    val = load_val(StageDir(caseops_normalized, "tokenize"))
+    assert val.byte_source == "sidecar" and val.sidecar_audit["rule"].startswith("original text")
+
+
+def test_normalizing_caseops_sidecar_with_a_byte_added_is_refused_when_read(caseops_normalized, tmp_path):
+    shutil.copytree(caseops_normalized, tmp_path / "forged")
+    path = tmp_path / "forged" / f"{SIDECAR}.bin"
+    sidecar = np.asarray(read_shard(path), dtype=np.int64)
+    sidecar[int(np.flatnonzero(sidecar > 0)[7])] += 1
+    path.write_bytes(encode_shard(sidecar))
+    rewrite_manifest(tmp_path / "forged", lambda manifest: manifest["outputs"][SIDECAR].update(
+        sha256=sha256_file(path), bytes=path.stat().st_size))
+    with pytest.raises(GolfError, match="byte sidecar: 1 of .* val documents do not sum"):
+        load_val(StageDir(tmp_path / "forged", "tokenize"))
+
+
+def docs_file(data, folder):
+    """The original documents as JSONL, val first (what the challenge's docs_selected.jsonl is)."""
+    path = folder / "docs.jsonl"
+    path.write_text("".join(json.dumps({"text": text}) + "\n" for text in load_corpus("news", max_docs=DOCS).documents))
+    return path
+
+
+def test_import_of_a_normalizing_caseops_export_needs_and_checks_the_original_documents(caseops_normalized, tmp_path):
+    export = export_of(caseops_normalized, tmp_path / "export")
+    with pytest.raises(GolfError, match="CaseOps data is scored only with its byte sidecar.*pass the original documents "
+                                        "with --docs"):
+        run_import(export, tmp_path / "adopted")
+    manifest = run_import(export, tmp_path / "adopted", docs=docs_file(caseops_normalized, tmp_path))
+    assert manifest.metrics["sidecar_audit"]["rule"].startswith("original text") and "val_text" in manifest.outputs
+    assert load_val(StageDir(tmp_path / "adopted", "tokenize")).byte_source == "sidecar"
 
 
 def test_plain_tokenizer_reserving_the_controls_needs_caseops(caseops_data, tmp_path):

@@ -1,8 +1,9 @@
 """`golf tokenize --import`: an imported val byte sidecar is audited exactly against the text its tokens rebuild."""
 
+import json
+
 import numpy as np
 import pytest
-import sentencepiece as spm
 
 from stages.data.corpus import load_corpus
 from stages.data.shards import encode_shard, read_shard
@@ -146,3 +147,34 @@ def test_normalizing_export_with_bytes_added_to_its_sidecar_is_not_scored_with_i
     assert manifest.metrics["sidecar"].startswith("not used") and SIDECAR.removesuffix(".bin") not in manifest.outputs
     assert manifest.metrics["val_bytes_per_token"] == manifest.metrics["byte_audit"]["table_bytes"] / sum(map(len, val))
     assert "byte_source:tokenizer table reason:normalizing tokenizer" in capsys.readouterr().out
+
+
+def jsonl(folder, texts):
+    path = folder / "docs.jsonl"
+    path.write_text("".join(json.dumps({"text": text}) + "\n" for text in texts))
+    return path
+
+
+def test_original_bytes_sidecar_of_a_normalizing_tokenizer_imports_with_the_documents(normalizing, tmp_path):
+    sp, model_bytes, texts, val, train = normalizing
+    export = write_export(tmp_path / "export", model_bytes, val, train, surface_sidecar(sp, texts))
+    manifest = run_import(export, tmp_path / "adopted", docs=jsonl(tmp_path, texts + ["a train document"]))
+    audit = manifest.metrics["sidecar_audit"]
+    assert audit["passed"] and audit["sidecar_bytes"] == audit["original_bytes"] == sum(len(t.encode()) for t in texts)
+    assert SIDECAR.removesuffix(".bin") in manifest.outputs and "val_text" in manifest.outputs
+
+
+@pytest.mark.parametrize("share", [0.0099, None], ids=["0.99%", "one-token"])
+def test_normalizing_export_with_bytes_added_is_refused_against_its_documents(normalizing, tmp_path, share):
+    sp, model_bytes, texts, val, train = normalizing
+    export = write_export(tmp_path / "export", model_bytes, val, train, add_bytes(share)(surface_sidecar(sp, texts)))
+    with pytest.raises(GolfError, match=r"byte sidecar: .* val documents do not sum .*\(checked against --docs\)"):
+        run_import(export, tmp_path / "adopted", docs=jsonl(tmp_path, texts))
+    assert not (tmp_path / "adopted").exists()
+
+
+def test_documents_that_are_not_the_val_documents_are_refused(normalizing, tmp_path):
+    sp, model_bytes, texts, val, train = normalizing
+    export = write_export(tmp_path / "export", model_bytes, val, train, surface_sidecar(sp, texts))
+    with pytest.raises(GolfError, match="original val document 0 does not encode to val document 0's tokens"):
+        run_import(export, tmp_path / "adopted", docs=jsonl(tmp_path, [texts[0] + "!"] + texts[1:]))

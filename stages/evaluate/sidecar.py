@@ -13,17 +13,31 @@ against what the tokens themselves say, with no allowance:
 
 For a tokenizer that round-trips ('exact') the rebuilt text is the original text, so this proves
 the sidecar counts the original bytes. A normalizing tokenizer (nmt_nfkc) rebuilds normalized
-text: a sidecar of original bytes fails here, and the original text would be needed to check it.
-Tokenize and eval run this audit; eval refuses data whose sidecar fails it.
+text, so a sidecar of original bytes (the challenge's CaseOps exports) fails there; it is checked
+against the original val text instead (``audit_against_text``, the data's ``val_text.jsonl``):
+the text must encode to the val tokens, each token count the original bytes its piece covers
+(the exporters' rule), each document sum to the text's UTF-8 length. Tokenize, import and every
+reader of the val data (train, quantize, eval) run the audit; data whose sidecar fails is refused.
 """
 
 from __future__ import annotations
 
+import json
+import re
+
 import numpy as np
 
 from ..data import caseops
+from ..data.tokenizer import piece_spans
 from ..errors import GolfError
 from .bpb import ByteTable, token_bytes
+
+
+VAL_TEXT_FILE = "val_text.jsonl"
+"""The original val documents, one JSON object {"text": ...} a line, kept where the sidecar needs them."""
+# A CaseOps control character in UTF-8 (U+E001 to U+E004): its bytes count 0 where it is a marker.
+_CONTROL_UTF8 = re.compile(b"\xee\x80[\x81-\x84]")
+_ESC_UTF8 = caseops.ESC.encode("utf-8")
 
 
 class SidecarMismatch(GolfError):
@@ -96,23 +110,85 @@ def audit_sidecar(sp, table: ByteTable, stream: np.ndarray, sidecar: np.ndarray,
     starts = document_starts(stream, sp.bos_id())
     lengths = rebuilt_lengths(sp, stream, starts, is_caseops)
     sums = np.add.reduceat(sidecar, starts) if starts.size else np.zeros(0, dtype=np.int64)
-    result = {"rule": "exact: per document the UTF-8 length of the text rebuilt from its tokens"
-                      + (" (CaseOps-decoded)" if is_caseops else "") + "; per token its bytes of that text",
-              "val_docs": int(starts.size), "sidecar_bytes": int(sidecar.sum()), "rebuilt_bytes": int(lengths.sum())}
+    _check_documents(sidecar, starts, lengths)
+    _check_tokens(sp, sidecar, rebuilt_token_bytes(sp, table, stream, is_caseops), stream)
+    return {"rule": "exact: per document the UTF-8 length of the text rebuilt from its tokens"
+                    + (" (CaseOps-decoded)" if is_caseops else "") + "; per token its bytes of that text",
+            "val_docs": int(starts.size), "sidecar_bytes": int(sidecar.sum()), "rebuilt_bytes": int(lengths.sum()),
+            "passed": True}
+
+
+def audit_against_text(sp, stream: np.ndarray, sidecar: np.ndarray, texts: list[str], is_caseops: bool) -> dict:
+    """Check ``sidecar`` against the original val documents ``texts``: they must encode (CaseOps-encoded
+    first, for CaseOps) to ``stream``, and each token count the original bytes its piece covers."""
+    stream = np.asarray(stream, dtype=np.int64)
+    sidecar = np.asarray(sidecar, dtype=np.int64)
+    if sidecar.size != stream.size:
+        raise SidecarMismatch(f"the byte sidecar has {sidecar.size:,} entries for {stream.size:,} val tokens")
+    starts = document_starts(stream, sp.bos_id())
+    if len(texts) != starts.size:
+        raise SidecarMismatch(f"{len(texts):,} original val documents for {starts.size:,} in the val tokens")
+    expected = []
+    for index, (text, doc) in enumerate(zip(texts, np.split(stream, starts[1:]))):
+        tokens, counts = text_token_bytes(sp, text, is_caseops)
+        if not np.array_equal(tokens, doc):
+            raise SidecarMismatch(f"original val document {index} does not encode to val document {index}'s tokens")
+        expected.append(counts)
+    lengths = np.asarray([len(text.encode("utf-8")) for text in texts], dtype=np.int64)
+    _check_documents(sidecar, starts, lengths)
+    _check_tokens(sp, sidecar, np.concatenate(expected) if expected else sidecar, stream)
+    return {"rule": "original text: it encodes to the val tokens; per document its UTF-8 length; per token the "
+                    "original bytes its piece covers" + (" (CaseOps markers 0)" if is_caseops else ""),
+            "val_docs": int(starts.size), "sidecar_bytes": int(sidecar.sum()), "original_bytes": int(lengths.sum()),
+            "passed": True}
+
+
+def text_token_bytes(sp, text: str, is_caseops: bool) -> tuple[np.ndarray, np.ndarray]:
+    """[BOS] + the tokens of one original document, and each token's original bytes: those of the input
+    its piece covers, CaseOps markers and escapes 0 (an escaped control keeps its 3), BOS 0. A character
+    spelled with byte pieces lands on its last piece (SentencePiece gives it the whole surface)."""
+    encoded = (caseops.encode(text) if is_caseops else text).encode("utf-8")
+    weights = np.ones(len(encoded) + 1, dtype=np.int64)
+    weights[0] = 0  # cumulative sums start at 0
+    if is_caseops:
+        literal_at = -1  # where an escape marker makes the next control literal
+        for match in _CONTROL_UTF8.finditer(encoded):
+            if match.start() == literal_at:
+                continue
+            weights[match.start() + 1 : match.end() + 1] = 0
+            if match.group() == _ESC_UTF8:
+                literal_at = match.end()
+    before = np.cumsum(weights)
+    spans = np.asarray(piece_spans(sp, encoded.decode("utf-8")), dtype=np.int64).reshape(-1, 3)
+    tokens = np.concatenate([[sp.bos_id()], spans[:, 0]])
+    return tokens, np.concatenate([[0], before[spans[:, 2]] - before[spans[:, 1]]])
+
+
+def read_val_text(path) -> list[str]:
+    """The documents of a ``val_text.jsonl``."""
+    with open(path, "rb") as handle:
+        return [json.loads(line)["text"] for line in handle if line.strip()]
+
+
+def val_text_bytes(texts: list[str]) -> bytes:
+    """The ``val_text.jsonl`` of ``texts``."""
+    return b"".join(json.dumps({"text": text}, ensure_ascii=False).encode("utf-8") + b"\n" for text in texts)
+
+
+def _check_documents(sidecar: np.ndarray, starts: np.ndarray, lengths: np.ndarray) -> None:
+    """Per document the sidecar sums to ``lengths``; each BOS counts 0."""
+    sums = np.add.reduceat(sidecar, starts) if starts.size else np.zeros(0, dtype=np.int64)
     wrong_docs = np.flatnonzero(sums != lengths)
     if wrong_docs.size:
         first = int(wrong_docs[0])
         raise SidecarMismatch(
             f"byte sidecar: {wrong_docs.size:,} of {starts.size:,} val documents do not sum to the UTF-8 length of "
-            f"their text (sidecar {result['sidecar_bytes']:,} bytes, text {result['rebuilt_bytes']:,}); "
+            f"their text (sidecar {int(sidecar.sum()):,} bytes, text {int(lengths.sum()):,}); "
             f"first: document {first} (val token {int(starts[first])}): sidecar {int(sums[first]):,}, "
             f"text {int(lengths[first]):,}")
     if sidecar[starts].any():
         first = int(starts[np.flatnonzero(sidecar[starts])[0]])
         raise SidecarMismatch(f"byte sidecar: the BOS at val token {first} counts {int(sidecar[first])} bytes, not 0")
-    _check_tokens(sp, sidecar, rebuilt_token_bytes(sp, table, stream, is_caseops), stream)
-    result["passed"] = True
-    return result
 
 
 def _check_tokens(sp, sidecar: np.ndarray, expected: np.ndarray, stream: np.ndarray) -> None:

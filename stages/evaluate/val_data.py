@@ -12,7 +12,10 @@ from ..data.shards import read_shards, shard_index
 from ..data.tokenizer import load_processor
 from ..errors import GolfError
 from .bpb import ByteTable, build_byte_table
-from .sidecar import SidecarMismatch, audit_sidecar, control_ids
+from .sidecar import SidecarMismatch, audit_against_text, audit_sidecar, control_ids, read_val_text
+
+
+VAL_TEXT = "val_text"  # the manifest's name for the original val documents (sidecar.VAL_TEXT_FILE)
 
 
 @dataclass
@@ -79,10 +82,15 @@ def load_val(data: StageDir, vocab_size: int | None = None, use_sidecar: bool = 
 
 
 def _audit(data: StageDir, sp, val: ValData) -> dict:
-    """The sidecar's exact audit, timed; a sidecar that fails it is refused."""
+    """The sidecar's exact audit, timed: against the original val text where the data keeps it (a
+    normalizing tokenizer's sidecar of original bytes), else against the text the tokens rebuild;
+    a sidecar that fails it is refused."""
     started = time.perf_counter()
     try:
-        audit = audit_sidecar(sp, build_byte_table(sp, val.table.vocab_size), val.tokens, val.sidecar, val.caseops)
+        if VAL_TEXT in data.manifest.outputs:
+            audit = audit_against_text(sp, val.tokens, val.sidecar, read_val_text(data.file(VAL_TEXT)), val.caseops)
+        else:
+            audit = audit_sidecar(sp, build_byte_table(sp, val.table.vocab_size), val.tokens, val.sidecar, val.caseops)
     except SidecarMismatch as exc:
         raise GolfError(f"{data.path}: {exc}; this data is refused") from None
     return {**audit, "seconds": round(time.perf_counter() - started, 4)}

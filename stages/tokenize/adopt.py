@@ -6,8 +6,10 @@ points at the files where they are. A sidecar (``fineweb_val_bytes_*``, never re
 audited exactly against the text the val tokens rebuild (``evaluate/sidecar.py``; CaseOps data
 is recognised by its tokenizer reserving the four controls). With an exact tokenizer a sidecar
 that fails is refused. A normalizing tokenizer rebuilds normalized text, so a sidecar of original
-bytes cannot be checked without the original text: it is not used (the byte table is, and the
-log says why), and CaseOps data, which only a sidecar can score, is refused.
+bytes (the challenge's CaseOps export) is checked against the original val documents given with
+``--docs`` (docs_selected.jsonl: its first documents are the val split), which are then kept as
+``val_text.jsonl`` for every later reader to check again. Without them the sidecar is not used
+(the byte table is, and the log says why), and CaseOps data, which only a sidecar can score, is refused.
 """
 
 from __future__ import annotations
@@ -23,7 +25,9 @@ from ..data.shards import read_shard, shard_index
 from ..errors import GolfError
 from ..evaluate.bpb import build_byte_table
 from ..progress import Reporter
-from ..evaluate.sidecar import SidecarMismatch, audit_sidecar, control_ids
+from ..contract.stage_dir import atomic_write_bytes
+from ..data.corpus import load_corpus
+from ..evaluate.sidecar import VAL_TEXT_FILE, SidecarMismatch, audit_against_text, audit_sidecar, control_ids, val_text_bytes
 from .audit import audit_val_bytes
 from .spm import BOS_ID, load_processor, spec_of
 
@@ -45,7 +49,9 @@ def _tokenizer_path(folder: Path, explicit: str | None) -> Path:
 
 
 def run_import(folder: str | Path, out_dir: str | Path, tokenizer: str | None = None, force: bool = False,
-               reporter: Reporter | None = None, max_shared_docs: int = 0):
+               reporter: Reporter | None = None, max_shared_docs: int = 0, docs: str | Path | None = None):
+    """Adopt the export in ``folder``; ``docs`` (JSONL with a 'text' field) holds the original documents,
+    the val split first, to check a normalizing tokenizer's sidecar of original bytes against."""
     reporter = reporter or Reporter()
     folder = Path(folder).resolve()
     if not folder.is_dir():
@@ -77,6 +83,14 @@ def run_import(folder: str | Path, out_dir: str | Path, tokenizer: str | None = 
             spec, is_caseops = spec_of(sp), control_ids(sp) is not None
             audit = audit_val_bytes(sp, table, val_docs, None, None)
             sidecar_audit, unused = _audit_sidecar(sp, table, val_tokens, sidecar, spec, is_caseops, folder)
+            texts = None
+            if unused and docs is not None:  # the original text vouches for it, or refuses it
+                texts = _val_texts(docs, len(val_docs))
+                sidecar_audit, unused = _audit_with_text(sp, val_tokens, sidecar, texts, is_caseops, folder), ""
+            if unused and is_caseops:
+                raise GolfError(f"{folder}: CaseOps data is scored only with its byte sidecar, and this normalizing "
+                                "tokenizer's tokens cannot vouch for one of original bytes: pass the original "
+                                "documents with --docs")
             overlap = shared_documents(val_docs, iter_documents((read_shard(p) for p in train), BOS_ID))
         if overlap["val_docs_in_train"] > max_shared_docs:
             raise GolfError(f"leak: {overlap['val_docs_in_train']} val documents also occur verbatim in train")
@@ -84,6 +98,9 @@ def run_import(folder: str | Path, out_dir: str | Path, tokenizer: str | None = 
             reporter.log(byte_source="tokenizer table", reason=unused)
             sidecar_paths = []
         writer.add_output("tokenizer", tok_path)
+        if texts is not None:
+            atomic_write_bytes(writer.path(VAL_TEXT_FILE), val_text_bytes(texts))
+            writer.add_output("val_text", writer.path(VAL_TEXT_FILE))
         for path in [*train, *val, *sidecar_paths]:
             writer.add_output(path.name.removesuffix(".bin"), path)
         lineage = {"tokenizer_sha256": sha256_bytes(model_bytes), "vocab_size": sp.vocab_size(),
@@ -114,7 +131,7 @@ def _audit_sidecar(sp, table, val_tokens: np.ndarray, sidecar: np.ndarray | None
                    folder: Path) -> tuple[dict | None, str]:
     """(the sidecar's audit, or None; why it is not used, or ''), refusing what no rule accepts."""
     if sidecar is None:
-        if is_caseops:
+        if is_caseops:  # (no sidecar to check)
             raise GolfError(f"{folder}: CaseOps data (the tokenizer reserves the case controls) needs its val byte "
                             "sidecar fineweb_val_bytes_*.bin: the byte table would count each marker as 3 bytes")
         return None, ""
@@ -123,8 +140,19 @@ def _audit_sidecar(sp, table, val_tokens: np.ndarray, sidecar: np.ndarray | None
     except SidecarMismatch as exc:
         if spec == "exact":
             raise GolfError(f"{folder}: {exc}") from None
-        if is_caseops:
-            raise GolfError(f"{folder}: {exc}; the tokenizer normalizes, so a sidecar of original bytes could only be "
-                            "checked against the original val text, which golf cannot take yet: refused") from None
         return None, (f"normalizing tokenizer: the sidecar does not count the text its tokens rebuild ({exc}), and "
-                      "without the original text it cannot be checked")
+                      "without the original text (--docs) it cannot be checked")
+
+
+def _val_texts(docs: str | Path, count: int) -> list[str]:
+    texts = load_corpus("jsonl", str(docs), max_docs=count).documents
+    if len(texts) < count:
+        raise GolfError(f"{docs}: {len(texts):,} documents, fewer than the {count:,} val documents")
+    return texts
+
+
+def _audit_with_text(sp, val_tokens, sidecar, texts: list[str], is_caseops: bool, folder: Path) -> dict:
+    try:
+        return audit_against_text(sp, val_tokens, sidecar, texts, is_caseops)
+    except SidecarMismatch as exc:
+        raise GolfError(f"{folder}: {exc} (checked against --docs)") from None

@@ -13,7 +13,7 @@ import os
 
 import sentencepiece as spm
 
-from ..data.tokenizer import load_processor  # noqa: F401  (the tokenize stages load their model with it)
+from ..data.tokenizer import load_processor, proto_fields  # noqa: F401  (the tokenize stages use them from here)
 from ..errors import GolfError
 from ..evaluate.bpb import SPACE_MARK
 
@@ -112,35 +112,3 @@ def _encode_keeping_space_marks(sp: spm.SentencePieceProcessor, text: str, origi
             ids += mark_ids
         ids += sp.encode(segment, out_type=int)
     return ids
-
-
-# The serialized protobufs sentencepiece returns (models, encodings with surfaces) are read with
-# this small reader: the protobuf package is not a dependency.
-def proto_fields(buffer: bytes):
-    """(field number, value) of each field of a protobuf message: ints for varints, bytes otherwise."""
-    position = 0
-    while position < len(buffer):
-        key, position = _varint(buffer, position)
-        field, wire_type = key >> 3, key & 7
-        if wire_type == 0:
-            value, position = _varint(buffer, position)
-        elif wire_type == 2:
-            length, position = _varint(buffer, position)
-            value, position = buffer[position : position + length], position + length
-        elif wire_type in (1, 5):
-            width = 8 if wire_type == 1 else 4
-            value, position = buffer[position : position + width], position + width
-        else:
-            raise GolfError(f"tokenizer model: unsupported protobuf wire type {wire_type}")
-        yield field, value
-
-
-def _varint(buffer: bytes, position: int) -> tuple[int, int]:
-    result = shift = 0
-    while True:
-        byte = buffer[position]
-        position += 1
-        result |= (byte & 0x7F) << shift
-        shift += 7
-        if byte < 0x80:
-            return result, position

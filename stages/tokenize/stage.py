@@ -23,9 +23,10 @@ from ..data.shards import DEFAULT_SHARD_TOKENS, ShardWriter
 from ..data.split import make_split
 from ..errors import GolfError
 from ..evaluate.bpb import build_byte_table
-from ..evaluate.sidecar import audit_sidecar, control_ids, rebuilt_token_bytes
+from ..evaluate.sidecar import (VAL_TEXT_FILE, audit_against_text, audit_sidecar, control_ids, rebuilt_token_bytes,
+                                text_token_bytes, val_text_bytes)
 from ..progress import Reporter
-from ..ranges import ConfigError, check_ranges, ranged
+from ..ranges import check_ranges, ranged
 from .audit import audit_val_bytes
 from .spm import BOS_ID, MAX_VOCAB_SIZE, MIN_VOCAB_SIZE, encode_documents, load_processor, spec_of, train_tokenizer
 
@@ -63,9 +64,6 @@ class TokenizeConfig:
 
     def __post_init__(self) -> None:
         check_ranges(self)
-        if self.caseops and self.spec != "exact":
-            raise ConfigError("caseops", "needs spec 'exact' (a normalizing tokenizer's original-bytes sidecar could "
-                                         "not be audited against the text its tokens rebuild)")
 
 
 def run_tokenize(config: TokenizeConfig, out_dir: str | Path, force: bool = False, reporter: Reporter | None = None):
@@ -98,7 +96,11 @@ def run_tokenize(config: TokenizeConfig, out_dir: str | Path, force: bool = Fals
             val_docs = _encode(sp, spec, val_texts, val_origins, reporter, "encode val")
             train_docs = _encode(sp, spec, train_texts, train_origins, reporter, "encode train")
             table = build_byte_table(sp)
-            sidecar = rebuilt_token_bytes(sp, table, np.concatenate(val_docs), config.caseops)
+            # CaseOps through a normalizing tokenizer: its tokens rebuild normalized text, so the sidecar
+            # counts the original bytes each piece covers and the val text is kept to check it against.
+            keep_text = config.caseops and spec != "exact"
+            sidecar = (np.concatenate([text_token_bytes(sp, text, True)[1] for text in val_originals]) if keep_text
+                       else rebuilt_token_bytes(sp, table, np.concatenate(val_docs), config.caseops))
             names = _write_split(writer, "val", val_docs, config.shard_tokens)
             names += _write_split(writer, "val_bytes", [sidecar], config.shard_tokens)
             names += _write_split(writer, "train", train_docs, config.shard_tokens)
@@ -108,9 +110,14 @@ def run_tokenize(config: TokenizeConfig, out_dir: str | Path, force: bool = Fals
             # tokens rebuild, which for an exact tokenizer is the original: its UTF-8 length in all.
             audit = audit_val_bytes(sp, table, val_docs, val_texts if spec == "exact" else None,
                                     None if config.caseops else sidecar, val_origins)
-            sidecar_audit = audit_sidecar(sp, table, np.concatenate(val_docs), sidecar, config.caseops)
+            stream = np.concatenate(val_docs)
+            sidecar_audit = (audit_against_text(sp, stream, sidecar, val_originals, True) if keep_text
+                             else audit_sidecar(sp, table, stream, sidecar, config.caseops))
+            if keep_text:
+                atomic_write_bytes(writer.path(VAL_TEXT_FILE), val_text_bytes(val_originals))
+                names.append(VAL_TEXT_FILE)
             original_bytes = sum(len(text.encode("utf-8")) for text in val_originals)
-            if config.caseops:  # the audit's "original" was the CaseOps text the tokenizer saw
+            if "original_bytes" in audit and config.caseops:  # the audit's "original": the CaseOps text it saw
                 audit["caseops_text_bytes"], audit["original_bytes"] = audit["original_bytes"], original_bytes
             if spec == "exact" and sidecar_audit["sidecar_bytes"] != original_bytes:
                 raise GolfError(f"byte audit failed: sidecar {sidecar_audit['sidecar_bytes']} != original {original_bytes}")
@@ -125,7 +132,7 @@ def run_tokenize(config: TokenizeConfig, out_dir: str | Path, force: bool = Fals
 
         writer.add_output("tokenizer", writer.path(TOKENIZER_FILE))
         for name in names:
-            writer.add_output(name.removesuffix(".bin"), writer.path(name))
+            writer.add_output(name.removesuffix(".bin").removesuffix(".jsonl"), writer.path(name))
         val_tokens = int(sum(doc.size for doc in val_docs))
         train_tokens = int(sum(doc.size for doc in train_docs))
         metrics = {
@@ -165,7 +172,8 @@ def _lineage(model_bytes: bytes, sp, spec: str, is_caseops: bool) -> dict:
 
 def _sidecar_kind(spec: str, is_caseops: bool) -> str:
     if is_caseops:
-        return "original text bytes (CaseOps markers and escapes 0)"
+        return "original text bytes (CaseOps markers and escapes 0)" + (
+            "" if spec == "exact" else ", checked against val_text.jsonl")
     return "original text bytes" if spec == "exact" else "normalized (decoded) text bytes"
 
 
