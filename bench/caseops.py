@@ -1,7 +1,7 @@
 """Plain against CaseOps tokenizers of the same vocab on the embedded news corpus, at equal training.
 
-    python bench/caseops.py                 # vocab 1024, the tiny preset, 60 steps each
-    python bench/caseops.py --steps 200     # longer training
+    python bench/caseops.py                             # vocab 1024, 1,500 documents, tiny preset, 20 steps
+    python bench/caseops.py --docs 0 --steps 200        # the whole corpus, longer training
 
 For each tokenizer (`golf tokenize` with and without --caseops, exact spec, the same vocab and
 split) it reports the val tokens, the original bytes per val token, and the val_bpb of the tiny
@@ -34,15 +34,15 @@ from stages.train.stage import run_train
 PRESET = "tiny"
 
 
-def tokenize(folder: Path, vocab: int, caseops: bool) -> StageDir:
+def tokenize(folder: Path, vocab: int, caseops: bool, docs: int) -> StageDir:
     if not (folder / "manifest.json").is_file():
-        run_tokenize(TokenizeConfig(vocab_size=vocab, caseops=caseops), folder)
+        run_tokenize(TokenizeConfig(vocab_size=vocab, caseops=caseops, max_docs=docs or None), folder)
     return StageDir(folder, "tokenize")
 
 
-def measure(name: str, vocab: int, caseops: bool, steps: int, work: Path) -> dict:
+def measure(name: str, vocab: int, caseops: bool, steps: int, docs: int, work: Path) -> dict:
     start = time.perf_counter()
-    data = tokenize(work / name / "tokenize", vocab, caseops)
+    data = tokenize(work / name / "tokenize", vocab, caseops, docs)
     overrides = [f"train.max_steps={steps}", "train.max_seconds=none", "train.schedule=steps", "train.log_every=100000"]
     config = apply_overrides(get_preset(PRESET).config, overrides)
     train = run_train(config, data.path, work / name / "train", preset=PRESET, force=True).metrics
@@ -71,15 +71,18 @@ def measure(name: str, vocab: int, caseops: bool, steps: int, work: Path) -> dic
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--vocab", type=int, default=1024)
-    parser.add_argument("--steps", type=int, default=60, help="training steps of each tokenizer's model")
+    parser.add_argument("--steps", type=int, default=20, help="training steps of each tokenizer's model")
+    parser.add_argument("--docs", type=int, default=1500, help="the first N documents of the corpus (0: all 3,824)")
     args = parser.parse_args()
-    work = ROOT / "artifacts" / "bench" / f"caseops_v{args.vocab}"
-    rows = [measure(name, args.vocab, name == "caseops", args.steps, work) for name in ("plain", "caseops")]
+    work = ROOT / "artifacts" / "bench" / f"caseops_v{args.vocab}_d{args.docs}"
+    rows = [measure(name, args.vocab, name == "caseops", args.steps, args.docs, work) for name in ("plain", "caseops")]
     columns = ["tokenizer", "vocab", "val_tokens", "bytes_per_token", "steps", "val_loss", "val_bpb",
                "val_bpb_piece_table", "byte_source", "sidecar_audit_s", "wall_seconds"]
-    print_table(f"plain vs CaseOps, vocab {args.vocab}, preset {PRESET}, {args.steps} steps", rows, columns)
+    print_table(f"plain vs CaseOps, vocab {args.vocab}, {args.docs or 'all'} documents, preset {PRESET}, "
+                f"{args.steps} steps", rows, columns)
     settings = {"vocab": args.vocab, "preset": PRESET, "steps": args.steps, "schedule": "steps", "spec": "exact",
-                "corpus": "embedded news corpus (all documents, val = first 10%)", "work": work}
+                "seed": get_preset(PRESET).config.train.seed, "documents": args.docs or "all",
+                "corpus": "embedded news corpus, val = the first 10% of the documents", "work": work}
     print(f"saved: {save('caseops', rows, settings).relative_to(ROOT)}")
 
 
