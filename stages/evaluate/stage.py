@@ -84,7 +84,8 @@ class EvalConfig:
     device: str = "cpu"
     """'cpu', 'cuda' or 'auto' (cuda when available)."""
     use_sidecar: bool = True
-    """Count bytes from the val byte sidecar when the data has one (else from the tokenizer's table)."""
+    """Count bytes from the val byte sidecar when the data has one (audited exactly first; else from the
+    tokenizer's table). CaseOps data is scored only with its sidecar."""
     ttt: TTTConfig = field(default_factory=TTTConfig)
     """Test-time training: mode and hyperparameters (ttt.mode 'none': plain scoring)."""
     compare_no_ttt: bool = False
