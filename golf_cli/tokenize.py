@@ -25,6 +25,10 @@ def tokenize(
     max_docs: int = typer.Option(None, "--max-docs", help="Use only the first N documents."),
     tokenizer: str = typer.Option(None, "--tokenizer", help="Reuse this SentencePiece model."),
     import_dir: Path = typer.Option(None, "--import", help="Adopt an export in the challenge layout instead."),
+    docs: Path = typer.Option(None, "--docs", help="With --import: the original documents (JSONL, val first) to "
+                                                   "check a normalizing tokenizer's original-bytes sidecar against."),
+    caseops: bool = typer.Option(False, "--caseops", help="CaseOps case transform, controls as pieces 4-7, "
+                                                          "original-bytes sidecar (the top records' data)."),
     overrides: list[str] = SetOption,
     force: bool = ForceOption,
 ):
@@ -32,11 +36,12 @@ def tokenize(
     reporter = RichReporter()
     out_dir = stage_path(out, run, "tokenize")
     if import_dir is not None:
-        run_import(import_dir, out_dir, tokenizer, force, reporter)
+        run_import(import_dir, out_dir, tokenizer, force, reporter, docs=docs)
         return
     if tokenizer is not None and vocab_size is not None:
         check_tokenizer_vocab(tokenizer, vocab_size)
     config = TokenizeConfig(source=source, input=input, spec=spec, val_docs=val_docs, max_docs=max_docs,
-                            tokenizer=tokenizer, **({} if vocab_size is None else {"vocab_size": vocab_size}))
+                            tokenizer=tokenizer, caseops=caseops,
+                            **({} if vocab_size is None else {"vocab_size": vocab_size}))
     config = resolve_config(config, overrides, reporter)
     run_tokenize(config, out_dir, force, reporter)

@@ -1,23 +1,18 @@
-"""`golf tokenize --import`: an imported val byte sidecar is audited token by token against the byte table."""
+"""`golf tokenize --import`: an imported val byte sidecar is audited exactly against the text its tokens rebuild."""
 
-import io
-import re
+import json
 
 import numpy as np
 import pytest
-import sentencepiece as spm
 
 from stages.data.corpus import load_corpus
 from stages.data.shards import encode_shard, read_shard
 from stages.errors import GolfError
 from stages.evaluate.bpb import build_byte_table, token_bytes
 from stages.tokenize.adopt import run_import
-from stages.tokenize.spm import BOS_ID, SPECS, load_processor, proto_fields, train_tokenizer
+from stages.tokenize.spm import BOS_ID, load_processor, proto_fields, train_tokenizer
 
 SIDECAR = "fineweb_val_bytes_000000.bin"
-# CaseOps's case markers (TITLE, ALLCAPS, CAPNEXT, ESC), reserved as user-defined pieces.
-CASE_MARKERS = ["\ue001", "\ue002", "\ue003", "\ue004"]
-TITLE = CASE_MARKERS[0]
 
 
 def copy_export(source, folder, sidecar=None):
@@ -48,19 +43,20 @@ def own_sidecar(data_dir):
 
 
 def test_exact_sidecar_imports_and_its_audit_is_recorded(data_dir, tmp_path):
-    metrics = run_import(data_dir, tmp_path / "adopted").metrics
-    audit = metrics["sidecar_audit"]
-    assert audit["passed"] and audit["mismatches"] == 0 and audit["moved_bytes"] == 0
-    assert audit["tokens_checked"] == metrics["val_tokens"] and audit["control_tokens_skipped"] == 0
-    assert audit["sidecar_bytes"] == audit["table_bytes"] == metrics["byte_audit"]["table_bytes"]
+    manifest = run_import(data_dir, tmp_path / "adopted")
+    audit = manifest.metrics["sidecar_audit"]
+    assert audit["passed"] and audit["rule"].startswith("exact")
+    assert audit["sidecar_bytes"] == audit["rebuilt_bytes"] == manifest.metrics["byte_audit"]["table_bytes"]
+    assert manifest.lineage["caseops"] is False and SIDECAR.removesuffix(".bin") in manifest.outputs
 
 
 def test_doubled_sidecar_is_refused(data_dir, tmp_path):
     sidecar = own_sidecar(data_dir)
     export = copy_export(data_dir, tmp_path / "export", sidecar * 2)
     total = int(sidecar.sum())
-    with pytest.raises(GolfError, match=rf"sidecar disagrees with the byte table on [\d,]+ of [\d,]+ val tokens "
-                                        rf"\(sidecar {2 * total:,} bytes, table {total:,};.*first at val token 1 "):
+    with pytest.raises(GolfError, match=rf"byte sidecar: [\d,]+ of [\d,]+ val documents do not sum to the UTF-8 "
+                                        rf"length of their text \(sidecar {2 * total:,} bytes, text {total:,}\); "
+                                        rf"first: document 0 \(val token 0\)"):
         run_import(export, tmp_path / "adopted")
     assert not (tmp_path / "adopted").exists()
 
@@ -68,76 +64,7 @@ def test_doubled_sidecar_is_refused(data_dir, tmp_path):
 def test_sidecar_shifted_by_one_token_is_refused_though_its_total_is_right(data_dir, tmp_path):
     sidecar = own_sidecar(data_dir)
     export = copy_export(data_dir, tmp_path / "export", np.roll(sidecar, 1))
-    with pytest.raises(GolfError, match="sidecar disagrees with the byte table"):
-        run_import(export, tmp_path / "adopted")
-
-
-@pytest.fixture(scope="module")
-def caseops_like(tmp_path_factory):
-    """A tokenizer with the case markers as user-defined pieces, trained on title-cased text."""
-    texts = [title_case(doc) for doc in load_corpus("news", max_docs=160).documents]
-    writer = io.BytesIO()
-    spm.SentencePieceTrainer.train(sentence_iterator=iter(texts[20:]), model_writer=writer, vocab_size=400,
-                                   minloglevel=2, user_defined_symbols=CASE_MARKERS, **SPECS["exact"])
-    model_bytes = writer.getvalue()
-    sp = load_processor(model_bytes)
-    # Characters outside the small vocab, so some val text is spelled with byte-fallback pieces.
-    val = encode_docs(sp, [text + " 中文 Ωmega" for text in texts[:20]])
-    return sp, model_bytes, val, encode_docs(sp, texts[20:])
-
-
-def title_case(text: str) -> str:
-    """CaseOps's TITLE rule, enough for a test: a marker before a capital, then the letter lowercased."""
-    return re.sub(r"[A-Z]", lambda match: TITLE + match.group().lower(), text)
-
-
-def original_bytes_sidecar(sp, stream):
-    """Per token, its bytes in the original text, as CaseOps counts them: markers 0, and a
-    character spelled with byte pieces counted on its last piece."""
-    counts = token_bytes(build_byte_table(sp), stream)
-    counts[np.isin(stream, [sp.piece_to_id(marker) for marker in CASE_MARKERS])] = 0
-    for index in range(len(stream) - 1):
-        if sp.is_byte(int(stream[index])) and sp.is_byte(int(stream[index + 1])):
-            counts[index + 1] += counts[index]
-            counts[index] = 0
-    return counts
-
-
-def test_caseops_like_sidecar_where_only_markers_and_byte_runs_differ_imports(caseops_like, tmp_path):
-    sp, model_bytes, val, train = caseops_like
-    stream = np.concatenate(val)
-    sidecar = original_bytes_sidecar(sp, stream)
-    table = token_bytes(build_byte_table(sp), stream)
-    markers = int(np.isin(stream, [sp.piece_to_id(TITLE)]).sum())
-    assert markers and (sidecar != table).sum() > markers  # markers and byte runs both differ
-    export = write_export(tmp_path / "export", model_bytes, val, train, sidecar)
-    audit = run_import(export, tmp_path / "adopted").metrics["sidecar_audit"]
-    assert audit["passed"] and audit["mismatches"] == 0
-    assert audit["control_tokens_skipped"] == markers and audit["tokens_checked"] == stream.size - markers
-    assert audit["table_bytes"] - audit["sidecar_bytes"] == audit["control_table_bytes"] == 3 * markers
-
-
-def test_caseops_like_sidecar_with_a_wrong_word_count_is_refused(caseops_like, tmp_path):
-    sp, model_bytes, val, train = caseops_like
-    stream = np.concatenate(val)
-    sidecar = original_bytes_sidecar(sp, stream)
-    is_byte = np.asarray([sp.is_byte(int(token)) for token in stream])
-    word = int(np.flatnonzero(~np.isin(stream, [BOS_ID, sp.piece_to_id(TITLE)]) & ~is_byte)[5])
-    sidecar[word] += 1
-    export = write_export(tmp_path / "export", model_bytes, val, train, sidecar)
-    with pytest.raises(GolfError, match=rf"on 1 of [\d,]+ val tokens .* first at val token {word} "):
-        run_import(export, tmp_path / "adopted")
-
-
-def test_caseops_like_marker_counted_as_neither_zero_nor_itself_is_refused(caseops_like, tmp_path):
-    sp, model_bytes, val, train = caseops_like
-    stream = np.concatenate(val)
-    sidecar = original_bytes_sidecar(sp, stream)
-    marker = int(np.flatnonzero(stream == sp.piece_to_id(TITLE))[0])
-    sidecar[marker] = 1
-    export = write_export(tmp_path / "export", model_bytes, val, train, sidecar)
-    expected = re.escape(f"first at val token {marker} ({TITLE!r}: sidecar 1, table 3)")
-    with pytest.raises(GolfError, match=rf"on 1 of .* {expected}"):
+    with pytest.raises(GolfError, match="byte sidecar: the BOS at val token 0 counts 1 bytes, not 0"):
         run_import(export, tmp_path / "adopted")
 
 
@@ -162,19 +89,92 @@ def normalizing(tmp_path_factory):
     return sp, model_bytes, docs[:40], encode_docs(sp, docs[:40]), encode_docs(sp, docs[40:])
 
 
-def test_original_bytes_sidecar_of_a_normalizing_tokenizer_imports(normalizing, tmp_path):
+def test_sidecar_moving_bytes_inside_a_document_is_refused(data_dir, tmp_path):
+    sidecar = own_sidecar(data_dir)
+    sidecar[5] += 1
+    sidecar[6] -= 1  # the document's sum is unchanged
+    export = copy_export(data_dir, tmp_path / "export", sidecar)
+    with pytest.raises(GolfError, match=r"byte sidecar: 2 val tokens count bytes other than their text's; "
+                                        r"first: val token 5 "):
+        run_import(export, tmp_path / "adopted")
+
+
+def test_original_bytes_sidecar_of_a_normalizing_tokenizer_is_not_used_without_the_text(normalizing, tmp_path, capsys):
     sp, model_bytes, texts, val, train = normalizing
     sidecar = surface_sidecar(sp, texts)
     assert int(sidecar.sum()) == sum(len(text.encode()) for text in texts)
     export = write_export(tmp_path / "export", model_bytes, val, train, sidecar)
-    audit = run_import(export, tmp_path / "adopted").metrics["sidecar_audit"]
-    # The normalizer folded whitespace runs (paragraph breaks), so some tokens differ, within the slack.
-    assert audit["passed"] and audit["mismatches"] > 0 and 0 < audit["moved_bytes"] <= 0.01 * audit["table_bytes"]
-    assert audit["rule"].startswith("normalizing")
+    manifest = run_import(export, tmp_path / "adopted")
+    # The normalizer folded whitespace runs, so the tokens rebuild fewer bytes than the sidecar counts.
+    assert manifest.metrics["sidecar"].startswith("not used: normalizing tokenizer")
+    assert manifest.metrics["sidecar_audit"] is None and SIDECAR.removesuffix(".bin") not in manifest.outputs
+    assert "byte_source:tokenizer table reason:normalizing tokenizer" in capsys.readouterr().out
 
 
-def test_doubled_sidecar_of_a_normalizing_tokenizer_is_refused(normalizing, tmp_path):
+def test_decoded_bytes_sidecar_of_a_normalizing_tokenizer_imports(normalizing, tmp_path):
+    """A sidecar of the normalized text the tokens rebuild (what golf writes for --spec challenge) is checkable."""
+    sp, model_bytes, texts, val, train = normalizing
+    stream = np.concatenate(val)
+    sidecar = token_bytes(build_byte_table(sp), stream)
+    export = write_export(tmp_path / "export", model_bytes, val, train, sidecar)
+    manifest = run_import(export, tmp_path / "adopted")
+    assert manifest.metrics["sidecar_audit"]["passed"] and SIDECAR.removesuffix(".bin") in manifest.outputs
+
+
+def test_doubled_sidecar_of_a_normalizing_tokenizer_is_not_used(normalizing, tmp_path):
     sp, model_bytes, texts, val, train = normalizing
     export = write_export(tmp_path / "export", model_bytes, val, train, 2 * surface_sidecar(sp, texts))
-    with pytest.raises(GolfError, match="sidecar disagrees with the byte table"):
-        run_import(export, tmp_path / "adopted")
+    assert run_import(export, tmp_path / "adopted").metrics["sidecar"].startswith("not used")
+
+
+def add_bytes(share: float | None):
+    """Add one byte to evenly spread text tokens: ``share`` of the total, or (None) to a single token."""
+    def change(sidecar):
+        text_tokens = np.flatnonzero(sidecar > 0)
+        extra = 1 if share is None else round(share * int(sidecar.sum()))
+        sidecar[text_tokens[np.linspace(0, text_tokens.size - 1, extra).astype(int)]] += 1
+        return sidecar
+    return change
+
+
+@pytest.mark.parametrize("share", [0.0099, None], ids=["0.99%", "one-token"])
+def test_normalizing_export_with_bytes_added_to_its_sidecar_is_not_scored_with_it(normalizing, tmp_path, capsys, share):
+    """Issue 17 item 6: 0.99% more bytes passed a 1% allowance and lowered bpb by 0.031. Now no sidecar
+    that a normalizing tokenizer's tokens cannot vouch for is used: the byte table is, and the log says why."""
+    sp, model_bytes, texts, val, train = normalizing
+    export = write_export(tmp_path / "export", model_bytes, val, train, add_bytes(share)(surface_sidecar(sp, texts)))
+    manifest = run_import(export, tmp_path / "adopted")
+    assert manifest.metrics["sidecar"].startswith("not used") and SIDECAR.removesuffix(".bin") not in manifest.outputs
+    assert manifest.metrics["val_bytes_per_token"] == manifest.metrics["byte_audit"]["table_bytes"] / sum(map(len, val))
+    assert "byte_source:tokenizer table reason:normalizing tokenizer" in capsys.readouterr().out
+
+
+def jsonl(folder, texts):
+    path = folder / "docs.jsonl"
+    path.write_text("".join(json.dumps({"text": text}) + "\n" for text in texts))
+    return path
+
+
+def test_original_bytes_sidecar_of_a_normalizing_tokenizer_imports_with_the_documents(normalizing, tmp_path):
+    sp, model_bytes, texts, val, train = normalizing
+    export = write_export(tmp_path / "export", model_bytes, val, train, surface_sidecar(sp, texts))
+    manifest = run_import(export, tmp_path / "adopted", docs=jsonl(tmp_path, texts + ["a train document"]))
+    audit = manifest.metrics["sidecar_audit"]
+    assert audit["passed"] and audit["sidecar_bytes"] == audit["original_bytes"] == sum(len(t.encode()) for t in texts)
+    assert SIDECAR.removesuffix(".bin") in manifest.outputs and "val_text" in manifest.outputs
+
+
+@pytest.mark.parametrize("share", [0.0099, None], ids=["0.99%", "one-token"])
+def test_normalizing_export_with_bytes_added_is_refused_against_its_documents(normalizing, tmp_path, share):
+    sp, model_bytes, texts, val, train = normalizing
+    export = write_export(tmp_path / "export", model_bytes, val, train, add_bytes(share)(surface_sidecar(sp, texts)))
+    with pytest.raises(GolfError, match=r"byte sidecar: .* val documents do not sum .*\(checked against --docs\)"):
+        run_import(export, tmp_path / "adopted", docs=jsonl(tmp_path, texts))
+    assert not (tmp_path / "adopted").exists()
+
+
+def test_documents_that_are_not_the_val_documents_are_refused(normalizing, tmp_path):
+    sp, model_bytes, texts, val, train = normalizing
+    export = write_export(tmp_path / "export", model_bytes, val, train, surface_sidecar(sp, texts))
+    with pytest.raises(GolfError, match="original val document 0 does not encode to val document 0's tokens"):
+        run_import(export, tmp_path / "adopted", docs=jsonl(tmp_path, [texts[0] + "!"] + texts[1:]))

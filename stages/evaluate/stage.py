@@ -85,7 +85,8 @@ class EvalConfig:
     device: str = "cpu"
     """'cpu', 'cuda' or 'auto' (cuda when available)."""
     use_sidecar: bool = True
-    """Count bytes from the val byte sidecar when the data has one (else from the tokenizer's table)."""
+    """Count bytes from the val byte sidecar when the data has one (audited exactly first; else from the
+    tokenizer's table). CaseOps data is scored only with its sidecar."""
     ttt: TTTConfig = field(default_factory=TTTConfig)
     """Test-time training: mode and hyperparameters (ttt.mode 'none': plain scoring)."""
     compare_no_ttt: bool = False
@@ -183,6 +184,7 @@ def run_eval(config: EvalConfig, artifact: str | Path, data_dir: str | Path | No
             val = load_val(data, header["model_config"]["vocab_size"], config.use_sidecar,
                            build_table=runtime.build_byte_table)
         val.check_window_fits(seq_len, "--seq-len" if config.seq_len else "the artifact's train_seq_len")
+        log_byte_source(reporter, val)
         device = ctx.device
         model = model.to(device)
         attention = _choose_attention(model, device)
@@ -228,7 +230,8 @@ def run_eval(config: EvalConfig, artifact: str | Path, data_dir: str | Path | No
             "seq_len": seq_len,
             "stride": stride,
             "mode": _windows_kind(config.ttt.mode, seq_len, stride),
-            "byte_source": "sidecar" if val.sidecar is not None else "tokenizer table",
+            "byte_source": val.byte_source,
+            **({"sidecar_audit": val.sidecar_audit} if val.sidecar_audit else {}),
             "artifact_bytes": len(data_bytes),
             "attention": attention,
             **spent,
@@ -258,6 +261,16 @@ def memory_sizing(config: EvalConfig) -> str:
     else:
         settings = [f"batch_windows={config.batch_windows}"]
     return ", ".join(settings + ([f"seq_len={config.seq_len}"] if config.seq_len else []))
+
+
+def log_byte_source(reporter: Reporter, val) -> None:
+    """One line: where the scored bytes come from, and the sidecar audit's cost or why the table is used."""
+    if val.byte_source == "sidecar":
+        audit = val.sidecar_audit
+        reporter.log(byte_source="sidecar", caseops=val.caseops, sidecar_audit="passed", val_docs=audit["val_docs"],
+                     sidecar_bytes=audit["sidecar_bytes"], sidecar_audit_s=audit["seconds"])
+    else:
+        reporter.log(byte_source="tokenizer table", reason=val.byte_source_reason)
 
 
 @contextmanager

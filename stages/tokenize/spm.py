@@ -11,10 +11,9 @@ from __future__ import annotations
 import io
 import os
 
-import numpy as np
 import sentencepiece as spm
 
-from ..data.tokenizer import load_processor  # noqa: F401  (the tokenize stages load their model with it)
+from ..data.tokenizer import load_processor, proto_fields  # noqa: F401  (the tokenize stages use them from here)
 from ..errors import GolfError
 from ..evaluate.bpb import SPACE_MARK
 
@@ -43,13 +42,18 @@ SPECS: dict[str, dict] = {
 }
 
 
-def train_tokenizer(documents: list[str], vocab_size: int, spec: str) -> bytes:
-    """Train a BPE model on whole documents (one per 'sentence'); return the model file bytes."""
+def train_tokenizer(documents: list[str], vocab_size: int, spec: str, reserved: tuple[str, ...] = ()) -> bytes:
+    """Train a BPE model on whole documents (one per 'sentence'); return the model file bytes.
+
+    ``reserved`` characters become user-defined pieces, ids 4 on in order, each always a piece of its
+    own (CaseOps reserves its four controls so: ids 4 to 7, as the records' tokenizer)."""
     if spec not in SPECS:
         raise GolfError(f"unknown tokenizer spec {spec!r}; choose one of {', '.join(SPECS)}")
-    if not MIN_VOCAB_SIZE <= vocab_size <= MAX_VOCAB_SIZE:
-        raise GolfError(f"vocab size must be in [{MIN_VOCAB_SIZE}, {MAX_VOCAB_SIZE}] (256 byte pieces + 4 specials; "
-                        f"uint16 shards), got {vocab_size}")
+    smallest = MIN_VOCAB_SIZE + len(reserved)
+    if not smallest <= vocab_size <= MAX_VOCAB_SIZE:
+        raise GolfError(f"vocab size must be in [{smallest}, {MAX_VOCAB_SIZE}] (256 byte pieces + 4 specials"
+                        f"{f' + {len(reserved)} reserved' if reserved else ''}; uint16 shards), got {vocab_size}")
+    extra = {"user_defined_symbols": list(reserved)} if reserved else {}
     if not any(document.strip() for document in documents):  # SentencePiece would fail with an INTERNAL check
         raise GolfError("no text to train the tokenizer on: every train document is empty")
     writer = io.BytesIO()
@@ -61,6 +65,7 @@ def train_tokenizer(documents: list[str], vocab_size: int, spec: str) -> bytes:
             num_threads=os.cpu_count() or 1,
             minloglevel=2,
             **SPECS[spec],
+            **extra,
         )
     except RuntimeError as exc:
         raise GolfError(f"SentencePiece training failed: {str(exc).splitlines()[0]}") from None
@@ -109,48 +114,3 @@ def _encode_keeping_space_marks(sp: spm.SentencePieceProcessor, text: str, origi
             ids += mark_ids
         ids += sp.encode(segment, out_type=int)
     return ids
-
-
-# sentencepiece's Python API has no is_user_defined(), so the piece types are read from the
-# serialized ModelProto: field 1 holds the pieces, and in each piece field 3 is its type.
-_PIECES_FIELD, _PIECE_TYPE_FIELD, _USER_DEFINED = 1, 3, 4
-
-
-def user_defined_pieces(sp: spm.SentencePieceProcessor) -> np.ndarray:
-    """True for each user-defined piece (CaseOps reserves its case markers as these), by token id."""
-    out = np.zeros(sp.vocab_size(), dtype=bool)
-    pieces = (value for field, value in proto_fields(sp.serialized_model_proto()) if field == _PIECES_FIELD)
-    for token, piece in enumerate(pieces):
-        types = [value for field, value in proto_fields(piece) if field == _PIECE_TYPE_FIELD]
-        out[token] = bool(types) and types[-1] == _USER_DEFINED
-    return out
-
-
-def proto_fields(buffer: bytes):
-    """(field number, value) of each field of a protobuf message: ints for varints, bytes otherwise."""
-    position = 0
-    while position < len(buffer):
-        key, position = _varint(buffer, position)
-        field, wire_type = key >> 3, key & 7
-        if wire_type == 0:
-            value, position = _varint(buffer, position)
-        elif wire_type == 2:
-            length, position = _varint(buffer, position)
-            value, position = buffer[position : position + length], position + length
-        elif wire_type in (1, 5):
-            width = 8 if wire_type == 1 else 4
-            value, position = buffer[position : position + width], position + width
-        else:
-            raise GolfError(f"tokenizer model: unsupported protobuf wire type {wire_type}")
-        yield field, value
-
-
-def _varint(buffer: bytes, position: int) -> tuple[int, int]:
-    result = shift = 0
-    while True:
-        byte = buffer[position]
-        position += 1
-        result |= (byte & 0x7F) << shift
-        shift += 7
-        if byte < 0x80:
-            return result, position

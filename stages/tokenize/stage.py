@@ -16,15 +16,18 @@ import numpy as np
 from ..config import to_dict
 from ..contract.hashing import sha256_bytes
 from ..contract.stage_dir import StageWriter, atomic_write_bytes, relative_path
+from ..data import caseops
 from ..data.corpus import NEWS_PACKAGE, load_corpus
 from ..data.overlap import shared_documents
 from ..data.shards import DEFAULT_SHARD_TOKENS, ShardWriter
 from ..data.split import make_split
 from ..errors import GolfError
 from ..evaluate.bpb import build_byte_table
+from ..evaluate.sidecar import (VAL_TEXT_FILE, audit_against_text, audit_sidecar, control_ids, rebuilt_token_bytes,
+                                text_token_bytes, val_text_bytes)
 from ..progress import Reporter
 from ..ranges import check_ranges, ranged
-from .audit import audit_val_bytes, surface_bytes
+from .audit import audit_val_bytes
 from .spm import BOS_ID, MAX_VOCAB_SIZE, MIN_VOCAB_SIZE, encode_documents, load_processor, spec_of, train_tokenizer
 
 TOKENIZER_FILE = "tokenizer.model"
@@ -55,6 +58,9 @@ class TokenizeConfig:
     """Tokens per shard file (the challenge uses 10^8)."""
     max_shared_docs: int = ranged(0, ge=0)
     """Val documents allowed to reappear verbatim in train (duplicates in the source); more refuses."""
+    caseops: bool = False
+    """Apply the CaseOps case transform (stages/data/caseops.py) before training and encoding, reserve its
+    four controls as pieces 4-7, and count each val token's original bytes in the sidecar (the top records' data)."""
 
     def __post_init__(self) -> None:
         check_ranges(self)
@@ -68,8 +74,11 @@ def run_tokenize(config: TokenizeConfig, out_dir: str | Path, force: bool = Fals
         with ledger.measure("read_corpus", note="data preparation: outside both budgets"):
             corpus = load_corpus(config.source, config.input, config.max_docs)
         split = make_split(len(corpus.documents), config.val_docs)
-        val_texts = corpus.documents[split.val[0] : split.val[1]]
-        train_texts = corpus.documents[split.train[0] : split.train[1]]
+        val_originals = corpus.documents[split.val[0] : split.val[1]]
+        # The tokenizer sees CaseOps text when asked; the sidecar counts the original's bytes.
+        transform = caseops.encode if config.caseops else (lambda text: text)
+        val_texts = [transform(text) for text in val_originals]
+        train_texts = [transform(text) for text in corpus.documents[split.train[0] : split.train[1]]]
         val_origins = corpus.origins[split.val[0] : split.val[1]]
         train_origins = corpus.origins[split.train[0] : split.train[1]]
         reporter.log(stage="tokenize", source=config.source, docs=len(corpus.documents), val_docs=len(val_texts), train_docs=len(train_texts))
@@ -81,21 +90,41 @@ def run_tokenize(config: TokenizeConfig, out_dir: str | Path, force: bool = Fals
         spec = spec_of(sp)
         if sp.bos_id() != BOS_ID:
             raise GolfError(f"tokenizer BOS id is {sp.bos_id()}, the challenge format needs {BOS_ID}")
+        _check_caseops_pieces(sp, config.caseops)
         vocab = _vocab_sizes(config, sp, reporter)
 
         with ledger.measure("encode_and_write", note="data preparation: outside both budgets"):
             val_docs = _encode(sp, spec, val_texts, val_origins, reporter, "encode val")
             train_docs = _encode(sp, spec, train_texts, train_origins, reporter, "encode train")
-            sidecar = surface_bytes(sp)[np.concatenate(val_docs)]
+            table = build_byte_table(sp)
+            # CaseOps through a normalizing tokenizer: its tokens rebuild normalized text, so the sidecar
+            # counts the original bytes each piece covers and the val text is kept to check it against.
+            keep_text = config.caseops and spec != "exact"
+            sidecar = (np.concatenate([text_token_bytes(sp, text, True)[1] for text in val_originals]) if keep_text
+                       else rebuilt_token_bytes(sp, table, np.concatenate(val_docs), config.caseops))
             names = _write_split(writer, "val", val_docs, config.shard_tokens)
             names += _write_split(writer, "val_bytes", [sidecar], config.shard_tokens)
             names += _write_split(writer, "train", train_docs, config.shard_tokens)
 
         with ledger.measure("audit", note="data preparation: outside both budgets"):
-            table = build_byte_table(sp)
-            audit = audit_val_bytes(sp, table, val_docs, val_texts if spec == "exact" else None, sidecar, val_origins)
+            # Table == decoded text (the CaseOps text, for CaseOps), and the sidecar == the text its
+            # tokens rebuild, which for an exact tokenizer is the original: its UTF-8 length in all.
+            audit = audit_val_bytes(sp, table, val_docs, val_texts if spec == "exact" else None,
+                                    None if config.caseops else sidecar, val_origins)
+            stream = np.concatenate(val_docs)
+            sidecar_audit = (audit_against_text(sp, stream, sidecar, val_originals, True) if keep_text
+                             else audit_sidecar(sp, table, stream, sidecar, config.caseops))
+            if keep_text:
+                atomic_write_bytes(writer.path(VAL_TEXT_FILE), val_text_bytes(val_originals))
+                names.append(VAL_TEXT_FILE)
+            original_bytes = sum(len(text.encode("utf-8")) for text in val_originals)
+            if "original_bytes" in audit and config.caseops:  # the audit's "original": the CaseOps text it saw
+                audit["caseops_text_bytes"], audit["original_bytes"] = audit["original_bytes"], original_bytes
+            if spec == "exact" and sidecar_audit["sidecar_bytes"] != original_bytes:
+                raise GolfError(f"byte audit failed: sidecar {sidecar_audit['sidecar_bytes']} != original {original_bytes}")
             overlap = shared_documents(val_docs, train_docs)
-        reporter.log(audit="passed", **{k: v for k, v in audit.items() if k.endswith("bytes")})
+        counted = {key: value for key, value in audit.items() if key.endswith("bytes")}
+        reporter.log(audit="passed", **{**counted, "sidecar_bytes": sidecar_audit["sidecar_bytes"]}, caseops=config.caseops)
         if overlap["val_docs_in_train"] > config.max_shared_docs:
             raise GolfError(
                 f"leak: {overlap['val_docs_in_train']} val documents also occur verbatim in train "
@@ -104,21 +133,22 @@ def run_tokenize(config: TokenizeConfig, out_dir: str | Path, force: bool = Fals
 
         writer.add_output("tokenizer", writer.path(TOKENIZER_FILE))
         for name in names:
-            writer.add_output(name.removesuffix(".bin"), writer.path(name))
+            writer.add_output(name.removesuffix(".bin").removesuffix(".jsonl"), writer.path(name))
         val_tokens = int(sum(doc.size for doc in val_docs))
         train_tokens = int(sum(doc.size for doc in train_docs))
         metrics = {
             "documents": len(corpus.documents),
             "val_tokens": val_tokens,
             "train_tokens": train_tokens,
-            "val_bytes_per_token": audit["decoded_bytes"] / val_tokens,
+            "val_bytes_per_token": sidecar_audit["sidecar_bytes"] / val_tokens,
             "byte_audit": audit,
-            "sidecar": "original text bytes" if spec == "exact" else "normalized (decoded) text bytes",
+            "sidecar": _sidecar_kind(spec, config.caseops),
+            "sidecar_audit": sidecar_audit,
             "split": {**split.to_dict(), **overlap},
             "source": _portable_source(corpus.source, writer.run_root),
             **vocab,
         }
-        lineage = _lineage(model_bytes, sp, spec)
+        lineage = _lineage(model_bytes, sp, spec, config.caseops)
         manifest = writer.commit(to_dict(config), lineage, metrics, reporter.text())
     reporter.log(stage="tokenize", val_tokens=val_tokens, train_tokens=train_tokens, bytes_per_token=metrics["val_bytes_per_token"], out=str(out_dir))
     return manifest
@@ -131,13 +161,31 @@ def _portable_source(source: dict, run_root: Path) -> dict:
     return {**source, "path": relative_path(source["path"], run_root)}
 
 
-def _lineage(model_bytes: bytes, sp, spec: str) -> dict:
+def _lineage(model_bytes: bytes, sp, spec: str, is_caseops: bool) -> dict:
     return {
         "tokenizer_sha256": sha256_bytes(model_bytes),
         "vocab_size": sp.vocab_size(),
         "bos_id": sp.bos_id(),
         "tokenizer_spec": spec,
+        "caseops": is_caseops,
     }
+
+
+def _sidecar_kind(spec: str, is_caseops: bool) -> str:
+    if is_caseops:
+        return "original text bytes (CaseOps markers and escapes 0)" + (
+            "" if spec == "exact" else ", checked against val_text.jsonl")
+    return "original text bytes" if spec == "exact" else "normalized (decoded) text bytes"
+
+
+def _check_caseops_pieces(sp, is_caseops: bool) -> None:
+    """CaseOps data needs its controls as pieces 4-7; other data a tokenizer without them (eval reads a
+    tokenizer that reserves them as CaseOps data)."""
+    ids = control_ids(sp)
+    if is_caseops and (ids is None or ids.tolist() != [4, 5, 6, 7]):
+        raise GolfError("--caseops: the tokenizer does not reserve the four CaseOps controls as pieces 4-7")
+    if not is_caseops and ids is not None:
+        raise GolfError("the tokenizer reserves the CaseOps controls (pieces 4-7): pass --caseops")
 
 
 def _tokenizer_bytes(config: TokenizeConfig, train_texts: list[str]) -> bytes:
@@ -147,7 +195,7 @@ def _tokenizer_bytes(config: TokenizeConfig, train_texts: list[str]) -> bytes:
             raise GolfError(f"{path}: no such tokenizer model")
         return path.read_bytes()
     docs = train_texts[: config.tokenizer_train_docs] if config.tokenizer_train_docs else train_texts
-    return train_tokenizer(docs, config.vocab_size, config.spec)
+    return train_tokenizer(docs, config.vocab_size, config.spec, caseops.CONTROLS if config.caseops else ())
 
 
 def check_tokenizer_vocab(tokenizer: str | Path, vocab_size: int) -> None:

@@ -34,6 +34,8 @@ class Preset:
     """The record's export: `golf quantize` uses it for a checkpoint trained with this preset."""
     eval: EvalConfig = EvalConfig()
     """The record's evaluation (windows, test-time training): `golf eval --preset` starts from it."""
+    caseops_data: bool = False
+    """The record trained and scored on CaseOps data (`golf tokenize --caseops`); `golf train` notes other data."""
 
 
 # ---- the naive baseline (docs/REFERENCE.md section 5) ----
@@ -191,8 +193,8 @@ FULL_PRESETS: dict[str, Preset] = {p.name: p for p in [
     Preset("top", "PR #1855 (1.0611), record 2026-04-27_SP8192_LQER_SparseGate_BOSSmearFix_9HpStack: pr1790 + sparse "
            "gate (width 12, scale 0.5), QK-gain 5.0, Polar Express Newton-Schulz, beta2 0.99, warm-down 0.85 to the "
            "floor max(line, 0.1); export GPTQ k 13/11.5, embedding int7 k 14, int8 gates, LQER rank 4 on 3 matrices, "
-           "16 calibration batches, 0.5 s reserve (docs/REFERENCE.md section 8). CaseOps belongs to tokenize.",
-           TOP, QUANTIZE["top"], EVAL["top"]),
+           "16 calibration batches, 0.5 s reserve (docs/REFERENCE.md section 8). Its data is CaseOps (golf tokenize "
+           "--caseops).", TOP, QUANTIZE["top"], EVAL["top"], caseops_data=True),
 ]}
 
 # ---- CPU forms: same switches, sized for 2 cores and the news corpus ----
@@ -284,7 +286,7 @@ def cpu_form(preset: Preset) -> Preset:
                   "(baseline 4x128), vocab 1024, seq 256, 4,096 tokens/step, 500 steps; EMA window and step counts "
                   "scaled by 1/10, kept-float limit by the matrices' area, one CPU batch per calibration batch; "
                   "eval at seq 256, TTT chunks scaled with the window, the phased prefix with the val documents.",
-                  config, quantize, cpu_eval(preset.eval, config.train))
+                  config, quantize, cpu_eval(preset.eval, config.train), preset.caseops_data)
 
 
 TINY = Preset("tiny", "The baseline architecture shrunk for 2 CPU cores and the embedded news corpus: 4x128, seq 256, "

@@ -34,6 +34,7 @@ from ..distributed import DistContext, all_reduce_max, init_distributed, shutdow
 from .loader import make_loader
 from .loop import Trainer, float32_copy
 from .plot import plot_curves
+from .presets import PRESETS
 
 WEIGHTS_FILE = "model.safetensors"
 RAW_WEIGHTS_FILE = "model_raw.safetensors"
@@ -64,6 +65,8 @@ def run_train(config: RunConfig, data_dir: str | Path, out_dir: str | Path, forc
     check_output_path(out_dir, "train", force, inputs)  # on every rank, before any rank waits on another
     check_token_ids(data, config.model.vocab_size)
     ctx = init_distributed(resolve_device(config.train.device))
+    if ctx.is_main:
+        _note_data(preset, data, reporter)
     try:
         with allocation_failures(f"a model of {model_sizing(config)}, train.batch_tokens={config.train.batch_tokens}"):
             if not ctx.is_main:
@@ -231,6 +234,19 @@ def _checkpoint(trainer: Trainer, ledger: TimeLedger, reporter: Reporter, checkp
     reporter.log(step=trainer.step, checkpoint=str(folder))
 
 
+def data_is_caseops(data: StageDir) -> bool:
+    """Whether the tokenize folder holds CaseOps data (its lineage says so; older folders did not record it)."""
+    return bool(data.lineage.get("caseops", False))
+
+
+def _note_data(preset: str | None, data: StageDir, reporter: Reporter) -> None:
+    """A preset whose record trained on CaseOps data, run on other data: say so (its numbers will differ)."""
+    record = PRESETS.get(preset or "")
+    if record is not None and record.caseops_data and not data_is_caseops(data):
+        reporter.log(note=f"preset {preset}'s record trained on CaseOps data (golf tokenize --caseops); "
+                          f"{data.path} is not CaseOps, so its bpb is not comparable to the record's")
+
+
 def _save(writer: StageWriter, fit: Fit, config: RunConfig, data: StageDir, ctx: DistContext,
           reporter: Reporter, preset: str | None, out_dir):
     with writer.ledger.measure("save", note="writing outputs: outside the budget"):
@@ -246,7 +262,7 @@ def _save(writer: StageWriter, fit: Fit, config: RunConfig, data: StageDir, ctx:
         writer.add_output("curves_plot", writer.path(PLOT_FILE))
     metrics = _metrics(fit.model, config, fit.trainer, fit.stop_reason, fit.curves, ctx.device,
                        count_parameters(fit.model))
-    metrics.update(exported_weights=fit.export_kind, world_size=ctx.world_size)
+    metrics.update(exported_weights=fit.export_kind, world_size=ctx.world_size, data_caseops=data_is_caseops(data))
     if config.train.checkpoint_every:
         metrics["checkpoints"] = relative_path(fit.checkpoints.folder, writer.run_root)
     if fit.resumed is not None:
