@@ -86,8 +86,9 @@ def _rescore_problems(stage: StageDir) -> list[str]:
                        "tolerance": RESCORE_TOLERANCE}))
     if result["matches"]:
         return []
-    return [f"eval: rescoring gives val_bpb {result['rescored_val_bpb']!r} and val_loss {result['rescored_val_loss']!r}, "
-            f"its manifest says {result['recorded_val_bpb']!r} and {result['recorded_val_loss']!r}"]
+    return [f"eval: rescoring gives val_bpb {result['rescored_val_bpb']!r} and val_loss "
+            f"{result['rescored_val_loss']!r}, its manifest says {result['recorded_val_bpb']!r} and "
+            f"{result['recorded_val_loss']!r}"]
 
 
 def _code_problems(checks) -> list[str]:

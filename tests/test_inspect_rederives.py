@@ -40,7 +40,8 @@ def run(tmp_path_factory, workdir, pack_dir):
     root = tmp_path_factory.mktemp("rederive") / "run"
     for stage in PIPELINE:
         shutil.copytree(workdir / stage, root / stage)
-    run_eval(EvalConfig(eval_tokens=EVAL_TOKENS), root / "pack", None, root / "eval", token_nll=root / "nll.safetensors")
+    run_eval(EvalConfig(eval_tokens=EVAL_TOKENS), root / "pack", None, root / "eval",
+             token_nll=root / "nll.safetensors")
     return root
 
 
@@ -116,10 +117,10 @@ def test_foreign_code_is_found_in_the_artifact_not_the_manifest_flag(run, pack_d
         manifest["metrics"].pop("code_differences")
     rewrite_manifest(out, hide)
     _, problem = stage_code_report(StageDir(out))
-    assert problem is not None and "foreign artifact code" in problem
+    assert problem is not None and "not the code this golf ships" in problem
     code, _, problems = inspect(out)
-    assert code == 1 and any(p.startswith("problem:eval: its score came from foreign artifact code")
-                             for p in problems), problems
+    vouch = "problem:eval: its score came from an artifact whose code golf does not vouch for"
+    assert code == 1 and any(p.startswith(vouch) for p in problems), problems
 
 
 # Item 4: other val data.
@@ -149,8 +150,8 @@ def test_eval_refuses_data_other_than_the_lineages(run):
 
 def test_foreign_data_is_scored_only_when_asked_and_never_verifies(run):
     easier = run / "tokenize-other"
-    run_tokenize(TokenizeConfig(max_docs=120, vocab_size=SMALL_VOCAB, tokenizer=str(run / "tokenize" / "tokenizer.model")),
-                 easier)
+    tokenizer = str(run / "tokenize" / "tokenizer.model")  # the same tokenizer, other (fewer) documents
+    run_tokenize(TokenizeConfig(max_docs=120, vocab_size=SMALL_VOCAB, tokenizer=tokenizer), easier)
     out = run / "eval-other"
     result = golf("eval", run / "pack", "--data", easier, "--foreign-data", "--set", f"eval_tokens={EVAL_TOKENS}",
                   "--out", out)

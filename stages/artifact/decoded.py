@@ -32,7 +32,8 @@ def decoded_mismatch(artifact: Artifact, quantized: Path) -> str | None:
             metadata = handle.metadata() or {}
             expected = {name: handle.get_tensor(name) for name in handle.keys()}
     except Exception as exc:  # safetensors raises its own error types for a file it cannot read
-        return f"cannot read the quantized tensors {quantized} ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})"
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        return f"cannot read the quantized tensors {quantized} ({reason})"
     for field, parse in HEADER_FROM_METADATA.items():
         try:
             recorded = parse(metadata[field])

@@ -178,26 +178,22 @@ def _eval_code_report(stage: StageDir) -> tuple[dict, str | None]:
     path = scored_artifact(stage)
     if path is None:
         return {}, "records no artifact input: the code that scored cannot be checked"
-    try:
-        check = check_code(read_artifact(path).code)
-    except GolfError as exc:
-        return {"scored_artifact_code": str(path), "golf_own": False}, str(exc)
-    fields = {"scored_artifact_code": str(path), "golf_own": check.matches, "shipped_sha256": check.shipped_sha256}
-    if not check.matches:
-        return fields, (f"its score came from foreign artifact code ({check.describe()}), whatever its manifest "
-                        "says: golf does not vouch for it")
+    fields, problem = _artifact_report(path, "scored_artifact_code")
+    if problem:
+        return fields, (f"its score came from an artifact whose code golf does not vouch for, whatever its "
+                        f"manifest says: {problem}")
     recorded = stage.manifest.metrics.get("code_sha256")
-    if recorded is not None and recorded != check.shipped_sha256:
+    if recorded is not None and recorded != fields["shipped_sha256"]:
         return fields, (f"its manifest says code {str(recorded)[:12]} scored, but its artifact ships code "
-                        f"{check.shipped_sha256[:12]}")
+                        f"{fields['shipped_sha256'][:12]}")
     return fields, None
 
 
-def _artifact_report(path: Path) -> tuple[dict, str | None]:
+def _artifact_report(path: Path, label: str = "artifact_code") -> tuple[dict, str | None]:
     try:
         check = check_code(read_artifact(path).code)
     except GolfError as exc:
-        return {"artifact_code": str(path), "golf_own": False}, str(exc)
-    fields = {"artifact_code": str(path), "golf_own": check.matches, "shipped_sha256": check.shipped_sha256,
+        return {label: str(path), "golf_own": False}, str(exc)
+    fields = {label: str(path), "golf_own": check.matches, "shipped_sha256": check.shipped_sha256,
               "installed_sha256": check.installed_sha256}
     return fields, None if check.matches else f"its artifact's code is not the code this golf ships ({check.describe()})"
