@@ -173,7 +173,7 @@ def run_eval(config: EvalConfig, artifact: str | Path, data_dir: str | Path | No
         header, data_bytes = shipped.header, shipped.data
         data = _data_dir(data_dir, pack)
         require_same_tokenizer(header["lineage"], f"artifact {artifact_path}", data.lineage, f"data {data.path}")
-        data_source = _data_source(data, pack, foreign_data, reporter)
+        data_source = _data_source(data, data_dir is not None, pack, foreign_data, reporter)
         seq_len = config.seq_len or header["train_seq_len"]
         replace(config, seq_len=seq_len)  # the window rules, now that the window length is known
         stride = config.stride or seq_len
@@ -488,14 +488,16 @@ def _lineage_data(pack: StageDir | None) -> tuple[Path, str] | None:
     return None if record is None else (quant.input_path("data"), record.manifest_sha256)
 
 
-def _data_source(data: StageDir, pack: StageDir | None, foreign_data: bool, reporter: Reporter) -> str:
-    """Whether ``data`` is the artifact's lineage's val data: 'lineage', 'foreign' (another tokenize
-    folder, scored only with ``foreign_data`` and then loudly) or 'no lineage' (nothing to compare with)."""
-    lineage = _lineage_data(pack)
-    if lineage is None:
-        source = "no lineage"
-    elif data.manifest_sha256 == lineage[1]:
+def _data_source(data: StageDir, explicit: bool, pack: StageDir | None, foreign_data: bool,
+                 reporter: Reporter) -> str:
+    """Whether ``data`` is the artifact's lineage's val data: 'lineage' (the default, or an ``explicit``
+    folder with the same manifest), 'foreign' (another tokenize folder, scored only with ``foreign_data``
+    and then loudly) or 'no lineage' (nothing to compare with)."""
+    lineage = _lineage_data(pack) if explicit else None
+    if not explicit or (lineage is not None and data.manifest_sha256 == lineage[1]):
         source = "lineage"
+    elif lineage is None:
+        source = "no lineage"
     elif not foreign_data:
         raise GolfError(f"{data.path}: is not the tokenize folder of the artifact's lineage ({lineage[0]}); pass "
                         f"{FOREIGN_DATA_FLAG} to score other data anyway (the score is then marked foreign)")
