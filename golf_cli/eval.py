@@ -12,7 +12,7 @@ from stages.artifact.verify import TRUST_FLAG
 from stages.config import apply_overrides, to_dict
 from stages.evaluate.budget import OverBudget
 from stages.errors import GolfError
-from stages.evaluate.stage import EvalConfig, check_eval_inputs, open_artifact, run_eval
+from stages.evaluate.stage import FOREIGN_DATA_FLAG, EvalConfig, check_eval_inputs, open_artifact, run_eval
 from stages.evaluate.ttt.config import TTTMode
 from stages.progress import silent_reporter
 from stages.train.presets import PRESETS, get_preset
@@ -61,7 +61,11 @@ OVER_BUDGET_HELP = (
 def evaluate(
     artifact: Path = typer.Argument(None, help="Pack folder or artifact file (default artifacts/<run>/pack)."),
     run: str = RunOption,
-    data: Path = typer.Option(None, "--data", help="Tokenize folder (default: the one the artifact was made from)."),
+    data: Path = typer.Option(None, "--data", help="Tokenize folder (default: the one the artifact was made from; "
+                              f"another is refused unless {FOREIGN_DATA_FLAG})."),
+    foreign_data: bool = typer.Option(False, FOREIGN_DATA_FLAG, help="Score a --data folder other than the "
+                                      "artifact's lineage's: the manifest's data_source and a data:foreign line "
+                                      "mark the score, and golf inspect does not verify it."),
     out: Path = typer.Option(None, "--out", help="Output folder (default artifacts/<run>/eval)."),
     preset: str = typer.Option(None, "--preset", help="Start from this preset's eval settings: its record's windows, "
                                "TTT mode and values (see golf train --list-presets; default: the preset the artifact's train stage "
@@ -110,7 +114,8 @@ def evaluate(
     if launching:
         check_eval_inputs(artifact, data, out, force, token_nll)
         raise typer.Exit(launch_torchrun(nproc))
-    run_eval(config, artifact, data, out, force, reporter, trust_code=trust_code, token_nll=token_nll)
+    run_eval(config, artifact, data, out, force, reporter, trust_code=trust_code, token_nll=token_nll,
+             foreign_data=foreign_data)
 
 
 def lineage_preset(artifact: Path) -> str | None:

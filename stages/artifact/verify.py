@@ -150,23 +150,50 @@ def load_ttt(artifact: Artifact):
 def stage_code_report(stage: StageDir) -> tuple[dict, str | None]:
     """What inspect says about the code behind a stage folder: (fields to print, problem or None).
 
-    A pack folder: whether its artifact's code is golf's own. An eval folder: whether its score
-    came from foreign code run under the trust flag (recorded by eval; not vouched for).
+    A pack folder: whether its artifact's code is golf's own. An eval folder: whether the code of
+    the artifact it scored is golf's own, read from that artifact itself (the manifest's
+    ``code_trusted_foreign`` is the eval's word, and a word can be edited), and whether the code
+    the manifest says it ran is that artifact's.
     """
     if stage.stage == "pack" and "artifact" in stage.manifest.outputs:
         return _artifact_report(stage.resolve(stage.manifest.outputs["artifact"]))
-    if stage.stage == "eval" and stage.manifest.metrics.get("code_trusted_foreign"):
-        metrics = stage.manifest.metrics
-        return {}, (f"its score came from foreign artifact code run with {TRUST_FLAG} "
-                    f"({metrics.get('code_differences', 'differences not recorded')}): golf does not vouch for it")
+    if stage.stage == "eval":
+        return _eval_code_report(stage)
     return {}, None
 
 
-def _artifact_report(path: Path) -> tuple[dict, str | None]:
+def scored_artifact(stage: StageDir) -> Path | None:
+    """The artifact file an eval folder recorded as its input (through its pack folder or as a bare
+    file), or None when it records none."""
+    record = stage.manifest.inputs.get("artifact")
+    file = record.files.get("artifact") if record is not None else None
+    if file is None:
+        return None
+    # A pack's file path is relative to the pack folder; a bare file's, to the run root.
+    folder = stage.run_root / record.path if record.stage == "pack" else stage.run_root
+    return folder / file.path
+
+
+def _eval_code_report(stage: StageDir) -> tuple[dict, str | None]:
+    path = scored_artifact(stage)
+    if path is None:
+        return {}, "records no artifact input: the code that scored cannot be checked"
+    fields, problem = _artifact_report(path, "scored_artifact_code")
+    if problem:
+        return fields, (f"its score came from an artifact whose code golf does not vouch for, whatever its "
+                        f"manifest says: {problem}")
+    recorded = stage.manifest.metrics.get("code_sha256")
+    if recorded is not None and recorded != fields["shipped_sha256"]:
+        return fields, (f"its manifest says code {str(recorded)[:12]} scored, but its artifact ships code "
+                        f"{fields['shipped_sha256'][:12]}")
+    return fields, None
+
+
+def _artifact_report(path: Path, label: str = "artifact_code") -> tuple[dict, str | None]:
     try:
         check = check_code(read_artifact(path).code)
     except GolfError as exc:
-        return {"artifact_code": str(path), "golf_own": False}, str(exc)
-    fields = {"artifact_code": str(path), "golf_own": check.matches, "shipped_sha256": check.shipped_sha256,
+        return {label: str(path), "golf_own": False}, str(exc)
+    fields = {label: str(path), "golf_own": check.matches, "shipped_sha256": check.shipped_sha256,
               "installed_sha256": check.installed_sha256}
     return fields, None if check.matches else f"its artifact's code is not the code this golf ships ({check.describe()})"

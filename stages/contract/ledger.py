@@ -71,19 +71,27 @@ class TimeLedger:
         return ledger
 
 
-def budget_report(ledgers: Iterable[TimeLedger]) -> dict[str, dict]:
-    """Sum the counted seconds of several stages per budget and say PASS or FAIL against 600 s.
+NOT_MEASURED = "not measured"
 
-    The verdict is about the hardware the seconds were measured on: 600 s on a laptop CPU says
-    nothing about 8xH100 and the report says so by naming the hardware beside it (callers do).
+
+def budget_report(ledgers: Iterable[TimeLedger], limits: dict[str, float] | None = None,
+                  measured: Iterable[str] | None = None) -> dict[str, dict]:
+    """Sum the counted seconds of several stages per budget and say PASS or FAIL against its limit.
+
+    ``limits`` replaces a budget's default limit (an eval run with ``--eval-budget-s`` is judged
+    against its own budget). A budget not in ``measured`` (default: every budget) reads
+    'not measured': the stage that owns it is not in the lineage, so its seconds were never timed,
+    and a second never timed is no PASS. The verdict is about the hardware the seconds were
+    measured on: 600 s on a laptop CPU says nothing about 8xH100 and the report says so by naming
+    the hardware beside it (callers do).
     """
     ledgers = list(ledgers)
+    limits = {**BUDGET_LIMIT_SECONDS, **(limits or {})}
+    measured = set(limits if measured is None else measured)
     report = {}
-    for budget, limit in BUDGET_LIMIT_SECONDS.items():
+    for budget, limit in limits.items():
         seconds = sum(ledger.counted(budget) for ledger in ledgers)
-        report[budget] = {
-            "seconds": round(seconds, 3),
-            "limit": limit,
-            "verdict": "PASS" if seconds <= limit else "FAIL",
-        }
+        passed = "PASS" if seconds <= limit else "FAIL"
+        report[budget] = {"seconds": round(seconds, 3), "limit": limit,
+                          "verdict": passed if budget in measured else NOT_MEASURED}
     return report

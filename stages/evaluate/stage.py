@@ -55,6 +55,7 @@ from .val_data import load_val
 from .validate import autocast_dtype, validate
 
 IN_MEMORY_TOLERANCE = 1e-6
+FOREIGN_DATA_FLAG = "--foreign-data"
 # Why each ledger bucket of the scored pass counts toward the evaluation budget. The shipped TTT
 # code names its phases (``run.timed(name)``); a name a key here begins (global_sgd_2) takes its note.
 PHASE_NOTES = {
@@ -160,9 +161,10 @@ def check_eval_inputs(artifact: str | Path, data_dir: str | Path | None, out_dir
 
 def run_eval(config: EvalConfig, artifact: str | Path, data_dir: str | Path | None, out_dir: str | Path,
              force: bool = False, reporter: Reporter | None = None, trust_code: bool = False,
-             token_nll: str | Path | None = None):
+             token_nll: str | Path | None = None, foreign_data: bool = False):
     """Score the artifact; ``trust_code`` runs its code even when it is not the code this golf ships;
-    ``token_nll`` saves the per-target receipts there (safetensors). Under torchrun every rank
+    ``token_nll`` saves the per-target receipts there (safetensors); ``foreign_data`` scores a
+    ``data_dir`` other than the artifact's lineage's (marked foreign). Under torchrun every rank
     scores its share; rank 0 writes and returns the manifest, the other ranks return None."""
     artifact_path, pack, data, inputs = check_eval_inputs(artifact, data_dir, out_dir, force, token_nll)
     with allocation_failures(memory_sizing(config)), \
@@ -177,6 +179,7 @@ def run_eval(config: EvalConfig, artifact: str | Path, data_dir: str | Path | No
             model = build_model(runtime, shipped)
         header, data_bytes = shipped.header, shipped.data
         require_same_tokenizer(header["lineage"], f"artifact {artifact_path}", data.lineage, f"data {data.path}")
+        data_source = _data_source(data, data_dir is not None, pack, foreign_data, reporter)
         seq_len = config.seq_len or header["train_seq_len"]
         replace(config, seq_len=seq_len)  # the window rules, now that the window length is known
         stride = config.stride or seq_len
@@ -232,6 +235,7 @@ def run_eval(config: EvalConfig, artifact: str | Path, data_dir: str | Path | No
             "mode": _windows_kind(config.ttt.mode, seq_len, stride),
             "byte_source": val.byte_source,
             **({"sidecar_audit": val.sidecar_audit} if val.sidecar_audit else {}),
+            "data_source": data_source,
             "artifact_bytes": len(data_bytes),
             "attention": attention,
             **spent,
@@ -496,6 +500,40 @@ def _data_dir(explicit, pack: StageDir | None) -> StageDir:
     if pack is None:
         raise GolfError("a bare artifact file records no data folder: pass --data")
     return pack.upstream("quantized", "quantize").upstream("data", "tokenize")
+
+
+def _lineage_data(pack: StageDir | None) -> tuple[Path, str] | None:
+    """(folder, manifest sha256) of the tokenize folder the artifact's quantize stage read; None for
+    a bare artifact file, or a pack folder whose quantize folder cannot be opened (nothing to compare)."""
+    if pack is None:
+        return None
+    try:
+        quant = pack.upstream("quantized", "quantize")
+    except GolfError:
+        return None
+    record = quant.manifest.inputs.get("data")
+    return None if record is None else (quant.input_path("data"), record.manifest_sha256)
+
+
+def _data_source(data: StageDir, explicit: bool, pack: StageDir | None, foreign_data: bool,
+                 reporter: Reporter) -> str:
+    """Whether ``data`` is the artifact's lineage's val data: 'lineage' (the default, or an ``explicit``
+    folder with the same manifest), 'foreign' (another tokenize folder, scored only with ``foreign_data``
+    and then loudly) or 'no lineage' (nothing to compare with)."""
+    lineage = _lineage_data(pack) if explicit else None
+    if not explicit or (lineage is not None and data.manifest_sha256 == lineage[1]):
+        source = "lineage"
+    elif lineage is None:
+        source = "no lineage"
+    elif not foreign_data:
+        raise GolfError(f"{data.path}: is not the tokenize folder of the artifact's lineage ({lineage[0]}); pass "
+                        f"{FOREIGN_DATA_FLAG} to score other data anyway (the score is then marked foreign)")
+    else:
+        source = "foreign"
+        reporter.log(warning=f"scoring data other than the artifact's lineage ({FOREIGN_DATA_FLAG}): "
+                             "the score is not the model's val_bpb and golf inspect will not verify it")
+    reporter.log(data=source, data_path=str(data.path))
+    return source
 
 
 def _record_artifact_input(writer: StageWriter, path: Path, data: bytes, pack: StageDir | None) -> None:
