@@ -161,7 +161,7 @@ def run_eval(config: EvalConfig, artifact: str | Path, data_dir: str | Path | No
     artifact_path, pack = check_eval_inputs(artifact, out_dir, force, token_nll)
     with _rank_stage(config.device, out_dir, force, reporter or Reporter()) as (ctx, writer, reporter):
         ledger = writer.ledger
-        budget = EvalBudget(config.budget_s, config.over_budget, ledger)
+        budget = EvalBudget(config.budget_s, config.over_budget, ledger, on_stop=partial(_say_stopped, reporter, config))
         with ledger.measure("load_artifact", "eval", "read, decompress and dequantize the artifact"):
             shipped = read_artifact(artifact_path)
             code = vouch_for_code(shipped, trust_code, reporter)
@@ -243,6 +243,12 @@ def run_eval(config: EvalConfig, artifact: str | Path, data_dir: str | Path | No
     if failure:
         raise GolfError(f"{failure}; the eval folder {out_dir} is kept and marked failed")
     return manifest
+
+
+def _say_stopped(reporter: Reporter, config: EvalConfig, spent_s: float, check: int) -> None:
+    """The plain line of a pass whose adaptation the budget stopped (scoring goes on)."""
+    reporter.log(stopped="eval", reason="time_cap", part="adaptation", spent_s=round(spent_s, 2),
+                 budget_s=config.budget_s, check=check, scoring="continues")
 
 
 @contextmanager
