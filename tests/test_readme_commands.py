@@ -10,7 +10,7 @@ blocks). Each is classified by its trailing comment:
 - any other ``golf`` command must run verbatim after ``run_all.sh``. In CI every one is checked
   against the folders ``run_all.sh`` makes (read from the script itself): each path it reads
   exists there, and the folder it writes does not (else it would stop at "already exists");
-  the small ones (pack, inspect, plain eval, printing a config) also run, verbatim, through the
+  the small ones (pack, inspect, eval on plain windows, printing a config) also run, verbatim, through the
   real CLI in a copy of a tiny pipeline's ``artifacts/news/``. ``GOLF_README_RUN=all`` runs every
   one of them that way (minutes: quantize and the TTT evals);
 - a command that is not ``golf`` (a script) must say what it needs, and the script must exist.
@@ -166,7 +166,8 @@ MADE = run_all_folders_made()
 SMALL = [command for command in RUNNABLE
          if command.words[1] in ("pack", "inspect") or any(flag in command.text for flag in ("--print-config",
                                                                                              "--list-presets"))
-         or (command.words[1] == "eval" and not any(flag in command.text for flag in ("--ttt", "--preset", "--nproc")))]
+         or (command.words[1] == "eval"
+             and not any(flag in command.text for flag in ("--ttt", "--preset", "--nproc", "--stride")))]
 
 
 def test_run_all_makes_what_the_readme_says():
