@@ -198,7 +198,9 @@ def run_all_copy(tmp_path_factory, data_dir, train_dir, quant_dir, pack_dir) -> 
     for folder in (data_dir, train_dir, quant_dir, pack_dir):
         shutil.copytree(folder, news / folder.name)
     run_eval(EvalConfig(), news / "pack", None, news / "eval")
-    run_eval(apply_overrides(EvalConfig(), ["stride=64"]), news / "pack", None, news / "eval-sliding64")
+    # At the tiny model's seq_len 64, stride 64 scores the very windows of the plain eval: its copy
+    # stands in for run_all's eval-sliding64 (which no small command reads) at no cost.
+    shutil.copytree(news / "eval", news / "eval-sliding64")
     return root
 
 
