@@ -84,7 +84,8 @@ def print_table(table: Table, stderr: bool = False) -> None:
 
 
 class RichReporter(Reporter):
-    """key:value lines on stdout, progress bars on stderr (transient, so logs stay clean).
+    """key:value lines on stdout, progress bars on stderr (transient, so logs stay clean) when both
+    are terminals; otherwise (piped, logged) a plain ``progress:`` line every ~10 s on stdout.
 
     Under torchrun only rank 0 speaks; the other ranks' lines go nowhere.
     """
@@ -96,15 +97,18 @@ class RichReporter(Reporter):
 
     @contextmanager
     def progress(self, description: str, total: int | None):
-        if self.quiet or not err_console.is_terminal:
+        if self.quiet:
             yield lambda n=1: None
+            return
+        if not (err_console.is_terminal and sys.stdout.isatty()):  # piped or logged: plain periodic lines
+            with super().progress(description, total) as advance:
+                yield advance
             return
         columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                    TimeElapsedColumn(), TimeRemainingColumn()]
         # While a bar is live, rich puts a proxy in sys.stdout that prints each line above the bar
         # (Reporter writes to the current sys.stdout), so a log line never lands on the bar's line.
-        # Only when stdout is a terminal too: a piped stdout must keep its lines.
-        with Progress(*columns, console=err_console, transient=True, redirect_stdout=sys.stdout.isatty()) as bar:
+        with Progress(*columns, console=err_console, transient=True, redirect_stdout=True) as bar:
             task = bar.add_task(description, total=total)
             yield lambda n=1: bar.advance(task, n)
 

@@ -144,8 +144,14 @@ def _print_presets() -> None:
     for preset in PRESETS.values():
         m, t = preset.config.model, preset.config.train
         table.add_row(preset.name, f"{m.num_layers}x{m.model_dim}, vocab {m.vocab_size}",
-                      f"{t.batch_tokens} tok x seq {t.seq_len}", f"{t.max_steps} steps / {t.max_seconds:g} s", preset.source)
+                      f"{t.batch_tokens} tok x seq {t.seq_len}", _budget(t), preset.source)
     print_table(table)
     docs = field_docs(type(next(iter(PRESETS.values())).config.train))
     print(f"{len(docs)} train fields; override any with --set train.<field>=<value>; "
           "model.vocab_size follows the tokenizer unless set")
+
+
+def _budget(train) -> str:
+    """A preset's training budget: its steps, and its wall-clock cap if it has one."""
+    cap = f" / {train.max_seconds:g} s" if train.max_seconds is not None else ", no time cap"
+    return f"{train.max_steps} steps{cap}"

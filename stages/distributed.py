@@ -68,6 +68,12 @@ def shutdown(ctx: DistContext) -> None:
         dist.destroy_process_group()
 
 
+def barrier() -> None:
+    """Wait until every rank is here (nothing to wait for when not distributed)."""
+    if _distributed():
+        dist.barrier()
+
+
 def collective_device() -> torch.device:
     """Where a tensor must live to take part in a collective: NCCL reduces only CUDA tensors."""
     if dist.get_backend() == "nccl":

@@ -10,6 +10,7 @@ optimizer step on val data happens outside the adaptation phases.
 from __future__ import annotations
 
 import copy
+import io
 import itertools
 import json
 import re
@@ -32,6 +33,7 @@ from stages.evaluate.scoring import TokenReceipts, usable_targets
 from stages.evaluate.stage import OTHER_PHASE_NOTE, PHASE_NOTES, _scored_pass, run_eval, shipped_errors
 from stages.evaluate.ttt import MODES, score_with_ttt, warm_up_ttt
 from stages.evaluate.ttt.config import TTTConfig, TTTMode
+from stages.progress import Reporter
 
 from .conftest import golf
 from .test_ttt import BATCH_WINDOWS, CHUNK, FAST_TTT, SEQ, STRIDE, byte_table, eval_config, synthetic_docs, tiny_gpt
@@ -341,3 +343,12 @@ def test_warm_up_does_not_move_the_global_random_state():
     torch.manual_seed(7)
     warm_up(model, "chunk-sgd")
     assert torch.equal(torch.rand(3), expected)
+
+
+def test_stage_says_plainly_when_the_budget_stops_adaptation(pack_dir, tmp_path):
+    """A stop on the time cap is a plain log line, not only a manifest field."""
+    reporter = Reporter(stream=io.StringIO())
+    run_eval(budgeted_config(mode="chunk-sgd", chunk_tokens=1024), pack_dir, None, tmp_path / "eval", reporter=reporter)
+    stops = [line for line in reporter.lines if line.startswith("stopped:")]
+    assert len(stops) == 1 and stops[0].startswith("stopped:eval reason:time_cap part:adaptation "), reporter.lines
+    assert " check:1 " in stops[0] and stops[0].endswith("scoring:continues")

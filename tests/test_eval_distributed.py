@@ -120,6 +120,22 @@ def test_two_rank_chunk_sgd_updates_follow_every_ranks_targets(two_ranks):
             assert committed_before(receipts, after) == set(range(1, (chunk + 1) * CHUNK + 1))
 
 
+@pytest.mark.parametrize("mode", [mode for mode in TWO_RANK_CONFIGS if TWO_RANK_CONFIGS[mode] is not None])
+def test_two_rank_updates_train_only_on_committed_targets(two_ranks, mode):
+    """The README's legality check on the merged receipts of 2 ranks: every target an update trains
+    on was committed at an order <= its ``update_after_order``. Phased TTT's global SGD updates
+    were noted with -1 on the rank that had scored nothing yet before the phase."""
+    if mode not in BUILT:
+        pytest.skip(f"ttt mode {mode!r} is not built yet")
+    merged = merge_receipts([result[mode]["receipts"] for result in two_ranks])
+    assert len(merged["update_after_order"]) > 0
+    order_of = dict(zip(merged["position"].tolist(), merged["order"].tolist()))
+    for after, first, last in zip(merged["update_after_order"].tolist(), merged["update_first_position"].tolist(),
+                                  merged["update_last_position"].tolist()):
+        late = [p for p in range(first, last + 1) if order_of[p] > after]
+        assert not late, f"{mode}: update after order {after} trains on {len(late)} targets committed later"
+
+
 # The command: --nproc 2 under torchrun
 
 

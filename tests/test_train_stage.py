@@ -1,12 +1,22 @@
-"""The train stage end to end: resume, torchrun on 2 CPU processes, and the late switches."""
+"""The train stage end to end: resume, torchrun on 2 CPU processes, the late switches, and a run
+that does not depend on the clock (fake clocks: no test times anything)."""
 
+import io
+import itertools
 import json
+import os
+import time
 
 import pytest
 import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
 from safetensors.torch import load_file
 
 from stages.config import apply_overrides
+from stages.contract.ledger import TimeLedger, budget_report
+from stages.progress import Reporter
+from stages.train import stage as train_stage
 from stages.train.presets import get_preset
 from stages.train.stage import run_train
 
@@ -111,3 +121,92 @@ def test_without_a_wall_clock_cap_only_steps_end_training():
     capped = trainer("train.max_seconds=10", "train.gptq_reserve_seconds=4")
     capped.elapsed = 6.0
     assert capped.done() == "max_seconds" and capped.progress() == 1.0
+
+
+# ---- the clock: run_all's preset ends by steps; a time cap says so; checkpoints are not training ----
+
+
+def slow_clock(seconds_per_read: float = 1000.0):
+    """A clock on which every step takes ``seconds_per_read`` (a machine under any load)."""
+    reads = itertools.count()
+    return lambda: next(reads) * seconds_per_read
+
+
+def test_the_tiny_preset_ends_by_steps_with_the_same_result_on_a_slow_clock(data_dir, tmp_path, monkeypatch):
+    """run_all.sh's preset: a loaded machine used to hit the 300 s cap at step 100 of 500 and score
+    worse. Now it runs every step with the same learning rates; the ledger still counts the seconds
+    and judges them."""
+    config = apply_overrides(tiny_run_config(), ["train.max_steps=5"])
+    fast = run_train(config, data_dir, tmp_path / "fast")
+    monkeypatch.setattr(train_stage, "clock", slow_clock())
+    slow = run_train(config, data_dir, tmp_path / "slow")
+    assert fast.metrics["steps"] == slow.metrics["steps"] == 5 and slow.metrics["stop_reason"] == "max_steps"
+    assert losses(tmp_path / "fast") == losses(tmp_path / "slow")
+    a, b = load_file(tmp_path / "fast" / "model.safetensors"), load_file(tmp_path / "slow" / "model.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert slow.metrics["val_bpb"] == fast.metrics["val_bpb"]
+    assert slow.metrics["train_seconds"] == 5000.0  # the slow clock was the one timing the steps
+    verdict = budget_report([TimeLedger.from_dict(slow.ledger)])["train"]
+    assert verdict["seconds"] == 5000.0 and verdict["verdict"] == "FAIL"
+
+
+def test_a_run_stopped_by_its_time_cap_says_so_in_one_plain_line(data_dir, tmp_path, monkeypatch):
+    monkeypatch.setattr(train_stage, "clock", slow_clock())
+    config = apply_overrides(tiny_run_config(), ["train.max_steps=6", "train.max_seconds=1500"])
+    reporter = Reporter(stream=io.StringIO())
+    manifest = run_train(config, data_dir, tmp_path / "capped", reporter=reporter)
+    assert manifest.metrics["stop_reason"] == "max_seconds" and manifest.metrics["steps"] == 2
+    stops = [line for line in reporter.lines if line.startswith("stopped:")]
+    assert stops == ["stopped:train reason:time_cap step:2 of:6 train_seconds:2000 max_seconds:1500"]
+    uncapped = Reporter(stream=io.StringIO())
+    run_train(apply_overrides(config, ["train.max_seconds=none"]), data_dir, tmp_path / "uncapped", reporter=uncapped)
+    assert not [line for line in uncapped.lines if line.startswith("stopped:")]
+
+
+def checkpoint_rank(rank: int, store: str, data_dir: str, out: str, now, rank1_reads) -> None:
+    """One of 2 gloo ranks training with a checkpoint whose write (rank 0's) takes 1000 s of a
+    shared fake clock. The write waits (a few seconds at most) until rank 1 has started timing its
+    next step, so a rank that does not wait for the write before that step counts it."""
+    torch.set_num_threads(1)
+    os.environ.update(WORLD_SIZE="2", RANK=str(rank))
+    join = train_stage.init_distributed
+
+    def init_distributed(device):
+        dist.init_process_group("gloo", store=dist.FileStore(store, 2), rank=rank, world_size=2)
+        return join(device)
+
+    def clock() -> float:
+        if rank == 1:
+            with rank1_reads.get_lock():
+                rank1_reads.value += 1
+        return now.value
+
+    save, slowed = train_stage.save_checkpoint, []
+
+    def slow_save(*args, **kwargs):
+        if not slowed:
+            slowed.append(True)
+            seen, deadline = rank1_reads.value, time.monotonic() + 3.0
+            while rank1_reads.value == seen and time.monotonic() < deadline:
+                time.sleep(0.01)
+            with now.get_lock():
+                now.value += 1000.0
+        return save(*args, **kwargs)
+
+    train_stage.init_distributed, train_stage.clock, train_stage.save_checkpoint = init_distributed, clock, slow_save
+    config = apply_overrides(tiny_run_config(), ["train.max_steps=4", "train.checkpoint_every=2"])
+    run_train(config, data_dir, out)
+
+
+def test_rank_0s_checkpoint_write_is_not_training_time_on_any_rank(data_dir, tmp_path):
+    """The other ranks used to wait for rank 0's write inside their next timed step (its gradient
+    all-reduce), and the clock's all-reduce made that every rank's training time."""
+    spawn = mp.get_context("spawn")
+    now, rank1_reads = spawn.Value("d", 0.0), spawn.Value("i", 0)
+    mp.spawn(checkpoint_rank, args=(str(tmp_path / "store"), str(data_dir), str(tmp_path / "two"), now, rank1_reads),
+             nprocs=2)
+    manifest = json.loads((tmp_path / "two" / "manifest.json").read_text())
+    assert now.value == 1000.0  # the slow write happened
+    assert manifest["metrics"]["world_size"] == 2 and manifest["metrics"]["steps"] == 4
+    assert manifest["metrics"]["train_seconds"] == 0.0  # steps take no time on the fake clock
+    assert manifest["ledger"]["train_loop"]["seconds"] == 0.0

@@ -34,12 +34,14 @@ class EvalBudget:
     up); tests pass a fake one."""
 
     def __init__(self, limit_s: float, over_budget: OverBudget, ledger: TimeLedger | None = None,
-                 receipts: TokenReceipts | None = None, clock: Callable[[], float] = time.perf_counter):
+                 receipts: TokenReceipts | None = None, clock: Callable[[], float] = time.perf_counter,
+                 on_stop: Callable[[float, int], None] | None = None):
         self.limit_s = limit_s
         self.over_budget = over_budget
         self.ledger = ledger
         self.receipts = receipts
         self.clock = clock
+        self.on_stop = on_stop  # told (spent seconds, check) when adaptation stops, to say so in the log
         self.start = clock()
         self.checks = 0  # times may_adapt was asked
         self.stopped_at_s: float | None = None
@@ -73,6 +75,8 @@ class EvalBudget:
         self.stopped_at_s, self.stopped_at_check = spent, self.checks
         if self.receipts is not None:
             self.stopped_after_order = self.receipts.steps - 1  # the last scoring step committed
+        if self.on_stop is not None:
+            self.on_stop(spent, self.checks)
 
     def finish(self) -> dict:
         """At the end of the scored pass: time what no bucket timed, judge the total, and return the

@@ -170,7 +170,7 @@ def run_eval(config: EvalConfig, artifact: str | Path, data_dir: str | Path | No
     with allocation_failures(memory_sizing(config)), \
             _rank_stage(config.device, out_dir, force, reporter or Reporter(), inputs) as (ctx, writer, reporter):
         ledger = writer.ledger
-        budget = EvalBudget(config.budget_s, config.over_budget, ledger)
+        budget = EvalBudget(config.budget_s, config.over_budget, ledger, on_stop=partial(_say_stopped, reporter, config))
         with ledger.measure("load_artifact", "eval", "read, decompress and dequantize the artifact"):
             shipped = read_artifact(artifact_path)
             code = vouch_for_code(shipped, trust_code, reporter)
@@ -275,6 +275,12 @@ def log_byte_source(reporter: Reporter, val) -> None:
                      sidecar_bytes=audit["sidecar_bytes"], sidecar_audit_s=audit["seconds"])
     else:
         reporter.log(byte_source="tokenizer table", reason=val.byte_source_reason)
+
+
+def _say_stopped(reporter: Reporter, config: EvalConfig, spent_s: float, check: int) -> None:
+    """The plain line of a pass whose adaptation the budget stopped (scoring goes on)."""
+    reporter.log(stopped="eval", reason="time_cap", part="adaptation", spent_s=round(spent_s, 2),
+                 budget_s=config.budget_s, check=check, scoring="continues")
 
 
 @contextmanager

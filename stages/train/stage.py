@@ -11,6 +11,7 @@ import resource
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import torch
 
@@ -30,7 +31,7 @@ from .config import RunConfig, resolve_grad_accum
 from .checkpointing import (
     STATE_FILE, TENSORS_FILE, Resumed, data_identity, restore_checkpoint, run_checkpoint_dir, save_checkpoint,
 )
-from ..distributed import DistContext, all_reduce_max, init_distributed, shutdown
+from ..distributed import DistContext, all_reduce_max, barrier, init_distributed, shutdown
 from .loader import make_loader
 from .loop import Trainer, float32_copy
 from .plot import plot_curves
@@ -40,6 +41,8 @@ WEIGHTS_FILE = "model.safetensors"
 RAW_WEIGHTS_FILE = "model_raw.safetensors"
 CURVES_FILE = "curves.json"
 PLOT_FILE = "curves.png"
+# The timed loop's clock (monotonic; tests put a fake one here to show that no result depends on it).
+clock: Callable[[], float] = time.perf_counter
 # Dense bf16 peak of the GPUs we quote MFU against (docs/REFERENCE.md section 7).
 PEAK_FLOPS = {"H100": 989e12, "H200": 989e12}
 
@@ -181,6 +184,9 @@ def _fit(config: RunConfig, data: StageDir, ctx: DistContext, ledger: TimeLedger
         reporter.log(step=trainer.step, val_loss=sums.loss, val_bpb=sums.bpb)
 
     stop_reason = _train_loop(trainer, ctx, ledger, reporter, curves, run_validation, checkpoints)
+    if stop_reason == "max_seconds":  # said plainly: the run ended before its step budget
+        reporter.log(stopped="train", reason="time_cap", step=trainer.step, of=tcfg.max_steps,
+                     train_seconds=round(trainer.elapsed, 2), max_seconds=tcfg.max_seconds)
     if tcfg.checkpoint_every and trainer.step % tcfg.checkpoint_every:
         _checkpoint(trainer, ledger, reporter, checkpoints)  # the end state, so a finished run can be extended
     raw = float32_copy(model.state_dict())  # bf16 embeddings on CUDA: saved float32 like the averages
@@ -199,11 +205,11 @@ def _train_loop(trainer: Trainer, ctx: DistContext, ledger, reporter: Reporter, 
     tcfg = trainer.tcfg
     with reporter.progress("train", tcfg.max_steps - trainer.step) as advance:
         while (stop_reason := trainer.done()) is None:
-            start = time.perf_counter()
+            start = clock()
             loss = trainer.train_step()
             if trainer.device.type == "cuda":
                 torch.cuda.synchronize()
-            seconds = time.perf_counter() - start
+            seconds = clock() - start
             loss = trainer.read_loss(loss)  # the step's one host read, after the clock's sync
             # The slowest rank's clock counts, so a timed budget ends on the same step everywhere.
             trainer.elapsed = all_reduce_max(trainer.elapsed + seconds)
@@ -224,14 +230,18 @@ def _train_loop(trainer: Trainer, ctx: DistContext, ledger, reporter: Reporter, 
 
 def _checkpoint(trainer: Trainer, ledger: TimeLedger, reporter: Reporter, checkpoints: Checkpoints | None) -> None:
     """Every rank calls it (the optimizer state is gathered first); rank 0, the one with
-    ``checkpoints``, writes."""
+    ``checkpoints``, writes. Every rank then waits for the write here, in the untimed 'checkpoint'
+    bucket: otherwise the other ranks would wait for it inside their next timed step's gradient
+    all-reduce, and the clock's all-reduce would count rank 0's write as training seconds."""
     with ledger.measure("checkpoint", note="writing a resumable checkpoint: outside the budget"):
         trainer.gather_state()
-        if checkpoints is None:
-            return
-        folder = save_checkpoint(trainer, checkpoints.folder, checkpoints.data, ledger.to_dict(), checkpoints.run_id,
-                                 checkpoints.preset)
-    reporter.log(step=trainer.step, checkpoint=str(folder))
+        folder = None
+        if checkpoints is not None:
+            folder = save_checkpoint(trainer, checkpoints.folder, checkpoints.data, ledger.to_dict(),
+                                     checkpoints.run_id, checkpoints.preset)
+        barrier()
+    if folder is not None:
+        reporter.log(step=trainer.step, checkpoint=str(folder))
 
 
 def data_is_caseops(data: StageDir) -> bool:

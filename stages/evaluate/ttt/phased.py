@@ -18,6 +18,7 @@ import torch
 import torch.distributed as dist
 
 from ..bpb import BpbSums
+from ..scoring import TokenReceipts
 from .common import TTTPass, requires_grad, warm_up_backward
 from .config import TTTConfig
 from .documents import DocumentBatch, find_documents, plan_batches, takes_batch
@@ -53,7 +54,7 @@ def score_with_phased(model: torch.nn.Module, run: TTTPass, config: TTTConfig) -
                 progress(sum(doc.targets for doc in batch.docs))
             for phase in schedule.phases_after(processed):
                 with run.timed("global_sgd"):  # waiting here for the other ranks counts too
-                    everyone = gather_scored(scored)
+                    everyone = gather_scored(scored, run.receipts)
                 done = run_global_phase(model, run, config, everyone, schedule.boundaries[phase])
                 trained[phase] = bool(done)  # None: the budget stopped it; []: no SGD step ran
                 adapters.rebuild()
@@ -68,14 +69,19 @@ def scored_documents(batch: DocumentBatch) -> list[ScoredDocument]:
             for position, doc in enumerate(batch.docs)]
 
 
-def gather_scored(scored: list[ScoredDocument]) -> list[ScoredDocument]:
+def gather_scored(scored: list[ScoredDocument], receipts: TokenReceipts | None = None) -> list[ScoredDocument]:
     """Every rank's scored documents (this rank's alone without a process group); also where the
-    ranks meet before a phase."""
+    ranks meet before a phase. The receipts then catch up to the scoring steps of the busiest rank,
+    so that the phase's updates follow, in ``order``, every target any rank committed before it
+    (a rank that has scored nothing yet would otherwise note them after order -1)."""
     if not (dist.is_available() and dist.is_initialized()):
         return list(scored)
+    steps = receipts.steps if receipts is not None else 0
     per_rank: list = [None] * dist.get_world_size()
-    dist.all_gather_object(per_rank, scored)
-    return [doc for docs in per_rank for doc in docs]
+    dist.all_gather_object(per_rank, (scored, steps))
+    if receipts is not None:
+        receipts.catch_up(max(rank_steps for _, rank_steps in per_rank))
+    return [doc for docs, _ in per_rank for doc in docs]
 
 
 def warm_up(model: torch.nn.Module, run: TTTPass, config: TTTConfig) -> None:
