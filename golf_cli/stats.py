@@ -18,18 +18,23 @@ from stages.results.stats import Baseline, SeedStats, seed_stats
 
 from .common import handle_errors, print_table
 
+# The baseline, one of three ways (golf submit takes the same options for its significance block).
+BaselineOption = typer.Option(None, "--baseline", metavar="RUN", help="A baseline seed's run or eval folder "
+                              "(repeat per seed): Welch's t-test on the per-seed val_loss.")
+BaselineBpbOption = typer.Option(None, "--baseline-bpb", metavar="X", help="A baseline seed's val_bpb (repeat per "
+                                 "seed; one value is a known constant: one-sample t-test), turned into nats with the "
+                                 "runs' measured bytes per token.")
+BaselineNatsOption = typer.Option(None, "--baseline-nats", metavar="X", help="A baseline seed's val_loss in nats per "
+                                  "token (repeat per seed; one value: one-sample t-test).")
+
 
 @handle_errors
 def stats(
     runs: list[Path] = typer.Argument(..., help="Run folders (artifacts/<run>, their --eval folder is read) or eval "
                                       "folders, one per seed."),
-    baseline: list[Path] = typer.Option(None, "--baseline", metavar="RUN", help="A baseline seed's run or eval folder "
-                                        "(repeat per seed): Welch's t-test on the per-seed val_loss."),
-    baseline_bpb: list[float] = typer.Option(None, "--baseline-bpb", metavar="X", help="A baseline seed's val_bpb "
-                                             "(repeat per seed; one value is a known constant: one-sample t-test), "
-                                             "turned into nats with the runs' measured bytes per token."),
-    baseline_nats: list[float] = typer.Option(None, "--baseline-nats", metavar="X", help="A baseline seed's val_loss "
-                                              "in nats per token (repeat per seed; one value: one-sample t-test)."),
+    baseline: list[Path] = BaselineOption,
+    baseline_bpb: list[float] = BaselineBpbOption,
+    baseline_nats: list[float] = BaselineNatsOption,
     eval_name: str = typer.Option(DEFAULT_EVAL, "--eval", metavar="NAME", help="Which eval folder of a run folder "
                                   "to read (e.g. eval-sliding64)."),
     json_out: Path = typer.Option(None, "--json", metavar="FILE", help="Also save the result as JSON (paths as "

@@ -22,6 +22,7 @@ from stages.evaluate.stage import EvalConfig, run_eval
 from stages.pack.stage import PackConfig, run_pack
 from stages.quantize.config import QuantizeConfig
 from stages.quantize.stage import run_quantize
+from stages.results.stats import Baseline, seed_stats
 from stages.submit.reproduce import check_data
 from stages.submit.runs import data_identity
 from stages.tokenize.stage import TokenizeConfig, run_tokenize
@@ -87,9 +88,22 @@ def test_submit_writes_every_file_from_the_manifests(runs, submission):
     readme = (submission / "README.md").read_text()
     for seed in SEEDS:
         assert f"**{_eval_metrics(runs, seed)['val_bpb']:.8f}**" in readme
-    assert "Size: PASS" in readme and "Train/val disjoint: PASS" in readme and "not computed: run golf stats" in readme
+    assert "Size: PASS" in readme and "Train/val disjoint: PASS" in readme and "not computed: no baseline given" in readme
     assert "torch==" in (submission / "requirements.txt").read_text()
     assert golf("inspect", submission).returncode == 0  # the folder and every seed's lineage verify
+
+
+def test_a_baseline_fills_the_significance_block_with_golf_stats_test(runs, tmp_path):
+    """--baseline-nats: the block is golf stats' record test of the same evals, verdict in the README."""
+    out = tmp_path / "with_baseline"
+    worse = max(_eval_metrics(runs, seed)["val_loss"] for seed in SEEDS) + 0.5
+    result = golf("submit", *(runs / f"seed{seed}" for seed in SEEDS), "--out", out, "--baseline-nats", worse)
+    assert result.returncode == 0, result.stderr
+    block = json.loads((out / "submission.json").read_text())["compliance"]["significance"]
+    expected = seed_stats([runs / f"seed{seed}" / "eval" for seed in SEEDS], Baseline("nats", values=(worse,)))
+    assert block["computed"] is True and block["test"]["p_value"] == pytest.approx(expected.test.p_value)
+    assert block["note"] == expected.verdict()
+    assert expected.verdict() in (out / "README.md").read_text()
 
 
 def test_train_gpt_reproduces_a_seed_in_a_fresh_folder(runs, submission, tmp_path):

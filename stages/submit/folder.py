@@ -24,6 +24,7 @@ from ..contract.stage_dir import StageDir, StageWriter, atomic_write_text
 from ..errors import GolfError
 from ..pack.stage import SIZE_EXIT_CODE, SIZE_LIMIT, over_limit_message, size_verdict
 from ..progress import Reporter
+from ..results.stats import Baseline
 from .readme import render_readme
 from .records import compliance, seed_row, totals
 from .runs import SeedRun, check_agreement, data_identity, load_run, recipe
@@ -57,8 +58,9 @@ class SubmissionInfo:
 
 
 def make_submission(run_names: list[str], out: str | Path, info: SubmissionInfo, limit: int = SIZE_LIMIT,
-                    force: bool = False, reporter: Reporter | None = None):
-    """Verify the runs, render every file and write the folder; returns its manifest."""
+                    force: bool = False, reporter: Reporter | None = None, baseline: Baseline = Baseline("none")):
+    """Verify the runs, render every file and write the folder (with the record test against
+    ``baseline`` when one is given); returns its manifest."""
     reporter = reporter or Reporter()
     if not run_names:
         raise GolfError("give at least one run")
@@ -76,7 +78,7 @@ def make_submission(run_names: list[str], out: str | Path, info: SubmissionInfo,
             raise GolfError(f"seed {row['seed']}: {over_limit_message(verdict, 'code + artifact')} "
                             f"(train_gpt.py {code_bytes:,} + artifact {row['artifact_bytes']:,}); nothing written",
                             exit_code=SIZE_EXIT_CODE)
-    facts = compliance(runs, rows, code_bytes, limit)
+    facts = compliance(runs, rows, code_bytes, limit, baseline)
     submission = submission_fields(info, runs, rows, facts, code_bytes)
     with StageWriter(out, STAGE, force, reporter) as writer:
         texts = {SCRIPT_FILE: script, SUBMISSION_FILE: json.dumps(submission, indent=2) + "\n",

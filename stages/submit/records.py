@@ -11,6 +11,7 @@ from __future__ import annotations
 from ..contract.environment import hardware_name
 from ..contract.ledger import BUDGET_LIMIT_SECONDS, budget_report
 from ..pack.stage import size_verdict
+from ..results.stats import Baseline
 from .runs import SeedRun
 from .summary import mean_std, significance
 
@@ -47,7 +48,8 @@ def on_challenge_hardware(environment: dict) -> bool:
     return len(gpus) == CHALLENGE_GPUS and all(CHALLENGE_GPU in gpu for gpu in gpus)
 
 
-def compliance(runs: list[SeedRun], rows: list[dict], code_bytes: int, limit: int) -> dict:
+def compliance(runs: list[SeedRun], rows: list[dict], code_bytes: int, limit: int,
+               baseline: Baseline = Baseline("none")) -> dict:
     """Every compliance statement, each a value computed from the manifests and its verdict."""
     split = runs[0].tokenize.manifest.metrics.get("split", {})
     environment = runs[0].train.manifest.environment
@@ -71,7 +73,7 @@ def compliance(runs: list[SeedRun], rows: list[dict], code_bytes: int, limit: in
         "lineage_verified": True,  # load_run refuses a run whose lineage does not verify
         "byte_source": sorted({row["byte_source"] for row in rows}),
         "full_val_scored": True,  # load_run refuses a partial score
-        "significance": significance(rows),
+        "significance": significance([run.eval.path for run in runs], baseline),
     }
 
 
@@ -97,8 +99,8 @@ def recipe_text(run: SeedRun) -> list[str]:
         f"{model['num_heads']} heads / {model['num_kv_heads']} KV heads, MLP {model['mlp_mult']}x "
         f"{model['mlp_activation']}, vocab {model['vocab_size']}, "
         f"{run.train.manifest.metrics.get('params', 0):,} parameters",
-        f"- training: seq {loop['seq_len']}, {loop['batch_tokens']:,} tokens/step, at most {loop['max_steps']} steps "
-        f"or {loop['max_seconds']:g} s, schedule {loop['schedule']}",
+        f"- training: seq {loop['seq_len']}, {loop['batch_tokens']:,} tokens/step, at most {loop['max_steps']} steps"
+        f"{_time_cap(loop['max_seconds'])}, schedule {loop['schedule']}",
         f"- quantization: {quantize['method']} ({groups}); artifact: {pack['codec']} (codes {pack['codes_codec']}), "
         f"code {pack['code_codec']}",
         f"- evaluation: {metrics['mode']} windows of {metrics['seq_len']} (stride {metrics['stride']}), "
@@ -106,3 +108,8 @@ def recipe_text(run: SeedRun) -> list[str]:
         f"- data: tokenizer sha256 {run.tokenize.lineage['tokenizer_sha256'][:16]}..., vocab "
         f"{run.tokenize.lineage['vocab_size']}, {run.tokenize.manifest.metrics.get('val_tokens', 0):,} val tokens",
     ]
+
+
+def _time_cap(max_seconds: float | None) -> str:
+    """The wall-clock cap as the recipe line says it (none: the run ends by steps)."""
+    return "" if max_seconds is None else f" or {max_seconds:g} s"
