@@ -50,11 +50,12 @@ def add_to_one_token(sidecar):
 
 
 def test_sidecar_inflated_by_099_percent_is_refused_by_eval(pack_dir, data_dir, tmp_path):
-    """Sliding windows: quantize's in-memory score is of other windows, so only the audit can object."""
+    """Sliding windows: quantize's in-memory score is of other windows, so only the audit can object; even
+    asked to score foreign data (the copy is not the lineage's folder), eval refuses the forged sidecar."""
     forged = with_sidecar(data_dir, tmp_path / "forged", inflate(0.0099))
     with pytest.raises(GolfError, match=r"forged: byte sidecar: \d+ of \d+ val documents do not sum to the UTF-8 length "
                                         r"of their text .*; this data is refused"):
-        run_eval(EvalConfig(stride=32), pack_dir, forged, tmp_path / "eval")
+        run_eval(EvalConfig(stride=32), pack_dir, forged, tmp_path / "eval", foreign_data=True)
     assert not (tmp_path / "eval").exists()
 
 
