@@ -13,7 +13,8 @@ from ..contract.ledger import BUDGET_LIMIT_SECONDS, budget_report
 from ..pack.stage import size_verdict
 from ..results.stats import Baseline
 from .runs import SeedRun
-from .summary import mean_std, significance
+from ..results.significance import Summary
+from .summary import significance
 
 CHALLENGE_GPUS = 8
 CHALLENGE_GPU = "H100"
@@ -81,8 +82,8 @@ def totals(rows: list[dict]) -> dict:
     """Mean and standard deviation over the seeds of every score."""
     out = {}
     for key in ("val_loss", "val_bpb", "pre_quant_val_bpb", "post_quant_val_bpb"):
-        mean, std = mean_std([row[key] for row in rows])
-        out[key], out[f"{key}_std"] = mean, std
+        summary = Summary.of([row[key] for row in rows])
+        out[key], out[f"{key}_std"] = summary.mean, summary.std
     return out
 
 

@@ -1,4 +1,4 @@
-"""Across seeds: mean and standard deviation of the scores, and the significance block.
+"""Across seeds: the significance block.
 
 The significance test against the current record (one-sided Welch in nats per token) is `golf stats`'
 library (stages/results): given a baseline, the block holds its test; without one, it says so instead of a
@@ -7,18 +7,12 @@ number.
 
 from __future__ import annotations
 
-import statistics
 from pathlib import Path
 
 from ..results.stats import Baseline, seed_stats
 
 NOT_COMPUTED = "not computed: no baseline given (golf submit --baseline RUN, --baseline-bpb X or --baseline-nats X)"
 RULE = "at least 0.005 nats/token better than the record, p < 0.01 (one-sided t-test over seeds)"
-
-
-def mean_std(values: list[float]) -> tuple[float, float | None]:
-    """Mean and sample standard deviation (None with a single value)."""
-    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else None
 
 
 def significance(eval_folders: list[Path], baseline: Baseline) -> dict:
