@@ -25,10 +25,11 @@ from common import ROOT, print_table, save
 from stages.config import apply_overrides
 from stages.contract.stage_dir import StageDir
 from stages.data.tokenizer import load_processor
-from stages.evaluate.bpb import build_byte_table, token_bytes
-from stages.evaluate.scoring import usable_targets
-from stages.evaluate.val_data import load_val
-from stages.tokenize.stage import TokenizeConfig, run_tokenize
+from stages.scoring.bpb import build_byte_table, token_bytes
+from stages.scoring.stream import usable_targets
+from stages.scoring.val_data import load_val
+from stages.tokenize.stage import run_tokenize
+from stages.tokenize.config import TokenizeConfig
 from stages.train.presets import get_preset
 from stages.train.stage import run_train
 

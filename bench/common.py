@@ -15,7 +15,8 @@ sys.path.insert(0, str(ROOT))
 
 from stages.contract.environment import capture  # noqa: E402
 from stages.contract.stage_dir import atomic_write_text  # noqa: E402
-from stages.tokenize.stage import TokenizeConfig, run_tokenize  # noqa: E402
+from stages.tokenize.stage import run_tokenize  # noqa: E402
+from stages.tokenize.config import TokenizeConfig
 
 RESULTS = ROOT / "bench" / "results"
 

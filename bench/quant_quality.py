@@ -23,9 +23,10 @@ from pathlib import Path
 from common import ROOT, news_data, print_table, save
 
 from stages.config import apply_overrides
-from stages.pack.stage import PackConfig, run_pack
+from stages.pack.stage import run_pack
+from stages.pack.config import PackConfig
 from stages.quantize.config import GroupQuant
-from stages.quantize.schemes import get_scheme
+from stages.quantize.config import get_scheme
 from stages.quantize.stage import run_quantize
 from stages.train.presets import get_preset
 from stages.train.stage import run_train

@@ -35,15 +35,15 @@ from stages.config import apply_overrides, to_dict
 from stages.contract.stage_dir import StageDir
 from stages.model.checkpoint import load_tensors, load_tensors_and_metadata
 from stages.pack.codecs import compress
-from stages.pack.stage import (
-    SIZE_LIMIT, PackConfig, artifact_parts, assemble_artifact, is_code_stream, matrix_type, run_pack, weight_payloads,
-)
+from stages.pack.stage import artifact_parts, assemble_artifact, is_code_stream, matrix_type, run_pack, weight_payloads
+from stages.pack.config import SIZE_LIMIT, PackConfig
 from stages.quantize.dequant import dequantize_rows, lqer_factors
 from stages.quantize.entropy import predicted_code_bytes, predicted_value_bytes
 from stages.quantize.lqer import FORMATS, correction_bytes, lqer_correction
-from stages.quantize.schemes import get_scheme
+from stages.quantize.config import get_scheme
 from stages.quantize.stage import run_quantize
-from stages.tokenize.stage import TokenizeConfig, run_tokenize
+from stages.tokenize.stage import run_tokenize
+from stages.tokenize.config import TokenizeConfig
 from stages.train.presets import get_preset
 from stages.train.stage import run_train
 

@@ -25,7 +25,7 @@ from common import ROOT, news_data, print_table, save
 from stages.config import apply_overrides
 from stages.contract.stage_dir import StageDir
 from stages.quantize.config import GroupQuant
-from stages.quantize.schemes import get_scheme
+from stages.quantize.config import get_scheme
 from stages.quantize.stage import run_quantize
 from stages.train.presets import get_preset
 from stages.train.stage import run_train

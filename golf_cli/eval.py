@@ -12,7 +12,8 @@ from stages.artifact.verify import TRUST_FLAG
 from stages.config import apply_overrides, to_dict
 from stages.evaluate.budget import OverBudget
 from stages.errors import GolfError
-from stages.evaluate.stage import FOREIGN_DATA_FLAG, EvalConfig, check_eval_inputs, open_artifact, run_eval
+from stages.evaluate.stage import FOREIGN_DATA_FLAG, check_eval_inputs, open_artifact, run_eval
+from stages.evaluate.config import EvalConfig
 from stages.evaluate.ttt.config import TTTMode
 from stages.progress import silent_reporter
 from stages.train.presets import PRESETS, get_preset

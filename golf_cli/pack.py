@@ -9,9 +9,8 @@ from rich.table import Table
 
 from stages.artifact.verify import TRUST_FLAG
 from stages.errors import GolfError
-from stages.pack.stage import (
-    COMPARE_COLUMNS, SIZE_EXIT_CODE, SIZE_LIMIT, PackConfig, check_artifact, over_limit_message, run_pack,
-)
+from stages.pack.stage import COMPARE_COLUMNS, SIZE_EXIT_CODE, check_artifact, over_limit_message, run_pack
+from stages.pack.config import SIZE_LIMIT, PackConfig
 from stages.progress import format_line
 from stages.submit.folder import check_submission
 

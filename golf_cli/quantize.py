@@ -13,7 +13,7 @@ from stages.contract.stage_dir import StageDir
 from stages.errors import GolfError
 from stages.progress import Reporter
 from stages.quantize.config import QuantizeConfig
-from stages.quantize.schemes import DEFAULT_SCHEME, SCHEMES, get_scheme
+from stages.quantize.config import DEFAULT_SCHEME, SCHEMES, get_scheme
 from stages.quantize.stage import run_quantize
 from stages.train.presets import PRESETS, get_preset
 

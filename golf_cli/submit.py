@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from stages.pack.stage import SIZE_LIMIT
+from stages.pack.config import SIZE_LIMIT
 from stages.results.stats import Baseline
 from stages.submit.folder import SubmissionInfo, make_submission
 

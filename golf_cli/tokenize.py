@@ -7,7 +7,8 @@ from pathlib import Path
 import typer
 
 from stages.tokenize.adopt import run_import
-from stages.tokenize.stage import TokenizeConfig, check_tokenizer_vocab, run_tokenize
+from stages.tokenize.stage import check_tokenizer_vocab, run_tokenize
+from stages.tokenize.config import TokenizeConfig
 
 from .common import ForceOption, RichReporter, RunOption, SetOption, handle_errors, resolve_config, stage_path
 

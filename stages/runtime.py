@@ -11,8 +11,8 @@ it unless packed with ``--no-ttt``, and eval imports it from the artifact only t
 from __future__ import annotations
 
 from .artifact.layout import decode_tensors
-from .evaluate.bpb import build_byte_table  # noqa: F401  (re-exported for eval)
-from .evaluate.scoring import (  # noqa: F401  (re-exported)
+from .scoring.bpb import build_byte_table  # noqa: F401  (re-exported for eval)
+from .scoring.stream import (  # noqa: F401  (re-exported)
     TokenReceipts, count_windows, merge_receipts, score_stream, warm_up_scoring)
 from .model.config import ModelConfig
 from .model.gpt import GPT

@@ -15,10 +15,12 @@ from pathlib import Path
 import pytest
 
 from stages.config import apply_overrides
-from stages.pack.stage import PackConfig, run_pack
+from stages.pack.stage import run_pack
+from stages.pack.config import PackConfig
 from stages.quantize.config import QuantizeConfig
 from stages.quantize.stage import run_quantize
-from stages.tokenize.stage import TokenizeConfig, run_tokenize
+from stages.tokenize.stage import run_tokenize
+from stages.tokenize.config import TokenizeConfig
 from stages.train.presets import get_preset
 from stages.train.stage import run_train
 
@@ -114,7 +116,8 @@ def rewrite_manifest(folder: Path, change, rehash: bool = True) -> None:
 @pytest.fixture(scope="session")
 def eval_dir(workdir, pack_dir) -> Path:
     """The tiny pipeline's artifact scored on a 1,024-token val prefix (no TTT)."""
-    from stages.evaluate.stage import EvalConfig, run_eval
+    from stages.evaluate.stage import run_eval
+    from stages.evaluate.config import EvalConfig
 
     out = workdir / "eval"
     run_eval(EvalConfig(eval_tokens=1024), pack_dir, None, out)

@@ -22,7 +22,8 @@ from stages.artifact.verify import installed_sources, read_artifact, stage_code_
 from stages.contract.hashing import sha256_file
 from stages.contract.stage_dir import StageDir
 from stages.errors import GolfError
-from stages.evaluate.stage import EvalConfig, run_eval
+from stages.evaluate.stage import run_eval
+from stages.evaluate.config import EvalConfig
 from stages.pack.codecs import compress
 from stages.pack.stage import check_artifact
 from stages.progress import Reporter
@@ -30,7 +31,7 @@ from stages.progress import Reporter
 from .conftest import golf, rewrite_manifest
 from .test_cli import assert_one_line_error
 
-SCORING = "stages/evaluate/scoring.py"
+SCORING = "stages/scoring/stream.py"
 HONEST_NLL = "scored.nll.double().sum().item(),"
 # Score a prefix only: the trust test compares two evals, and any prefix shows the halving.
 EVAL_TOKENS = 1024

@@ -16,11 +16,11 @@ from stages.contract.hashing import sha256_file
 from stages.config import apply_overrides
 from stages.data.shards import HEADER_BYTES
 from stages.errors import GolfError
-from stages.evaluate.stage import EvalConfig
-from stages.pack.stage import PackConfig
+from stages.evaluate.config import EvalConfig
+from stages.pack.config import PackConfig
 from stages.quantize.config import QuantizeConfig
 from stages.ranges import ConfigError, declared_range
-from stages.tokenize.stage import TokenizeConfig
+from stages.tokenize.config import TokenizeConfig
 from stages.train.config import RunConfig
 
 from .conftest import SMALL_VOCAB, TINY_OVERRIDES, golf, rewrite_manifest, sets

@@ -8,8 +8,8 @@ import torch
 
 from stages.contract.stage_dir import StageDir
 from stages.errors import GolfError
-from stages.evaluate.bpb import SPACE_MARK, BpbSums, build_byte_table, stream_bytes
-from stages.evaluate.scoring import plan_windows, score_stream, usable_targets
+from stages.scoring.bpb import SPACE_MARK, BpbSums, build_byte_table, stream_bytes
+from stages.scoring.stream import plan_windows, score_stream, usable_targets
 from stages.tokenize.audit import audit_val_bytes, surface_bytes
 from stages.tokenize.spm import BOS_ID, load_processor
 

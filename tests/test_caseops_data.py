@@ -16,13 +16,14 @@ from stages.data.corpus import load_corpus
 from stages.data.shards import encode_shard, read_shard, shard_index
 from stages.data.tokenizer import load_processor
 from stages.errors import GolfError
-from stages.evaluate.bpb import build_byte_table, stream_bytes
-from stages.evaluate.val_data import load_val
-from stages.evaluate.validate import validate
+from stages.scoring.bpb import build_byte_table, stream_bytes
+from stages.scoring.val_data import load_val
+from stages.scoring.validate import validate
 from stages.model.gpt import GPT, ModelConfig
 from stages.progress import Reporter
 from stages.tokenize.adopt import run_import
-from stages.tokenize.stage import TokenizeConfig, run_tokenize
+from stages.tokenize.stage import run_tokenize
+from stages.tokenize.config import TokenizeConfig
 from stages.train.stage import _note_data
 
 from .conftest import rewrite_manifest

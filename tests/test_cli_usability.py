@@ -17,8 +17,8 @@ import golf_cli.common as common
 from stages.config import apply_overrides
 from stages.contract.stage_dir import StageDir
 from stages.errors import GolfError
-from stages.evaluate.val_data import load_val
-from stages.evaluate.validate import validate
+from stages.scoring.val_data import load_val
+from stages.scoring.validate import validate
 from stages.model.checkpoint import load_model_weights, load_tensors
 from stages.model.gpt import GPT
 from stages.progress import Reporter

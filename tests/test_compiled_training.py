@@ -18,7 +18,7 @@ from stages.model.gpt import GPT
 from stages.model.layers import Linear
 from stages.train import loop
 from stages.train.config import RunConfig
-from stages.train.loader import make_loader
+from stages.data.loader import make_loader
 
 from .conftest import tiny_run_config
 from .flash_standins import STAND_IN

@@ -4,12 +4,12 @@ import pytest
 
 from stages.config import apply_overrides, field_docs, from_dict, to_dict
 from stages.errors import GolfError
-from stages.evaluate.stage import EvalConfig
+from stages.evaluate.config import EvalConfig
 from stages.evaluate.ttt.config import TTTConfig
 from stages.model.config import ModelConfig
-from stages.pack.stage import PackConfig
+from stages.pack.config import PackConfig
 from stages.quantize.config import CalibrationConfig, GroupQuant, QuantizeConfig
-from stages.tokenize.stage import TokenizeConfig
+from stages.tokenize.config import TokenizeConfig
 from stages.train.config import RunConfig, TrainConfig
 from stages.train.presets import PRESETS
 

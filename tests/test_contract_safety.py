@@ -25,8 +25,10 @@ from stages.contract.lock import FolderLock
 from stages.contract.stage_dir import StageDir, StageWriter
 from stages.errors import GolfError
 from stages.evaluate import stage as eval_stage
-from stages.evaluate.stage import EvalConfig, run_eval
-from stages.tokenize.stage import TokenizeConfig, run_tokenize
+from stages.evaluate.stage import run_eval
+from stages.evaluate.config import EvalConfig
+from stages.tokenize.stage import run_tokenize
+from stages.tokenize.config import TokenizeConfig
 from stages.train.stage import run_train
 
 from .conftest import TINY_OVERRIDES, golf, rewrite_manifest, sets, tiny_run_config

@@ -19,7 +19,7 @@ from stages.model.gpt import GPT
 from stages.model.layers import document_ids
 from stages.ranges import ConfigError
 from stages.train.config import RunConfig, TrainConfig, resolve_grad_accum
-from stages.train.loader import DocPackedLoader, make_loader
+from stages.data.loader import DocPackedLoader, make_loader
 from stages.train.loop import Trainer
 
 from .conftest import tiny_run_config

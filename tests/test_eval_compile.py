@@ -1,4 +1,4 @@
-"""The eval's compiled forwards (stages/evaluate/compiled.py): the scores equal the eager ones for
+"""The eval's compiled forwards (stages/scoring/compiled.py): the scores equal the eager ones for
 plain scoring and every TTT mode, each compiled function is one graph (fullgraph: a break raises),
 and after the warm-up the timed pass compiles nothing (dynamo's error_on_recompile).
 
@@ -16,9 +16,10 @@ from torch._dynamo.utils import counters
 
 from stages.config import apply_overrides
 from stages.errors import GolfError
-from stages.evaluate.compiled import compiled, forget_compiled, mean_loss, token_nll
-from stages.evaluate.scoring import TokenReceipts, score_stream, warm_up_scoring
-from stages.evaluate.stage import EvalConfig, compile_backend, run_eval
+from stages.scoring.compiled import compiled, forget_compiled, mean_loss, token_nll
+from stages.scoring.stream import TokenReceipts, score_stream, warm_up_scoring
+from stages.evaluate.stage import compile_backend, run_eval
+from stages.evaluate.config import EvalConfig
 from stages.evaluate.ttt import score_with_ttt, warm_up_ttt
 from stages.ranges import ConfigError
 

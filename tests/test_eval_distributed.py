@@ -19,9 +19,10 @@ import torch.multiprocessing as mp
 from safetensors.torch import load_file
 
 from stages.config import apply_overrides
-from stages.evaluate.bpb import BpbSums
-from stages.evaluate.scoring import TokenReceipts, merge_receipts, score_stream, usable_targets
-from stages.evaluate.stage import EvalConfig, run_eval
+from stages.scoring.bpb import BpbSums
+from stages.scoring.stream import TokenReceipts, merge_receipts, score_stream, usable_targets
+from stages.evaluate.stage import run_eval
+from stages.evaluate.config import EvalConfig
 from stages.evaluate.ttt import MODES, score_with_ttt
 
 from .conftest import golf, sets

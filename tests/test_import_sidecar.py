@@ -8,7 +8,7 @@ import pytest
 from stages.data.corpus import load_corpus
 from stages.data.shards import encode_shard, read_shard
 from stages.errors import GolfError
-from stages.evaluate.bpb import build_byte_table, token_bytes
+from stages.scoring.bpb import build_byte_table, token_bytes
 from stages.tokenize.adopt import run_import
 from stages.tokenize.spm import BOS_ID, load_processor, proto_fields, train_tokenizer
 

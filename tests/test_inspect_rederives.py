@@ -21,10 +21,13 @@ import pytest
 from stages.contract.hashing import sha256_file
 from stages.contract.stage_dir import StageDir
 from stages.data.shards import encode_shard, read_shard
-from stages.evaluate.stage import EvalConfig, run_eval
+from stages.evaluate.stage import run_eval
+from stages.evaluate.config import EvalConfig
 from stages.model.checkpoint import load_tensors_and_metadata
-from stages.pack.stage import PackConfig, build_artifact
-from stages.tokenize.stage import TokenizeConfig, run_tokenize
+from stages.pack.stage import build_artifact
+from stages.pack.config import PackConfig
+from stages.tokenize.stage import run_tokenize
+from stages.tokenize.config import TokenizeConfig
 
 from .conftest import SMALL_VOCAB, golf, rewrite_manifest
 from .test_artifact_trust import Parts, as_pack_folder, tampered

@@ -13,9 +13,11 @@ from stages.contract.stage_dir import StageDir
 from stages.data.corpus import load_corpus
 from stages.data.split import make_split
 from stages.errors import GolfError
-from stages.evaluate.stage import EvalConfig, run_eval
+from stages.evaluate.stage import run_eval
+from stages.evaluate.config import EvalConfig
 from stages.evaluate.ttt.config import TTTConfig
-from stages.pack.stage import PackConfig, run_pack
+from stages.pack.stage import run_pack
+from stages.pack.config import PackConfig
 from stages.quantize import target
 from stages.quantize.config import QuantizeConfig
 from stages.quantize.stage import run_quantize

@@ -22,8 +22,10 @@ from stages.contract.output_path import check_output_path
 from stages.contract.stage_dir import StageDir, StageWriter
 from stages.contract.temp_folders import MARKER_NAME, remove_leftovers
 from stages.errors import GolfError
-from stages.evaluate.stage import EvalConfig, run_eval
-from stages.pack.stage import PackConfig, run_pack
+from stages.evaluate.stage import run_eval
+from stages.evaluate.config import EvalConfig
+from stages.pack.stage import run_pack
+from stages.pack.config import PackConfig
 from stages.quantize.config import QuantizeConfig
 from stages.quantize.stage import run_quantize
 from stages.tokenize.adopt import run_import

@@ -22,10 +22,8 @@ from stages.errors import GolfError
 from stages.model.checkpoint import load_tensors_and_metadata
 from stages.pack.codecs import BEST_CANDIDATES, byte_shuffle, compress
 from stages.pack.rans import lane_count
-from stages.pack.stage import (
-    COMPARE_COLUMNS, PackConfig, artifact_parts, build_artifact, check_artifact, compare_codecs, compress_streams,
-    matrix_type, run_pack,
-)
+from stages.pack.stage import COMPARE_COLUMNS, artifact_parts, build_artifact, check_artifact, compare_codecs, compress_streams, matrix_type, run_pack
+from stages.pack.config import PackConfig
 
 # One tensor per dtype in every group, named the way the quantize stage stores them.
 GROUP_OF = {

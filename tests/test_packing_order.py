@@ -10,7 +10,8 @@ from bench.packing_choices import inverse_order, laid_out, restored, similarity_
 from stages.artifact.container import read_container
 from stages.artifact.layout import decode_tensors
 from stages.pack.codecs import CODECS, compress
-from stages.pack.stage import PackConfig, artifact_parts, build_artifact
+from stages.pack.stage import artifact_parts, build_artifact
+from stages.pack.config import PackConfig
 
 from .test_pack import METADATA, assert_same_tensors
 

@@ -22,7 +22,7 @@ from stages.quantize.config import GroupQuant, QuantizeConfig
 from stages.quantize.dequant import KIND_FLOAT, KIND_ROWS, dequantize_entry
 from stages.quantize.quantizer import quantize_state
 from stages.quantize.rows import SEARCH_QUANTILES, quantile_scales, rtn_codes, searched_quantile_scales
-from stages.quantize.schemes import DEFAULT_SCHEME, SCHEMES
+from stages.quantize.config import DEFAULT_SCHEME, SCHEMES
 from stages.train.config import TrainConfig
 from stages.train.presets import CPU_VAL_DOCS, FULL_PRESETS, PRESETS, RECORD_VAL_DOCS, STEP_RATIO
 

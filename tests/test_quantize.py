@@ -10,10 +10,11 @@ import torch
 
 from stages.config import apply_overrides
 from stages.contract.stage_dir import StageDir
-from stages.evaluate.val_data import train_shard_paths
+from stages.data.folder import train_shard_paths
 from stages.model.checkpoint import load_model_weights, load_tensors
 from stages.model.gpt import GPT
-from stages.pack.stage import PackConfig, build_artifact
+from stages.pack.stage import build_artifact
+from stages.pack.config import PackConfig
 from stages.quantize.calibration import collect_hessians, training_batches
 from stages.quantize.config import CalibrationConfig, GroupQuant, QuantizeConfig
 from stages.quantize.dequant import dequantize_state, lqer_factors
@@ -22,8 +23,8 @@ from stages.quantize.gptq import GptqSettings, gptq_codes, hessian_error
 from stages.quantize.lqer import FORMATS, correction_bytes, lqer_correction
 from stages.quantize.quantizer import is_quantized, predicted_rtn_bytes, quantize_state
 from stages.quantize.rows import code_max, quantile_scales, rtn_codes, sdclip_scales
-from stages.quantize.schemes import get_scheme
-from stages.train.loader import make_loader
+from stages.quantize.config import get_scheme
+from stages.data.loader import make_loader
 
 from .conftest import tiny_run_config
 

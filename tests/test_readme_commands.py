@@ -35,10 +35,11 @@ from typer.testing import CliRunner
 
 from golf_cli.app import app
 from stages.config import apply_overrides
-from stages.evaluate.stage import EvalConfig, run_eval
-from stages.pack.stage import PackConfig
-from stages.quantize.schemes import DEFAULT_SCHEME, get_scheme
-from stages.tokenize.stage import TokenizeConfig
+from stages.evaluate.stage import run_eval
+from stages.evaluate.config import EvalConfig
+from stages.pack.config import PackConfig
+from stages.quantize.config import DEFAULT_SCHEME, get_scheme
+from stages.tokenize.config import TokenizeConfig
 from stages.train.presets import get_preset
 
 

@@ -11,7 +11,8 @@ from html.parser import HTMLParser
 import pytest
 from PIL import Image
 
-from stages.evaluate.stage import EvalConfig, run_eval
+from stages.evaluate.stage import run_eval
+from stages.evaluate.config import EvalConfig
 from stages.evaluate.ttt.config import TTTConfig
 from stages.results.plots import PLOTS
 from stages.results.report import write_report

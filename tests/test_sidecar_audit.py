@@ -10,9 +10,11 @@ from stages.contract.hashing import sha256_file
 from stages.contract.stage_dir import StageDir
 from stages.data.shards import encode_shard, read_shard
 from stages.errors import GolfError
-from stages.evaluate.stage import EvalConfig, run_eval
-from stages.evaluate.val_data import load_val
-from stages.tokenize.stage import TokenizeConfig, run_tokenize
+from stages.evaluate.stage import run_eval
+from stages.evaluate.config import EvalConfig
+from stages.scoring.val_data import load_val
+from stages.tokenize.stage import run_tokenize
+from stages.tokenize.config import TokenizeConfig
 
 from .conftest import rewrite_manifest
 

@@ -18,14 +18,17 @@ import pytest
 from stages.config import apply_overrides
 from stages.contract.stage_dir import StageDir
 from stages.errors import GolfError
-from stages.evaluate.stage import EvalConfig, run_eval
-from stages.pack.stage import PackConfig, run_pack
+from stages.evaluate.stage import run_eval
+from stages.evaluate.config import EvalConfig
+from stages.pack.stage import run_pack
+from stages.pack.config import PackConfig
 from stages.quantize.config import QuantizeConfig
 from stages.quantize.stage import run_quantize
 from stages.results.stats import Baseline, seed_stats
 from stages.submit.reproduce import check_data
 from stages.submit.runs import data_identity
-from stages.tokenize.stage import TokenizeConfig, run_tokenize
+from stages.tokenize.stage import run_tokenize
+from stages.tokenize.config import TokenizeConfig
 from stages.train.stage import run_train
 
 from .conftest import SMALL_VOCAB, golf, rewrite_manifest, tiny_run_config

@@ -7,7 +7,8 @@ from stages.data.corpus import load_corpus
 from stages.data.split import default_val_docs, make_split
 from stages.errors import GolfError
 from stages.tokenize.spm import load_processor, spec_of, train_tokenizer
-from stages.tokenize.stage import TokenizeConfig, run_tokenize
+from stages.tokenize.stage import run_tokenize
+from stages.tokenize.config import TokenizeConfig
 
 
 def test_split_rule():

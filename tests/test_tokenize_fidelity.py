@@ -11,11 +11,12 @@ from stages.contract.stage_dir import StageDir
 from stages.data.corpus import load_corpus
 from stages.data.shards import read_shard
 from stages.errors import GolfError
-from stages.evaluate.bpb import SPACE_MARK, build_byte_table
+from stages.scoring.bpb import SPACE_MARK, build_byte_table
 from stages.progress import Reporter
 from stages.tokenize.audit import audit_val_bytes
 from stages.tokenize.spm import BOS_ID, SPECS, load_processor, train_tokenizer
-from stages.tokenize.stage import TokenizeConfig, run_tokenize
+from stages.tokenize.stage import run_tokenize
+from stages.tokenize.config import TokenizeConfig
 
 from .conftest import golf
 from .test_cli import assert_one_line_error

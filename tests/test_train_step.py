@@ -18,7 +18,7 @@ from stages.model.gpt import CONTROL_TENSOR_NAMES, GPT
 from stages.model.layers import Linear
 from stages.train.averaging import EMA
 from stages.train.checkpointing import data_identity, restore_checkpoint, save_checkpoint
-from stages.train.loader import Batch
+from stages.data.loader import Batch
 from stages.train.loop import RandomTokens, Trainer
 from stages.train.optim import use_record_precision
 from stages.train.presets import get_preset

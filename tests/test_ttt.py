@@ -20,12 +20,13 @@ from safetensors.torch import load_file
 
 from stages.artifact.verify import read_artifact
 from stages.config import apply_overrides
-from stages.evaluate.bpb import ByteTable, token_bytes
-from stages.evaluate.scoring import TokenReceipts, score_stream, usable_targets
-from stages.evaluate.stage import EvalConfig, run_eval
+from stages.scoring.bpb import ByteTable, token_bytes
+from stages.scoring.stream import TokenReceipts, score_stream, usable_targets
+from stages.evaluate.stage import run_eval
+from stages.evaluate.config import EvalConfig
 from stages.evaluate.ttt import score_with_ttt
 from stages.evaluate.ttt.common import cosine_lr, plan_chunks
-from stages.evaluate.val_data import load_val
+from stages.scoring.val_data import load_val
 from stages.contract.stage_dir import StageDir
 from stages.errors import GolfError
 from stages.model.config import ModelConfig
@@ -130,7 +131,7 @@ def test_every_target_is_scored_once_and_bytes_add_up():
 
 def test_chunks_hold_exactly_their_targets():
     """H.2.2: with the chunk a multiple of the stride, chunk c scores targets (cC, (c+1)C]."""
-    from stages.evaluate.scoring import plan_windows
+    from stages.scoring.stream import plan_windows
 
     targets = usable_targets(len(synthetic_docs()), SEQ)
     chunks = plan_chunks(plan_windows(targets, SEQ, STRIDE), CHUNK, targets)

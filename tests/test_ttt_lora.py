@@ -18,8 +18,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from stages.evaluate.bpb import BpbSums, token_bytes
-from stages.evaluate.scoring import TokenReceipts, WindowScorer, usable_targets
+from stages.scoring.bpb import BpbSums, token_bytes
+from stages.scoring.stream import TokenReceipts, WindowScorer, usable_targets
 from stages.evaluate.ttt import score_with_ttt
 from stages.evaluate.ttt import lora as lora_mode
 from stages.evaluate.ttt.common import TTTPass, requires_grad

@@ -23,8 +23,8 @@ import torch.multiprocessing as mp
 import torch.nn.functional as F
 from safetensors.torch import load_file
 
-from stages.evaluate.bpb import token_bytes
-from stages.evaluate.scoring import TokenReceipts, WindowScorer, usable_targets
+from stages.scoring.bpb import token_bytes
+from stages.scoring.stream import TokenReceipts, WindowScorer, usable_targets
 from stages.evaluate.ttt import phased, score_with_ttt
 from stages.evaluate.ttt.common import TTTPass, rank_share
 from stages.evaluate.ttt.config import TTTConfig

@@ -20,7 +20,7 @@ from typing import Callable, Literal
 
 from ..contract.ledger import TimeLedger
 from ..errors import GolfError
-from .scoring import TokenReceipts
+from ..scoring.stream import TokenReceipts
 
 OverBudget = Literal["stop-adapting", "fail"]
 # The seconds no ledger bucket timed still count; this bucket names them so the ledger adds up.

@@ -35,11 +35,12 @@ from ..contract.hashing import sha256_file
 from ..contract.stage_dir import StageDir
 from ..errors import GolfError
 from ..progress import silent_reporter
-from .bpb import token_bytes
-from .scoring import usable_targets
-from .stage import EvalConfig, run_eval
-from .validate import scored_prefix
-from .val_data import load_val
+from ..scoring.bpb import token_bytes
+from ..scoring.stream import usable_targets
+from .stage import run_eval
+from .config import EvalConfig
+from ..scoring.validate import scored_prefix
+from ..scoring.val_data import load_val
 
 # Two numbers computed from the same counts in float64 agree far closer than this.
 COUNTS_TOLERANCE = 1e-9

@@ -14,6 +14,7 @@ from ..artifact.codecs import CODECS, check_codec, check_itemsize  # noqa: F401 
 from .rans import rans_compress
 
 # The contenders of codec "best"; zlib is kept for comparison but never beats these on weights.
+BEST = "best"  # per section, the smallest of BEST_CANDIDATES
 BEST_CANDIDATES = ("brotli", "lzma", "zstd", "rans")
 # None means the strongest setting: what a 16,000,000-byte budget wants, whatever the time.
 # 'rans' has no levels: its one setting is exact (a static table of the byte frequencies).

@@ -24,7 +24,7 @@ import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Literal
+from typing import Callable
 
 import torch
 
@@ -38,52 +38,16 @@ from ..errors import GolfError
 from ..model.checkpoint import load_tensors_and_metadata
 from ..model.groups import GROUPS, tensor_group
 from ..progress import Reporter
-from ..ranges import ConfigError, check_ranges, ranged
-from .codecs import BEST_CANDIDATES, CODECS, STRONGEST_LEVEL, byte_shuffle, compress
+from .codecs import BEST, BEST_CANDIDATES, CODECS, byte_shuffle, compress
+from .config import SIZE_LIMIT, PackConfig
 
 ARTIFACT_FILE = "model.golf"
-SIZE_LIMIT = 16_000_000
 SIZE_EXIT_CODE = 3
-BEST = "best"
 # Columns of `golf pack --compare`: every codec, then the per-group smallest of BEST_CANDIDATES.
 COMPARE_COLUMNS = (*CODECS, BEST)
 # A matrix's int8 codes are stored as '<parameter>.q'; with streams 'type' they go to the code stream.
 CODES_SUFFIX = ".weight.q"
 CODE_STREAM = "codes"
-
-
-@dataclass(frozen=True)
-class PackConfig:
-    """How the artifact is compressed and the size it must fit."""
-
-    codec: Literal["brotli", "lzma", "zstd", "zlib", "rans", "best"] = "brotli"
-    """Codec of the weights sections other than the code sections (all of them with streams 'group');
-    'best': per section the smallest of brotli/lzma/zstd/rans."""
-    codes_codec: Literal["brotli", "lzma", "zstd", "zlib", "rans", "best"] = "rans"
-    """Codec of the code sections (streams 'type'): 'rans', golf's order-0 entropy coder, by default."""
-    streams: Literal["type", "group"] = "type"
-    """'type': each matrix type's int8 codes in a section of their own, the rest by tensor group;
-    'group': one section per tensor group (attention, mlp, embedding, other)."""
-    level: int | None = ranged(None, ge=0)
-    """Codec level of ``codec`` (None: the strongest: brotli 11, lzma 9e, zstd 22, zlib 9); unset with 'best'."""
-    shuffle: bool = True
-    """Byte-shuffle multi-byte tensors before compression (all first bytes, then all second bytes, ...)."""
-    code_codec: Literal["brotli", "lzma", "zstd", "zlib"] = "lzma"
-    """Codec of the shipped code section (lzma needs no third-party package to unpack; brotli is
-    ~1 KB smaller on golf's bundle)."""
-    limit: int = ranged(SIZE_LIMIT, ge=1)
-    """Size limit in bytes (decimal: 16,000,000 in the challenge)."""
-    ship_ttt: bool = True
-    """Ship the test-time training code (stages/evaluate/ttt: every mode and its warm-up); off
-    (`--no-ttt`, for a recipe scored without TTT): its code bytes are saved, and `golf eval --ttt`
-    refuses the artifact."""
-
-    def __post_init__(self) -> None:
-        check_ranges(self)
-        if self.codec == BEST and self.level is not None:
-            raise ConfigError("level", "a level belongs to one codec; leave it unset with codec 'best'")
-        if self.level is not None and self.level > STRONGEST_LEVEL[self.codec]:
-            raise ConfigError("level", f"must be at most {STRONGEST_LEVEL[self.codec]} for {self.codec}, got {self.level}")
 
 
 @dataclass(frozen=True)

@@ -14,10 +14,10 @@ from dataclasses import dataclass
 from typing import Callable
 
 from ..contract.stage_dir import StageDir
-from ..evaluate.bpb import BpbSums, stream_bytes
-from ..evaluate.scoring import plan_windows, usable_targets
-from ..evaluate.val_data import ValData
-from ..evaluate.validate import scored_prefix
+from ..scoring.bpb import BpbSums, stream_bytes
+from ..scoring.stream import plan_windows, usable_targets
+from ..scoring.val_data import ValData
+from ..scoring.validate import scored_prefix
 from ..model.config import ModelConfig
 from ..progress import Reporter
 

@@ -23,14 +23,16 @@ from ..contract.lineage import require_same_tokenizer
 from ..contract.stage_dir import StageDir, StageWriter
 from ..device import resolve_device
 from ..errors import GolfError
-from ..evaluate.val_data import load_val, train_shard_paths
-from ..evaluate.validate import validate
+from ..scoring.val_data import load_val
+from ..data.folder import train_shard_paths
+from ..scoring.validate import validate
 from ..model.checkpoint import load_model_weights, load_tensors, save_tensors
 from ..model.config import ModelConfig
 from ..model.gpt import GPT
-from ..pack.stage import PackConfig, build_artifact
+from ..pack.stage import build_artifact
+from ..pack.config import PackConfig
 from ..progress import Reporter
-from ..train.loader import make_loader
+from ..data.loader import make_loader
 from .calibration import collect_hessians, generated_batches, training_batches
 from .config import QuantizeConfig
 from .dequant import KIND_FLOAT, dequantize_state

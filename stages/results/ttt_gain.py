@@ -18,7 +18,7 @@ from safetensors.numpy import load_file
 from ..contract.hashing import sha256_file
 from ..contract.stage_dir import StageDir
 from ..data.shards import read_shards
-from ..evaluate.val_data import split_files
+from ..data.folder import split_files
 from .run_folder import RunStages, Unavailable
 
 RECEIPTS_HINT = "run `golf eval --token-nll FILE` once with --ttt MODE and once without, on the same artifact"

@@ -22,7 +22,8 @@ from pathlib import Path
 
 from ..contract.stage_dir import StageDir, StageWriter, atomic_write_text
 from ..errors import GolfError
-from ..pack.stage import SIZE_EXIT_CODE, SIZE_LIMIT, over_limit_message, size_verdict
+from ..pack.stage import SIZE_EXIT_CODE, over_limit_message, size_verdict
+from ..pack.config import SIZE_LIMIT
 from ..progress import Reporter
 from ..results.stats import Baseline
 from .readme import render_readme

@@ -3,7 +3,7 @@
 Every shard header and size is checked, token ids are checked against the tokenizer, the val
 split gets the byte audit (table == decoded text) and the content overlap check, and the manifest
 points at the files where they are. A sidecar (``fineweb_val_bytes_*``, never read as tokens) is
-audited exactly against the text the val tokens rebuild (``evaluate/sidecar.py``; CaseOps data
+audited exactly against the text the val tokens rebuild (``scoring/sidecar.py``; CaseOps data
 is recognised by its tokenizer reserving the four controls). With an exact tokenizer a sidecar
 that fails is refused. A normalizing tokenizer rebuilds normalized text, so a sidecar of original
 bytes (the challenge's CaseOps export) is checked against the original val documents given with
@@ -23,11 +23,11 @@ from ..contract.stage_dir import StageWriter, relative_path
 from ..data.overlap import iter_documents, shared_documents
 from ..data.shards import read_shard, shard_index
 from ..errors import GolfError
-from ..evaluate.bpb import build_byte_table
+from ..scoring.bpb import build_byte_table
 from ..progress import Reporter
 from ..contract.stage_dir import atomic_write_bytes
 from ..data.corpus import load_corpus
-from ..evaluate.sidecar import VAL_TEXT_FILE, SidecarMismatch, audit_against_text, audit_sidecar, control_ids, val_text_bytes
+from ..scoring.sidecar import VAL_TEXT_FILE, SidecarMismatch, audit_against_text, audit_sidecar, control_ids, val_text_bytes
 from .audit import audit_val_bytes
 from .spm import BOS_ID, load_processor, spec_of
 

@@ -8,7 +8,7 @@ and, for exact (round-trip) tokenizers, the UTF-8 length of the original val tex
 Each historical bpb bug (docs/REFERENCE.md section 4) breaks one of these equalities.
 
 The sidecar is also audited exactly against the text its tokens rebuild, token by token and
-document by document (``evaluate/sidecar.py``, which eval runs again on the data it reads).
+document by document (``scoring/sidecar.py``, which eval runs again on the data it reads).
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import GolfError
-from ..evaluate.bpb import SPACE_MARK, ByteTable, space_piece_id, stream_bytes
+from ..scoring.bpb import SPACE_MARK, ByteTable, space_piece_id, stream_bytes
 
 
 def surface_bytes(sp, vocab_size: int | None = None) -> np.ndarray:

@@ -15,7 +15,7 @@ import sentencepiece as spm
 
 from ..data.tokenizer import load_processor, proto_fields  # noqa: F401  (the tokenize stages use them from here)
 from ..errors import GolfError
-from ..evaluate.bpb import SPACE_MARK
+from ..scoring.bpb import SPACE_MARK
 
 PAD_ID, BOS_ID, EOS_ID, UNK_ID = 0, 1, 2, 3
 MIN_VOCAB_SIZE = 260  # the 256 byte-fallback pieces + the 4 specials

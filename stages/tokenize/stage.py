@@ -7,9 +7,7 @@ existing tokenizer. Writes: ``tokenizer.model``, ``fineweb_{train,val}_NNNNNN.bi
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 
 import numpy as np
 
@@ -19,51 +17,19 @@ from ..contract.stage_dir import StageWriter, atomic_write_bytes, relative_path
 from ..data import caseops
 from ..data.corpus import NEWS_PACKAGE, load_corpus
 from ..data.overlap import shared_documents
-from ..data.shards import DEFAULT_SHARD_TOKENS, ShardWriter
+from ..data.shards import ShardWriter
 from ..data.split import make_split
 from ..errors import GolfError
-from ..evaluate.bpb import build_byte_table
-from ..evaluate.sidecar import (VAL_TEXT_FILE, audit_against_text, audit_sidecar, control_ids, rebuilt_token_bytes,
+from ..scoring.bpb import build_byte_table
+from ..scoring.sidecar import (VAL_TEXT_FILE, audit_against_text, audit_sidecar, control_ids, rebuilt_token_bytes,
                                 text_token_bytes, val_text_bytes)
 from ..progress import Reporter
-from ..ranges import check_ranges, ranged
 from .audit import audit_val_bytes
-from .spm import BOS_ID, MAX_VOCAB_SIZE, MIN_VOCAB_SIZE, encode_documents, load_processor, spec_of, train_tokenizer
+from .config import TokenizeConfig
+from .spm import BOS_ID, encode_documents, load_processor, spec_of, train_tokenizer
 
 TOKENIZER_FILE = "tokenizer.model"
 ENCODE_BATCH_DOCS = 512
-
-
-@dataclass(frozen=True)
-class TokenizeConfig:
-    """What to tokenize and how."""
-
-    source: Literal["news", "jsonl", "text"] = "news"
-    """Document source: the embedded news corpus, a JSONL file with a 'text' field, or .txt files."""
-    input: str | None = None
-    """Path of the JSONL file or text file/folder (the news corpus is found in site-packages)."""
-    max_docs: int | None = ranged(None, ge=1)
-    """Use only the first N documents of the source (None: all)."""
-    val_docs: int | None = ranged(None, ge=1)
-    """Val = the first N documents. None: 50,000, or 10% of a corpus under 500,000 documents."""
-    vocab_size: int = ranged(1024, ge=MIN_VOCAB_SIZE, le=MAX_VOCAB_SIZE)
-    """Vocabulary size of the trained tokenizer."""
-    spec: Literal["exact", "challenge"] = "exact"
-    """Trainer settings: 'challenge' (nmt_nfkc) or 'exact' (identity normalization, round-trips)."""
-    tokenizer: str | None = None
-    """Reuse this SentencePiece model instead of training one."""
-    tokenizer_train_docs: int | None = ranged(None, ge=1)
-    """Train the tokenizer on the first N train documents (None: all of them)."""
-    shard_tokens: int = ranged(DEFAULT_SHARD_TOKENS, ge=1)
-    """Tokens per shard file (the challenge uses 10^8)."""
-    max_shared_docs: int = ranged(0, ge=0)
-    """Val documents allowed to reappear verbatim in train (duplicates in the source); more refuses."""
-    caseops: bool = False
-    """Apply the CaseOps case transform (stages/data/caseops.py) before training and encoding, reserve its
-    four controls as pieces 4-7, and count each val token's original bytes in the sidecar (the top records' data)."""
-
-    def __post_init__(self) -> None:
-        check_ranges(self)
 
 
 def run_tokenize(config: TokenizeConfig, out_dir: str | Path, force: bool = False, reporter: Reporter | None = None):

@@ -32,7 +32,7 @@ from ..model.gpt import GPT
 from ..model.layers import Linear
 from .averaging import EMA, TightSWA
 from .config import RunConfig, resolve_grad_accum
-from .loader import Batch, packed_batch
+from ..data.loader import Batch, packed_batch
 from .muon import Muon
 from .optim import build_optimizers, use_record_precision
 from .schedule import lr_multiplier, muon_momentum, progress

@@ -14,11 +14,11 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 from ..errors import GolfError
-from ..evaluate.stage import EvalConfig
+from ..evaluate.config import EvalConfig
 from ..evaluate.ttt.config import TTTConfig
 from ..model.config import ModelConfig
 from ..quantize.config import CalibrationConfig, GroupQuant, QuantizeConfig
-from ..quantize.schemes import DEFAULT_SCHEME, SCHEMES
+from ..quantize.config import DEFAULT_SCHEME, SCHEMES
 from .config import RunConfig, TrainConfig
 
 

@@ -22,8 +22,9 @@ from ..contract.stage_dir import StageDir, StageWriter, atomic_write_text, relat
 from ..device import allocation_failures, check_fits, resolve_device
 from ..errors import GolfError
 from ..data.shards import read_shard
-from ..evaluate.val_data import load_val, split_files, train_shard_paths
-from ..evaluate.validate import validate
+from ..scoring.val_data import load_val
+from ..data.folder import split_files, train_shard_paths
+from ..scoring.validate import validate
 from ..model.checkpoint import model_metadata, save_tensors
 from ..model.gpt import GPT, count_parameters
 from ..progress import Reporter, silent_reporter
@@ -32,7 +33,7 @@ from .checkpointing import (
     STATE_FILE, TENSORS_FILE, Resumed, data_identity, restore_checkpoint, run_checkpoint_dir, save_checkpoint,
 )
 from ..distributed import DistContext, all_reduce_max, barrier, init_distributed, shutdown
-from .loader import make_loader
+from ..data.loader import make_loader
 from .loop import Trainer, float32_copy
 from .plot import plot_curves
 from .presets import PRESETS

@@ -19,8 +19,8 @@ from typing import Callable
 import torch
 
 from ...ranges import ConfigError
-from ..bpb import BpbSums, ByteTable
-from ..scoring import WindowScorer, score_stream
+from ...scoring.bpb import BpbSums, ByteTable
+from ...scoring.stream import WindowScorer, score_stream
 from .batch_fit import fit_batch_docs
 from .chunk_sgd import score_with_chunk_sgd
 from .chunk_sgd import warm_up as warm_up_chunk_sgd

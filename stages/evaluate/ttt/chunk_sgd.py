@@ -16,8 +16,8 @@ from functools import partial
 import torch
 
 from ...ranges import ConfigError
-from ..bpb import BpbSums
-from ..scoring import plan_windows
+from ...scoring.bpb import BpbSums
+from ...scoring.stream import plan_windows
 from .common import TTTPass, chunk_sequence_starts, cosine_lr, plan_chunks, train_sequences, warm_up_backward
 from .config import TTTConfig
 

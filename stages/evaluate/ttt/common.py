@@ -15,9 +15,9 @@ from typing import Callable, ContextManager
 import torch
 import torch.distributed as dist
 
-from ..bpb import BpbSums
-from ..compiled import IGNORE, pad_rows
-from ..scoring import TokenReceipts, Window, WindowScorer, score_windows
+from ...scoring.bpb import BpbSums
+from ...scoring.compiled import IGNORE, pad_rows
+from ...scoring.stream import TokenReceipts, Window, WindowScorer, score_windows
 
 
 def always(stopped_elsewhere: bool = False) -> bool:

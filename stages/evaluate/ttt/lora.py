@@ -23,9 +23,9 @@ from typing import Callable, Sequence
 import torch
 
 from ...model.lora import LoRASet
-from ..bpb import BpbSums
-from ..compiled import pad_rows, padded_width
-from ..scoring import TokenReceipts, WindowScorer, commit, model_nll, plan_windows
+from ...scoring.bpb import BpbSums
+from ...scoring.compiled import pad_rows, padded_width
+from ...scoring.stream import TokenReceipts, WindowScorer, commit, model_nll, plan_windows
 from .common import TTTPass, requires_grad
 from .config import TTTConfig
 from .documents import Document, find_documents, plan_batches, rank_batches

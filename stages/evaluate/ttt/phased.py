@@ -17,8 +17,8 @@ from __future__ import annotations
 import torch
 import torch.distributed as dist
 
-from ..bpb import BpbSums
-from ..scoring import TokenReceipts
+from ...scoring.bpb import BpbSums
+from ...scoring.stream import TokenReceipts
 from .common import TTTPass, requires_grad, warm_up_backward
 from .config import TTTConfig
 from .documents import DocumentBatch, find_documents, plan_batches, takes_batch

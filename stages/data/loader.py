@@ -57,7 +57,7 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
-from ..data.shards import read_shard
+from .shards import read_shard
 from ..errors import GolfError
 from ..model.attention_backends import Segments, find_segments
 

@@ -8,7 +8,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..contract.stage_dir import StageDir
-from ..data.shards import read_shards, shard_index
+from ..data.folder import split_files
+from ..data.shards import read_shards
 from ..data.tokenizer import load_processor
 from ..errors import GolfError
 from .bpb import ByteTable, build_byte_table
@@ -42,17 +43,6 @@ class ValData:
         if (len(self.tokens) - 1) // seq_len == 0:
             raise GolfError(f"seq_len {seq_len:,} (from {source}) is longer than the val split "
                             f"({max(len(self.tokens) - 1, 0):,} targets): nothing to score")
-
-
-def split_files(data: StageDir, split: str):
-    return data.files(lambda name: shard_index(name, split) is not None)
-
-
-def train_shard_paths(data: StageDir):
-    paths = split_files(data, "train")
-    if not paths:
-        raise GolfError(f"{data.path}: no train shards listed in its manifest")
-    return paths
 
 
 def load_val(data: StageDir, vocab_size: int | None = None, use_sidecar: bool = True,

@@ -6,7 +6,7 @@ import torch
 import torch.distributed as dist
 
 from ..progress import Reporter
-from . import scoring
+from . import stream
 from .bpb import BpbSums
 from .val_data import ValData
 
@@ -21,8 +21,8 @@ def validate(
     max_tokens: int = 0,
     reporter: Reporter | None = None,
     label: str = "validate",
-    score_stream=scoring.score_stream,
-    count_windows=scoring.count_windows,
+    score_stream=stream.score_stream,
+    count_windows=stream.count_windows,
 ) -> BpbSums:
     """Non-overlapping windows unless ``stride`` is given. ``max_tokens`` > 0 scores a prefix only.
 

@@ -1,0 +1,46 @@
+"""How `golf pack` compresses the artifact, and the size it must fit."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from ..ranges import ConfigError, check_ranges, ranged
+from .codecs import BEST, STRONGEST_LEVEL
+
+SIZE_LIMIT = 16_000_000
+"""The challenge's artifact limit in bytes (decimal)."""
+
+
+@dataclass(frozen=True)
+class PackConfig:
+    """How the artifact is compressed and the size it must fit."""
+
+    codec: Literal["brotli", "lzma", "zstd", "zlib", "rans", "best"] = "brotli"
+    """Codec of the weights sections other than the code sections (all of them with streams 'group');
+    'best': per section the smallest of brotli/lzma/zstd/rans."""
+    codes_codec: Literal["brotli", "lzma", "zstd", "zlib", "rans", "best"] = "rans"
+    """Codec of the code sections (streams 'type'): 'rans', golf's order-0 entropy coder, by default."""
+    streams: Literal["type", "group"] = "type"
+    """'type': each matrix type's int8 codes in a section of their own, the rest by tensor group;
+    'group': one section per tensor group (attention, mlp, embedding, other)."""
+    level: int | None = ranged(None, ge=0)
+    """Codec level of ``codec`` (None: the strongest: brotli 11, lzma 9e, zstd 22, zlib 9); unset with 'best'."""
+    shuffle: bool = True
+    """Byte-shuffle multi-byte tensors before compression (all first bytes, then all second bytes, ...)."""
+    code_codec: Literal["brotli", "lzma", "zstd", "zlib"] = "lzma"
+    """Codec of the shipped code section (lzma needs no third-party package to unpack; brotli is
+    ~1 KB smaller on golf's bundle)."""
+    limit: int = ranged(SIZE_LIMIT, ge=1)
+    """Size limit in bytes (decimal: 16,000,000 in the challenge)."""
+    ship_ttt: bool = True
+    """Ship the test-time training code (stages/evaluate/ttt: every mode and its warm-up); off
+    (`--no-ttt`, for a recipe scored without TTT): its code bytes are saved, and `golf eval --ttt`
+    refuses the artifact."""
+
+    def __post_init__(self) -> None:
+        check_ranges(self)
+        if self.codec == BEST and self.level is not None:
+            raise ConfigError("level", "a level belongs to one codec; leave it unset with codec 'best'")
+        if self.level is not None and self.level > STRONGEST_LEVEL[self.codec]:
+            raise ConfigError("level", f"must be at most {STRONGEST_LEVEL[self.codec]} for {self.codec}, got {self.level}")
