@@ -10,7 +10,7 @@ import torch
 
 from stages.data.shards import encode_shard, shard_name
 from stages.errors import GolfError
-from stages.train import loader as loader_module
+from stages.data import loader as loader_module
 from stages.data.loader import ContiguousLoader, DocPackedLoader, ShuffledLoader, make_loader
 
 # Shard k holds k * STRIDE + 0, 1, 2, ...: a token names its shard and position, so a window that
