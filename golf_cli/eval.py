@@ -10,6 +10,7 @@ import typer
 
 from stages.artifact.verify import TRUST_FLAG
 from stages.config import apply_overrides, to_dict
+from stages.contract.lineage import lineage_folder
 from stages.evaluate.budget import OverBudget
 from stages.errors import GolfError
 from stages.evaluate.stage import FOREIGN_DATA_FLAG, check_eval_inputs, open_artifact, run_eval
@@ -126,7 +127,7 @@ def lineage_preset(artifact: Path) -> str | None:
         _, pack = open_artifact(artifact)
         if pack is None:
             return None
-        train = pack.upstream("quantized", "quantize").upstream("checkpoint", "train")
+        train = lineage_folder(pack, "train")
     except GolfError:
         return None  # no lineage to follow: the defaults, as for a bare artifact (eval checks the artifact itself)
     preset = train.manifest.config.get("preset")

@@ -37,7 +37,7 @@ from safetensors.torch import save as save_safetensors
 from ..artifact.verify import Artifact, load_runtime, load_ttt, read_artifact, vouch_for_code
 from ..config import to_dict
 from ..contract.hashing import sha256_bytes
-from ..contract.lineage import require_same_tokenizer
+from ..contract.lineage import lineage_folder, require_same_tokenizer
 from ..contract.manifest import MANIFEST_NAME
 from ..contract.ledger import TimeLedger
 from ..contract.output_path import OutputKind, check_output_path
@@ -454,7 +454,7 @@ def _data_dir(explicit, pack: StageDir | None) -> StageDir:
         return StageDir(explicit, "tokenize")
     if pack is None:
         raise GolfError("a bare artifact file records no data folder: pass --data")
-    return pack.upstream("quantized", "quantize").upstream("data", "tokenize")
+    return lineage_folder(pack, "quantize").upstream("data", "tokenize")
 
 
 def _lineage_data(pack: StageDir | None) -> tuple[Path, str] | None:
@@ -463,7 +463,7 @@ def _lineage_data(pack: StageDir | None) -> tuple[Path, str] | None:
     if pack is None:
         return None
     try:
-        quant = pack.upstream("quantized", "quantize")
+        quant = lineage_folder(pack, "quantize")
     except GolfError:
         return None
     record = quant.manifest.inputs.get("data")
@@ -510,7 +510,7 @@ def _compare_in_memory(pack: StageDir | None, bpb: float | None, seq_len: int, s
     if bpb is None:
         return {"in_memory_comparison": "skipped: test-time training changes the weights or the windows "
                                         "(--compare-no-ttt compares chunk-sgd)"}
-    quant = pack.upstream("quantized", "quantize")
+    quant = lineage_folder(pack, "quantize")
     measured = quant.manifest.metrics.get("eval", {})
     same_setup = (measured.get("seq_len") == seq_len and measured.get("stride") == stride
                   and quant.manifest.config.get("eval_tokens") == config.eval_tokens)

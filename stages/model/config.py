@@ -1,7 +1,7 @@
 """The model's shape and switches: everything needed to rebuild the network from an artifact.
 
 Every record technique (docs/REFERENCE.md section 6) is a field here, off by default; the defaults are
-the naive baseline (docs/REFERENCE.md section 5). Presets in stages/train/config.py turn them on.
+the naive baseline (docs/REFERENCE.md section 5). Presets in stages/train/presets.py turn them on.
 """
 
 from __future__ import annotations

@@ -14,6 +14,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..contract.lineage import lineage_folder
 from ..contract.manifest import MANIFEST_NAME
 from ..contract.stage_dir import StageDir
 from ..errors import GolfError
@@ -100,7 +101,7 @@ def _bytes_per_token(metrics: dict) -> tuple[float, str]:
 def _seed(folder: StageDir) -> int | None:
     """The train config's seed, walking eval -> pack -> quantize -> train (None if a link is missing)."""
     try:
-        train = folder.upstream("artifact", "pack").upstream("quantized", "quantize").upstream("checkpoint", "train")
+        train = lineage_folder(folder, "train")
     except GolfError:
         return None
     return train.manifest.config.get("train", {}).get("seed")

@@ -15,6 +15,7 @@ from pathlib import Path
 from ..contract.audit import audit_lineage
 from ..contract.environment import code_hash
 from ..contract.ledger import TimeLedger
+from ..contract.lineage import Lineage
 from ..contract.stage_dir import StageDir, default_stage_dir
 from ..errors import GolfError
 from .reproduce import val_hashes
@@ -79,17 +80,14 @@ def load_run(run: str | Path) -> SeedRun:
         raise GolfError(f"{run}: eval scored a bare artifact file; a submission needs the run's pack folder")
     if evaluation.manifest.metrics.get("partial"):
         raise GolfError(f"{run}: eval scored only a prefix of val (eval_tokens); a submission needs the full val score")
-    pack = evaluation.upstream("artifact", "pack")
-    quantize = pack.upstream("quantized", "quantize")
-    train = quantize.upstream("checkpoint", "train")
-    if "resume" in train.manifest.inputs:
+    lineage = Lineage.of(evaluation)
+    if "resume" in lineage.train.manifest.inputs:
         raise GolfError(f"{run}: train resumed another run; one script cannot repeat that, train it in one go")
-    tokenize = train.upstream("data", "tokenize")
-    for stage in (quantize, evaluation):
-        if stage.input_path("data").resolve() != tokenize.path:
+    for stage in (lineage.quantize, evaluation):
+        if stage.input_path("data").resolve() != lineage.tokenize.path:
             raise GolfError(f"{run}: {stage.stage} read other data ({stage.input_path('data')}) than train "
-                            f"({tokenize.path})")
-    return SeedRun(str(run), tokenize, train, quantize, pack, evaluation)
+                            f"({lineage.tokenize.path})")
+    return SeedRun(str(run), lineage.tokenize, lineage.train, lineage.quantize, lineage.pack, evaluation)
 
 
 def data_identity(data: StageDir) -> dict:

@@ -1,4 +1,5 @@
-"""Training settings and the named presets (each says where its numbers come from)."""
+"""Training settings: the optimizer, schedule, budgets and data layout, and the run config that holds
+them with the model's (the named presets that fill them are in ``presets.py``)."""
 
 from __future__ import annotations
 
