@@ -9,9 +9,11 @@ its own stream (the header records each tensor's group, so eval never needs this
 
 from __future__ import annotations
 
-from .roles import block_part, owning_parameter, parameter_role
+from .roles import Role, block_part, owning_parameter, parameter_role
 
 GROUPS = ("attention", "mlp", "embedding", "other")
+# Tables read out by row: the embeddings and the head.
+EMBEDDING_GROUP_ROLES = (Role.EMBEDDING, Role.HEAD)
 # A block's submodule -> its group.
 BLOCK_GROUPS = {"attn": "attention", "mlp": "mlp"}
 
@@ -20,7 +22,7 @@ def tensor_group(name: str) -> str:
     """The group of a parameter, or of a stored tensor by the parameter it holds ('.q', '.scale',
     '.lqer.*' suffixes)."""
     parameter = owning_parameter(name)
-    if parameter_role(parameter).is_table:
+    if parameter_role(parameter) in EMBEDDING_GROUP_ROLES:
         return "embedding"
     inner = block_part(parameter)
     return "other" if inner is None else BLOCK_GROUPS.get(inner.split(".")[0], "other")

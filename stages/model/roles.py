@@ -32,11 +32,6 @@ class Role(Enum):
     """A small tensor that steers the residual stream (scales, mixes, gains, gates): Adam at scalar_lr;
     kept float (attention gates: unless the scheme's gate_bits)."""
 
-    @property
-    def is_table(self) -> bool:
-        """Read out per row (an embedding, the head): quantized in the embedding group."""
-        return self in (Role.EMBEDDING, Role.HEAD)
-
 
 MATRIX, EMBEDDING, HEAD, CONTROL = Role.MATRIX, Role.EMBEDDING, Role.HEAD, Role.CONTROL
 
