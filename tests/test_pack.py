@@ -246,7 +246,7 @@ def test_comparison_totals_are_the_real_artifact_sizes(tensors):
 
 def test_unsupported_dtype_is_a_one_line_error(tensors):
     with pytest.raises(GolfError, match="is bfloat16"):
-        build_artifact({**tensors, "extra": torch.zeros(4, dtype=torch.bfloat16)}, METADATA, PackConfig())
+        build_artifact({**tensors, "blocks.0.mlp_scale": torch.zeros(4, dtype=torch.bfloat16)}, METADATA, PackConfig())
 
 
 # The container

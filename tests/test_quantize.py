@@ -87,12 +87,13 @@ def test_size_prediction_equals_the_reports_predicted_bytes():
 
 
 def test_small_and_control_tensors_stay_float_and_dequantize_back():
-    state = {"blocks.0.attn_scale": torch.randn(8), "tiny": torch.randn(4, 4),
+    # bigram.proj.weight: a matrix (not a control tensor) small enough to stay float.
+    state = {"blocks.0.attn_scale": torch.randn(8), "bigram.proj.weight": torch.randn(4, 4),
              "blocks.0.mlp.fc.weight": torch.randn(300, 300)}
     tensors, index, report = quantize_state(state, QuantizeConfig(method="rtn"))
     assert index["blocks.0.mlp.fc.weight"] == {"kind": "rows", "shape": [300, 300], "bits": 6}
     assert tensors["blocks.0.mlp.fc.weight.q"].dtype == torch.int8
-    assert tensors["blocks.0.attn_scale"].dtype == torch.float32 and tensors["tiny"].dtype == torch.float16
+    assert tensors["blocks.0.attn_scale"].dtype == torch.float32 and tensors["bigram.proj.weight"].dtype == torch.float16
     assert set(dequantize_state(tensors, index)) == set(state)
     assert {r["name"]: r["bits"] for r in report}["blocks.0.mlp.fc.weight"] == 6
 

@@ -14,7 +14,7 @@ from stages.config import apply_overrides
 from stages.contract.stage_dir import StageDir
 from stages.distributed import buckets, start_mean
 from stages.errors import GolfError
-from stages.model.gpt import CONTROL_TENSOR_NAMES, GPT
+from stages.model.gpt import GPT
 from stages.model.layers import Linear
 from stages.train.averaging import EMA
 from stages.train.checkpointing import data_identity, restore_checkpoint, save_checkpoint
@@ -24,6 +24,7 @@ from stages.train.optim import use_record_precision
 from stages.train.presets import get_preset
 
 from .conftest import tiny_run_config
+from .test_roles import OLD_CONTROL_TENSOR_NAMES
 
 CPU = torch.device("cpu")
 WORLD = 2
@@ -221,7 +222,7 @@ def records_bf16_names(model: GPT) -> set[str]:
     linear = {f"{m}.{n}" if m else n for m, module in model.named_modules() if isinstance(module, Linear)
               for n, _ in module.named_parameters(recurse=False)}
     return {name for name, p in model.named_parameters()
-            if name not in linear and p.ndim >= 2 and not any(c in name for c in CONTROL_TENSOR_NAMES)}
+            if name not in linear and p.ndim >= 2 and not any(c in name for c in OLD_CONTROL_TENSOR_NAMES)}
 
 
 @pytest.mark.parametrize("preset", ["tiny", "pr401-cpu", "top-cpu", "pr1790-cpu"])

@@ -5,7 +5,8 @@ at its defaults): RMSNorm'd embedding, blocks that mix their input with the firs
 (resid_mix) and add scaled attention and relu^2-MLP outputs, U-Net skips (the first half of
 the layers push, the second half pop), a tied head and a logit softcap. Output projections start
 at zero, so every block is the identity at init. The record techniques (stages/model/config.py)
-switch on one by one.
+switch on one by one. Every parameter's role (how it trains, how it is stored) is declared in
+stages/model/roles.py.
 """
 
 from __future__ import annotations
@@ -24,11 +25,6 @@ from .head_loss import head_nll
 from .layers import Linear, compute_dtype, rms_norm
 from .lora import LoRASet, LoRASlot, adapted
 
-# Small learned tensors that steer the residual stream; optimizers give them Adam, not Muon,
-# and quantizers keep them in float.
-CONTROL_TENSOR_NAMES = ("attn_scale", "mlp_scale", "resid_mix", "q_gain", "skip_weights", "skip_gates",
-                        "attn.gate", "smear", "lane_resid", "lane_post", "value_scale", "bigram.scale",
-                        "value_embed.scale")
 # Two-lane parallel blocks (#1667): each lane keeps itself times r (init 1.1) and receives
 # attention and MLP outputs through p (init 1.0).
 LANE_RESID_INIT, LANE_POST_INIT = 1.1, 1.0

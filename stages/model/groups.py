@@ -1,22 +1,28 @@
 """Which quantization group a weight belongs to: attention, mlp, embedding or other.
 
-The groups are named from the model's parameter names. The records give each group its own bits
-and clip width (docs/REFERENCE.md section 6, "Quantization"), and `golf pack` compresses each group as its
-own stream (the header records each tensor's group, so eval never needs this). Stdlib only.
+A group follows from the parameter's role and where it sits (stages/model/roles.py): the lookup
+tables and the head are the embedding group; a block's attention and MLP parameters are the
+attention and mlp groups; everything else is other. The records give each group its own bits and
+clip width (docs/REFERENCE.md section 6, "Quantization"), and `golf pack` compresses each group as
+its own stream (the header records each tensor's group, so eval never needs this).
 """
 
 from __future__ import annotations
 
+from .roles import Role, block_part, owning_parameter, parameter_role
+
 GROUPS = ("attention", "mlp", "embedding", "other")
-EMBEDDING_NAMES = ("tok_emb.", "bigram.embed.", "value_embed.embed.", "lm_head.")
+# Tables read out by row: the embeddings and the head.
+EMBEDDING_GROUP_ROLES = (Role.EMBEDDING, Role.HEAD)
+# A block's submodule -> its group.
+BLOCK_GROUPS = {"attn": "attention", "mlp": "mlp"}
 
 
 def tensor_group(name: str) -> str:
-    """The group of a parameter (a stored tensor's base name, before any '.q'/'.scale' suffix)."""
-    if name.startswith(EMBEDDING_NAMES):
+    """The group of a parameter, or of a stored tensor by the parameter it holds ('.q', '.scale',
+    '.lqer.*' suffixes)."""
+    parameter = owning_parameter(name)
+    if parameter_role(parameter) in EMBEDDING_GROUP_ROLES:
         return "embedding"
-    if ".attn." in name:
-        return "attention"
-    if ".mlp." in name:
-        return "mlp"
-    return "other"
+    inner = block_part(parameter)
+    return "other" if inner is None else BLOCK_GROUPS.get(inner.split(".")[0], "other")

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import torch
 
-from ..model.gpt import CONTROL_TENSOR_NAMES
 from ..model.groups import tensor_group
+from ..model.roles import Role, parameter_role
 from .config import GroupQuant, QuantizeConfig
 from .dequant import KIND_FLOAT, KIND_ROWS, dequantize_entry, dequantize_rows
 from .entropy import code_entropy_bits, gaussian_bits, predicted_code_bytes, predicted_value_bytes
@@ -30,7 +30,7 @@ def is_quantized(name: str, tensor: torch.Tensor, config: QuantizeConfig) -> boo
 
 def is_control(name: str) -> bool:
     """Scales, mixes, gains and gates that steer the residual stream: kept float (gates: unless gate_bits)."""
-    return any(c in name for c in CONTROL_TENSOR_NAMES)
+    return parameter_role(name) is Role.CONTROL
 
 
 def is_coded_gate(name: str, tensor: torch.Tensor, config: QuantizeConfig) -> bool:
