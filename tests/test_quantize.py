@@ -3,6 +3,7 @@ the --target-bytes fit."""
 
 import json
 import math
+import typing
 from dataclasses import replace
 
 import pytest
@@ -21,6 +22,7 @@ from stages.quantize.dequant import dequantize_state, lqer_factors
 from stages.quantize.entropy import code_entropy_bits, gaussian_bits, predicted_code_bytes, predicted_value_bytes
 from stages.quantize.gptq import GptqSettings, gptq_codes, hessian_error
 from stages.quantize.lqer import FORMATS, correction_bytes, lqer_correction
+from stages.quantize.methods import METHODS, method_for
 from stages.quantize.quantizer import is_quantized, predicted_rtn_bytes, quantize_state
 from stages.quantize.rows import code_max, quantile_scales, rtn_codes, sdclip_scales
 from stages.quantize.tensor_report import TensorReport
@@ -341,3 +343,10 @@ def test_report_rows_serialize_with_the_keys_the_manifest_always_had():
     assert TensorReport.from_dict(row) == measured
     rtn_row = rtn["blocks.0.mlp.fc.weight"].to_dict()
     assert rtn_row["method"] == "rtn" and rtn_row["clip_sigmas"] == 12.0 and rtn_row["stored_bytes"] == 48 * 64 + 2 * 48
+
+
+def test_every_method_the_config_accepts_has_an_implementation():
+    accepted = typing.get_args(typing.get_type_hints(QuantizeConfig)["method"])
+    assert set(accepted) == set(METHODS)
+    assert [name for name, method in METHODS.items() if method.needs_hessians] == ["gptq"]
+    assert method_for("gptq", None) == "rtn" and method_for("gptq", torch.eye(2)) == "gptq"

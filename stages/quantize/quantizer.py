@@ -17,8 +17,9 @@ from ..model.groups import tensor_group
 from .config import GroupQuant, QuantizeConfig
 from .dequant import KIND_FLOAT, KIND_ROWS, dequantize_entry, dequantize_rows
 from .entropy import code_entropy_bits, gaussian_bits, predicted_code_bytes, predicted_value_bytes
-from .gptq import GptqSettings, gptq_codes, hessian_error
+from .gptq import hessian_error
 from .lqer import lqer_correction
+from .methods import METHODS, method_for
 from .rows import quantile_scales, rtn_codes, sdclip_scales, searched_quantile_scales
 from .tensor_report import TensorReport
 
@@ -118,18 +119,14 @@ def _quantize_matrix(name, weight, settings: GroupQuant, config: QuantizeConfig,
     clip_sigmas = _clip_sigmas(settings, clip_scale)
     sdclip = clip_sigmas is not None
     scale = row_scales(weight, settings, clip_sigmas)
-    use_gptq = config.method == "gptq" and hessian is not None
-    if use_gptq:
-        gptq = GptqSettings(settings.bits, config.damping, config.act_order, config.block_size)
-        codes = gptq_codes(weight.to(device), hessian.to(device), scale.to(device), gptq).cpu()
-    else:
-        codes = rtn_codes(weight, scale, settings.bits)
+    method = method_for(config.method, hessian)
+    codes = METHODS[method].codes(weight, scale, settings.bits, hessian, config, device)
     entry = {"kind": KIND_ROWS, "shape": list(weight.shape), "bits": settings.bits}
     stored = {name + ".q": codes.contiguous(), name + ".scale": scale.contiguous()}
     restored = dequantize_entry(name, entry, stored)
     row = TensorReport(
         name=name, group=group, kind=KIND_ROWS, shape=list(weight.shape),
-        method="gptq" if use_gptq else "rtn", bits=settings.bits,
+        method=method, bits=settings.bits,
         clip=settings.clip, clip_sigmas=round(clip_sigmas, 6) if sdclip else None,
         relative_error=_relative_error(weight, restored),
         predicted_bits_per_weight=code_entropy_bits(codes),

@@ -40,6 +40,7 @@ from ..data.loader import make_loader
 from .calibration import Hessians, collect_hessians, generated_batches, training_batches
 from .config import QuantizeConfig
 from .dequant import KIND_FLOAT, dequantize_state
+from .methods import METHODS
 from .pre_quant import Windows, pre_quant_score, scoring_windows
 from .quantizer import is_quantized, quantize_state
 from .report import log_report, with_compressed_sizes
@@ -213,9 +214,10 @@ def _metrics(scoring: Scoring, pre: BpbSums, pre_source: dict, post: BpbSums, qu
 
 def _calibrate(config: QuantizeConfig, model: GPT, state, data: StageDir, train_seq_len: int, device,
                ledger: TimeLedger, reporter: Reporter) -> Hessians | None:
-    """GPTQ Hessians, timed into the ledger: reading training data counts toward the train budget."""
+    """Hessians for a method that reads them (GPTQ), timed into the ledger: reading training data counts
+    toward the train budget."""
     names = {name for name, tensor in state.items() if is_quantized(name, tensor, config)}
-    if config.method != "gptq" or not names:
+    if not METHODS[config.method].needs_hessians or not names:
         return None
     calib = config.calibration
     seq_len = calib.seq_len or train_seq_len
