@@ -103,8 +103,10 @@ class Scoring:
     """Window length: eval_seq_len, else the train run's."""
     stride: int
     """Positions between window starts: eval_stride, else seq_len (non-overlapping)."""
-    config: QuantizeConfig
-    """Batch size and token prefix of the scoring (eval_batch_windows, eval_tokens)."""
+    batch_windows: int
+    """Windows per forward pass (eval_batch_windows)."""
+    tokens: int
+    """Val tokens scored (eval_tokens; 0: all)."""
     device: torch.device
     """Where the model runs."""
     ledger: TimeLedger
@@ -115,14 +117,14 @@ class Scoring:
     def score(self, model: GPT, label: str) -> BpbSums:
         """The model's loss and bpb on the windows, logged as ``<label>_val_loss`` and ``<label>_val_bpb``."""
         with self.ledger.measure(f"evaluate_{label}", note="diagnostic scoring on val: outside both budgets"):
-            sums = validate(model, self.val, self.seq_len, self.stride, self.config.eval_batch_windows, self.device,
-                            self.config.eval_tokens, self.reporter, f"{label} bpb")
+            sums = validate(model, self.val, self.seq_len, self.stride, self.batch_windows, self.device, self.tokens,
+                            self.reporter, f"{label} bpb")
         self.reporter.log(**{f"{label}_val_loss": sums.loss, f"{label}_val_bpb": sums.bpb})
         return sums
 
     def windows(self) -> Windows:
         """The windows ``score`` covers."""
-        return scoring_windows(self.val, self.seq_len, self.stride, self.config.eval_tokens)
+        return scoring_windows(self.val, self.seq_len, self.stride, self.tokens)
 
 
 def _load(config: QuantizeConfig, train: StageDir, data: StageDir, model_config: ModelConfig, seq_len: int,
@@ -133,7 +135,9 @@ def _load(config: QuantizeConfig, train: StageDir, data: StageDir, model_config:
         model = load_model_weights(GPT(model_config), state, str(train.file("weights"))).to(device)
         val = load_val(data, model_config.vocab_size)
     val.check_window_fits(seq_len, "eval_seq_len" if config.eval_seq_len else "the train run's seq_len")
-    return state, model, Scoring(val, seq_len, config.eval_stride or seq_len, config, device, ledger, reporter)
+    scoring = Scoring(val, seq_len, config.eval_stride or seq_len, config.eval_batch_windows, config.eval_tokens,
+                      device, ledger, reporter)
+    return state, model, scoring
 
 
 def _metadata(train: StageDir, train_seq_len: int) -> dict:
@@ -180,11 +184,13 @@ def _quantize(config: QuantizeConfig, state: dict, hessians: Hessians | None, me
 
 
 def _measure_compressed_sizes(quantized: Quantized, codec: str, ledger: TimeLedger) -> Quantized:
+    """The report with the bytes of each tensor compressed alone (timed: brotli at quality 11 is slow)."""
     with ledger.measure("size_report", note="compressing each tensor alone for the report: outside both budgets"):
         return replace(quantized, report=with_compressed_sizes(quantized.tensors, quantized.report, codec))
 
 
 def _save(writer: StageWriter, quantized: Quantized, metadata: dict) -> None:
+    """quantized.safetensors: the stored tensors, with the index and ``metadata`` in its header."""
     tensors, index = quantized.tensors, quantized.index
     save_tensors(writer.path(QUANTIZED_FILE), tensors, {**metadata, "quant_index": json.dumps(index)})
     writer.add_output("quantized", writer.path(QUANTIZED_FILE))
@@ -192,6 +198,8 @@ def _save(writer: StageWriter, quantized: Quantized, metadata: dict) -> None:
 
 def _metrics(scoring: Scoring, pre: BpbSums, pre_source: dict, post: BpbSums, quantized: Quantized,
              hessians: Hessians | None, train_budget: dict) -> dict:
+    """The manifest's metrics: both scores and where the pre-quant one came from, the clip scale,
+    the bytes, the train budget with calibration, and the per-tensor report."""
     report = quantized.report
     return {
         "eval": {"seq_len": scoring.seq_len, "stride": scoring.stride, "tokens_scored": pre.tokens,
