@@ -14,7 +14,9 @@ from stages.errors import GolfError
 from stages.progress import Reporter
 from stages.quantize.config import QuantizeConfig
 from stages.quantize.config import DEFAULT_SCHEME, SCHEMES, get_scheme
+from stages.quantize.dequant import KIND_FLOAT
 from stages.quantize.stage import run_quantize
+from stages.quantize.tensor_report import TensorReport
 from stages.train.presets import PRESETS, get_preset
 
 from .common import (
@@ -57,7 +59,7 @@ def quantize(
     config = resolve_config(base, overrides, reporter)
     manifest = run_quantize(config, train_dir, stage_path(out, run, "quantize"), data, force, reporter)
     if not reporter.quiet:
-        print_report(manifest.metrics["tensors"])
+        print_report([TensorReport.from_dict(row) for row in manifest.metrics["tensors"]])
 
 
 def _base_settings(preset: str | None, scheme: str | None, train_dir: Path, reporter: Reporter) -> QuantizeConfig:
@@ -78,11 +80,11 @@ def _base_settings(preset: str | None, scheme: str | None, train_dir: Path, repo
     return config
 
 
-def print_report(rows: list[dict]) -> None:
+def print_report(rows: list[TensorReport]) -> None:
     table = Table(*(title for _, title in REPORT_COLUMNS), title="per-tensor quantization report")
     for row in rows:
-        if row["kind"] != "float":
-            table.add_row(*(_cell(row.get(key)) for key, _ in REPORT_COLUMNS))
+        if row.kind != KIND_FLOAT:
+            table.add_row(*(_cell(getattr(row, field)) for field, _ in REPORT_COLUMNS))
     print_table(table, stderr=True)
 
 

@@ -71,11 +71,13 @@ def _from_dict(cls: type, data: dict):
     return cls(**values)
 
 
-def check_scoring_window(config, seq_len: str, tokens: str, stride: str | None = None) -> None:
+def check_scoring_window(config, seq_len: str, tokens: str, stride: str | None = None,
+                         length: int | None = None) -> None:
     """The cross-field rule of every scoring setup, given its field names: the stride fits in the
     window, and a token prefix holds at least one whole window (else there is nothing to score).
-    An unset window length (None: the training one) is checked where it is known, not here."""
-    length = getattr(config, seq_len)
+    An unset window length (None: the training one) is checked where it is known, not here: the
+    stage passes it as ``length``."""
+    length = getattr(config, seq_len) or length
     if length is None:
         return
     step = getattr(config, stride) if stride else None

@@ -3,6 +3,7 @@ the --target-bytes fit."""
 
 import json
 import math
+import typing
 from dataclasses import replace
 
 import pytest
@@ -21,8 +22,10 @@ from stages.quantize.dequant import dequantize_state, lqer_factors
 from stages.quantize.entropy import code_entropy_bits, gaussian_bits, predicted_code_bytes, predicted_value_bytes
 from stages.quantize.gptq import GptqSettings, gptq_codes, hessian_error
 from stages.quantize.lqer import FORMATS, correction_bytes, lqer_correction
+from stages.quantize.methods import METHODS, method_for
 from stages.quantize.quantizer import is_quantized, predicted_rtn_bytes, quantize_state
 from stages.quantize.rows import code_max, quantile_scales, rtn_codes, sdclip_scales
+from stages.quantize.tensor_report import TensorReport
 from stages.quantize.config import get_scheme
 from stages.data.loader import make_loader
 
@@ -68,12 +71,12 @@ def test_clip_rule_is_per_group_and_the_target_knob_leaves_quantile_groups_alone
     config = replace(ALL_MATRICES, method="rtn", embedding=GroupQuant(bits=8, clip="quantile"))
     _tensors, _index, report = quantize_state(state, config)
     _tensors, _index, wider = quantize_state(state, config, clip_scale=2.0)
-    rows = {row["name"]: row for row in report}
-    wider_rows = {row["name"]: row for row in wider}
-    assert rows["tok_emb.weight"]["clip"] == "quantile" and rows["tok_emb.weight"]["clip_sigmas"] is None
-    assert rows["blocks.0.mlp.fc.weight"]["clip"] == "sdclip"
-    assert wider_rows["tok_emb.weight"]["relative_error"] == rows["tok_emb.weight"]["relative_error"]
-    assert wider_rows["blocks.0.mlp.fc.weight"]["clip_sigmas"] == 2 * rows["blocks.0.mlp.fc.weight"]["clip_sigmas"]
+    rows = {row.name: row for row in report}
+    wider_rows = {row.name: row for row in wider}
+    assert rows["tok_emb.weight"].clip == "quantile" and rows["tok_emb.weight"].clip_sigmas is None
+    assert rows["blocks.0.mlp.fc.weight"].clip == "sdclip"
+    assert wider_rows["tok_emb.weight"].relative_error == rows["tok_emb.weight"].relative_error
+    assert wider_rows["blocks.0.mlp.fc.weight"].clip_sigmas == 2 * rows["blocks.0.mlp.fc.weight"].clip_sigmas
 
 
 def test_size_prediction_equals_the_reports_predicted_bytes():
@@ -83,7 +86,7 @@ def test_size_prediction_equals_the_reports_predicted_bytes():
     config = replace(ALL_MATRICES, method="rtn", embedding=GroupQuant(bits=8, clip="quantile"))
     for clip_scale in (0.5, 1.0, 2.0):
         _tensors, _index, report = quantize_state(state, config, clip_scale=clip_scale)
-        assert predicted_rtn_bytes(state, config, clip_scale) == sum(row["predicted_bytes"] for row in report)
+        assert predicted_rtn_bytes(state, config, clip_scale) == sum(row.predicted_bytes for row in report)
 
 
 def test_small_and_control_tensors_stay_float_and_dequantize_back():
@@ -95,7 +98,7 @@ def test_small_and_control_tensors_stay_float_and_dequantize_back():
     assert tensors["blocks.0.mlp.fc.weight.q"].dtype == torch.int8
     assert tensors["blocks.0.attn_scale"].dtype == torch.float32 and tensors["bigram.proj.weight"].dtype == torch.float16
     assert set(dequantize_state(tensors, index)) == set(state)
-    assert {r["name"]: r["bits"] for r in report}["blocks.0.mlp.fc.weight"] == 6
+    assert {r.name: r.bits for r in report}["blocks.0.mlp.fc.weight"] == 6
 
 
 # ---- GPTQ ----
@@ -124,10 +127,10 @@ def test_every_matrix_has_a_hessian_and_the_tied_head_reads_the_final_norm(train
 def test_gptq_beats_rtn_on_every_matrix_of_a_trained_model(trained):
     state, hessians = trained
     _tensors, _index, report = quantize_state(state, ALL_MATRICES, hessians.matrices)
-    rows = [row for row in report if row["kind"] == "rows"]
-    assert rows and all(row["method"] == "gptq" for row in rows)
+    rows = [row for row in report if row.kind == "rows"]
+    assert rows and all(row.method == "gptq" for row in rows)
     for row in rows:
-        assert row["hessian_error"] < row["rtn_hessian_error"], row["name"]
+        assert row.hessian_error < row.rtn_hessian_error, row.name
 
 
 def test_looped_layers_accumulate_every_pass():
@@ -197,18 +200,18 @@ def test_lqer_lowers_the_error_of_the_tensors_it_corrects(trained, storage):
     state, hessians = trained
     config = QuantizeConfig(keep_float_max_numel=0, lqer_rank=4, lqer_top_k=2, lqer_group=16, lqer_format=storage)
     tensors, index, report = quantize_state(state, config, hessians.matrices)
-    corrected = [row for row in report if row.get("lqer_rank")]
+    corrected = [row for row in report if row.lqer_rank]
     assert len(corrected) == 2
     for row in corrected:
-        assert row["relative_error"] < row["relative_error_before_lqer"]  # what the SVD minimizes
+        assert row.relative_error < row.relative_error_before_lqer  # what the SVD minimizes
         if storage == "asymmetric":  # the record's coarser int2 A (one scale) need not lower the H-weighted error
-            assert row["hessian_error"] < row["hessian_error_before_lqer"]
-        assert index[row["name"]]["lqer"]["format"] == storage
+            assert row.hessian_error < row.hessian_error_before_lqer
+        assert index[row.name]["lqer"]["format"] == storage
     rebuilt = dequantize_state(tensors, index)
     for row in corrected:  # the reported error is the error of what the artifact rebuilds
-        name = row["name"]
+        name = row.name
         error = (rebuilt[name] - state[name]).norm() / state[name].norm()
-        assert float(error) == pytest.approx(row["relative_error"], rel=1e-5)
+        assert float(error) == pytest.approx(row.relative_error, rel=1e-5)
 
 
 def test_gptq_lqer_scheme_stores_the_records_format():
@@ -267,10 +270,10 @@ def test_lqer_report_adds_the_stored_correction_bytes(trained):
     for storage in FORMATS:
         config = QuantizeConfig(keep_float_max_numel=0, lqer_rank=4, lqer_top_k=1, lqer_format=storage)
         _tensors, _index, report = quantize_state(state, config, hessians.matrices)
-        plain = {row["name"]: row for row in quantize_state(state, replace(config, lqer_rank=0), hessians.matrices)[2]}
-        row = next(row for row in report if row.get("lqer_rank"))
-        rows, cols = row["shape"]
-        assert row["stored_bytes"] - plain[row["name"]]["stored_bytes"] == correction_bytes(rows, cols, 4, 64, storage)
+        plain = {row.name: row for row in quantize_state(state, replace(config, lqer_rank=0), hessians.matrices)[2]}
+        row = next(row for row in report if row.lqer_rank)
+        rows, cols = row.shape
+        assert row.stored_bytes - plain[row.name].stored_bytes == correction_bytes(rows, cols, 4, 64, storage)
 
 
 # ---- the entropy predictor ----
@@ -295,7 +298,7 @@ def test_scale_bytes_are_predicted_at_their_order0_entropy():
     state = {"blocks.0.mlp.fc.weight": torch.randn(1, 300).repeat(64, 1)}  # equal rows: one scale value
     tensors, _index, report = quantize_state(state, QuantizeConfig(method="rtn", keep_float_max_numel=0))
     codes = tensors["blocks.0.mlp.fc.weight.q"]
-    assert report[0]["predicted_bytes"] == pytest.approx(predicted_code_bytes(codes))
+    assert report[0].predicted_bytes == pytest.approx(predicted_code_bytes(codes))
 
 
 def test_prediction_is_within_1pct_of_the_packed_weights():
@@ -307,4 +310,44 @@ def test_prediction_is_within_1pct_of_the_packed_weights():
     metadata = {"quant_index": json.dumps(index), "model_config": json.dumps({"vocab_size": 512}),
                 "lineage": json.dumps({"tokenizer_sha256": "0" * 64, "vocab_size": 512}), "train_seq_len": "16"}
     packed = build_artifact(tensors, metadata, PackConfig())[1]["bytes_weights"]
-    assert sum(row["predicted_bytes"] for row in report) == pytest.approx(packed, rel=0.01)
+    assert sum(row.predicted_bytes for row in report) == pytest.approx(packed, rel=0.01)
+
+
+# ---- the report row in the manifest ----
+ROW_KEYS = ["name", "group", "kind", "shape", "method", "bits", "clip", "clip_sigmas", "relative_error",
+            "predicted_bits_per_weight", "gaussian_bits_per_weight", "predicted_bytes", "stored_bytes"]
+HESSIAN_KEYS = ["hessian_error", "rtn_hessian_error"]
+LQER_KEYS = ["lqer_rank", "relative_error_before_lqer", "hessian_error_before_lqer"]
+
+
+def test_report_rows_serialize_with_the_keys_the_manifest_always_had():
+    """The keys (and their order) of metrics.tensors rows as the dicts before TensorReport had them:
+    optional keys only where they have a value, compressed_bytes last once measured."""
+    torch.manual_seed(8)
+    state = {"blocks.0.mlp.fc.weight": torch.randn(48, 64), "blocks.0.attn.c_q.weight": torch.randn(48, 64),
+             "blocks.0.attn_scale": torch.randn(64)}
+    hessians = {name: correlated_hessian(64, seed=i) for i, name in enumerate(state) if name.endswith("weight")}
+    rtn = {row.name: row for row in quantize_state(state, replace(ALL_MATRICES, method="rtn"))[2]}
+    lqer = replace(ALL_MATRICES, lqer_rank=2, lqer_top_k=1, lqer_group=16)
+    gptq = {row.name: row for row in quantize_state(state, lqer, hessians)[2]}
+    corrected = next(row for row in gptq.values() if row.lqer_rank)
+    plain = next(row for row in gptq.values() if row.kind == "rows" and not row.lqer_rank)
+    assert list(rtn["blocks.0.mlp.fc.weight"].to_dict()) == ROW_KEYS
+    assert list(rtn["blocks.0.attn_scale"].to_dict()) == ROW_KEYS
+    assert rtn["blocks.0.attn_scale"].to_dict()["clip"] is None  # a required key is there even when None
+    assert list(plain.to_dict()) == ROW_KEYS + HESSIAN_KEYS and plain.method == "gptq"
+    assert list(corrected.to_dict()) == ROW_KEYS + HESSIAN_KEYS + LQER_KEYS and corrected.method == "gptq"
+    measured = replace(corrected, compressed_bytes=123)
+    assert list(measured.to_dict()) == ROW_KEYS + HESSIAN_KEYS + LQER_KEYS + ["compressed_bytes"]
+    row = measured.to_dict()
+    assert row["lqer_rank"] == 2 and row["compressed_bytes"] == 123 and row["shape"] == [48, 64]
+    assert TensorReport.from_dict(row) == measured
+    rtn_row = rtn["blocks.0.mlp.fc.weight"].to_dict()
+    assert rtn_row["method"] == "rtn" and rtn_row["clip_sigmas"] == 12.0 and rtn_row["stored_bytes"] == 48 * 64 + 2 * 48
+
+
+def test_every_method_the_config_accepts_has_an_implementation():
+    accepted = typing.get_args(typing.get_type_hints(QuantizeConfig)["method"])
+    assert set(accepted) == set(METHODS)
+    assert [name for name, method in METHODS.items() if method.needs_hessians] == ["gptq"]
+    assert method_for("gptq", None) == "rtn" and method_for("gptq", torch.eye(2)) == "gptq"

@@ -114,6 +114,11 @@ class QuantizeConfig:
         check_ranges(self)
         check_scoring_window(self, "eval_seq_len", "eval_tokens", "eval_stride")
 
+    def check_window(self, seq_len: int) -> None:
+        """The window rule against the length scoring runs at (``seq_len``: the train run's when
+        eval_seq_len is unset, known only once the train folder is read)."""
+        check_scoring_window(self, "eval_seq_len", "eval_tokens", "eval_stride", length=seq_len)
+
     def group(self, name: str) -> GroupQuant:
         """The bits and clip width of a named group."""
         return getattr(self, name)

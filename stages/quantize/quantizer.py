@@ -8,6 +8,8 @@ will rebuild (dequant.dequantize_entry).
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import torch
 
 from ..model.groups import tensor_group
@@ -15,9 +17,11 @@ from ..model.roles import Role, parameter_role
 from .config import GroupQuant, QuantizeConfig
 from .dequant import KIND_FLOAT, KIND_ROWS, dequantize_entry, dequantize_rows
 from .entropy import code_entropy_bits, gaussian_bits, predicted_code_bytes, predicted_value_bytes
-from .gptq import GptqSettings, gptq_codes, hessian_error
+from .gptq import hessian_error
 from .lqer import lqer_correction
+from .methods import METHODS, method_for
 from .rows import quantile_scales, rtn_codes, sdclip_scales, searched_quantile_scales
+from .tensor_report import TensorReport
 
 FLOAT_DTYPES = {"float16": torch.float16, "float32": torch.float32}
 GATE_SUFFIX = ".attn.gate.weight"
@@ -93,7 +97,7 @@ def quantize_state(state: dict[str, torch.Tensor], config: QuantizeConfig,
     hessians = hessians or {}
     tensors: dict[str, torch.Tensor] = {}
     index: dict[str, dict] = {}
-    report: list[dict] = []
+    report: list[TensorReport] = []
     for name, weight in state.items():
         weight = weight.detach().float()
         settings = storage_grid(name, weight, config)
@@ -106,7 +110,7 @@ def quantize_state(state: dict[str, torch.Tensor], config: QuantizeConfig,
         tensors.update(stored)
         report.append(row)
     if config.lqer_rank:
-        _add_lqer(state, tensors, index, report, config, hessians)
+        report = _add_lqer(state, tensors, index, report, config, hessians)
     return tensors, index, report
 
 
@@ -115,29 +119,25 @@ def _quantize_matrix(name, weight, settings: GroupQuant, config: QuantizeConfig,
     clip_sigmas = _clip_sigmas(settings, clip_scale)
     sdclip = clip_sigmas is not None
     scale = row_scales(weight, settings, clip_sigmas)
-    use_gptq = config.method == "gptq" and hessian is not None
-    if use_gptq:
-        gptq = GptqSettings(settings.bits, config.damping, config.act_order, config.block_size)
-        codes = gptq_codes(weight.to(device), hessian.to(device), scale.to(device), gptq).cpu()
-    else:
-        codes = rtn_codes(weight, scale, settings.bits)
+    method = method_for(config.method, hessian)
+    codes = METHODS[method].codes(weight, scale, settings.bits, hessian, config, device)
     entry = {"kind": KIND_ROWS, "shape": list(weight.shape), "bits": settings.bits}
     stored = {name + ".q": codes.contiguous(), name + ".scale": scale.contiguous()}
     restored = dequantize_entry(name, entry, stored)
-    row = {
-        "name": name, "group": group, "kind": KIND_ROWS, "shape": list(weight.shape),
-        "method": "gptq" if use_gptq else "rtn", "bits": settings.bits,
-        "clip": settings.clip, "clip_sigmas": round(clip_sigmas, 6) if sdclip else None,
-        "relative_error": _relative_error(weight, restored),
-        "predicted_bits_per_weight": code_entropy_bits(codes),
-        "gaussian_bits_per_weight": gaussian_bits(settings.bits, clip_sigmas) if sdclip else None,
-        "predicted_bytes": _predicted_row_bytes(codes, scale),
-        "stored_bytes": codes.numel() + 2 * scale.numel(),
-    }
+    row = TensorReport(
+        name=name, group=group, kind=KIND_ROWS, shape=list(weight.shape),
+        method=method, bits=settings.bits,
+        clip=settings.clip, clip_sigmas=round(clip_sigmas, 6) if sdclip else None,
+        relative_error=_relative_error(weight, restored),
+        predicted_bits_per_weight=code_entropy_bits(codes),
+        gaussian_bits_per_weight=gaussian_bits(settings.bits, clip_sigmas) if sdclip else None,
+        predicted_bytes=_predicted_row_bytes(codes, scale),
+        stored_bytes=codes.numel() + 2 * scale.numel(),
+    )
     if hessian is not None:
-        row["hessian_error"] = hessian_error(weight, restored, hessian)
         rtn_restored = dequantize_rows(rtn_codes(weight, scale, settings.bits), scale)
-        row["rtn_hessian_error"] = hessian_error(weight, rtn_restored, hessian)
+        row = replace(row, hessian_error=hessian_error(weight, restored, hessian),
+                      rtn_hessian_error=hessian_error(weight, rtn_restored, hessian))
     return entry, stored, row
 
 
@@ -145,20 +145,22 @@ def _keep_float(name, weight, config: QuantizeConfig):
     dtype = _float_dtype(name, config)
     stored = weight.to(dtype).contiguous()
     entry = {"kind": KIND_FLOAT, "shape": list(weight.shape), "dtype": str(dtype).removeprefix("torch.")}
-    row = {
-        "name": name, "group": tensor_group(name), "kind": KIND_FLOAT, "shape": list(weight.shape),
-        "method": "float", "bits": 8 * stored.element_size(), "clip": None, "clip_sigmas": None,
-        "relative_error": _relative_error(weight, stored.float()),
-        "predicted_bits_per_weight": float(8 * stored.element_size()), "gaussian_bits_per_weight": None,
-        "predicted_bytes": float(stored.numel() * stored.element_size()),
-        "stored_bytes": stored.numel() * stored.element_size(),
-    }
+    row = TensorReport(
+        name=name, group=tensor_group(name), kind=KIND_FLOAT, shape=list(weight.shape),
+        method="float", bits=8 * stored.element_size(), clip=None, clip_sigmas=None,
+        relative_error=_relative_error(weight, stored.float()),
+        predicted_bits_per_weight=float(8 * stored.element_size()), gaussian_bits_per_weight=None,
+        predicted_bytes=float(stored.numel() * stored.element_size()),
+        stored_bytes=stored.numel() * stored.element_size(),
+    )
     return entry, {name: stored}, row
 
 
-def _add_lqer(state, tensors, index, report, config: QuantizeConfig, hessians) -> None:
-    """Correct the ``lqer_top_k`` matrices with the largest ||W - Q||_F by a low-rank A @ B."""
-    rows = {row["name"]: row for row in report}
+def _add_lqer(state, tensors, index, report: list[TensorReport], config: QuantizeConfig,
+              hessians) -> list[TensorReport]:
+    """Correct the ``lqer_top_k`` matrices with the largest ||W - Q||_F by a low-rank A @ B (their
+    factors join ``tensors`` and ``index``); the report with the corrected rows."""
+    rows = {row.name: row for row in report}
     candidates = []
     for name, entry in index.items():
         if entry["kind"] == KIND_ROWS and is_quantized(name, state[name], config):  # not the coded gates
@@ -175,14 +177,22 @@ def _add_lqer(state, tensors, index, report, config: QuantizeConfig, hessians) -
         entry["lqer"] = {"rank": rank, "group": config.lqer_group, "a_bits": config.lqer_a_bits,
                          "b_bits": config.lqer_b_bits, "format": config.lqer_format}
         restored = dequantize_entry(name, entry, tensors)
-        row = rows[name]
         extra = sum(t.numel() * t.element_size() for t in stored.values())
-        row.update(lqer_rank=rank, relative_error_before_lqer=row["relative_error"],
-                   relative_error=_relative_error(state[name].float(), restored),
-                   stored_bytes=row["stored_bytes"] + extra, predicted_bytes=row["predicted_bytes"] + extra)
-        if name in hessians:
-            row["hessian_error_before_lqer"] = row["hessian_error"]
-            row["hessian_error"] = hessian_error(state[name].float(), restored, hessians[name])
+        rows[name] = _corrected_row(rows[name], rank, extra, state[name].float(), restored, hessians.get(name))
+    return list(rows.values())
+
+
+def _corrected_row(row: TensorReport, rank: int, extra_bytes: int, weight: torch.Tensor, restored: torch.Tensor,
+                   hessian: torch.Tensor | None) -> TensorReport:
+    """A matrix's row once its LQER factors (``extra_bytes``) are stored: errors of the corrected
+    weights, the uncorrected ones kept beside them."""
+    row = replace(row, lqer_rank=rank, relative_error_before_lqer=row.relative_error,
+                  relative_error=_relative_error(weight, restored), stored_bytes=row.stored_bytes + extra_bytes,
+                  predicted_bytes=row.predicted_bytes + extra_bytes)
+    if hessian is None:
+        return row
+    return replace(row, hessian_error_before_lqer=row.hessian_error,
+                   hessian_error=hessian_error(weight, restored, hessian))
 
 
 def _relative_error(weight: torch.Tensor, restored: torch.Tensor) -> float:

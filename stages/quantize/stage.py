@@ -13,8 +13,11 @@ with calibration added.
 from __future__ import annotations
 
 import json
-from dataclasses import replace
+from dataclasses import dataclass, replace
+from functools import partial
 from pathlib import Path
+
+import torch
 
 from ..config import from_dict, to_dict
 from ..contract.environment import capture
@@ -23,7 +26,8 @@ from ..contract.lineage import require_same_tokenizer
 from ..contract.stage_dir import StageDir, StageWriter
 from ..device import resolve_device
 from ..errors import GolfError
-from ..scoring.val_data import load_val
+from ..scoring.bpb import BpbSums
+from ..scoring.val_data import ValData, load_val
 from ..data.folder import train_shard_paths
 from ..scoring.validate import validate
 from ..model.checkpoint import load_model_weights, load_tensors, save_tensors
@@ -33,13 +37,15 @@ from ..pack.stage import build_artifact
 from ..pack.config import PackConfig
 from ..progress import Reporter
 from ..data.loader import make_loader
-from .calibration import collect_hessians, generated_batches, training_batches
+from .calibration import Hessians, collect_hessians, generated_batches, training_batches
 from .config import QuantizeConfig
 from .dequant import KIND_FLOAT, dequantize_state
-from .pre_quant import pre_quant_score, scoring_windows
+from .methods import METHODS
+from .pre_quant import Windows, pre_quant_score, scoring_windows
 from .quantizer import is_quantized, quantize_state
-from .report import compressed_sizes, log_report
-from .target import fit_to_target
+from .report import log_report, with_compressed_sizes
+from .target import Attempt, fit_to_target
+from .tensor_report import TensorReport
 
 QUANTIZED_FILE = "quantized.safetensors"
 
@@ -62,86 +68,164 @@ def run_quantize(config: QuantizeConfig, train_dir: str | Path, out_dir: str | P
     model_config = from_dict(ModelConfig, train.lineage["model_config"], f"{train.path}: lineage.model_config")
     train_seq_len = int(train.manifest.config["train"]["seq_len"])
     seq_len = config.eval_seq_len or train_seq_len
-    replace(config, eval_seq_len=seq_len)  # the window rules, now that the window length is known
-    stride = config.eval_stride or seq_len
+    config.check_window(seq_len)
     device = resolve_device(config.device)
     inputs = {"the train folder": train.path, "the data folder": data.path}
     with StageWriter(out_dir, "quantize", force, reporter, inputs) as writer:
         ledger = writer.ledger
-        with ledger.measure("load", note="reading the checkpoint and val data: outside both budgets"):
-            state = load_tensors(train.file("weights"))
-            model = load_model_weights(GPT(model_config), state, str(train.file("weights"))).to(device)
-            val = load_val(data, model_config.vocab_size)
-        val.check_window_fits(seq_len, "eval_seq_len" if config.eval_seq_len else "the train run's seq_len")
+        state, model, scoring = _load(config, train, data, model_config, seq_len, device, ledger, reporter)
         writer.add_input("checkpoint", train)
         writer.add_input("data", data)
-
-        def score(label: str):
-            with ledger.measure(f"evaluate_{label}", note="diagnostic scoring on val: outside both budgets"):
-                sums = validate(model, val, seq_len, stride, config.eval_batch_windows, device,
-                                config.eval_tokens, reporter, f"{label} bpb")
-            reporter.log(**{f"{label}_val_loss": sums.loss, f"{label}_val_bpb": sums.bpb})
-            return sums
-
-        windows = scoring_windows(val, seq_len, stride, config.eval_tokens)
-        pre, pre_source = pre_quant_score(lambda: score("pre_quant"), train, data, val, windows, model_config,
-                                          device.type, reporter)
+        pre, pre_source = pre_quant_score(lambda: scoring.score(model, "pre_quant"), train, data, scoring.val,
+                                          scoring.windows(), model_config, device.type, reporter)
         hessians = _calibrate(config, model, state, data, train_seq_len, device, ledger, reporter)
-        metadata = {
-            "model_config": json.dumps(train.lineage["model_config"]),
-            "lineage": json.dumps(dict(train.lineage)),
-            "train_seq_len": str(train_seq_len),
-        }
-
-        def quantize_at(clip_scale: float):
-            return quantize_state(state, config, hessians.matrices if hessians else None, device, clip_scale)
-
-        with ledger.measure("quantize", note="the solve after training: outside both budgets (records: ~10 s)"):
-            if config.target_bytes:
-                (tensors, index, report), clip_scale, attempts = fit_to_target(
-                    state, config, quantize_at, lambda result: _packed_bytes(result, metadata, config))
-            else:
-                (tensors, index, report), clip_scale, attempts = quantize_at(1.0), 1.0, []
-        if all(row["kind"] == KIND_FLOAT for row in report):
-            reporter.log(warning="nothing_quantized", method=config.method,
-                         why=f"every tensor has at most keep_float_max_numel={config.keep_float_max_numel} elements "
-                             "or is not a matrix, so all stay float and the settings change nothing")
-        load_model_weights(model, dequantize_state(tensors, index), "dequantized weights")
-        post = score("post_quant")
-        with ledger.measure("size_report", note="compressing each tensor alone for the report: outside both budgets"):
-            for row, size in zip(report, compressed_sizes(tensors, report, config.target_codec)):
-                row["compressed_bytes"] = size
-
-        save_tensors(writer.path(QUANTIZED_FILE), tensors, {**metadata, "quant_index": json.dumps(index)})
-        writer.add_output("quantized", writer.path(QUANTIZED_FILE))
-        metrics = {
-            "eval": {"seq_len": seq_len, "stride": stride, "tokens_scored": pre.tokens, "bytes_scored": pre.bytes},
-            "pre_quant_val_loss": pre.loss,
-            "pre_quant_val_bpb": pre.bpb,
-            "pre_quant": pre_source,
-            "post_quant_val_loss": post.loss,
-            "post_quant_val_bpb": post.bpb,
-            "quant_gap_bpb": post.bpb - pre.bpb,
-            "clip_scale": clip_scale,
-            "target_attempts": [vars(a) for a in attempts],
-            "calibration_tokens": hessians.tokens if hessians else 0,
-            "raw_stored_bytes": sum(r["stored_bytes"] for r in report),
-            "predicted_bytes": round(sum(r["predicted_bytes"] for r in report)),
-            "train_budget": _train_budget(train, ledger),
-            "tensors": report,
-        }
-        log_report(report, reporter)
+        metadata = _metadata(train, train_seq_len)
+        quantized = _quantize(config, state, hessians, metadata, device, ledger, reporter)
+        load_model_weights(model, dequantize_state(quantized.tensors, quantized.index), "dequantized weights")
+        post = scoring.score(model, "post_quant")
+        quantized = _measure_compressed_sizes(quantized, config.target_codec, ledger)
+        _save(writer, quantized, metadata)
+        metrics = _metrics(scoring, pre, pre_source, post, quantized, hessians, _train_budget(train, ledger))
+        log_report(quantized.report, reporter)
         manifest = writer.commit(to_dict(config), dict(train.lineage), metrics, reporter.text())
     reporter.log(stage="quantize", method=config.method, pre_quant_val_bpb=pre.bpb, post_quant_val_bpb=post.bpb,
                  quant_gap_bpb=post.bpb - pre.bpb, train_budget=metrics["train_budget"]["verdict"], out=str(out_dir))
     return manifest
 
 
+@dataclass(frozen=True)
+class Scoring:
+    """How the pre- and post-quant bpb are measured: the same val windows, timed into the ledger."""
+
+    val: ValData
+    """The val split of the data folder."""
+    seq_len: int
+    """Window length: eval_seq_len, else the train run's."""
+    stride: int
+    """Positions between window starts: eval_stride, else seq_len (non-overlapping)."""
+    batch_windows: int
+    """Windows per forward pass (eval_batch_windows)."""
+    tokens: int
+    """Val tokens scored (eval_tokens; 0: all)."""
+    device: torch.device
+    """Where the model runs."""
+    ledger: TimeLedger
+    """The stage's ledger (scoring is outside both budgets)."""
+    reporter: Reporter
+    """Where the scores are logged."""
+
+    def score(self, model: GPT, label: str) -> BpbSums:
+        """The model's loss and bpb on the windows, logged as ``<label>_val_loss`` and ``<label>_val_bpb``."""
+        with self.ledger.measure(f"evaluate_{label}", note="diagnostic scoring on val: outside both budgets"):
+            sums = validate(model, self.val, self.seq_len, self.stride, self.batch_windows, self.device, self.tokens,
+                            self.reporter, f"{label} bpb")
+        self.reporter.log(**{f"{label}_val_loss": sums.loss, f"{label}_val_bpb": sums.bpb})
+        return sums
+
+    def windows(self) -> Windows:
+        """The windows ``score`` covers."""
+        return scoring_windows(self.val, self.seq_len, self.stride, self.tokens)
+
+
+def _load(config: QuantizeConfig, train: StageDir, data: StageDir, model_config: ModelConfig, seq_len: int,
+          device, ledger: TimeLedger, reporter: Reporter) -> tuple[dict, GPT, Scoring]:
+    """The trained weights, the model holding them on ``device``, and the scoring of val."""
+    with ledger.measure("load", note="reading the checkpoint and val data: outside both budgets"):
+        state = load_tensors(train.file("weights"))
+        model = load_model_weights(GPT(model_config), state, str(train.file("weights"))).to(device)
+        val = load_val(data, model_config.vocab_size)
+    val.check_window_fits(seq_len, "eval_seq_len" if config.eval_seq_len else "the train run's seq_len")
+    scoring = Scoring(val, seq_len, config.eval_stride or seq_len, config.eval_batch_windows, config.eval_tokens,
+                      device, ledger, reporter)
+    return state, model, scoring
+
+
+def _metadata(train: StageDir, train_seq_len: int) -> dict:
+    """What quantized.safetensors carries besides the index (and what --target-bytes packs with)."""
+    metadata = {
+        "model_config": json.dumps(train.lineage["model_config"]),
+        "lineage": json.dumps(dict(train.lineage)),
+        "train_seq_len": str(train_seq_len),
+    }
+    return metadata
+
+
+@dataclass(frozen=True)
+class Quantized:
+    """The quantizer's output at the clip scale chosen, and how it was chosen."""
+
+    tensors: dict[str, torch.Tensor]
+    """Stored tensors: codes, scales, LQER factors, kept-float tensors."""
+    index: dict[str, dict]
+    """Parameter name -> how dequant.py rebuilds it."""
+    report: list[TensorReport]
+    """One row per parameter (with compressed bytes once _measure_compressed_sizes has run)."""
+    clip_scale: float
+    """The factor on every SDClip k (1.0 unless --target-bytes chose another)."""
+    attempts: list[Attempt]
+    """The --target-bytes rounds (empty without a target)."""
+
+
+def _quantize(config: QuantizeConfig, state: dict, hessians: Hessians | None, metadata: dict, device,
+              ledger: TimeLedger, reporter: Reporter) -> Quantized:
+    """Quantize at clip scale 1, or at the scale that fits --target-bytes; warn if nothing got codes."""
+    quantize_at = partial(quantize_state, state, config, hessians.matrices if hessians else None, device)
+    with ledger.measure("quantize", note="the solve after training: outside both budgets (records: ~10 s)"):
+        if config.target_bytes:
+            (tensors, index, report), clip_scale, attempts = fit_to_target(
+                state, config, quantize_at, lambda result: _packed_bytes(result, metadata, config))
+        else:
+            (tensors, index, report), clip_scale, attempts = quantize_at(1.0), 1.0, []
+    if all(row.kind == KIND_FLOAT for row in report):
+        reporter.log(warning="nothing_quantized", method=config.method,
+                     why=f"every tensor has at most keep_float_max_numel={config.keep_float_max_numel} elements "
+                         "or is not a matrix, so all stay float and the settings change nothing")
+    return Quantized(tensors, index, report, clip_scale, attempts)
+
+
+def _measure_compressed_sizes(quantized: Quantized, codec: str, ledger: TimeLedger) -> Quantized:
+    """The report with the bytes of each tensor compressed alone (timed: brotli at quality 11 is slow)."""
+    with ledger.measure("size_report", note="compressing each tensor alone for the report: outside both budgets"):
+        return replace(quantized, report=with_compressed_sizes(quantized.tensors, quantized.report, codec))
+
+
+def _save(writer: StageWriter, quantized: Quantized, metadata: dict) -> None:
+    """quantized.safetensors: the stored tensors, with the index and ``metadata`` in its header."""
+    tensors, index = quantized.tensors, quantized.index
+    save_tensors(writer.path(QUANTIZED_FILE), tensors, {**metadata, "quant_index": json.dumps(index)})
+    writer.add_output("quantized", writer.path(QUANTIZED_FILE))
+
+
+def _metrics(scoring: Scoring, pre: BpbSums, pre_source: dict, post: BpbSums, quantized: Quantized,
+             hessians: Hessians | None, train_budget: dict) -> dict:
+    """The manifest's metrics: both scores and where the pre-quant one came from, the clip scale,
+    the bytes, the train budget with calibration, and the per-tensor report."""
+    report = quantized.report
+    return {
+        "eval": {"seq_len": scoring.seq_len, "stride": scoring.stride, "tokens_scored": pre.tokens,
+                 "bytes_scored": pre.bytes},
+        "pre_quant_val_loss": pre.loss,
+        "pre_quant_val_bpb": pre.bpb,
+        "pre_quant": pre_source,
+        "post_quant_val_loss": post.loss,
+        "post_quant_val_bpb": post.bpb,
+        "quant_gap_bpb": post.bpb - pre.bpb,
+        "clip_scale": quantized.clip_scale,
+        "target_attempts": [vars(a) for a in quantized.attempts],
+        "calibration_tokens": hessians.tokens if hessians else 0,
+        "raw_stored_bytes": sum(row.stored_bytes for row in report),
+        "predicted_bytes": round(sum(row.predicted_bytes for row in report)),
+        "train_budget": train_budget,
+        "tensors": [row.to_dict() for row in report],
+    }
+
+
 def _calibrate(config: QuantizeConfig, model: GPT, state, data: StageDir, train_seq_len: int, device,
-               ledger: TimeLedger, reporter: Reporter):
-    """GPTQ Hessians, timed into the ledger: reading training data counts toward the train budget."""
+               ledger: TimeLedger, reporter: Reporter) -> Hessians | None:
+    """Hessians for a method that reads them (GPTQ), timed into the ledger: reading training data counts
+    toward the train budget."""
     names = {name for name, tensor in state.items() if is_quantized(name, tensor, config)}
-    if config.method != "gptq" or not names:
+    if not METHODS[config.method].needs_hessians or not names:
         return None
     calib = config.calibration
     seq_len = calib.seq_len or train_seq_len
