@@ -22,7 +22,7 @@ import torch
 from ..config import from_dict, to_dict
 from ..contract.environment import capture
 from ..contract.ledger import BUDGET_LIMIT_SECONDS, TimeLedger
-from ..contract.lineage import require_same_tokenizer
+from ..contract.lineage import lineage_folder, require_same_tokenizer
 from ..contract.stage_dir import StageDir, StageWriter
 from ..device import resolve_device
 from ..errors import GolfError
@@ -56,7 +56,7 @@ def data_dir_of(stage: StageDir, explicit: str | Path | None) -> StageDir:
         return StageDir(explicit, "tokenize")
     if "data" not in stage.manifest.inputs:
         raise GolfError(f"{stage.path}: records no data input; pass --data")
-    return stage.upstream("data", "tokenize")
+    return lineage_folder(stage, "tokenize")
 
 
 def run_quantize(config: QuantizeConfig, train_dir: str | Path, out_dir: str | Path,
