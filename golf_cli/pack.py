@@ -9,8 +9,10 @@ from rich.table import Table
 
 from stages.artifact.verify import TRUST_FLAG
 from stages.errors import GolfError
-from stages.pack.stage import COMPARE_COLUMNS, SIZE_EXIT_CODE, check_artifact, over_limit_message, run_pack
+from stages.pack.compare import COMPARE_COLUMNS
 from stages.pack.config import SIZE_LIMIT, PackConfig
+from stages.pack.gate import SIZE_EXIT_CODE, check_artifact
+from stages.pack.stage import run_pack
 from stages.progress import format_line
 from stages.submit.folder import check_submission
 
@@ -45,14 +47,13 @@ def pack(
         if check.is_dir():
             if code is not None:
                 raise GolfError("--code goes with an artifact file; a submission folder's code is its train_gpt.py")
-            verdict = check_submission(check, limit)
-            print(format_line({"submission": str(check), **verdict}))
+            result = check_submission(check, limit)
+            print(format_line({"submission": str(check), **result.as_dict()}))
         else:
-            verdict = check_artifact(check, limit, trust_code, RichReporter(), code)
-            print(format_line({"artifact": str(check), **verdict}))
-        if verdict["verdict"] != "PASS":
-            counted = "code + artifact" if check.is_dir() or code is not None else "artifact"
-            raise GolfError(f"{check}: {over_limit_message(verdict, counted)}", exit_code=SIZE_EXIT_CODE)
+            result = check_artifact(check, limit, trust_code, RichReporter(), code)
+            print(format_line({"artifact": str(check), **result.as_dict()}))
+        if not result.verdict.passed:
+            raise GolfError(f"{check}: {result.over_limit_message()}", exit_code=SIZE_EXIT_CODE)
         return
     reporter = RichReporter()
     # Flags go through the typed overrides, so a misspelt codec is a one-line error listing the choices.

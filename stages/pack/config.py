@@ -5,11 +5,16 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
+from ..artifact.encode import STRONGEST_LEVEL
+from ..artifact.streams import StreamCodecs
+from ..artifact.writer import Layout
 from ..ranges import ConfigError, check_ranges, ranged
-from .codecs import BEST, STRONGEST_LEVEL
 
 SIZE_LIMIT = 16_000_000
 """The challenge's artifact limit in bytes (decimal)."""
+BEST = "best"  # per section, the smallest of BEST_CANDIDATES
+# The contenders of codec "best"; zlib is kept for comparison but never beats these on weights.
+BEST_CANDIDATES = ("brotli", "lzma", "zstd", "rans")
 
 
 @dataclass(frozen=True)
@@ -44,3 +49,16 @@ class PackConfig:
             raise ConfigError("level", "a level belongs to one codec; leave it unset with codec 'best'")
         if self.level is not None and self.level > STRONGEST_LEVEL[self.codec]:
             raise ConfigError("level", f"must be at most {STRONGEST_LEVEL[self.codec]} for {self.codec}, got {self.level}")
+
+    def layout(self) -> Layout:
+        """The writer's layout this config asks for."""
+        return Layout(streams=self.streams, shuffle=self.shuffle, code_codec=self.code_codec, ship_ttt=self.ship_ttt)
+
+    def codecs(self) -> StreamCodecs:
+        """The writer's codec candidates this config asks for ('best' stands for BEST_CANDIDATES)."""
+        return StreamCodecs(weights=codec_choices(self.codec), codes=codec_choices(self.codes_codec), level=self.level)
+
+
+def codec_choices(codec: str) -> tuple[str, ...]:
+    """The codecs a configured codec stands for: itself, or the candidates of 'best'."""
+    return BEST_CANDIDATES if codec == BEST else (codec,)

@@ -6,7 +6,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import torch
 
-from ..pack.codecs import compress
+from ..artifact.encode import compress
 from ..progress import Reporter
 
 

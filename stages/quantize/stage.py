@@ -12,10 +12,14 @@ with calibration added.
 
 from __future__ import annotations
 
-import json
 from dataclasses import replace
+from functools import partial
 from pathlib import Path
+from typing import Callable
 
+from ..artifact.quantized import QuantizedMetadata
+from ..artifact.streams import StreamCodecs
+from ..artifact.writer import build_artifact
 from ..config import from_dict, to_dict
 from ..contract.environment import capture
 from ..contract.ledger import BUDGET_LIMIT_SECONDS, TimeLedger
@@ -29,8 +33,6 @@ from ..scoring.validate import validate
 from ..model.checkpoint import load_model_weights, load_tensors, save_tensors
 from ..model.config import ModelConfig
 from ..model.gpt import GPT
-from ..pack.stage import build_artifact
-from ..pack.config import PackConfig
 from ..progress import Reporter
 from ..data.loader import make_loader
 from .calibration import collect_hessians, generated_batches, training_batches
@@ -87,11 +89,9 @@ def run_quantize(config: QuantizeConfig, train_dir: str | Path, out_dir: str | P
         pre, pre_source = pre_quant_score(lambda: score("pre_quant"), train, data, val, windows, model_config,
                                           device.type, reporter)
         hessians = _calibrate(config, model, state, data, train_seq_len, device, ledger, reporter)
-        metadata = {
-            "model_config": json.dumps(train.lineage["model_config"]),
-            "lineage": json.dumps(dict(train.lineage)),
-            "train_seq_len": str(train_seq_len),
-        }
+        # What pack builds the artifact from, but the quantization index: each quantization's own.
+        metadata = partial(QuantizedMetadata, model_config=train.lineage["model_config"],
+                           lineage=dict(train.lineage), train_seq_len=train_seq_len)
 
         def quantize_at(clip_scale: float):
             return quantize_state(state, config, hessians.matrices if hessians else None, device, clip_scale)
@@ -112,7 +112,7 @@ def run_quantize(config: QuantizeConfig, train_dir: str | Path, out_dir: str | P
             for row, size in zip(report, compressed_sizes(tensors, report, config.target_codec)):
                 row["compressed_bytes"] = size
 
-        save_tensors(writer.path(QUANTIZED_FILE), tensors, {**metadata, "quant_index": json.dumps(index)})
+        save_tensors(writer.path(QUANTIZED_FILE), tensors, metadata(quant_index=index).as_metadata())
         writer.add_output("quantized", writer.path(QUANTIZED_FILE))
         metrics = {
             "eval": {"seq_len": seq_len, "stride": stride, "tokens_scored": pre.tokens, "bytes_scored": pre.bytes},
@@ -160,10 +160,11 @@ def _calibrate(config: QuantizeConfig, model: GPT, state, data: StageDir, train_
     return hessians
 
 
-def _packed_bytes(result, metadata: dict, config: QuantizeConfig) -> int:
+def _packed_bytes(result, metadata: Callable[..., QuantizedMetadata], config: QuantizeConfig) -> int:
+    """The bytes of the artifact `golf pack --codec <target_codec>` would write from ``result``."""
     tensors, index, _report = result
-    data, _breakdown = build_artifact(tensors, {**metadata, "quant_index": json.dumps(index)},
-                                      PackConfig(codec=config.target_codec))
+    data, _breakdown = build_artifact(tensors, metadata(quant_index=index),
+                                      codecs=StreamCodecs(weights=(config.target_codec,)))
     return len(data)
 
 
