@@ -29,7 +29,7 @@ def pack(
     codec: str = typer.Option("brotli", "--codec", help="Codec of the weights sections other than the codes: brotli, lzma, "
                               "zstd, zlib, rans, or best (per section the smallest); the codes: --set codes_codec=... (rans)."),
     limit: int = typer.Option(SIZE_LIMIT, "--limit", help="Size limit in bytes; over it, exit 3 and write nothing."),
-    compare: bool = typer.Option(False, "--compare", help="First print the size under every codec, per group and in total."),
+    compare: bool = typer.Option(False, "--compare", help="First print the size under every codec, per section and in total."),
     check: Path = typer.Option(None, "--check", help="Only check this existing artifact file (well-formed, its code "
                                "golf's own, and its size), or a `golf submit` folder: train_gpt.py's real bytes plus "
                                "the largest seed's artifact bytes."),
@@ -64,7 +64,7 @@ def pack(
 
 
 def _print_comparison(rows: dict[str, dict]) -> None:
-    """Bytes per group and in total under each codec; the smallest codec of each row in bold."""
+    """Bytes per section and in total under each codec; the smallest codec of each row in bold."""
     table = Table("section", "raw", *COMPARE_COLUMNS, title="artifact bytes by codec")
     for row, sizes in rows.items():
         smallest = min(sizes[column] for column in COMPARE_COLUMNS)

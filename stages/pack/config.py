@@ -22,13 +22,13 @@ class PackConfig:
     """How the artifact is compressed and the size it must fit."""
 
     codec: Literal["brotli", "lzma", "zstd", "zlib", "rans", "best"] = "brotli"
-    """Codec of the weights sections other than the code sections (all of them with streams 'group');
+    """Codec of the weights sections other than the codes section (all of them with streams 'group');
     'best': per section the smallest of brotli/lzma/zstd/rans."""
     codes_codec: Literal["brotli", "lzma", "zstd", "zlib", "rans", "best"] = "rans"
-    """Codec of the code sections (streams 'type'): 'rans', golf's order-0 entropy coder, by default."""
+    """Codec of the codes section (streams 'type'): 'rans', golf's order-0 entropy coder, by default."""
     streams: Literal["type", "group"] = "type"
-    """'type': each matrix type's int8 codes in a section of their own, the rest by tensor group;
-    'group': one section per tensor group (attention, mlp, embedding, other)."""
+    """'type': every matrix's int8 codes in one section (weights.codes, one segment per matrix type),
+    the rest by tensor group; 'group': one section per tensor group (attention, mlp, embedding, other)."""
     level: int | None = ranged(None, ge=0)
     """Codec level of ``codec`` (None: the strongest: brotli 11, lzma 9e, zstd 22, zlib 9); unset with 'best'."""
     shuffle: bool = True
