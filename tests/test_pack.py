@@ -271,11 +271,13 @@ def test_breakdown_serializes_to_the_manifest_fields(tensors):
     fields = breakdown.as_dict()
     assert list(fields) == ["bytes_total", "bytes_header", "bytes_code", "bytes_code_uncompressed", "code_files",
                             "bytes_weights", "bytes_weights_uncompressed", "groups"]
-    assert fields["bytes_total"] == len(data) and list(fields["groups"]) == [s.removeprefix("weights.") for s in TYPE_SECTIONS[1:]]
+    assert fields["bytes_total"] == len(data)
+    assert list(fields["groups"]) == [section.removeprefix("weights.") for section in TYPE_SECTIONS[1:]]
     assert fields["groups"]["codes"] == {"codec": "rans", "bytes": breakdown.streams["codes"].bytes,
                                          "bytes_uncompressed": breakdown.streams["codes"].bytes_uncompressed}
     flat = breakdown.flat()
-    assert "groups" not in flat and flat["mlp_codec"] == "brotli" and flat["mlp_bytes"] == breakdown.streams["mlp"].bytes
+    assert "groups" not in flat and flat["mlp_codec"] == "brotli"
+    assert flat["mlp_bytes"] == breakdown.streams["mlp"].bytes
     assert json.loads(json.dumps(fields)) == fields  # plain JSON
 
 
@@ -317,7 +319,8 @@ def test_container_detects_corruption_and_truncation(tensors):
     for magic in (b"PK\x03\x04GOLF", b"GOLFPKv3"):
         with pytest.raises(ContainerError, match="bad magic"):
             read_container(magic + data[len(MAGIC) :])
-    with pytest.raises(ContainerError, match=r"packed by an older golf \(artifact format 2; this golf reads format 3\)"):
+    with pytest.raises(ContainerError, match=r"packed by an older golf \(artifact format 2; this golf reads format 3\): "
+                       "repack it with golf pack on its quantize folder"):
         read_container(b"GOLFPK02" + data[len(MAGIC) :])
     with pytest.raises(ContainerError, match=r"packed by a newer golf \(artifact format 4; .*read it with that golf"):
         read_container(b"GOLFPK04" + data[len(MAGIC) :])

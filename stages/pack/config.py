@@ -52,11 +52,13 @@ class PackConfig:
 
     def layout(self) -> Layout:
         """The writer's layout this config asks for."""
-        return Layout(streams=self.streams, shuffle=self.shuffle, code_codec=self.code_codec, ship_ttt=self.ship_ttt)
+        return Layout(streams=self.streams, shuffle=self.shuffle, code_codec=self.code_codec,
+                      ship_ttt=self.ship_ttt)
 
     def codecs(self) -> StreamCodecs:
         """The writer's codec candidates this config asks for ('best' stands for BEST_CANDIDATES)."""
-        return StreamCodecs(weights=codec_choices(self.codec), codes=codec_choices(self.codes_codec), level=self.level)
+        return StreamCodecs(weights=codec_choices(self.codec), codes=codec_choices(self.codes_codec),
+                            level=self.level)
 
 
 def codec_choices(codec: str) -> tuple[str, ...]:
