@@ -34,9 +34,12 @@ from packing_choices import laid_out, similarity_order, stored_permutation
 from stages.config import apply_overrides, to_dict
 from stages.contract.stage_dir import StageDir
 from stages.model.checkpoint import load_tensors, load_tensors_and_metadata
-from stages.pack.codecs import compress
-from stages.pack.stage import artifact_parts, assemble_artifact, is_code_stream, matrix_type, run_pack, weight_payloads
+from stages.artifact.encode import compress
+from stages.artifact.quantized import QuantizedMetadata
+from stages.artifact.streams import is_code_stream, matrix_type
+from stages.artifact.writer import artifact_parts, assemble_artifact, weight_payloads
 from stages.pack.config import SIZE_LIMIT, PackConfig
+from stages.pack.stage import run_pack
 from stages.quantize.dequant import dequantize_rows, lqer_factors
 from stages.quantize.entropy import predicted_code_bytes, predicted_value_bytes
 from stages.quantize.lqer import FORMATS, correction_bytes, lqer_correction
@@ -90,7 +93,7 @@ def code_matrices(tensors: dict[str, torch.Tensor], parts) -> dict[str, list[tup
     """{matrix type: [(name, codes), ...]} in the code stream's order."""
     by_type: dict[str, list] = {}
     for entry in parts.header["weights"]["tensors"]:
-        if is_code_stream(entry["group"]):
+        if is_code_stream(entry["stream"]):
             by_type.setdefault(matrix_type(entry["name"]), []).append((entry["name"], tensors[entry["name"]].numpy()))
     return by_type
 
@@ -126,8 +129,9 @@ def packing_table(tensors, metadata) -> list[dict]:
     bytes of the codes and the artifact total they imply (the rest of golf's default artifact:
     code, header, scales and floats, unchanged); 'full artifact' rows are real artifacts."""
     default = PackConfig()
-    parts = artifact_parts(tensors, metadata, default)
-    payloads = weight_payloads(parts, default)
+    quantized = QuantizedMetadata.from_metadata(metadata, "quantized.safetensors")
+    parts = artifact_parts(tensors, quantized, default.layout())
+    payloads = weight_payloads(parts, default.codecs())
     data, breakdown = assemble_artifact(parts, payloads)
     codes_now = len(payloads["codes"][1])
     rest = len(data) - codes_now
@@ -141,8 +145,8 @@ def packing_table(tensors, metadata) -> list[dict]:
 
     start = time.perf_counter()
     before = PackConfig(streams="group", codes_codec="brotli", code_codec="lzma")
-    old_parts = artifact_parts(tensors, metadata, before)
-    old_data, _ = assemble_artifact(old_parts, weight_payloads(old_parts, before))
+    old_parts = artifact_parts(tensors, quantized, before.layout())
+    old_data, _ = assemble_artifact(old_parts, weight_payloads(old_parts, before.codecs()))
     row("before: 4 group sections, brotli 11, code lzma", None, len(old_data), "full artifact", time.perf_counter() - start)
 
     by_type = code_matrices(tensors, parts)
@@ -164,7 +168,7 @@ def packing_table(tensors, metadata) -> list[dict]:
             start = time.perf_counter()
             codes = measure()
             row(choice, codes, rest + codes, "per-type streams", time.perf_counter() - start)
-    everything = parts.streams["codes"]
+    everything = parts.stream_bytes["codes"]
     for choice, segments in (("rans, one table for all codes", None),
                              ("rans, one table per tensor", [codes.size for m in by_type.values() for _, codes in m])):
         start = time.perf_counter()

@@ -9,8 +9,10 @@ from rich.table import Table
 
 from stages.artifact.verify import TRUST_FLAG
 from stages.errors import GolfError
-from stages.pack.stage import COMPARE_COLUMNS, SIZE_EXIT_CODE, check_artifact, over_limit_message, run_pack
+from stages.pack.compare import COMPARE_COLUMNS
 from stages.pack.config import SIZE_LIMIT, PackConfig
+from stages.pack.gate import SIZE_EXIT_CODE, check_artifact
+from stages.pack.stage import run_pack
 from stages.progress import format_line
 from stages.submit.folder import check_submission
 
@@ -27,7 +29,7 @@ def pack(
     codec: str = typer.Option("brotli", "--codec", help="Codec of the weights sections other than the codes: brotli, lzma, "
                               "zstd, zlib, rans, or best (per section the smallest); the codes: --set codes_codec=... (rans)."),
     limit: int = typer.Option(SIZE_LIMIT, "--limit", help="Size limit in bytes; over it, exit 3 and write nothing."),
-    compare: bool = typer.Option(False, "--compare", help="First print the size under every codec, per group and in total."),
+    compare: bool = typer.Option(False, "--compare", help="First print the size under every codec, per section and in total."),
     check: Path = typer.Option(None, "--check", help="Only check this existing artifact file (well-formed, its code "
                                "golf's own, and its size), or a `golf submit` folder: train_gpt.py's real bytes plus "
                                "the largest seed's artifact bytes."),
@@ -45,14 +47,13 @@ def pack(
         if check.is_dir():
             if code is not None:
                 raise GolfError("--code goes with an artifact file; a submission folder's code is its train_gpt.py")
-            verdict = check_submission(check, limit)
-            print(format_line({"submission": str(check), **verdict}))
+            result = check_submission(check, limit)
+            print(format_line({"submission": str(check), **result.as_dict()}))
         else:
-            verdict = check_artifact(check, limit, trust_code, RichReporter(), code)
-            print(format_line({"artifact": str(check), **verdict}))
-        if verdict["verdict"] != "PASS":
-            counted = "code + artifact" if check.is_dir() or code is not None else "artifact"
-            raise GolfError(f"{check}: {over_limit_message(verdict, counted)}", exit_code=SIZE_EXIT_CODE)
+            result = check_artifact(check, limit, trust_code, RichReporter(), code)
+            print(format_line({"artifact": str(check), **result.as_dict()}))
+        if not result.verdict.passed:
+            raise GolfError(f"{check}: {result.over_limit_message()}", exit_code=SIZE_EXIT_CODE)
         return
     reporter = RichReporter()
     # Flags go through the typed overrides, so a misspelt codec is a one-line error listing the choices.
@@ -63,7 +64,7 @@ def pack(
 
 
 def _print_comparison(rows: dict[str, dict]) -> None:
-    """Bytes per group and in total under each codec; the smallest codec of each row in bold."""
+    """Bytes per section and in total under each codec; the smallest codec of each row in bold."""
     table = Table("section", "raw", *COMPARE_COLUMNS, title="artifact bytes by codec")
     for row, sizes in rows.items():
         smallest = min(sizes[column] for column in COMPARE_COLUMNS)

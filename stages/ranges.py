@@ -12,7 +12,7 @@ fields (``model_dim`` divisible by ``num_heads``) follow it as explicit checks t
 applies to each item.
 
 This lives apart from ``stages/config.py`` because ``ModelConfig`` ships inside every artifact
-(``stages/pack/bundle.py`` follows relative imports), and each shipped byte counts against the
+(``stages/artifact/bundle.py`` follows relative imports), and each shipped byte counts against the
 16,000,000: so it is small and stdlib-only.
 """
 

@@ -16,6 +16,7 @@ import pytest
 
 from stages.artifact.bundle import bundle_id
 from stages.artifact.codecs import decompress
+from stages.artifact.encode import compress
 from stages.artifact.container import MAGIC, read_container, write_container
 from stages.artifact.schema import encode_code
 from stages.artifact.verify import installed_sources, read_artifact, stage_code_report
@@ -24,8 +25,7 @@ from stages.contract.stage_dir import StageDir
 from stages.errors import GolfError
 from stages.evaluate.stage import run_eval
 from stages.evaluate.config import EvalConfig
-from stages.pack.codecs import compress
-from stages.pack.stage import check_artifact
+from stages.pack.gate import check_artifact
 from stages.progress import Reporter
 
 from .conftest import golf, rewrite_manifest
@@ -161,7 +161,7 @@ def test_foreign_refusal_names_the_files_and_the_opt_in(parts, pack_dir, data_di
 def test_golf_own_artifact_passes_every_check(pack_dir, tmp_path):
     _, problem = stage_code_report(StageDir(pack_dir))
     assert problem is None
-    assert check_artifact(StageDir(pack_dir).file("artifact"))["code_matches_installed"] is True
+    assert check_artifact(StageDir(pack_dir).file("artifact")).as_dict()["code_matches_installed"] is True
 
 
 # The explicit opt-in
@@ -243,8 +243,7 @@ MALFORMED = {
     "code key missing": (edit_header(lambda h: h["code"].pop("bundle_sha256")), "code has no 'bundle_sha256'"),
     "tensor shape": (edit_header(lambda h: h["weights"]["tensors"][0].update(shape=["8"])), "shape is not a list of sizes"),
     "tensor dtype": (edit_header(lambda h: h["weights"]["tensors"][0].update(dtype="bfloat16")), "dtype 'bfloat16'"),
-    "tensor group": (edit_header(lambda h: h["weights"]["tensors"][0].update(group="lost")), "group 'lost'"),
-    "format": (edit_header(lambda h: h.update(format=3)), "format 3"),
+    "tensor stream": (edit_header(lambda h: h["weights"]["tensors"][0].update(stream="lost")), "stream 'lost'"),
     "unknown code codec": (edit_header(lambda h: h["code"].update(codec="xz")), "unknown codec 'xz'"),
     "unknown section codec": (unknown_section_codec, "unknown codec 'xz'"),
     "sections entry": (raw_sections_list, "sections[0] has no 'bytes'"),
@@ -284,3 +283,32 @@ def test_weights_that_do_not_decode_are_a_one_line_error(parts, data_dir, tmp_pa
     artifact = parts.write(tmp_path / "model.golf")
     with pytest.raises(GolfError, match="model does not rebuild.*weights.mlp ends inside tensor"):
         run_eval(EvalConfig(), artifact, data_dir, tmp_path / "eval")
+
+
+# An artifact of an older format: refused in one line that says what to do
+
+
+OLDER_FORMAT = ("packed by an older golf (artifact format 2; this golf reads format 3): "
+                "repack it with golf pack on its quantize folder")
+
+
+def format_2_artifact(parts: Parts, path):
+    """The artifact as golf wrote it before format 3: magic GOLFPK02, the header's ``format: 2``,
+    each tensor entry naming its section's ``group``."""
+    header = copy.deepcopy(parts.header)
+    header["format"] = 2
+    for entry in header["weights"]["tensors"]:
+        entry["group"] = entry.pop("stream")
+    data = write_container(header, [(name, parts.codecs[name], parts.sections[name]) for name in parts.sections])
+    path.write_bytes(b"GOLFPK02" + data[len(MAGIC):])
+    return path
+
+
+def test_a_format_2_artifact_is_refused_with_what_to_do(parts, data_dir, tmp_path):
+    artifact = format_2_artifact(parts, tmp_path / "old.golf")
+    with pytest.raises(GolfError) as error:
+        read_artifact(artifact)
+    assert str(error.value) == f"{artifact}: {OLDER_FORMAT}"
+    assert_one_line_error(golf("eval", artifact, "--data", data_dir, "--out", tmp_path / "eval"), OLDER_FORMAT)
+    assert not (tmp_path / "eval").exists()
+    assert_one_line_error(golf("pack", "--check", artifact), OLDER_FORMAT)

@@ -24,7 +24,8 @@ from stages.data.shards import encode_shard, read_shard
 from stages.evaluate.stage import run_eval
 from stages.evaluate.config import EvalConfig
 from stages.model.checkpoint import load_tensors_and_metadata
-from stages.pack.stage import build_artifact
+from stages.artifact.quantized import QuantizedMetadata
+from stages.artifact.writer import build_artifact
 from stages.pack.config import PackConfig
 from stages.tokenize.stage import run_tokenize
 from stages.tokenize.config import TokenizeConfig
@@ -74,7 +75,9 @@ def test_a_swapped_artifact_with_fixed_hashes_does_not_verify(run):
     tensors, metadata = load_tensors_and_metadata(run / "quantize" / "quantized.safetensors")
     name = next(n for n, t in sorted(tensors.items()) if t.dtype.is_floating_point and t.numel() > 1)
     tensors[name] = tensors[name] * 0.5  # another model: the same shapes, other weights
-    (run / "other.golf").write_bytes(build_artifact(tensors, metadata, PackConfig())[0])
+    quantized = QuantizedMetadata.from_metadata(metadata, "quantized.safetensors")
+    config = PackConfig()
+    (run / "other.golf").write_bytes(build_artifact(tensors, quantized, config.layout(), config.codecs())[0])
     swapped = as_pack_folder(run / "pack", run / "other.golf", run / "pack-swapped")
     scored = golf("eval", swapped, "--stride", 32, "--set", f"eval_tokens={EVAL_TOKENS}", "--out", run / "eval-swapped")
     assert scored.returncode == 0, scored.stderr  # the stride eval skips the in-memory comparison

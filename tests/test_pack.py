@@ -19,11 +19,16 @@ from stages.artifact.verify import CODE_ROOT, installed_sources
 from stages.config import apply_overrides
 from stages.contract.stage_dir import StageDir
 from stages.errors import GolfError
+from stages.artifact.encode import byte_shuffle, compress
+from stages.artifact.quantized import QuantizedMetadata
+from stages.artifact.rans_encode import lane_count
+from stages.artifact.streams import StreamCodecs, matrix_type
+from stages.artifact.writer import Breakdown, Layout, artifact_parts, build_artifact
 from stages.model.checkpoint import load_tensors_and_metadata
-from stages.pack.codecs import BEST_CANDIDATES, byte_shuffle, compress
-from stages.pack.rans import lane_count
-from stages.pack.stage import COMPARE_COLUMNS, artifact_parts, build_artifact, check_artifact, compare_codecs, compress_streams, matrix_type, run_pack
-from stages.pack.config import PackConfig
+from stages.pack.compare import COMPARE_COLUMNS, compare_codecs, measure_codecs
+from stages.pack.config import BEST_CANDIDATES, PackConfig
+from stages.pack.gate import check_artifact
+from stages.pack.stage import run_pack
 
 # One tensor per dtype in every group, named the way the quantize stage stores them.
 GROUP_OF = {
@@ -41,12 +46,21 @@ GROUP_OF = {
 STREAM_OF = {**GROUP_OF, **{name: "codes" for name in GROUP_OF if name.endswith(".weight.q")}}
 TYPE_SECTIONS = ["code", "weights.codes", "weights.attention", "weights.mlp", "weights.embedding", "weights.other"]
 GROUP_SECTIONS = ["code", "weights.attention", "weights.mlp", "weights.embedding", "weights.other"]
-METADATA = {
-    "lineage": json.dumps({"tokenizer_sha256": "0" * 64, "vocab_size": 32}),
-    "model_config": json.dumps({"vocab_size": 32}),
-    "quant_index": json.dumps({"tok_emb.weight": {"kind": "int8_rows"}}),
-    "train_seq_len": "16",
-}
+METADATA = QuantizedMetadata(
+    lineage={"tokenizer_sha256": "0" * 64, "vocab_size": 32},
+    model_config={"vocab_size": 32},
+    quant_index={"tok_emb.weight": {"kind": "int8_rows"}},
+    train_seq_len=16,
+)
+
+
+def packed(tensors, config: PackConfig = PackConfig()) -> tuple[bytes, Breakdown]:
+    """The artifact `golf pack` with ``config`` writes of ``tensors``, and its breakdown."""
+    return build_artifact(tensors, METADATA, config.layout(), config.codecs())
+
+
+def parts_of(tensors, config: PackConfig = PackConfig()):
+    return artifact_parts(tensors, METADATA, config.layout())
 
 
 @pytest.fixture(scope="module")
@@ -159,34 +173,34 @@ def test_unknown_codec_is_refused():
 @pytest.mark.parametrize("codec", [*CODECS, "best"])
 def test_artifact_round_trip_is_bit_exact(tensors, codec, streams, sections):
     config = PackConfig(codec=codec, codes_codec=codec, streams=streams)
-    data, breakdown = build_artifact(tensors, METADATA, config)
+    data, breakdown = packed(tensors, config)
     header, decoded = read_container(data)
     assert_same_tensors(decode_tensors(header, decoded), tensors)
     assert list(decoded) == sections
     used = {entry["name"]: entry["codec"] for entry in header["sections"]}
     allowed = BEST_CANDIDATES if codec == "best" else (codec,)
-    assert all(used[f"weights.{stream}"] in allowed for stream in breakdown["groups"])
-    assert breakdown["bytes_total"] == len(data)
-    assert breakdown["bytes_header"] + breakdown["bytes_code"] + breakdown["bytes_weights"] == len(data)
+    assert all(used[f"weights.{stream}"] in allowed for stream in breakdown.streams)
+    assert breakdown.bytes_total == len(data)
+    assert breakdown.bytes_header + breakdown.bytes_code + breakdown.bytes_weights == len(data)
 
 
 def test_code_section_uses_codes_codec_and_the_rest_codec(tensors):
-    data, breakdown = build_artifact(tensors, METADATA, PackConfig(codec="lzma"))
+    data, breakdown = packed(tensors, PackConfig(codec="lzma"))
     header, _ = read_container(data)
     used = {entry["name"]: entry["codec"] for entry in header["sections"]}
     assert {name: codec for name, codec in used.items() if name.startswith("weights.")} == {
         section: "rans" if section == "weights.codes" else "lzma" for section in TYPE_SECTIONS[1:]}
-    codes = [entry["name"] for entry in header["weights"]["tensors"] if entry["group"] == "codes"]
+    codes = [entry["name"] for entry in header["weights"]["tensors"] if entry["stream"] == "codes"]
     assert codes == ["blocks.0.attn.c_q.weight.q", "blocks.0.mlp.fc.weight.q", "blocks.1.mlp.fc.weight.q",
                      "tok_emb.weight.q"]  # by matrix type, then layer: one rans table per type
 
 
 def test_code_stream_has_one_segment_per_matrix_type(tensors):
-    parts = artifact_parts(tensors, METADATA, PackConfig())
+    parts = parts_of(tensors)
     assert parts.segments["codes"] == [16 * 24, 2 * 32 * 16, 32 * 16]  # attn.c_q, mlp.fc (2 layers), tok_emb
-    assert parts.segments["attention"] == [len(parts.streams["attention"])]
-    one_table = compress(parts.streams["codes"], "rans")
-    assert len(compress(parts.streams["codes"], "rans", segments=parts.segments["codes"])) != len(one_table)
+    assert parts.segments["attention"] == [len(parts.stream_bytes["attention"])]
+    one_table = compress(parts.stream_bytes["codes"], "rans")
+    assert len(compress(parts.stream_bytes["codes"], "rans", segments=parts.segments["codes"])) != len(one_table)
 
 
 @pytest.mark.parametrize("name, expected", [
@@ -199,46 +213,46 @@ def test_matrix_type_drops_the_layer_and_the_suffix(name, expected):
 
 @pytest.mark.parametrize("streams, expected", [("type", STREAM_OF), ("group", GROUP_OF)])
 def test_header_records_each_tensor(tensors, streams, expected):
-    data, _ = build_artifact(tensors, METADATA, PackConfig(streams=streams))
+    data, _ = packed(tensors, PackConfig(streams=streams))
     header, _ = read_container(data)
     entries = {entry["name"]: entry for entry in header["weights"]["tensors"]}
     assert set(entries) == set(tensors)
     for name, tensor in tensors.items():
         entry = entries[name]
-        assert entry["group"] == expected[name]
+        assert entry["stream"] == expected[name]
         assert entry["dtype"] == str(tensor.dtype).removeprefix("torch.") and entry["shape"] == list(tensor.shape)
         assert entry["shuffled"] == (tensor.element_size() > 1)  # int8 has nothing to shuffle
 
 
 def test_header_is_compressed_json(tensors):
-    data, _ = build_artifact(tensors, METADATA, PackConfig())
-    assert data.startswith(MAGIC) and MAGIC == b"GOLFPK02"
+    data, _ = packed(tensors, PackConfig())
+    assert data.startswith(MAGIC) and MAGIC == b"GOLFPK03"  # the format version is the magic's digits, only there
     (length,) = struct.unpack("<I", data[len(MAGIC) : len(MAGIC) + 4])
     header = json.loads(lzma.decompress(data[len(MAGIC) + 4 : len(MAGIC) + 4 + length]))
-    assert header["format"] == 2 and header["train_seq_len"] == 16
+    assert "format" not in header and header["train_seq_len"] == 16
 
 
 def test_unshuffled_artifact_round_trips(tensors):
-    data, _ = build_artifact(tensors, METADATA, PackConfig(shuffle=False))
+    data, _ = packed(tensors, PackConfig(shuffle=False))
     header, sections = read_container(data)
     assert not any(entry["shuffled"] for entry in header["weights"]["tensors"])
     assert_same_tensors(decode_tensors(header, sections), tensors)
 
 
 def test_best_keeps_the_smallest_codec_per_group(tensors):
-    parts = artifact_parts(tensors, METADATA, PackConfig())
-    measured = compress_streams(parts.streams, CODECS, None, parts.segments)
-    _, breakdown = build_artifact(tensors, METADATA, PackConfig(codec="best", codes_codec="best"))
-    for group, sizes in breakdown["groups"].items():
-        assert sizes["bytes"] == min(len(measured[group][codec]) for codec in BEST_CANDIDATES)
+    parts = parts_of(tensors)
+    measured = measure_codecs(parts)
+    _, breakdown = packed(tensors, PackConfig(codec="best", codes_codec="best"))
+    for stream, sizes in breakdown.streams.items():
+        assert sizes.bytes == min(len(measured[stream][codec]) for codec in BEST_CANDIDATES)
 
 
 def test_comparison_totals_are_the_real_artifact_sizes(tensors):
-    parts = artifact_parts(tensors, METADATA, PackConfig())
-    rows = compare_codecs(parts, compress_streams(parts.streams, CODECS, None, parts.segments))
+    parts = parts_of(tensors)
+    rows = compare_codecs(parts, measure_codecs(parts))
     assert list(rows) == [*(section.removeprefix("weights.") for section in TYPE_SECTIONS[1:]), "code+header", "total"]
     for column in COMPARE_COLUMNS:
-        data, _ = build_artifact(tensors, METADATA, PackConfig(codec=column, codes_codec=column))
+        data, _ = packed(tensors, PackConfig(codec=column, codes_codec=column))
         assert rows["total"][column] == len(data)
         assert sum(rows[row][column] for row in rows if row != "total") == len(data)
     assert rows["mlp"]["raw"] == sum(t.numel() * t.element_size() for n, t in tensors.items() if STREAM_OF[n] == "mlp")
@@ -246,14 +260,52 @@ def test_comparison_totals_are_the_real_artifact_sizes(tensors):
 
 def test_unsupported_dtype_is_a_one_line_error(tensors):
     with pytest.raises(GolfError, match="is bfloat16"):
-        build_artifact({**tensors, "blocks.0.mlp_scale": torch.zeros(4, dtype=torch.bfloat16)}, METADATA, PackConfig())
+        packed({**tensors, "blocks.0.mlp_scale": torch.zeros(4, dtype=torch.bfloat16)})
+
+
+# The typed records: their dict forms are the manifest's JSON, their defaults pack's
+
+
+def test_breakdown_serializes_to_the_manifest_fields(tensors):
+    data, breakdown = packed(tensors)
+    fields = breakdown.as_dict()
+    assert list(fields) == ["bytes_total", "bytes_header", "bytes_code", "bytes_code_uncompressed", "code_files",
+                            "bytes_weights", "bytes_weights_uncompressed", "groups"]
+    assert fields["bytes_total"] == len(data)
+    assert list(fields["groups"]) == [section.removeprefix("weights.") for section in TYPE_SECTIONS[1:]]
+    assert fields["groups"]["codes"] == {"codec": "rans", "bytes": breakdown.streams["codes"].bytes,
+                                         "bytes_uncompressed": breakdown.streams["codes"].bytes_uncompressed}
+    flat = breakdown.flat()
+    assert "groups" not in flat and flat["mlp_codec"] == "brotli"
+    assert flat["mlp_bytes"] == breakdown.streams["mlp"].bytes
+    assert json.loads(json.dumps(fields)) == fields  # plain JSON
+
+
+def test_pack_defaults_are_the_writer_defaults():
+    """quantize predicts `golf pack --codec C` with the writer's defaults: they must be pack's."""
+    assert PackConfig().layout() == Layout()
+    for codec in ("brotli", "lzma", "zstd", "zlib"):
+        assert PackConfig(codec=codec).codecs() == StreamCodecs(weights=(codec,))
+    assert PackConfig(codec="best", codes_codec="best").codecs() == StreamCodecs(BEST_CANDIDATES, BEST_CANDIDATES)
+
+
+def test_quantized_metadata_round_trips_as_the_text_quantize_writes():
+    text = METADATA.as_metadata()
+    assert text == {"model_config": json.dumps(METADATA.model_config), "lineage": json.dumps(METADATA.lineage),
+                    "train_seq_len": "16", "quant_index": json.dumps(METADATA.quant_index)}
+    assert QuantizedMetadata.from_metadata(text, "q.safetensors") == METADATA
+    for field, broken in (("quant_index", None), ("train_seq_len", "sixteen"), ("model_config", "{")):
+        damaged = {key: value for key, value in text.items() if key != field or broken is not None}
+        damaged.update({field: broken} if broken is not None else {})
+        with pytest.raises(GolfError, match=f"^q.safetensors records no readable {field}$"):
+            QuantizedMetadata.from_metadata(damaged, "q.safetensors")
 
 
 # The container
 
 
 def test_container_detects_corruption_and_truncation(tensors):
-    data, _ = build_artifact(tensors, METADATA, PackConfig())
+    data, _ = packed(tensors, PackConfig())
     flipped = bytearray(data)
     flipped[-3] ^= 0xFF
     with pytest.raises(ContainerError, match="weights.other.*sha256"):
@@ -264,8 +316,14 @@ def test_container_detects_corruption_and_truncation(tensors):
         read_container(data[: len(MAGIC) + 10])
     with pytest.raises(ContainerError, match="trailing"):
         read_container(data + b"\0")
-    with pytest.raises(ContainerError, match="bad magic"):
-        read_container(b"GOLFPK01" + data[len(MAGIC) :])
+    for magic in (b"PK\x03\x04GOLF", b"GOLFPKv3"):
+        with pytest.raises(ContainerError, match="bad magic"):
+            read_container(magic + data[len(MAGIC) :])
+    with pytest.raises(ContainerError, match=r"packed by an older golf \(artifact format 2; this golf reads format 3\): "
+                       "repack it with golf pack on its quantize folder"):
+        read_container(b"GOLFPK02" + data[len(MAGIC) :])
+    with pytest.raises(ContainerError, match=r"packed by a newer golf \(artifact format 4; .*read it with that golf"):
+        read_container(b"GOLFPK04" + data[len(MAGIC) :])
     header_byte = bytearray(data)
     header_byte[len(MAGIC) + 20] ^= 0xFF
     with pytest.raises(ContainerError, match="header is corrupt"):
@@ -273,25 +331,25 @@ def test_container_detects_corruption_and_truncation(tensors):
 
 
 def test_container_round_trips_sections():
-    data = write_container({"format": 2}, [("a", "zlib", b"xyz"), ("b", "lzma", b"")])
+    data = write_container({"model": "x"}, [("a", "zlib", b"xyz"), ("b", "lzma", b"")])
     header, sections = read_container(data)
-    assert sections == {"a": b"xyz", "b": b""} and header["format"] == 2
+    assert sections == {"a": b"xyz", "b": b""} and header["model"] == "x"
 
 
 # The size gate
 
 
 def test_size_gate_is_exact(tensors, tmp_path):
-    data, _ = build_artifact(tensors, METADATA, PackConfig())
+    data, _ = packed(tensors, PackConfig())
     path = tmp_path / "a.golf"
     path.write_bytes(data)
     code_sha256 = bundle_id(installed_sources())
-    assert check_artifact(path, limit=len(data)) == {
+    assert check_artifact(path, limit=len(data)).as_dict() == {
         "bytes_total": len(data), "limit": len(data), "margin": 0, "verdict": "PASS",
         "code_sha256": code_sha256, "code_installed_sha256": code_sha256, "code_matches_installed": True,
         "code_trusted_foreign": False,
     }
-    assert check_artifact(path, limit=len(data) - 1)["verdict"] == "FAIL"
+    assert check_artifact(path, limit=len(data) - 1).as_dict()["verdict"] == "FAIL"
     bad = tmp_path / "bad.golf"
     bad.write_bytes(b"x" * 100)
     with pytest.raises(GolfError, match="bad magic"):
@@ -309,6 +367,8 @@ def test_bundle_holds_exactly_the_runtime_closure():
     assert "stages/train/stage.py" not in files and "stages/contract/stage_dir.py" not in files
     assert not any(rel.startswith("stages/pack/") for rel in files)  # the packer, its encoders too, never ship
     assert "stages/artifact/verify.py" not in files and "stages/artifact/schema.py" not in files
+    writer = ("writer", "streams", "encode", "rans_encode", "quantized")  # the write side never ships
+    assert not any(f"stages/artifact/{module}.py" in files for module in writer)
     for rel, source in files.items():
         assert source == (CODE_ROOT / rel).read_text()
 
@@ -365,6 +425,7 @@ def imported_modules(path: Path) -> set[str]:
 @pytest.mark.parametrize("package, forbidden", [
     ("evaluate", ("stages.pack", "stages.tokenize")),  # eval reads the format, not the packer
     ("pack", ("stages.quantize",)),  # pack writes the format; it reads quantize's files, not its code
+    ("quantize", ("stages.pack",)),  # quantize predicts sizes with the format's writer, not the pack stage
     ("artifact", ("stages.pack", "stages.evaluate", "stages.quantize", "stages.tokenize", "stages.train")),
 ])
 def test_import_graph(package, forbidden):

@@ -9,11 +9,11 @@ import torch
 from bench.packing_choices import inverse_order, laid_out, restored, similarity_order, stored_permutation
 from stages.artifact.container import read_container
 from stages.artifact.layout import decode_tensors
-from stages.pack.codecs import CODECS, compress
-from stages.pack.stage import artifact_parts, build_artifact
+from stages.artifact.codecs import CODECS
+from stages.artifact.encode import compress
 from stages.pack.config import PackConfig
 
-from .test_pack import METADATA, assert_same_tensors
+from .test_pack import assert_same_tensors, packed, parts_of
 
 
 @pytest.fixture(scope="module")
@@ -34,19 +34,19 @@ def layers():
 
 
 def test_code_stream_runs_by_matrix_type_then_layer(layers):
-    parts = artifact_parts(layers, METADATA, PackConfig())
-    codes = [entry["name"] for entry in parts.header["weights"]["tensors"] if entry["group"] == "codes"]
+    parts = parts_of(layers)
+    codes = [entry["name"] for entry in parts.header["weights"]["tensors"] if entry["stream"] == "codes"]
     assert codes == ([f"blocks.{layer}.attn.c_q.weight.q" for layer in range(11)]
                      + [f"blocks.{layer}.mlp.fc.weight.q" for layer in range(11)] + ["tok_emb.weight.q"])
     assert parts.segments["codes"] == [11 * 8 * 12, 11 * 16 * 12, 32 * 12]
-    attention = [entry["name"] for entry in parts.header["weights"]["tensors"] if entry["group"] == "attention"]
+    attention = [entry["name"] for entry in parts.header["weights"]["tensors"] if entry["stream"] == "attention"]
     assert attention == [f"blocks.{layer}.attn.c_q.weight.scale" for layer in range(11)]
 
 
 def test_one_table_per_matrix_type_beats_one_table_for_all(layers):
-    parts = artifact_parts(layers, METADATA, PackConfig())
-    per_type = build_artifact(layers, METADATA, PackConfig())[1]["groups"]["codes"]["bytes"]
-    one_table = len(compress(parts.streams["codes"], "rans"))
+    parts = parts_of(layers)
+    per_type = packed(layers)[1].streams["codes"].bytes
+    one_table = len(compress(parts.stream_bytes["codes"], "rans"))
     assert per_type < one_table  # attn (spread 3) and mlp (spread 5) codes have different distributions
 
 
@@ -55,7 +55,7 @@ def test_one_table_per_matrix_type_beats_one_table_for_all(layers):
 @pytest.mark.parametrize("shuffle", [True, False])
 def test_every_packing_option_round_trips_bit_exactly(layers, streams, codes_codec, shuffle):
     config = PackConfig(streams=streams, codes_codec=codes_codec, codec="best" if shuffle else "brotli", shuffle=shuffle)
-    header, sections = read_container(build_artifact(layers, METADATA, config)[0])
+    header, sections = read_container(packed(layers, config)[0])
     assert_same_tensors(decode_tensors(header, sections), layers)
 
 

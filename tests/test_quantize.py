@@ -1,7 +1,6 @@
 """The quantizers: SDClip and quantile grids, GPTQ against RTN, LQER, the entropy predictor and
 the --target-bytes fit."""
 
-import json
 import math
 import typing
 from dataclasses import replace
@@ -14,8 +13,8 @@ from stages.contract.stage_dir import StageDir
 from stages.data.folder import train_shard_paths
 from stages.model.checkpoint import load_model_weights, load_tensors
 from stages.model.gpt import GPT
-from stages.pack.stage import build_artifact
-from stages.pack.config import PackConfig
+from stages.artifact.quantized import QuantizedMetadata
+from stages.artifact.writer import build_artifact
 from stages.quantize.calibration import collect_hessians, training_batches
 from stages.quantize.config import CalibrationConfig, GroupQuant, QuantizeConfig
 from stages.quantize.dequant import dequantize_state, lqer_factors
@@ -307,9 +306,9 @@ def test_prediction_is_within_1pct_of_the_packed_weights():
     state["tok_emb.weight"] = torch.randn(512, 384) * 0.02
     config = apply_overrides(QuantizeConfig(method="rtn"), ["embedding.bits=7", "embedding.clip_sigmas=14"])
     tensors, index, report = quantize_state(state, config)
-    metadata = {"quant_index": json.dumps(index), "model_config": json.dumps({"vocab_size": 512}),
-                "lineage": json.dumps({"tokenizer_sha256": "0" * 64, "vocab_size": 512}), "train_seq_len": "16"}
-    packed = build_artifact(tensors, metadata, PackConfig())[1]["bytes_weights"]
+    metadata = QuantizedMetadata(quant_index=index, model_config={"vocab_size": 512},
+                                 lineage={"tokenizer_sha256": "0" * 64, "vocab_size": 512}, train_seq_len=16)
+    packed = build_artifact(tensors, metadata)[1].bytes_weights  # the default pack (PackConfig())
     assert sum(row.predicted_bytes for row in report) == pytest.approx(packed, rel=0.01)
 
 

@@ -1,15 +1,10 @@
-"""The artifact format: the contract `golf pack` writes and `golf eval` reads.
+"""The artifact format, whole: what `golf pack` writes and `golf eval` reads.
 
-- ``container``: magic, compressed JSON header, checksummed sections (ships in the artifact);
-- ``codecs``: the decode side of the section codecs and the byte unshuffle (ships);
-- ``rans``: the decoder of golf's own order-0 entropy coder for the quantized codes (ships);
-- ``layout``: the code section, the weights sections per tensor group, and decoding the tensors
-  out of them (ships: the runtime reads the weights with it);
-- ``bundle``: collecting the shipped code and importing it from the artifact's bytes (ships);
-- ``header``: the header's required fields, and a well-formedness check with one-line errors;
-- ``verify``: reading an artifact file for use, and the one check that its code is golf's own
-  (eval, ``pack --check`` and inspect all ask it).
-
-The shipped modules are stdlib + numpy + torch and import each other relatively. This
-``__init__`` stays empty: it ships too.
+Shipped (the read side the runtime needs): ``container`` (magic with the format version, header,
+checksummed sections), ``codecs`` and ``rans`` (decoders), ``layout`` (sections -> tensors),
+``bundle`` (the shipped code's importer). Never shipped: ``schema`` (the header's fields, built
+and checked), ``verify`` (reading a file, trusting its code), ``decoded``, and the write side:
+``quantized`` (quantize's record), ``streams`` (tensor -> section), ``encode``/``rans_encode``
+(encoders), ``writer`` (the container's bytes and their breakdown). Shipped modules are stdlib +
+numpy + torch with relative imports; this ``__init__`` ships too, so it stays empty.
 """

@@ -3,7 +3,7 @@
 Ships inside the artifact (eval decompresses the weights with it), so it stays stdlib-only at
 import time: brotli and zstandard are imported only when a section uses them, and so is golf's own
 order-0 entropy coder 'rans' (``rans.py``, numpy). The encode side (compression levels, the byte
-shuffle, codec 'best') is `golf pack`'s: ``stages/pack/codecs.py``.
+shuffle) is ``encode.py``, which does not ship.
 """
 
 from __future__ import annotations

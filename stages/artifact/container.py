@@ -1,13 +1,15 @@
 """The artifact container: magic, a compressed JSON header, then raw sections. No pickle anywhere.
 
-    b"GOLFPK02" | u32 little-endian header length | header (xz of UTF-8 JSON) | section bytes...
+    b"GOLFPK" + FORMAT as 2 digits | u32 little-endian header length | header (xz of UTF-8 JSON) | sections...
 
-The header lists each section's name, codec, length and sha256 in file order. Every byte of
+The magic's digits are the format's only version: any change to the format bumps ``FORMAT``, and
+an artifact of another format is refused in one line naming the golf that can read it. The header
+lists each section's name, codec, length and sha256 in file order. Every byte of
 the file is counted against the 16,000,000-byte limit, the header too: its JSON (tensor list,
 quantization index, model config) is 5-25 KB as plain JSON and a few KB at most as xz, so it is
 compressed (xz rather than zlib: smaller on these headers, and its CRC32 guards the header
 the way the sha256s guard the sections). Reading checks the magic, the section list, every
-length and every sha256; what the golf-specific fields must hold is ``header.py``'s. This module
+length and every sha256; what the golf-specific fields must hold is ``schema.py``'s. This module
 ships inside the artifact (it is the first code eval runs on it): stdlib only.
 """
 
@@ -18,7 +20,9 @@ import json
 import lzma
 import struct
 
-MAGIC = b"GOLFPK02"
+FORMAT = 3  # 3: a tensor entry names its ``stream`` (2: its ``group``)
+MAGIC_PREFIX = b"GOLFPK"
+MAGIC = MAGIC_PREFIX + b"%02d" % FORMAT
 _LENGTH = struct.Struct("<I")
 # Each section entry of the header, and the JSON type of each of its fields.
 SECTION_FIELDS = {"name": str, "codec": str, "bytes": int, "sha256": str}
@@ -54,8 +58,7 @@ def write_container(header: dict, sections: list[tuple[str, str, bytes]]) -> byt
 
 def read_container(data: bytes) -> tuple[dict, dict[str, bytes]]:
     """Parse and verify an artifact; return (header, {section name: payload})."""
-    if data[: len(MAGIC)] != MAGIC:
-        raise ContainerError("not a golf artifact (bad magic)")
+    _check_magic(data[: len(MAGIC)])
     start = len(MAGIC) + _LENGTH.size
     if len(data) < start:
         raise ContainerError("truncated artifact header")
@@ -76,6 +79,20 @@ def read_container(data: bytes) -> tuple[dict, dict[str, bytes]]:
     if offset != len(data):
         raise ContainerError(f"{len(data) - offset} unexpected trailing bytes")
     return header, sections
+
+
+def _check_magic(magic: bytes) -> None:
+    """Refuse bytes that are not a golf artifact, or one of another format than this golf's."""
+    digits = magic[len(MAGIC_PREFIX) :]
+    if not magic.startswith(MAGIC_PREFIX) or len(digits) != 2 or not digits.isdigit():
+        raise ContainerError("not a golf artifact (bad magic)")
+    version = int(digits)
+    if version < FORMAT:
+        raise ContainerError(f"packed by an older golf (artifact format {version}; this golf reads format {FORMAT}): "
+                             "repack it with golf pack on its quantize folder")
+    if version > FORMAT:
+        raise ContainerError(f"packed by a newer golf (artifact format {version}; this golf reads format {FORMAT}): "
+                             "read it with that golf")
 
 
 def _section_entries(header: dict) -> list[dict]:

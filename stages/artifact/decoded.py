@@ -11,18 +11,19 @@ rebuilds the model from (model config, quantization index, training sequence len
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
 from safetensors import safe_open
 
+from ..errors import GolfError
 from .container import ContainerError
 from .layout import decode_tensors
+from .quantized import QuantizedMetadata
 from .verify import Artifact
 
-# Header field -> how the quantize stage's metadata holds it (each is what the runtime builds from).
-HEADER_FROM_METADATA = {"model_config": json.loads, "quant_index": json.loads, "train_seq_len": int}
+# The header fields the quantize stage's record must equal (each is what the runtime builds from).
+HEADER_FROM_QUANTIZED = ("model_config", "quant_index", "train_seq_len")
 
 
 def decoded_mismatch(artifact: Artifact, quantized: Path) -> str | None:
@@ -34,12 +35,12 @@ def decoded_mismatch(artifact: Artifact, quantized: Path) -> str | None:
     except Exception as exc:  # safetensors raises its own error types for a file it cannot read
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         return f"cannot read the quantized tensors {quantized} ({reason})"
-    for field, parse in HEADER_FROM_METADATA.items():
-        try:
-            recorded = parse(metadata[field])
-        except (KeyError, ValueError):
-            return f"{quantized} records no readable {field}"
-        if artifact.header[field] != recorded:
+    try:
+        recorded = QuantizedMetadata.from_metadata(metadata, str(quantized))
+    except GolfError as exc:
+        return str(exc)
+    for field in HEADER_FROM_QUANTIZED:
+        if artifact.header[field] != getattr(recorded, field):
             return f"its header's {field} is not the quantize stage's"
     try:
         decoded = decode_tensors(artifact.header, artifact.sections)

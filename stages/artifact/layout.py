@@ -1,11 +1,12 @@
 """Where an artifact keeps what: the code section, the weights sections, and decoding the stored
 tensors back out of those sections.
 
-The header lists every stored tensor (name, dtype, shape, group, shuffled) section by section; the
-section ``weights.<group>`` holds the tensors whose entry names that group (a tensor group such as
-``mlp``, or ``codes``: every matrix's int8 codes, by matrix type) back to back, little-endian, each
-byte-shuffled when its entry says so, compressed with the codec its section entry names. Ships
-inside the artifact (the runtime reads the weights with it): stdlib, numpy and torch only.
+The header lists every stored tensor (name, dtype, shape, stream, shuffled) section by section; the
+section ``weights.<stream>`` holds the tensors whose entry names that stream (a tensor group such as
+``mlp``, or ``codes``: every matrix's int8 codes, by matrix type; ``streams.py`` decides) back to
+back, little-endian, each byte-shuffled when its entry says so, compressed with the codec its
+section entry names. Ships inside the artifact (the runtime reads the weights with it): stdlib,
+numpy and torch only.
 """
 
 from __future__ import annotations
@@ -20,9 +21,9 @@ CODE_SECTION = "code"
 NUMPY_DTYPES = {"int8": np.int8, "float16": np.float16, "float32": np.float32}
 
 
-def weights_section(group: str) -> str:
-    """The name of the section that holds one tensor group's bytes."""
-    return f"weights.{group}"
+def weights_section(stream: str) -> str:
+    """The name of the section that holds one stream's bytes."""
+    return f"weights.{stream}"
 
 
 def decode_tensors(header: dict, sections: dict[str, bytes]) -> dict[str, torch.Tensor]:
@@ -30,7 +31,7 @@ def decode_tensors(header: dict, sections: dict[str, bytes]) -> dict[str, torch.
     codecs = {entry["name"]: entry["codec"] for entry in header["sections"]}
     by_section: dict[str, list[dict]] = {}
     for entry in header["weights"]["tensors"]:
-        by_section.setdefault(weights_section(entry["group"]), []).append(entry)
+        by_section.setdefault(weights_section(entry["stream"]), []).append(entry)
     tensors = {}
     for section, entries in by_section.items():
         raw = decompress(sections[section], codecs[section])

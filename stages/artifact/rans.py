@@ -17,7 +17,7 @@ Python loop runs (total / lanes) times. A lane's state lies in [2^31, 2^63) and 
 bits at a time (a 64-bit state keeps the rounding loss of range ANS negligible: with a 32-bit one
 it cost ~0.03%); the encoder starts every lane at 2^31, so a decoder that ends anywhere else, or
 with words left over, has read a corrupt payload. Ships inside the artifact (eval decodes the
-weights with it): stdlib and numpy only. The encoder is `golf pack`'s: ``stages/pack/rans.py``.
+weights with it): stdlib and numpy only. The encoder is ``rans_encode.py`` (not shipped).
 """
 
 from __future__ import annotations

@@ -1,11 +1,12 @@
 """What a well-formed artifact holds beyond the container: the header's fields and the code section.
 
-`golf pack` writes the code header with ``code_header`` and the code section with
-``encode_code``; eval, ``pack --check`` and inspect read them back with ``check_header`` and
-``read_code``, which turn any malformed field into one ``ContainerError`` line (never a
-``KeyError`` deep inside the runtime). The code section is a JSON object {path: source}; its
-sha256 (``bundle_id``) must equal the header's ``bundle_sha256``, and its entry is always
-``RUNTIME_ENTRY``: a header cannot point eval at another module. Runs in golf, never shipped.
+The writer (``writer.py``) builds the header with ``make_header`` and ``tensor_entry``, the code
+header with ``code_header`` and the code section with ``encode_code``; eval, ``pack --check``
+and inspect read them back with ``check_header`` and ``read_code``, which turn any malformed
+field into one ``ContainerError`` line (never a ``KeyError`` deep inside the runtime). The code
+section is a JSON object {path: source}; its sha256 (``bundle_id``) must equal the header's
+``bundle_sha256``, and its entry is always ``RUNTIME_ENTRY``: a header cannot point eval at
+another module. Runs in golf, never shipped.
 """
 
 from __future__ import annotations
@@ -17,19 +18,34 @@ from .bundle import bundle_id
 from .codecs import CODECS, decompress
 from .container import ContainerError, check_fields
 from .layout import CODE_SECTION, NUMPY_DTYPES, weights_section
+from .quantized import QuantizedMetadata
 
-FORMAT = 2
 RUNTIME_ENTRY = "stages/runtime.py"
 # The shipped test-time training, imported by eval only for --ttt; `golf pack --no-ttt` leaves it out.
 TTT_ENTRY = "stages/evaluate/ttt/__init__.py"
-# Top-level header fields and their JSON types ("sections" is the container's).
-HEADER_FIELDS = {"format": int, "model_config": dict, "quant_index": dict, "train_seq_len": int,
+# Top-level header fields and their JSON types ("sections" is the container's; the format version
+# is the container's magic).
+HEADER_FIELDS = {"model_config": dict, "quant_index": dict, "train_seq_len": int,
                  "lineage": dict, "code": dict, "weights": dict}
 LINEAGE_FIELDS = {"tokenizer_sha256": str, "vocab_size": int}
 CODE_FIELDS = {"codec": str, "entry": str, "bundle_sha256": str}
-TENSOR_FIELDS = {"name": str, "dtype": str, "shape": list, "group": str, "shuffled": bool}
+TENSOR_FIELDS = {"name": str, "dtype": str, "shape": list, "stream": str, "shuffled": bool}
 # A shipped path: stages/<package>/.../<module>.py, names only (no '..', no absolute path).
 _SHIPPED_PATH = re.compile(r"stages(/[A-Za-z_][A-Za-z0-9_]*)*/[A-Za-z_][A-Za-z0-9_]*\.py")
+
+
+def make_header(quantized: QuantizedMetadata, code: dict, tensors: list[dict]) -> dict:
+    """The header of an artifact of ``quantized``'s weights: what the runtime rebuilds the model
+    from, the tokenizer it scores with, the ``code`` header and the stored ``tensors`` in file order."""
+    return {"model_config": quantized.model_config, "quant_index": quantized.quant_index,
+            "train_seq_len": quantized.train_seq_len,
+            "lineage": {field: quantized.lineage[field] for field in LINEAGE_FIELDS}, "code": code,
+            "weights": {"tensors": tensors}}
+
+
+def tensor_entry(name: str, dtype: str, shape: list[int], stream: str, shuffled: bool) -> dict:
+    """A stored tensor's header entry: it sits in section ``weights.<stream>``, byte-shuffled or not."""
+    return {"name": name, "dtype": dtype, "shape": shape, "stream": stream, "shuffled": shuffled}
 
 
 def code_header(codec: str, files: dict[str, str]) -> dict:
@@ -45,8 +61,6 @@ def encode_code(files: dict[str, str]) -> bytes:
 def check_header(header: dict) -> None:
     """Refuse a header that lacks a field eval reads or gives it the wrong type."""
     check_fields(header, HEADER_FIELDS, "header")
-    if header["format"] != FORMAT:
-        raise ContainerError(f"artifact header: format {header['format']}, this golf reads format {FORMAT}")
     if header["train_seq_len"] < 1:
         raise ContainerError("artifact header: train_seq_len is not positive")
     check_fields(header["lineage"], LINEAGE_FIELDS, "lineage")
@@ -85,8 +99,8 @@ def _check_tensor(entry: dict, where: str, sections: dict[str, str]) -> None:
         raise ContainerError(f"artifact header: {where}.dtype {entry['dtype']!r} is not one of {', '.join(NUMPY_DTYPES)}")
     if not all(isinstance(size, int) and not isinstance(size, bool) and size >= 0 for size in entry["shape"]):
         raise ContainerError(f"artifact header: {where}.shape is not a list of sizes")
-    if weights_section(entry["group"]) not in sections:
-        raise ContainerError(f"artifact header: {where} is in group {entry['group']!r}, which has no section")
+    if weights_section(entry["stream"]) not in sections:
+        raise ContainerError(f"artifact header: {where} is in stream {entry['stream']!r}, which has no section")
 
 
 def read_code(header: dict, sections: dict[str, bytes]) -> dict[str, str]:

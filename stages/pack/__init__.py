@@ -1,2 +1,3 @@
-"""`golf pack`: fill the artifact format (``stages/artifact``) with quantized weights and the shipped
-code; codec choice, byte shuffle and the size gate."""
+"""`golf pack`: fill the artifact format (``stages/artifact``, whose writer builds the bytes) with
+quantized weights and the shipped code; the choice of codecs and layout, the codec comparison and
+the size gate."""

@@ -7,7 +7,7 @@ from dataclasses import replace
 
 import torch
 
-from ..pack.codecs import compress
+from ..artifact.encode import compress
 from ..progress import Reporter
 from .dequant import KIND_FLOAT
 from .tensor_report import TensorReport

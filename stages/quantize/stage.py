@@ -12,13 +12,16 @@ with calibration added.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
+from typing import Callable
 
 import torch
 
+from ..artifact.quantized import QuantizedMetadata
+from ..artifact.streams import StreamCodecs
+from ..artifact.writer import build_artifact
 from ..config import from_dict, to_dict
 from ..contract.environment import capture
 from ..contract.ledger import BUDGET_LIMIT_SECONDS, TimeLedger
@@ -33,8 +36,6 @@ from ..scoring.validate import validate
 from ..model.checkpoint import load_model_weights, load_tensors, save_tensors
 from ..model.config import ModelConfig
 from ..model.gpt import GPT
-from ..pack.stage import build_artifact
-from ..pack.config import PackConfig
 from ..progress import Reporter
 from ..data.loader import make_loader
 from .calibration import Hessians, collect_hessians, generated_batches, training_batches
@@ -140,14 +141,11 @@ def _load(config: QuantizeConfig, train: StageDir, data: StageDir, model_config:
     return state, model, scoring
 
 
-def _metadata(train: StageDir, train_seq_len: int) -> dict:
-    """What quantized.safetensors carries besides the index (and what --target-bytes packs with)."""
-    metadata = {
-        "model_config": json.dumps(train.lineage["model_config"]),
-        "lineage": json.dumps(dict(train.lineage)),
-        "train_seq_len": str(train_seq_len),
-    }
-    return metadata
+def _metadata(train: StageDir, train_seq_len: int) -> Callable[..., QuantizedMetadata]:
+    """What pack builds the artifact from but the quantization index (each quantization's own):
+    ``metadata(quant_index=...)`` is the record quantized.safetensors carries (and --target-bytes packs)."""
+    return partial(QuantizedMetadata, model_config=train.lineage["model_config"], lineage=dict(train.lineage),
+                   train_seq_len=train_seq_len)
 
 
 @dataclass(frozen=True)
@@ -166,8 +164,8 @@ class Quantized:
     """The --target-bytes rounds (empty without a target)."""
 
 
-def _quantize(config: QuantizeConfig, state: dict, hessians: Hessians | None, metadata: dict, device,
-              ledger: TimeLedger, reporter: Reporter) -> Quantized:
+def _quantize(config: QuantizeConfig, state: dict, hessians: Hessians | None, metadata: Callable[..., QuantizedMetadata],
+              device, ledger: TimeLedger, reporter: Reporter) -> Quantized:
     """Quantize at clip scale 1, or at the scale that fits --target-bytes; warn if nothing got codes."""
     quantize_at = partial(quantize_state, state, config, hessians.matrices if hessians else None, device)
     with ledger.measure("quantize", note="the solve after training: outside both budgets (records: ~10 s)"):
@@ -189,10 +187,9 @@ def _measure_compressed_sizes(quantized: Quantized, codec: str, ledger: TimeLedg
         return replace(quantized, report=with_compressed_sizes(quantized.tensors, quantized.report, codec))
 
 
-def _save(writer: StageWriter, quantized: Quantized, metadata: dict) -> None:
-    """quantized.safetensors: the stored tensors, with the index and ``metadata`` in its header."""
-    tensors, index = quantized.tensors, quantized.index
-    save_tensors(writer.path(QUANTIZED_FILE), tensors, {**metadata, "quant_index": json.dumps(index)})
+def _save(writer: StageWriter, quantized: Quantized, metadata: Callable[..., QuantizedMetadata]) -> None:
+    """quantized.safetensors: the stored tensors, with the index and the rest of ``metadata`` in its header."""
+    save_tensors(writer.path(QUANTIZED_FILE), quantized.tensors, metadata(quant_index=quantized.index).as_metadata())
     writer.add_output("quantized", writer.path(QUANTIZED_FILE))
 
 
@@ -244,10 +241,11 @@ def _calibrate(config: QuantizeConfig, model: GPT, state, data: StageDir, train_
     return hessians
 
 
-def _packed_bytes(result, metadata: dict, config: QuantizeConfig) -> int:
+def _packed_bytes(result, metadata: Callable[..., QuantizedMetadata], config: QuantizeConfig) -> int:
+    """The bytes of the artifact `golf pack --codec <target_codec>` would write from ``result``."""
     tensors, index, _report = result
-    data, _breakdown = build_artifact(tensors, {**metadata, "quant_index": json.dumps(index)},
-                                      PackConfig(codec=config.target_codec))
+    data, _breakdown = build_artifact(tensors, metadata(quant_index=index),
+                                      codecs=StreamCodecs(weights=(config.target_codec,)))
     return len(data)
 
 

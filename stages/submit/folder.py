@@ -22,8 +22,8 @@ from pathlib import Path
 
 from ..contract.stage_dir import StageDir, StageWriter, atomic_write_text
 from ..errors import GolfError
-from ..pack.stage import SIZE_EXIT_CODE, over_limit_message, size_verdict
 from ..pack.config import SIZE_LIMIT
+from ..pack.gate import SIZE_EXIT_CODE, SizeCheck, SizeVerdict
 from ..progress import Reporter
 from ..results.stats import Baseline
 from .readme import render_readme
@@ -75,8 +75,8 @@ def make_submission(run_names: list[str], out: str | Path, info: SubmissionInfo,
     rows = [seed_row(run, code_bytes, limit) for run in runs]
     for row in rows:
         if row["verdicts"]["size"] == "FAIL":
-            verdict = size_verdict(row["bytes_total"], limit)
-            raise GolfError(f"seed {row['seed']}: {over_limit_message(verdict, 'code + artifact')} "
+            verdict = SizeVerdict(row["bytes_total"], limit)
+            raise GolfError(f"seed {row['seed']}: {verdict.over_limit_message('code + artifact')} "
                             f"(train_gpt.py {code_bytes:,} + artifact {row['artifact_bytes']:,}); nothing written",
                             exit_code=SIZE_EXIT_CODE)
     facts = compliance(runs, rows, code_bytes, limit, baseline)
@@ -182,7 +182,7 @@ def third_party_imports(source: str) -> list[str]:
     return [m for m in modules if m.split(".")[0] not in sys.stdlib_module_names and m.split(".")[0] != PACKAGE]
 
 
-def check_submission(folder: str | Path, limit: int = SIZE_LIMIT) -> dict:
+def check_submission(folder: str | Path, limit: int = SIZE_LIMIT) -> SizeCheck:
     """`golf pack --check FOLDER`: train_gpt.py's real bytes plus the largest artifact of the seeds
     (as packed, recorded in the hash-checked submission.json), against the limit."""
     submitted = StageDir(folder, STAGE)
@@ -192,5 +192,6 @@ def check_submission(folder: str | Path, limit: int = SIZE_LIMIT) -> dict:
         raise GolfError(f"{folder}: no {SCRIPT_FILE}")
     code_bytes = script.stat().st_size
     artifact_bytes = max(result["artifact_bytes"] for result in fields["seed_results"].values())
-    return {"bytes_code": code_bytes, "bytes_artifact": artifact_bytes,
-            "code_as_submitted": code_bytes == fields["bytes_code"], **size_verdict(code_bytes + artifact_bytes, limit)}
+    counts = {"bytes_code": code_bytes, "bytes_artifact": artifact_bytes,
+              "code_as_submitted": code_bytes == fields["bytes_code"]}
+    return SizeCheck(SizeVerdict(code_bytes + artifact_bytes, limit), "code + artifact", counts)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from ..contract.environment import hardware_name
 from ..contract.ledger import BUDGET_LIMIT_SECONDS, budget_report
-from ..pack.stage import size_verdict
+from ..pack.gate import SizeVerdict
 from ..results.stats import Baseline
 from .runs import SeedRun
 from ..results.significance import Summary
@@ -25,7 +25,7 @@ def seed_row(run: SeedRun, code_bytes: int, limit: int) -> dict:
     budgets = budget_report(run.ledgers())
     artifact_bytes = run.artifact.stat().st_size
     train, quantize, evaluation = (stage.manifest.metrics for stage in (run.train, run.quantize, run.eval))
-    size = size_verdict(code_bytes + artifact_bytes, limit)
+    size = SizeVerdict(code_bytes + artifact_bytes, limit)
     return {
         "seed": run.seed,
         "steps": train["steps"],
@@ -35,11 +35,11 @@ def seed_row(run: SeedRun, code_bytes: int, limit: int) -> dict:
         "val_loss": evaluation["val_loss"],
         "val_bpb": evaluation["val_bpb"],
         "artifact_bytes": artifact_bytes,
-        "bytes_total": size["bytes_total"],
+        "bytes_total": size.bytes_total,
         "eval_time_s": budgets["eval"]["seconds"],
         "tokens_scored": evaluation["tokens_scored"],
         "byte_source": evaluation["byte_source"],
-        "verdicts": {"size": size["verdict"], "train_budget": budgets["train"]["verdict"],
+        "verdicts": {"size": size.verdict, "train_budget": budgets["train"]["verdict"],
                      "eval_budget": budgets["eval"]["verdict"]},
     }
 

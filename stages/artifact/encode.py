@@ -1,7 +1,8 @@
-"""The encode side of the section codecs: compression levels, codec 'best' and the byte shuffle.
+"""The encode side of the section codecs: compression levels and the byte shuffle.
 
-Runs only in `golf pack` (and in quantize's size predictions), so it never ships; its inverse,
-which eval runs, is ``stages/artifact/codecs.py``.
+Runs in `golf pack` and in quantize's size predictions, never in eval, so it does not ship:
+nothing the runtime imports imports it. Its inverse, which eval runs, is ``codecs.py``; the
+encoder of golf's own 'rans' coder is ``rans_encode.py``.
 """
 
 from __future__ import annotations
@@ -10,12 +11,9 @@ import lzma
 import zlib
 
 from ..errors import GolfError
-from ..artifact.codecs import CODECS, check_codec, check_itemsize  # noqa: F401  (CODECS: pack's choices)
-from .rans import rans_compress
+from .codecs import check_codec, check_itemsize
+from .rans_encode import rans_compress
 
-# The contenders of codec "best"; zlib is kept for comparison but never beats these on weights.
-BEST = "best"  # per section, the smallest of BEST_CANDIDATES
-BEST_CANDIDATES = ("brotli", "lzma", "zstd", "rans")
 # None means the strongest setting: what a 16,000,000-byte budget wants, whatever the time.
 # 'rans' has no levels: its one setting is exact (a static table of the byte frequencies).
 STRONGEST_LEVEL = {"brotli": 11, "lzma": 9, "zstd": 22, "zlib": 9, "rans": 0}

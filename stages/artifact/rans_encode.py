@@ -1,5 +1,6 @@
-"""Encoding the 'rans' section codec (its decoder, and the payload layout, are
-``stages/artifact/rans.py``'s): static frequency tables and interleaved range ANS, in numpy."""
+"""Encoding the 'rans' section codec (its decoder, and the payload layout, are ``rans.py``'s):
+static frequency tables and interleaved range ANS, in numpy. Runs in `golf pack` only: it does
+not ship (the runtime imports ``rans.py``, never this module)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import math
 
 import numpy as np
 
-from ..artifact.rans import HEAD, PRECISION, SEGMENT, STATE_LOW, WORD_BITS, Tables, segment_of_step, symbols_of
+from .rans import HEAD, PRECISION, SEGMENT, STATE_LOW, WORD_BITS, Tables, segment_of_step, symbols_of
 
 # Lanes ~ sqrt(total) / LANE_DIVISOR: each lane costs 8 bytes of final state, each step one round
 # of array operations; on the 36M codes of the `top` model that is ~3 KB and a few seconds to decode.
