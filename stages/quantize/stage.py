@@ -25,7 +25,7 @@ from ..device import resolve_device
 from ..errors import GolfError
 from ..scoring.val_data import load_val
 from ..data.folder import train_shard_paths
-from ..scoring.validate import validate
+from ..scoring.validate import scoring_setup, validate
 from ..model.checkpoint import load_model_weights, load_tensors, save_tensors
 from ..model.config import ModelConfig
 from ..model.gpt import GPT
@@ -78,7 +78,7 @@ def run_quantize(config: QuantizeConfig, train_dir: str | Path, out_dir: str | P
 
         def score(label: str):
             with ledger.measure(f"evaluate_{label}", note="diagnostic scoring on val: outside both budgets"):
-                sums = validate(model, val, seq_len, stride, config.eval_batch_windows, device,
+                sums = validate(model, val, scoring_setup(seq_len, stride, config.eval_batch_windows, device),
                                 config.eval_tokens, reporter, f"{label} bpb")
             reporter.log(**{f"{label}_val_loss": sums.loss, f"{label}_val_bpb": sums.bpb})
             return sums

@@ -17,6 +17,7 @@ import torch
 
 from .bpb import BpbSums, ByteTable, TorchByteTable
 from .compiled import compiled, mean_loss, pad_rows, token_nll
+from .setup import ScoringSetup
 
 
 @dataclass(frozen=True)
@@ -64,23 +65,24 @@ class WindowScorer:
     """Scores batches of windows of one token stream with the model's own forward, under no_grad.
 
     Plain evaluation and every test-time-training mode score through this one class, so that
-    with adaptation off they produce the very same numbers. With ``compile_backend`` its forwards
-    are compiled (``compiled.py``); None: eager.
+    with adaptation off they produce the very same numbers. The ``setup``'s window length, device,
+    autocast and compile backend are its own (``seq_len``, ...); compiled, its forwards go through
+    ``compiled.py``. ``sidecar`` (one byte count per token, from the original text) replaces the
+    byte table when given.
     """
 
-    def __init__(self, tokens: np.ndarray, table: ByteTable, seq_len: int, device: torch.device | str = "cpu",
-                 sidecar: np.ndarray | None = None, autocast_dtype: torch.dtype | None = None,
-                 compile_backend: str | None = None):
-        self.num_targets = usable_targets(len(tokens), seq_len)
+    def __init__(self, tokens: np.ndarray, table: ByteTable, setup: ScoringSetup, sidecar: np.ndarray | None = None):
+        self.setup = setup
+        self.seq_len = setup.seq_len
+        self.device = setup.device
+        self.autocast_dtype = setup.autocast_dtype
+        self.compile_backend = setup.compile_backend
+        self.num_targets = usable_targets(len(tokens), self.seq_len)
         self.stream = torch.as_tensor(np.asarray(tokens[: self.num_targets + 1], dtype=np.int64))
         self.side = None if sidecar is None else torch.as_tensor(
             np.asarray(sidecar[: self.num_targets + 1], dtype=np.int64))
-        self.byte_table = TorchByteTable(table, device)
-        self.seq_len = seq_len
-        self.device = device
-        self.autocast_dtype = autocast_dtype
-        self.compile_backend = compile_backend
-        self.offsets = torch.arange(seq_len + 1)
+        self.byte_table = TorchByteTable(table, self.device)
+        self.offsets = torch.arange(self.seq_len + 1)
 
     @torch.no_grad()
     def score(self, model: torch.nn.Module, batch: list[Window], rows: int = 0) -> ScoredTargets:
@@ -215,49 +217,35 @@ def commit(scored: ScoredTargets, sums: BpbSums, receipts: TokenReceipts | None 
         receipts.commit(scored)
 
 
-def score_stream(
-    model: torch.nn.Module,
-    tokens: np.ndarray,
-    table: ByteTable,
-    seq_len: int,
-    stride: int,
-    batch_windows: int = 8,
-    device: torch.device | str = "cpu",
-    sidecar: np.ndarray | None = None,
-    rank: int = 0,
-    world_size: int = 1,
-    autocast_dtype: torch.dtype | None = None,
-    on_windows: Callable[[int], None] | None = None,
-    receipts: TokenReceipts | None = None,
-    compile_backend: str | None = None,
-) -> BpbSums:
+def score_stream(model: torch.nn.Module, tokens: np.ndarray, table: ByteTable, setup: ScoringSetup,
+                 sidecar: np.ndarray | None = None, receipts: TokenReceipts | None = None,
+                 on_windows: Callable[[int], None] | None = None) -> BpbSums:
     """Sum NLL and bytes over this rank's share of the windows (all-reduce the result for the total).
 
     ``sidecar`` (one byte count per token, from the original text) replaces the table when given;
-    ``compile_backend`` compiles the forward (None: eager).
+    ``receipts`` keeps each committed target; ``on_windows`` is told how many windows each batch scored.
     """
-    scorer = WindowScorer(tokens, table, seq_len, device, sidecar, autocast_dtype, compile_backend)
-    windows = plan_windows(scorer.num_targets, seq_len, stride)[rank::world_size]
+    scorer = WindowScorer(tokens, table, setup, sidecar)
+    windows = plan_windows(scorer.num_targets, setup.seq_len, setup.stride)[setup.rank::setup.world_size]
     sums = BpbSums()
     was_training = model.training
-    score_windows(model, scorer, windows, batch_windows, sums, receipts, on_windows)
+    score_windows(model, scorer, windows, setup.batch_windows, sums, receipts, on_windows)
     model.train(was_training)
     return sums
 
 
-def warm_up_scoring(model: torch.nn.Module, table: ByteTable, seq_len: int, batch_windows: int = 8,
-                    device: torch.device | str = "cpu", autocast_dtype: torch.dtype | None = None,
-                    compile_backend: str | None = None, seed: int = 0) -> None:
+def warm_up_scoring(model: torch.nn.Module, table: ByteTable, setup: ScoringSetup, seed: int = 0) -> None:
     """Before the timed pass: one scoring batch at its shape, on random tokens (no val data), so the
     compiled forward is compiled here; the weights are untouched."""
     generator = torch.Generator().manual_seed(seed)
+    seq_len, batch_windows = setup.seq_len, setup.batch_windows
     stream = torch.randint(0, model.config.vocab_size, (batch_windows * seq_len + 1,), generator=generator)
-    scorer = WindowScorer(stream.numpy(), table, seq_len, device, None, autocast_dtype, compile_backend)
+    scorer = WindowScorer(stream.numpy(), table, setup)
     was_training = model.training
     scorer.score(model, plan_windows(scorer.num_targets, seq_len, seq_len), batch_windows)
     model.train(was_training)
-    if torch.device(device).type == "cuda":  # its kernels finish inside the 'warmup' bucket
-        torch.cuda.synchronize(device)
+    if torch.device(setup.device).type == "cuda":  # its kernels finish inside the 'warmup' bucket
+        torch.cuda.synchronize(setup.device)
 
 
 def count_windows(num_tokens: int, seq_len: int, stride: int) -> int:
