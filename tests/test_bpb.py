@@ -10,7 +10,8 @@ from stages.contract.stage_dir import StageDir
 from stages.errors import GolfError
 from stages.scoring.bpb import SPACE_MARK, BpbSums, build_byte_table, stream_bytes
 from stages.scoring.setup import ScoringSetup
-from stages.scoring.stream import plan_windows, score_stream, usable_targets
+from stages.scoring.scorer import score_stream
+from stages.scoring.windows import plan_windows, usable_targets
 from stages.tokenize.audit import audit_val_bytes, surface_bytes
 from stages.tokenize.spm import BOS_ID, load_processor
 

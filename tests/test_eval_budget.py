@@ -30,7 +30,8 @@ from stages.contract.ledger import TimeLedger
 from stages.errors import GolfError
 from stages.evaluate.budget import UNTIMED_BUCKET, EvalBudget
 from stages.scoring.setup import ScoringSetup
-from stages.scoring.stream import TokenReceipts, usable_targets
+from stages.scoring.receipts import TokenReceipts
+from stages.scoring.windows import usable_targets
 from stages.evaluate.stage import OTHER_PHASE_NOTE, PHASE_NOTES, _scored_pass, run_eval, shipped_errors
 from stages.evaluate.ttt import MODES, score_with_ttt, warm_up_ttt
 from stages.evaluate.ttt.config import TTTConfig, TTTMode

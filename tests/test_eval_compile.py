@@ -16,7 +16,8 @@ from torch._dynamo.utils import counters
 from stages.config import apply_overrides
 from stages.scoring.compiled import compiled, forget_compiled, mean_loss, token_nll
 from stages.scoring.setup import ScoringSetup
-from stages.scoring.stream import TokenReceipts, score_stream, warm_up_scoring
+from stages.scoring.receipts import TokenReceipts
+from stages.scoring.scorer import score_stream, warm_up_scoring
 from stages.evaluate.stage import compile_backend, run_eval
 from stages.evaluate.config import EvalConfig
 from stages.evaluate.ttt import score_with_ttt, warm_up_ttt

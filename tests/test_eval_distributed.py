@@ -21,7 +21,9 @@ from safetensors.torch import load_file
 from stages.config import apply_overrides
 from stages.scoring.bpb import BpbSums
 from stages.scoring.setup import ScoringSetup
-from stages.scoring.stream import TokenReceipts, merge_receipts, score_stream, usable_targets
+from stages.scoring.receipts import TokenReceipts, merge_receipts
+from stages.scoring.scorer import score_stream
+from stages.scoring.windows import usable_targets
 from stages.evaluate.stage import run_eval
 from stages.evaluate.config import EvalConfig
 from stages.evaluate.ttt import MODES, score_with_ttt

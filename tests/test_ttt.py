@@ -22,7 +22,9 @@ from stages.artifact.verify import read_artifact
 from stages.config import apply_overrides
 from stages.scoring.bpb import ByteTable, token_bytes
 from stages.scoring.setup import ScoringSetup
-from stages.scoring.stream import TokenReceipts, score_stream, usable_targets
+from stages.scoring.receipts import TokenReceipts
+from stages.scoring.scorer import score_stream
+from stages.scoring.windows import usable_targets
 from stages.evaluate.stage import run_eval
 from stages.evaluate.config import EvalConfig
 from stages.evaluate.ttt import score_with_ttt
@@ -133,7 +135,7 @@ def test_every_target_is_scored_once_and_bytes_add_up():
 
 def test_chunks_hold_exactly_their_targets():
     """H.2.2: with the chunk a multiple of the stride, chunk c scores targets (cC, (c+1)C]."""
-    from stages.scoring.stream import plan_windows
+    from stages.scoring.windows import plan_windows
 
     targets = usable_targets(len(synthetic_docs()), SEQ)
     chunks = plan_chunks(plan_windows(targets, SEQ, STRIDE), CHUNK, targets)

@@ -20,7 +20,9 @@ from safetensors.torch import load_file
 
 from stages.scoring.bpb import BpbSums, token_bytes
 from stages.scoring.setup import ScoringSetup
-from stages.scoring.stream import TokenReceipts, WindowScorer, usable_targets
+from stages.scoring.receipts import TokenReceipts
+from stages.scoring.scorer import WindowScorer
+from stages.scoring.windows import usable_targets
 from stages.evaluate.ttt import score_with_ttt
 from stages.evaluate.ttt import lora as lora_mode
 from stages.evaluate.ttt.common import TTTPass, requires_grad

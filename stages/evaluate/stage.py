@@ -49,7 +49,7 @@ from ..progress import Reporter, silent_reporter
 from .budget import EvalBudget
 from .config import EvalConfig
 from ..scoring.setup import ScoringSetup
-from ..scoring.stream import usable_targets
+from ..scoring.windows import usable_targets
 from .ttt.config import TTTConfig
 from ..scoring.val_data import ValData, load_val
 from ..scoring.validate import scoring_setup, validate

@@ -6,15 +6,16 @@ import torch
 import torch.distributed as dist
 
 from ..progress import Reporter
-from . import stream
+from . import scorer
 from .bpb import BpbSums
 from .setup import ScoringSetup
 from .val_data import ValData
+from .windows import count_windows
 
 
 def validate(model: torch.nn.Module, val: ValData, setup: ScoringSetup, max_tokens: int = 0,
              reporter: Reporter | None = None, label: str = "validate",
-             score_stream=stream.score_stream) -> BpbSums:
+             score_stream=scorer.score_stream) -> BpbSums:
     """The sums over every rank of scoring ``val`` (a prefix of ``max_tokens`` targets if > 0) as
     ``setup`` says (``scoring_setup``: this process's), with progress under ``label``.
 
@@ -25,7 +26,7 @@ def validate(model: torch.nn.Module, val: ValData, setup: ScoringSetup, max_toke
     reporter = reporter or Reporter()
     tokens = scored_prefix(val.tokens, max_tokens)
     sidecar = None if val.sidecar is None else val.sidecar[: len(tokens)]
-    windows = stream.count_windows(len(tokens), setup.seq_len, setup.stride) // setup.world_size
+    windows = count_windows(len(tokens), setup.seq_len, setup.stride) // setup.world_size
     with reporter.progress(label, windows) as advance:
         sums = score_stream(model, tokens, val.table, setup, sidecar, on_windows=advance)
     return sums.all_reduce(setup.device)

@@ -21,7 +21,8 @@ import torch
 from ...ranges import ConfigError
 from ...scoring.bpb import BpbSums, ByteTable
 from ...scoring.setup import ScoringSetup
-from ...scoring.stream import TokenReceipts, WindowScorer
+from ...scoring.receipts import TokenReceipts
+from ...scoring.scorer import WindowScorer
 from .batch_fit import fit_batch_docs
 from .chunk_sgd import score_with_chunk_sgd
 from .chunk_sgd import warm_up as warm_up_chunk_sgd

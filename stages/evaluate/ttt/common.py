@@ -17,7 +17,9 @@ import torch.distributed as dist
 
 from ...scoring.bpb import BpbSums
 from ...scoring.compiled import IGNORE, pad_rows
-from ...scoring.stream import TokenReceipts, Window, WindowScorer, score_windows
+from ...scoring.receipts import TokenReceipts
+from ...scoring.scorer import WindowScorer, score_windows
+from ...scoring.windows import Window
 
 
 def always(stopped_elsewhere: bool = False) -> bool:
