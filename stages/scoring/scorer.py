@@ -130,12 +130,21 @@ def score_stream(model: torch.nn.Module, tokens: np.ndarray, table: ByteTable, s
 def warm_up_scoring(model: torch.nn.Module, table: ByteTable, setup: ScoringSetup, seed: int = 0) -> None:
     """Before the timed pass: one scoring batch at its shape, on random tokens (no val data), so the
     compiled forward is compiled here; the weights are untouched."""
-    generator = torch.Generator().manual_seed(seed)
-    seq_len, batch_windows = setup.seq_len, setup.batch_windows
-    stream = torch.randint(0, model.config.vocab_size, (batch_windows * seq_len + 1,), generator=generator)
-    scorer = WindowScorer(stream.numpy(), table, setup)
+    scorer = WindowScorer(random_stream(model.config.vocab_size, setup, seed), table, setup)
     was_training = model.training
-    scorer.score(model, plan_windows(scorer.num_targets, seq_len, seq_len), batch_windows)
+    scorer.score(model, plan_windows(scorer.num_targets, setup.seq_len, setup.seq_len), setup.batch_windows)
     model.train(was_training)
-    if torch.device(setup.device).type == "cuda":  # its kernels finish inside the 'warmup' bucket
+    finish_warm_up(setup)
+
+
+def random_stream(vocab_size: int, setup: ScoringSetup, seed: int = 0) -> np.ndarray:
+    """A warm-up's stream: ``batch_windows`` windows of random tokens, drawn from a generator of
+    their own so that the global random state is what it would be without a warm-up."""
+    generator = torch.Generator().manual_seed(seed)
+    return torch.randint(0, vocab_size, (setup.batch_windows * setup.seq_len + 1,), generator=generator).numpy()
+
+
+def finish_warm_up(setup: ScoringSetup) -> None:
+    """On CUDA, wait for the warm-up's kernels, so that they finish inside the 'warmup' bucket."""
+    if torch.device(setup.device).type == "cuda":
         torch.cuda.synchronize(setup.device)

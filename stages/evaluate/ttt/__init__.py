@@ -20,9 +20,9 @@ import torch
 
 from ...ranges import ConfigError
 from ...scoring.bpb import BpbSums, ByteTable
-from ...scoring.setup import ScoringSetup
 from ...scoring.receipts import TokenReceipts
-from ...scoring.scorer import WindowScorer
+from ...scoring.scorer import WindowScorer, finish_warm_up, random_stream
+from ...scoring.setup import ScoringSetup
 from .batch_fit import fit_batch_docs
 from .chunk_sgd import score_with_chunk_sgd
 from .chunk_sgd import warm_up as warm_up_chunk_sgd
@@ -42,7 +42,8 @@ WARM_UPS = {"chunk-sgd": warm_up_chunk_sgd, "lora": warm_up_lora, "phased": warm
 def score_with_ttt(model: torch.nn.Module, tokens: np.ndarray, table: ByteTable, setup: ScoringSetup,
                    sidecar: np.ndarray | None = None, receipts: TokenReceipts | None = None,
                    on_windows: Callable[[int], None] | None = None, *, config: dict, phase=None,
-                   may_adapt: Callable[[], bool] = always, on_fact: Callable[[str, object], None] | None = None) -> BpbSums:
+                   may_adapt: Callable[[], bool] = always,
+                   on_fact: Callable[[str, object], None] | None = None) -> BpbSums:
     """``score_stream``'s pass (the same arguments, so the eval hands either to ``validate``) with the
     adaptation ``config['mode']`` names: a TTTConfig as a dict, rebuilt and range-checked by the
     shipped TTTConfig. ``phase``, ``may_adapt`` and ``on_fact`` are TTTPass's."""
@@ -62,13 +63,10 @@ def warm_up_ttt(model: torch.nn.Module, table: ByteTable, setup: ScoringSetup, *
     ``compile_backend`` the mode's compiled forwards are compiled here, at the pass's shapes.
     """
     ttt = ttt_config(config)
-    generator = torch.Generator().manual_seed(seed)
-    stream = torch.randint(0, model.config.vocab_size, (setup.batch_windows * setup.seq_len + 1,), generator=generator)
-    run = TTTPass(WindowScorer(stream.numpy(), table, setup))
+    run = TTTPass(WindowScorer(random_stream(model.config.vocab_size, setup, seed), table, setup))
     with training_mode_kept(model):
         built(WARM_UPS, ttt.mode)(model, run, ttt)
-    if torch.device(setup.device).type == "cuda":  # its kernels finish inside the 'warmup' bucket
-        torch.cuda.synchronize(setup.device)
+    finish_warm_up(setup)
 
 
 def fit_ttt_batch(model: torch.nn.Module, setup: ScoringSetup, *, config: dict) -> dict:
