@@ -26,7 +26,7 @@ from stages.config import apply_overrides
 from stages.contract.stage_dir import StageDir
 from stages.data.tokenizer import load_processor
 from stages.scoring.bpb import build_byte_table, token_bytes
-from stages.scoring.stream import usable_targets
+from stages.scoring.windows import usable_targets
 from stages.scoring.val_data import load_val
 from stages.tokenize.stage import run_tokenize
 from stages.tokenize.config import TokenizeConfig

@@ -29,7 +29,7 @@ from functools import partial
 import torch
 from torch._subclasses.fake_tensor import FakeTensorMode
 
-from .scoring.stream import model_nll
+from .scoring.scorer import model_nll
 from .evaluate.ttt.batch_fit import BatchFit, fit_batch_docs
 from .evaluate.ttt.common import requires_grad, sgd_step
 from .evaluate.ttt.config import TTTConfig

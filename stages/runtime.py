@@ -12,8 +12,8 @@ from __future__ import annotations
 
 from .artifact.layout import decode_tensors
 from .scoring.bpb import build_byte_table  # noqa: F401  (re-exported for eval)
-from .scoring.stream import (  # noqa: F401  (re-exported)
-    TokenReceipts, count_windows, merge_receipts, score_stream, warm_up_scoring)
+from .scoring.receipts import TokenReceipts, merge_receipts  # noqa: F401  (re-exported)
+from .scoring.scorer import score_stream, warm_up_scoring  # noqa: F401  (re-exported)
 from .model.config import ModelConfig
 from .model.gpt import GPT
 from .quantize.dequant import dequantize_state

@@ -31,7 +31,7 @@ from stages.progress import Reporter
 from .conftest import golf, rewrite_manifest
 from .test_cli import assert_one_line_error
 
-SCORING = "stages/scoring/stream.py"
+SCORING = "stages/scoring/scorer.py"
 HONEST_NLL = "scored.nll.double().sum().item(),"
 # Score a prefix only: the trust test compares two evals, and any prefix shows the halving.
 EVAL_TOKENS = 1024

@@ -9,7 +9,9 @@ import torch
 from stages.contract.stage_dir import StageDir
 from stages.errors import GolfError
 from stages.scoring.bpb import SPACE_MARK, BpbSums, build_byte_table, stream_bytes
-from stages.scoring.stream import plan_windows, score_stream, usable_targets
+from stages.scoring.setup import ScoringSetup
+from stages.scoring.scorer import score_stream
+from stages.scoring.windows import plan_windows, usable_targets
 from stages.tokenize.audit import audit_val_bytes, surface_bytes
 from stages.tokenize.spm import BOS_ID, load_processor
 
@@ -110,7 +112,7 @@ def test_every_target_counts_and_bos_adds_zero_bytes(sp, encoded):
     stream = np.concatenate(encoded * 4)
     table = build_byte_table(sp)
     seq = 16
-    sums = score_stream(UniformModel(sp.vocab_size()), stream, table, seq, seq)
+    sums = score_stream(UniformModel(sp.vocab_size()), stream, table, ScoringSetup(seq, seq))
     n = usable_targets(len(stream), seq)
     targets = stream[1 : n + 1]
     assert sums.tokens == n and (targets == BOS_ID).any()
@@ -122,8 +124,8 @@ def test_bpb_comes_from_global_sums_not_a_mean_of_ranks(sp, encoded):
     stream = np.concatenate(encoded * 6)
     table = build_byte_table(sp)
     model = torch.nn.Sequential(torch.nn.Embedding(sp.vocab_size(), sp.vocab_size()))
-    whole = score_stream(model, stream, table, 16, 16)
-    ranks = [score_stream(model, stream, table, 16, 16, rank=r, world_size=2) for r in range(2)]
+    whole = score_stream(model, stream, table, ScoringSetup(16, 16))
+    ranks = [score_stream(model, stream, table, ScoringSetup(16, 16, rank=r, world_size=2)) for r in range(2)]
     merged = ranks[0].merge(ranks[1])
     assert merged.tokens == whole.tokens and merged.bytes == whole.bytes
     assert merged.bpb == pytest.approx(whole.bpb, rel=1e-12)
@@ -146,8 +148,8 @@ def test_sidecar_and_table_agree_on_exact_text(sp, encoded):
     stream = np.concatenate(encoded * 3)
     table = build_byte_table(sp)
     model = torch.nn.Sequential(torch.nn.Embedding(sp.vocab_size(), sp.vocab_size()))
-    by_table = score_stream(model, stream, table, 16, 4)
-    by_sidecar = score_stream(model, stream, table, 16, 4, sidecar=surface_bytes(sp)[stream])
+    by_table = score_stream(model, stream, table, ScoringSetup(16, 4))
+    by_sidecar = score_stream(model, stream, table, ScoringSetup(16, 4), sidecar=surface_bytes(sp)[stream])
     assert by_table.bytes == by_sidecar.bytes and by_table.bpb == by_sidecar.bpb
 
 

@@ -18,7 +18,7 @@ from stages.data.tokenizer import load_processor
 from stages.errors import GolfError
 from stages.scoring.bpb import build_byte_table, stream_bytes
 from stages.scoring.val_data import load_val
-from stages.scoring.validate import validate
+from stages.scoring.validate import scoring_setup, validate
 from stages.model.gpt import GPT, ModelConfig
 from stages.progress import Reporter
 from stages.tokenize.adopt import run_import
@@ -125,7 +125,7 @@ def test_bpb_of_caseops_data_counts_the_decoded_original_text(caseops_data):
     seq_len = int(starts[docs])
     torch.manual_seed(0)
     model = GPT(ModelConfig(vocab_size=VOCAB, num_layers=1, model_dim=32, num_heads=2, num_kv_heads=1, bos_id=1))
-    sums = validate(model, val, seq_len, max_tokens=seq_len, reporter=Reporter())
+    sums = validate(model, val, scoring_setup(seq_len, seq_len, 8, "cpu"), max_tokens=seq_len, reporter=Reporter())
     originals = load_corpus("news", max_docs=DOCS).documents
     assert sums.tokens == seq_len and sums.bytes == independent_bytes(originals, docs)
     assert sums.bpb == pytest.approx(sums.nll / (math.log(2) * independent_bytes(originals, docs)), rel=1e-12)

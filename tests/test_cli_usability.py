@@ -18,7 +18,7 @@ from stages.config import apply_overrides
 from stages.contract.stage_dir import StageDir
 from stages.errors import GolfError
 from stages.scoring.val_data import load_val
-from stages.scoring.validate import validate
+from stages.scoring.validate import scoring_setup, validate
 from stages.model.checkpoint import load_model_weights, load_tensors
 from stages.model.gpt import GPT
 from stages.progress import Reporter
@@ -123,8 +123,8 @@ def test_quantize_reuses_train_score_on_the_same_windows(train_dir, data_dir, tm
     assert quant.metrics["pre_quant_val_bpb"] == pytest.approx(train.manifest.metrics["val_bpb"], rel=1e-12)
     # The reused numbers are what scoring these weights on these windows gives.
     model = load_model_weights(GPT(tiny_run_config().model), load_tensors(train.file("weights")), "weights")
-    measured = validate(model, load_val(StageDir(data_dir, "tokenize"), SMALL_VOCAB), record["seq_len"], None,
-                        max_tokens=val_tokens)
+    setup = scoring_setup(record["seq_len"], record["seq_len"], 8, "cpu")
+    measured = validate(model, load_val(StageDir(data_dir, "tokenize"), SMALL_VOCAB), setup, max_tokens=val_tokens)
     assert (record["tokens"], quant.metrics["eval"]["bytes_scored"]) == (measured.tokens, measured.bytes)
     assert quant.metrics["pre_quant_val_bpb"] == pytest.approx(measured.bpb, rel=1e-6)
 

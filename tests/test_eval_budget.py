@@ -29,7 +29,9 @@ from stages.config import apply_overrides
 from stages.contract.ledger import TimeLedger
 from stages.errors import GolfError
 from stages.evaluate.budget import UNTIMED_BUCKET, EvalBudget
-from stages.scoring.stream import TokenReceipts, usable_targets
+from stages.scoring.setup import ScoringSetup
+from stages.scoring.receipts import TokenReceipts
+from stages.scoring.windows import usable_targets
 from stages.evaluate.stage import OTHER_PHASE_NOTE, PHASE_NOTES, _scored_pass, run_eval, shipped_errors
 from stages.evaluate.ttt import MODES, score_with_ttt, warm_up_ttt
 from stages.evaluate.ttt.config import TTTConfig, TTTMode
@@ -59,8 +61,8 @@ def test_past_the_budget_adaptation_stops_and_every_target_is_still_scored():
     receipts = TokenReceipts()
     # start 0; checks read 1, 2 (within 2.5), then 3: the third check stops adaptation.
     budget = EvalBudget(2.5, "stop-adapting", receipts=receipts, clock=ticking_clock())
-    score_with_ttt(tiny_gpt(), stream, byte_table(), SEQ, STRIDE, BATCH_WINDOWS, config=FAST_TTT, receipts=receipts,
-                   may_adapt=budget.may_adapt)
+    score_with_ttt(tiny_gpt(), stream, byte_table(), ScoringSetup(SEQ, STRIDE, BATCH_WINDOWS), config=FAST_TTT,
+                   receipts=receipts, may_adapt=budget.may_adapt)
     saved = receipts.tensors()
     targets = usable_targets(len(stream), SEQ)
     assert np.array_equal(np.sort(saved["position"].numpy()), np.arange(1, targets + 1))
@@ -75,8 +77,8 @@ def test_past_the_budget_adaptation_stops_and_every_target_is_still_scored():
 
 def test_within_the_budget_nothing_stops():
     budget = EvalBudget(100.0, "stop-adapting", clock=ticking_clock())
-    score_with_ttt(tiny_gpt(), synthetic_docs(), byte_table(), SEQ, STRIDE, BATCH_WINDOWS, config=FAST_TTT,
-                   may_adapt=budget.may_adapt)
+    score_with_ttt(tiny_gpt(), synthetic_docs(), byte_table(), ScoringSetup(SEQ, STRIDE, BATCH_WINDOWS),
+                   config=FAST_TTT, may_adapt=budget.may_adapt)
     metrics = budget.finish()
     assert metrics["within_budget"] is True and metrics["adaptation_stopped_at_s"] is None
 
@@ -97,8 +99,8 @@ def test_a_stop_agreed_from_another_rank_is_recorded_here_too():
 def test_fail_raises_one_line_at_the_first_check_past_the_budget():
     budget = EvalBudget(2.5, "fail", clock=ticking_clock())
     with pytest.raises(GolfError, match=r"over the eval budget: 3 s .* --eval-budget-s 2.5 at check 3") as raised:
-        score_with_ttt(tiny_gpt(), synthetic_docs(), byte_table(), SEQ, STRIDE, BATCH_WINDOWS, config=FAST_TTT,
-                       may_adapt=budget.may_adapt)
+        score_with_ttt(tiny_gpt(), synthetic_docs(), byte_table(), ScoringSetup(SEQ, STRIDE, BATCH_WINDOWS),
+                       config=FAST_TTT, may_adapt=budget.may_adapt)
     assert "\n" not in str(raised.value) and budget.checks == 3
 
 
@@ -289,7 +291,7 @@ def val_spy(model: torch.nn.Module, stream: np.ndarray, width: int = 8):
 
 
 def warm_up(model, mode: str) -> None:
-    warm_up_ttt(model, byte_table(), SEQ, STRIDE, BATCH_WINDOWS, config={**SMALL_TTT, "mode": mode})
+    warm_up_ttt(model, byte_table(), ScoringSetup(SEQ, STRIDE, BATCH_WINDOWS), config={**SMALL_TTT, "mode": mode})
 
 
 def adapting(name: str) -> bool:
@@ -318,8 +320,8 @@ def test_no_backward_or_step_on_val_data_outside_adaptation(mode):
     with val_spy(model, stream) as spy:
         with spy.phase("warmup"):
             warm_up(model, mode)
-        score_with_ttt(model, stream, byte_table(), SEQ, STRIDE, BATCH_WINDOWS, config={**SMALL_TTT, "mode": mode},
-                       phase=spy.phase)
+        score_with_ttt(model, stream, byte_table(), ScoringSetup(SEQ, STRIDE, BATCH_WINDOWS),
+                       config={**SMALL_TTT, "mode": mode}, phase=spy.phase)
     assert any(adapting(name) for name in spy.backwards), "the spy saw no adaptation"
     assert all(adapting(name) or name == "warmup" for name in spy.backwards), spy.backwards
     assert all(adapting(name) or name == "warmup" for name in spy.steps), spy.steps
@@ -333,7 +335,7 @@ def test_a_mode_the_code_does_not_hold_is_one_line(monkeypatch, registry):
     monkeypatch.delitem(getattr(ttt, registry), "chunk-sgd")
     with pytest.raises(GolfError, match="ttt.mode: 'chunk-sgd' is not built into this code"):
         warm_up(tiny_gpt(), "chunk-sgd")
-        score_with_ttt(tiny_gpt(), synthetic_docs(), byte_table(), SEQ, STRIDE, config=FAST_TTT)
+        score_with_ttt(tiny_gpt(), synthetic_docs(), byte_table(), ScoringSetup(SEQ, STRIDE), config=FAST_TTT)
 
 
 def test_warm_up_does_not_move_the_global_random_state():

@@ -8,16 +8,16 @@ CPU runs them with the 'aot_eager' backend: the same dynamo graphs as inductor, 
 from __future__ import annotations
 
 import copy
-from types import SimpleNamespace
 
 import pytest
 import torch
 from torch._dynamo.utils import counters
 
 from stages.config import apply_overrides
-from stages.errors import GolfError
 from stages.scoring.compiled import compiled, forget_compiled, mean_loss, token_nll
-from stages.scoring.stream import TokenReceipts, score_stream, warm_up_scoring
+from stages.scoring.setup import ScoringSetup
+from stages.scoring.receipts import TokenReceipts
+from stages.scoring.scorer import score_stream, warm_up_scoring
 from stages.evaluate.stage import compile_backend, run_eval
 from stages.evaluate.config import EvalConfig
 from stages.evaluate.ttt import score_with_ttt, warm_up_ttt
@@ -50,18 +50,17 @@ def fresh_compiles():
 def scored(model, stream, ttt: dict | None, backend: str | None) -> tuple[dict, object]:
     """Warm up, then score ``stream`` (receipts, sums); compiled, any recompile in the pass raises."""
     table, receipts = byte_table(), TokenReceipts()
+    setup = ScoringSetup(SEQ, STRIDE, BATCH_WINDOWS, compile_backend=backend)
     if ttt is None:
-        warm_up_scoring(model, table, SEQ, BATCH_WINDOWS, compile_backend=backend)
+        warm_up_scoring(model, table, setup)
     else:
-        warm_up_ttt(model, table, SEQ, STRIDE, BATCH_WINDOWS, compile_backend=backend, config=ttt)
+        warm_up_ttt(model, table, setup, config=ttt)
     graphs = counters["stats"]["unique_graphs"]
     with torch._dynamo.config.patch(error_on_recompile=True):
         if ttt is None:
-            sums = score_stream(model, stream, table, SEQ, STRIDE, BATCH_WINDOWS, receipts=receipts,
-                                compile_backend=backend)
+            sums = score_stream(model, stream, table, setup, receipts=receipts)
         else:
-            sums = score_with_ttt(model, stream, table, SEQ, STRIDE, BATCH_WINDOWS, config=ttt, receipts=receipts,
-                                  compile_backend=backend)
+            sums = score_with_ttt(model, stream, table, setup, config=ttt, receipts=receipts)
     assert counters["stats"]["unique_graphs"] == graphs, "the timed pass compiled a graph"
     return receipts.tensors(), sums
 
@@ -101,15 +100,11 @@ def test_the_top_architecture_compiles_whole():
 
 
 def test_compile_switch_auto_is_cuda_only_and_a_bad_value_is_one_line():
-    runtime = SimpleNamespace(score_stream=score_stream)
-    assert compile_backend(EvalConfig(), "cpu", runtime) is None
-    assert compile_backend(EvalConfig(compile="on", compile_backend="eager"), "cpu", runtime) == "eager"
-    assert compile_backend(EvalConfig(compile="off"), "cuda", runtime) is None
+    assert compile_backend(EvalConfig(), "cpu") is None
+    assert compile_backend(EvalConfig(compile="on", compile_backend="eager"), "cpu") == "eager"
+    assert compile_backend(EvalConfig(compile="off"), "cuda") is None
     with pytest.raises(ConfigError, match="compile"):
         EvalConfig(compile="yes")
-    older = SimpleNamespace(score_stream=lambda model, tokens: None)  # a runtime packed before compiling existed
-    with pytest.raises(GolfError, match="compile=off"):
-        compile_backend(EvalConfig(compile="on"), "cpu", older)
 
 
 def test_the_stage_compiles_the_shipped_scorer_in_its_warm_up_and_scores_as_eager(pack_dir, tmp_path):

@@ -20,7 +20,10 @@ from safetensors.torch import load_file
 
 from stages.config import apply_overrides
 from stages.scoring.bpb import BpbSums
-from stages.scoring.stream import TokenReceipts, merge_receipts, score_stream, usable_targets
+from stages.scoring.setup import ScoringSetup
+from stages.scoring.receipts import TokenReceipts, merge_receipts
+from stages.scoring.scorer import score_stream
+from stages.scoring.windows import usable_targets
 from stages.evaluate.stage import run_eval
 from stages.evaluate.config import EvalConfig
 from stages.evaluate.ttt import MODES, score_with_ttt
@@ -53,11 +56,11 @@ def score_mode(mode: str, rank: int, world_size: int) -> dict:
     """Score the synthetic stream as rank ``rank`` of ``world_size``: the global sums, this rank's
     receipts, and the weights it ends with."""
     model, stream, receipts = tiny_gpt(), synthetic_docs(), TokenReceipts()
-    common = dict(batch_windows=BATCH_WINDOWS, rank=rank, world_size=world_size, receipts=receipts)
+    setup = ScoringSetup(SEQ, STRIDE, BATCH_WINDOWS, rank=rank, world_size=world_size)
     if TWO_RANK_CONFIGS[mode] is None:
-        sums = score_stream(model, stream, byte_table(), SEQ, STRIDE, **common)
+        sums = score_stream(model, stream, byte_table(), setup, receipts=receipts)
     else:
-        sums = score_with_ttt(model, stream, byte_table(), SEQ, STRIDE, config=TWO_RANK_CONFIGS[mode], **common)
+        sums = score_with_ttt(model, stream, byte_table(), setup, config=TWO_RANK_CONFIGS[mode], receipts=receipts)
     return {"sums": astuple(sums.all_reduce()), "receipts": receipts.tensors(rank, world_size),
             "weights": {name: value.detach().clone() for name, value in model.state_dict().items()}}
 

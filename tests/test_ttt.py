@@ -21,7 +21,10 @@ from safetensors.torch import load_file
 from stages.artifact.verify import read_artifact
 from stages.config import apply_overrides
 from stages.scoring.bpb import ByteTable, token_bytes
-from stages.scoring.stream import TokenReceipts, score_stream, usable_targets
+from stages.scoring.setup import ScoringSetup
+from stages.scoring.receipts import TokenReceipts
+from stages.scoring.scorer import score_stream
+from stages.scoring.windows import usable_targets
 from stages.evaluate.stage import run_eval
 from stages.evaluate.config import EvalConfig
 from stages.evaluate.ttt import score_with_ttt
@@ -74,14 +77,15 @@ def byte_table(seed: int = 0) -> ByteTable:
 def ttt_receipts(model, stream, ttt: dict | None = None, table=None) -> tuple[dict, object]:
     """Chunk-SGD over ``stream`` (receipts as saved, the sums)."""
     receipts = TokenReceipts()
-    sums = score_with_ttt(model, stream, table or byte_table(), SEQ, STRIDE, BATCH_WINDOWS,
+    sums = score_with_ttt(model, stream, table or byte_table(), ScoringSetup(SEQ, STRIDE, BATCH_WINDOWS),
                           config=ttt or FAST_TTT, receipts=receipts)
     return receipts.tensors(), sums
 
 
 def plain_receipts(model, stream, table=None) -> tuple[dict, object]:
     receipts = TokenReceipts()
-    sums = score_stream(model, stream, table or byte_table(), SEQ, STRIDE, BATCH_WINDOWS, receipts=receipts)
+    setup = ScoringSetup(SEQ, STRIDE, BATCH_WINDOWS)
+    sums = score_stream(model, stream, table or byte_table(), setup, receipts=receipts)
     return receipts.tensors(), sums
 
 
@@ -131,7 +135,7 @@ def test_every_target_is_scored_once_and_bytes_add_up():
 
 def test_chunks_hold_exactly_their_targets():
     """H.2.2: with the chunk a multiple of the stride, chunk c scores targets (cC, (c+1)C]."""
-    from stages.scoring.stream import plan_windows
+    from stages.scoring.windows import plan_windows
 
     targets = usable_targets(len(synthetic_docs()), SEQ)
     chunks = plan_chunks(plan_windows(targets, SEQ, STRIDE), CHUNK, targets)
@@ -188,7 +192,8 @@ def test_updates_train_only_on_committed_targets_and_never_on_the_last_chunk():
     model = tiny_gpt()
     receipts = TokenReceipts()
     spy = LossSpy(model, stream, receipts)
-    score_with_ttt(model, stream, byte_table(), SEQ, STRIDE, BATCH_WINDOWS, config=FAST_TTT, receipts=receipts)
+    score_with_ttt(model, stream, byte_table(), ScoringSetup(SEQ, STRIDE, BATCH_WINDOWS), config=FAST_TTT,
+                   receipts=receipts)
     targets = usable_targets(len(stream), SEQ)
     num_chunks = math.ceil(targets / CHUNK)
     last_chunk = set(range((num_chunks - 1) * CHUNK + 1, targets + 1))
@@ -210,7 +215,7 @@ def test_updates_train_only_on_committed_targets_and_never_on_the_last_chunk():
 def test_frozen_blocks_stay_bitwise_unchanged():
     model = tiny_gpt()
     start = copy.deepcopy(model.state_dict())
-    score_with_ttt(model, synthetic_docs(), byte_table(), SEQ, STRIDE, BATCH_WINDOWS,
+    score_with_ttt(model, synthetic_docs(), byte_table(), ScoringSetup(SEQ, STRIDE, BATCH_WINDOWS),
                    config={**FAST_TTT, "freeze_blocks": 1})
     after = model.state_dict()
     assert all(torch.equal(after[k], v) for k, v in start.items() if k.startswith("blocks.0."))
@@ -219,7 +224,8 @@ def test_frozen_blocks_stay_bitwise_unchanged():
 
 def test_freezing_more_blocks_than_the_model_has_is_a_config_error():
     with pytest.raises(ConfigError, match="ttt.freeze_blocks: must be at most the model's 2 blocks"):
-        score_with_ttt(tiny_gpt(), synthetic_docs(), byte_table(), SEQ, STRIDE, config={**FAST_TTT, "freeze_blocks": 3})
+        score_with_ttt(tiny_gpt(), synthetic_docs(), byte_table(), ScoringSetup(SEQ, STRIDE),
+                       config={**FAST_TTT, "freeze_blocks": 3})
 
 
 def test_learning_rate_is_cosine_over_chunks():

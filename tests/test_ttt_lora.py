@@ -19,7 +19,10 @@ import torch
 from safetensors.torch import load_file
 
 from stages.scoring.bpb import BpbSums, token_bytes
-from stages.scoring.stream import TokenReceipts, WindowScorer, usable_targets
+from stages.scoring.setup import ScoringSetup
+from stages.scoring.receipts import TokenReceipts
+from stages.scoring.scorer import WindowScorer
+from stages.scoring.windows import usable_targets
 from stages.evaluate.ttt import score_with_ttt
 from stages.evaluate.ttt import lora as lora_mode
 from stages.evaluate.ttt.common import TTTPass, requires_grad
@@ -44,8 +47,9 @@ def stream(seed: int = 0) -> np.ndarray:
 def run_lora(model, tokens, rank: int = 0, world_size: int = 1, sidecar=None, **overrides) -> tuple[dict, object]:
     """Mode 'lora' over ``tokens`` on a copy of ``model``: (receipts as saved, sums)."""
     receipts = TokenReceipts()
-    sums = score_with_ttt(copy.deepcopy(model), tokens, byte_table(), SEQ, SEQ, sidecar=sidecar, rank=rank,
-                          world_size=world_size, config={**FAST_LORA, **overrides}, receipts=receipts)
+    setup = ScoringSetup(SEQ, SEQ, rank=rank, world_size=world_size)
+    sums = score_with_ttt(copy.deepcopy(model), tokens, byte_table(), setup, sidecar, config={**FAST_LORA, **overrides},
+                          receipts=receipts)
     return receipts.tensors(), sums
 
 
@@ -250,7 +254,7 @@ def score_batch_alone(model, tokens, docs) -> dict[int, float]:
     """NLL by position of one batch of ``docs`` through ``score_batch`` itself."""
     config = TTTConfig(**{**FAST_LORA, "lora_targets": TTTConfig.lora_targets})
     receipts = TokenReceipts()
-    run = TTTPass(WindowScorer(tokens, byte_table(), SEQ), SEQ, 4, receipts=receipts)
+    run = TTTPass(WindowScorer(tokens, byte_table(), ScoringSetup(SEQ, SEQ, 4)), receipts=receipts)
     adapters = lora_mode.BatchAdapters(model, config, "cpu")
     adapters.start_batch(docs)
     with requires_grad(model, False):
@@ -301,7 +305,7 @@ def test_no_row_holds_two_documents_or_more_than_a_window(monkeypatch):
 
     monkeypatch.setattr(model, "hidden", trunk_spy)
     receipts = TokenReceipts()
-    score_with_ttt(model, stream(), byte_table(), SEQ, SEQ, config=FAST_LORA, receipts=receipts)
+    score_with_ttt(model, stream(), byte_table(), ScoringSetup(SEQ, SEQ), config=FAST_LORA, receipts=receipts)
     assert rows and all(batch.size(1) <= SEQ for batch in rows)
     for row in torch.cat([torch.nn.functional.pad(b, (0, SEQ - b.size(1))) for b in rows]):
         real = row[row != lora_mode.PAD_TOKEN]
@@ -340,10 +344,10 @@ def test_warm_up_reads_no_val_token_and_leaves_the_model_bitwise_unchanged():
     model.blocks[0].mlp.fc.weight.requires_grad_(False)  # flags come back as they were
     state = copy.deepcopy(model.state_dict())
     flags = {name: p.requires_grad for name, p in model.named_parameters()}
-    scorer = WindowScorer(stream(), byte_table(), SEQ)
+    scorer = WindowScorer(stream(), byte_table(), ScoringSetup(SEQ, SEQ, 4))
     scorer.stream = scorer.side = None  # any read of the val stream fails
     config = TTTConfig(**{**FAST_LORA, "lora_targets": TTTConfig.lora_targets})
-    lora_mode.warm_up(model, TTTPass(scorer, SEQ, 4), config)
+    lora_mode.warm_up(model, TTTPass(scorer), config)
     after = model.state_dict()
     assert all(torch.equal(after[name], value) for name, value in state.items())
     assert {name: p.requires_grad for name, p in model.named_parameters()} == flags

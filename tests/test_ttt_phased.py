@@ -24,7 +24,10 @@ import torch.nn.functional as F
 from safetensors.torch import load_file
 
 from stages.scoring.bpb import token_bytes
-from stages.scoring.stream import TokenReceipts, WindowScorer, usable_targets
+from stages.scoring.setup import ScoringSetup
+from stages.scoring.receipts import TokenReceipts
+from stages.scoring.scorer import WindowScorer
+from stages.scoring.windows import usable_targets
 from stages.evaluate.ttt import phased, score_with_ttt
 from stages.evaluate.ttt.common import TTTPass, rank_share
 from stages.evaluate.ttt.config import TTTConfig
@@ -50,8 +53,8 @@ def documents_of(stream: np.ndarray, batch_docs: int = 4) -> list[ScoredDocument
 
 def ttt_pass(stream: np.ndarray, receipts: TokenReceipts | None = None, rank: int = 0, world_size: int = 1,
              may_adapt=lambda: True) -> TTTPass:
-    scorer = WindowScorer(stream, byte_table(), SEQ)
-    return TTTPass(scorer, STRIDE, 4, rank, world_size, receipts, may_adapt=may_adapt)
+    scorer = WindowScorer(stream, byte_table(), ScoringSetup(SEQ, STRIDE, 4, rank=rank, world_size=world_size))
+    return TTTPass(scorer, receipts, may_adapt=may_adapt)
 
 
 def packed(stream: np.ndarray, count: int = 12) -> tuple[torch.Tensor, torch.Tensor]:
@@ -256,7 +259,7 @@ class PhaseSpy:
 def phased_receipts(model, stream, ttt: dict | None = None) -> tuple[TokenReceipts, object]:
     """A ``ttt`` pass (default PHASED) over ``stream``: its receipts and sums."""
     receipts = TokenReceipts()
-    sums = score_with_ttt(model, stream, byte_table(), SEQ, STRIDE, BATCH_WINDOWS, config=ttt or PHASED,
+    sums = score_with_ttt(model, stream, byte_table(), ScoringSetup(SEQ, STRIDE, BATCH_WINDOWS), config=ttt or PHASED,
                           receipts=receipts)
     return receipts, sums
 
@@ -268,7 +271,8 @@ def phased_run():
         receipts = TokenReceipts()
         spy = PhaseSpy(monkeypatch, receipts)
         facts = {}
-        sums = score_with_ttt(tiny_gpt(), synthetic_docs(), byte_table(), SEQ, STRIDE, BATCH_WINDOWS, config=PHASED,
+        sums = score_with_ttt(tiny_gpt(), synthetic_docs(), byte_table(), ScoringSetup(SEQ, STRIDE, BATCH_WINDOWS),
+                              config=PHASED,
                               receipts=receipts, on_fact=facts.__setitem__)
     return receipts.tensors(), sums, spy.phases, facts
 
@@ -369,8 +373,8 @@ def phased_worker(rank: int, world: int, store_path: str, out_path: str) -> None
         model, receipts, after_phases = tiny_gpt(), TokenReceipts(), []
         run_phase = phased.run_global_phase
         phased.run_global_phase = lambda m, *a: (run_phase(m, *a), after_phases.append(checksums(m)))[0]
-        score_with_ttt(model, synthetic_docs(), byte_table(), SEQ, STRIDE, BATCH_WINDOWS, rank=rank, world_size=world,
-                       config=RANKED, receipts=receipts)
+        setup = ScoringSetup(SEQ, STRIDE, BATCH_WINDOWS, rank=rank, world_size=world)
+        score_with_ttt(model, synthetic_docs(), byte_table(), setup, config=RANKED, receipts=receipts)
         torch.save((receipts.tensors(), after_phases, model.state_dict()), f"{out_path}.{rank}")
         dist.barrier()  # both done before either tears gloo down
     finally:
@@ -410,7 +414,7 @@ def test_adapters_are_rebuilt_after_each_phase():
     receipts = TokenReceipts()
     with pytest.MonkeyPatch.context() as monkeypatch:
         spy = PhaseSpy(monkeypatch, receipts)
-        score_with_ttt(copy.deepcopy(model), stream, byte_table(), SEQ, STRIDE, BATCH_WINDOWS,
+        score_with_ttt(copy.deepcopy(model), stream, byte_table(), ScoringSetup(SEQ, STRIDE, BATCH_WINDOWS),
                        config={**PHASED, "global_lr": 0.0}, receipts=receipts)
     lora, _ = phased_receipts(copy.deepcopy(model), stream, {**PHASED, "mode": "lora"})
     ours, lora = receipts.tensors(), lora.tensors()

@@ -20,7 +20,7 @@ from typing import Callable, Literal
 
 from ..contract.ledger import TimeLedger
 from ..errors import GolfError
-from ..scoring.stream import TokenReceipts
+from ..scoring.receipts import TokenReceipts
 
 OverBudget = Literal["stop-adapting", "fail"]
 # The seconds no ledger bucket timed still count; this bucket names them so the ledger adds up.

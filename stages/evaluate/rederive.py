@@ -36,7 +36,7 @@ from ..contract.stage_dir import StageDir
 from ..errors import GolfError
 from ..progress import silent_reporter
 from ..scoring.bpb import token_bytes
-from ..scoring.stream import usable_targets
+from ..scoring.windows import usable_targets
 from .stage import run_eval
 from .config import EvalConfig
 from ..scoring.validate import scored_prefix

@@ -20,13 +20,13 @@ alone writes the stage folder and the receipts file and prints the result.
 
 from __future__ import annotations
 
-import inspect
 import math
 import sys
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
+from types import ModuleType
 
 import numpy as np
 from safetensors import safe_open
@@ -35,7 +35,7 @@ import torch.distributed as dist
 from safetensors.torch import save as save_safetensors
 
 from ..artifact.verify import Artifact, load_runtime, load_ttt, read_artifact, vouch_for_code
-from ..config import to_dict
+from ..config import check_scoring_window, to_dict
 from ..contract.hashing import sha256_bytes
 from ..contract.lineage import lineage_folder, require_same_tokenizer
 from ..contract.manifest import MANIFEST_NAME
@@ -48,10 +48,11 @@ from ..errors import GolfError
 from ..progress import Reporter, silent_reporter
 from .budget import EvalBudget
 from .config import EvalConfig
-from ..scoring.stream import usable_targets
+from ..scoring.setup import ScoringSetup
+from ..scoring.windows import usable_targets
 from .ttt.config import TTTConfig
-from ..scoring.val_data import load_val
-from ..scoring.validate import autocast_dtype, validate
+from ..scoring.val_data import ValData, load_val
+from ..scoring.validate import scoring_setup, validate
 
 IN_MEMORY_TOLERANCE = 1e-6
 FOREIGN_DATA_FLAG = "--foreign-data"
@@ -120,91 +121,169 @@ def run_eval(config: EvalConfig, artifact: str | Path, data_dir: str | Path | No
             _rank_stage(config.device, out_dir, force, reporter or Reporter(), inputs) as (ctx, writer, reporter):
         ledger = writer.ledger
         budget = EvalBudget(config.budget_s, config.over_budget, ledger, on_stop=partial(_say_stopped, reporter, config))
-        with ledger.measure("load_artifact", "eval", "read, decompress and dequantize the artifact"):
-            shipped = read_artifact(artifact_path)
-            code = vouch_for_code(shipped, trust_code, reporter)
-            runtime = load_runtime(shipped)
-            ttt_code = load_ttt(shipped) if config.ttt.mode != "none" else None
-            model = build_model(runtime, shipped)
-        header, data_bytes = shipped.header, shipped.data
-        require_same_tokenizer(header["lineage"], f"artifact {artifact_path}", data.lineage, f"data {data.path}")
+        shipped = _load(artifact_path, config, trust_code, ledger, reporter)
+        require_same_tokenizer(shipped.artifact.header["lineage"], f"artifact {artifact_path}", data.lineage,
+                               f"data {data.path}")
         data_source = _data_source(data, data_dir is not None, pack, foreign_data, reporter)
-        seq_len = config.seq_len or header["train_seq_len"]
-        replace(config, seq_len=seq_len)  # the window rules, now that the window length is known
-        stride = config.stride or seq_len
-        with ledger.measure("load_val", "eval", "val shards and tokenizer"):
-            val = load_val(data, header["model_config"]["vocab_size"], config.use_sidecar,
-                           build_table=runtime.build_byte_table)
-        val.check_window_fits(seq_len, "--seq-len" if config.seq_len else "the artifact's train_seq_len")
-        log_byte_source(reporter, val)
-        device = ctx.device
-        model = model.to(device)
-        attention = _choose_attention(model, device)
-        reporter.log(attention=attention)
-        backend = compile_backend(config, device, runtime)
-        reporter.log(eval_compile=backend or "off")
-        fit: dict = {}  # document modes: the documents per batch that fit the device, and the rule
-        if config.warmup and (config.ttt.mode != "none" or backend is not None):
-            with ledger.measure("warmup", "eval", PHASE_NOTES["warmup"]):
-                config, fit = _fit_batch(ttt_code, model, seq_len, config, ctx)
-                _warm_up(runtime, ttt_code, model, val.table, seq_len, stride, config, ctx, backend)
-        elif config.ttt.mode in DOCUMENT_MODES:
-            with ledger.measure("batch_fit", "eval", PHASE_NOTES["batch_fit"]):
-                config, fit = _fit_batch(ttt_code, model, seq_len, config, ctx)
-        score = partial(validate, model, val, seq_len, stride, config.batch_windows, device, config.eval_tokens,
-                        reporter, count_windows=runtime.count_windows)
-        compared = {}
-        if config.compare_no_ttt:
-            with ledger.measure("score_no_ttt", None, "diagnostic: the same windows without adaptation"):
-                compared = {"val_bpb_no_ttt": _no_ttt_pass(score, runtime, ttt_code, config.ttt, backend).bpb}
-        receipts = runtime.TokenReceipts() if token_nll is not None else None
-        facts: dict = {}  # what the TTT mode states about its pass (phased: its global phases)
-        budget.receipts = receipts  # where adaptation stopped, in scoring steps
-        sums = _scored_pass(score, runtime, ttt_code, config.ttt, ledger, receipts, facts, budget.may_adapt, backend)
-        spent = budget.finish()
-        receipt_rows = _gather_receipts(runtime, receipts, ctx)
+        val, setup, attention = _prepare(config, shipped, data, ctx, ledger, reporter)
+        config, fit = _before_scoring(config, shipped, val.table, setup, ledger)
+        scored = _score(config, shipped, val, setup, budget, ledger, reporter, token_nll is not None)
+        receipt_rows = _gather_receipts(shipped.runtime, scored.receipts, ctx)
         if not ctx.is_main:
             return None
-        _record_artifact_input(writer, artifact_path, data_bytes, pack)
+        _record_artifact_input(writer, artifact_path, shipped.artifact.data, pack)
         writer.add_input("data", data)
-        metrics = {
-            "val_loss": sums.loss,
-            "val_bpb": sums.bpb,
-            "ttt_mode": config.ttt.mode,
-            **fit,
-            "compiled": backend or "off",
-            **compared,
-            **facts,
-            "tokens_scored": sums.tokens,
-            # eval_tokens scored a prefix: a partial score is never a full val_bpb
-            "partial": sums.tokens < usable_targets(len(val.tokens), seq_len),
-            "bytes_scored": sums.bytes,
-            "seq_len": seq_len,
-            "stride": stride,
-            "mode": _windows_kind(config.ttt.mode, seq_len, stride),
-            "byte_source": val.byte_source,
-            **({"sidecar_audit": val.sidecar_audit} if val.sidecar_audit else {}),
-            "data_source": data_source,
-            "artifact_bytes": len(data_bytes),
-            "attention": attention,
-            **spent,
-            **code.record(trust_code),
-            **_compare_in_memory(pack, _stream_bpb_without_adaptation(config.ttt.mode, sums.bpb, compared),
-                                 seq_len, stride, config),
-        }
-        if receipts is not None:
-            metrics.update(_save_receipts(Path(token_nll), receipt_rows, sums, writer.run_id))
+        metrics = _metrics(config, shipped, val, setup, fit, scored, data_source, attention, pack)
+        if scored.receipts is not None:
+            metrics.update(_save_receipts(Path(token_nll), receipt_rows, scored.sums, writer.run_id))
         failure = _non_finite_failure(metrics) or _in_memory_failure(metrics)
-        reporter.log(ledger=",".join(f"{name}={bucket.seconds:.3f}" for name, bucket in ledger.buckets.items()))
-        reporter.log(stage="eval", val_loss=sums.loss, val_bpb=sums.bpb, ttt=config.ttt.mode, **compared,
-                     artifact_bytes=len(data_bytes), mode=metrics["mode"], eval_s=spent["budgeted_s"],
-                     budget_s=config.budget_s, within_budget=spent["within_budget"],
-                     adaptation_stopped_at_s=spent["adaptation_stopped_at_s"], partial=metrics["partial"],
-                     status="failed" if failure else "ok", out=str(out_dir))
+        _log_result(reporter, ledger, config, scored, metrics, failure, out_dir)
         manifest = writer.commit(to_dict(config), dict(data.lineage), metrics, reporter.text(), failure=failure)
     if failure:
         raise GolfError(f"{failure}; the eval folder {out_dir} is kept and marked failed")
     return manifest
+
+
+@dataclass(frozen=True)
+class Shipped:
+    """The artifact as the eval runs it: read and checked, its code vouched for and imported, its model rebuilt."""
+
+    artifact: Artifact
+    """The artifact file, parsed and checked (its header, its bytes)."""
+    code_record: dict
+    """The code check as the metrics record it (whether the code is golf's own, or trusted foreign code)."""
+    runtime: ModuleType
+    """The shipped runtime: the model builder, the byte table and the plain scorer."""
+    ttt: ModuleType | None
+    """The shipped test-time training (None with ttt.mode 'none')."""
+    model: torch.nn.Module
+    """The model rebuilt from the shipped weights by the shipped runtime."""
+
+
+@dataclass(frozen=True)
+class Scored:
+    """What the scored pass (and the --compare-no-ttt diagnostic before it) leaves for the metrics."""
+
+    sums: object
+    """The score: the shipped ``BpbSums`` over every rank."""
+    compared: dict
+    """--compare-no-ttt: {'val_bpb_no_ttt': ...}; else empty."""
+    facts: dict
+    """What the TTT mode states about its pass (phased: its global phases)."""
+    spent: dict
+    """The budget's verdict (``EvalBudget.finish``)."""
+    receipts: object | None
+    """This rank's shipped ``TokenReceipts`` (--token-nll), else None."""
+
+
+def _load(path: Path, config: EvalConfig, trust_code: bool, ledger: TimeLedger, reporter: Reporter) -> Shipped:
+    """Read and check the artifact, vouch for its code (``trust_code``), import it and rebuild the model."""
+    with ledger.measure("load_artifact", "eval", "read, decompress and dequantize the artifact"):
+        artifact = read_artifact(path)
+        code = vouch_for_code(artifact, trust_code, reporter)
+        runtime = load_runtime(artifact)
+        ttt = load_ttt(artifact) if config.ttt.mode != "none" else None
+        return Shipped(artifact, code.record(trust_code), runtime, ttt, build_model(runtime, artifact))
+
+
+def _prepare(config: EvalConfig, shipped: Shipped, data: StageDir, ctx: DistContext, ledger: TimeLedger,
+             reporter: Reporter) -> tuple[ValData, ScoringSetup, str]:
+    """The val data, the scoring setup of this rank, and the attention backend pinned for scoring
+    (the model moved to the device); logs the byte source, the attention and the compile switch."""
+    seq_len, stride = _windows(config, shipped.artifact.header)
+    with ledger.measure("load_val", "eval", "val shards and tokenizer"):
+        val = load_val(data, shipped.artifact.header["model_config"]["vocab_size"], config.use_sidecar,
+                       build_table=shipped.runtime.build_byte_table)
+    val.check_window_fits(seq_len, "--seq-len" if config.seq_len else "the artifact's train_seq_len")
+    log_byte_source(reporter, val)
+    setup = scoring_setup(seq_len, stride, config.batch_windows, ctx.device, compile_backend(config, ctx.device))
+    attention = _choose_attention(shipped.model.to(setup.device), setup)
+    reporter.log(attention=attention)
+    reporter.log(eval_compile=setup.compile_backend or "off")
+    return val, setup, attention
+
+
+def _windows(config: EvalConfig, header: dict) -> tuple[int, int]:
+    """(seq_len, stride) of the scored windows: --seq-len, else the artifact's train_seq_len, held to
+    the window rules (the stride and eval_tokens against it) now that it is known."""
+    seq_len = config.seq_len or header["train_seq_len"]
+    check_scoring_window(replace(config, seq_len=seq_len), "seq_len", "eval_tokens", "stride")
+    return seq_len, config.stride or seq_len
+
+
+def _before_scoring(config: EvalConfig, shipped: Shipped, table, setup: ScoringSetup,
+                    ledger: TimeLedger) -> tuple[EvalConfig, dict]:
+    """Document modes: fit the documents per batch to the device (the config then holds them; the
+    facts go to the metrics). The TTT mode's warm-up, or a compiled scoring forward's, unless off."""
+    if config.warmup and (config.ttt.mode != "none" or setup.compile_backend is not None):
+        with ledger.measure("warmup", "eval", PHASE_NOTES["warmup"]):
+            config, fit = _fit_batch(shipped.ttt, shipped.model, setup, config)
+            _warm_up(shipped.runtime, shipped.ttt, shipped.model, table, setup, config)
+        return config, fit
+    if config.ttt.mode in DOCUMENT_MODES:
+        with ledger.measure("batch_fit", "eval", PHASE_NOTES["batch_fit"]):
+            return _fit_batch(shipped.ttt, shipped.model, setup, config)
+    return config, {}
+
+
+def _score(config: EvalConfig, shipped: Shipped, val: ValData, setup: ScoringSetup, budget: EvalBudget,
+           ledger: TimeLedger, reporter: Reporter, keep_receipts: bool) -> Scored:
+    """The --compare-no-ttt diagnostic (if asked), then the scored pass, each target's receipt kept
+    with ``keep_receipts``; the budget judges the whole."""
+    score = partial(validate, shipped.model, val, setup, config.eval_tokens, reporter)
+    compared = {}
+    if config.compare_no_ttt:
+        with ledger.measure("score_no_ttt", None, "diagnostic: the same windows without adaptation"):
+            compared = {"val_bpb_no_ttt": _no_ttt_pass(score, shipped.runtime, shipped.ttt, config.ttt).bpb}
+    receipts = shipped.runtime.TokenReceipts() if keep_receipts else None
+    facts: dict = {}
+    budget.receipts = receipts  # where adaptation stopped, in scoring steps
+    sums = _scored_pass(score, shipped.runtime, shipped.ttt, config.ttt, ledger, receipts, facts, budget.may_adapt)
+    return Scored(sums, compared, facts, budget.finish(), receipts)
+
+
+def _metrics(config: EvalConfig, shipped: Shipped, val: ValData, setup: ScoringSetup, fit: dict, scored: Scored,
+             data_source: str, attention: str, pack: StageDir | None) -> dict:
+    """The eval's metrics: the score, how it was scored, from which bytes and data, the budget, the
+    code check, and the comparison with quantize's in-memory score."""
+    sums, seq_len, stride = scored.sums, setup.seq_len, setup.stride
+    return {
+        "val_loss": sums.loss,
+        "val_bpb": sums.bpb,
+        "ttt_mode": config.ttt.mode,
+        **fit,
+        "compiled": setup.compile_backend or "off",
+        **scored.compared,
+        **scored.facts,
+        "tokens_scored": sums.tokens,
+        # eval_tokens scored a prefix: a partial score is never a full val_bpb
+        "partial": sums.tokens < usable_targets(len(val.tokens), seq_len),
+        "bytes_scored": sums.bytes,
+        "seq_len": seq_len,
+        "stride": stride,
+        "mode": _windows_kind(config.ttt.mode, seq_len, stride),
+        "byte_source": val.byte_source,
+        **({"sidecar_audit": val.sidecar_audit} if val.sidecar_audit else {}),
+        "data_source": data_source,
+        "artifact_bytes": len(shipped.artifact.data),
+        "attention": attention,
+        **scored.spent,
+        **shipped.code_record,
+        **_compare_in_memory(pack, _stream_bpb_without_adaptation(config.ttt.mode, sums.bpb, scored.compared),
+                             seq_len, stride, config),
+    }
+
+
+def _log_result(reporter: Reporter, ledger: TimeLedger, config: EvalConfig, scored: Scored, metrics: dict,
+                failure: str, out_dir: str | Path) -> None:
+    """The ledger's line, then the result's."""
+    spent = scored.spent
+    reporter.log(ledger=",".join(f"{name}={bucket.seconds:.3f}" for name, bucket in ledger.buckets.items()))
+    reporter.log(stage="eval", val_loss=scored.sums.loss, val_bpb=scored.sums.bpb, ttt=config.ttt.mode,
+                 **scored.compared, artifact_bytes=metrics["artifact_bytes"], mode=metrics["mode"],
+                 eval_s=spent["budgeted_s"], budget_s=config.budget_s, within_budget=spent["within_budget"],
+                 adaptation_stopped_at_s=spent["adaptation_stopped_at_s"], partial=metrics["partial"],
+                 status="failed" if failure else "ok", out=str(out_dir))
 
 
 def memory_sizing(config: EvalConfig) -> str:
@@ -280,16 +359,14 @@ def _windows_kind(ttt_mode: str, seq_len: int, stride: int) -> str:
     return "non-overlapping" if stride == seq_len else "sliding"
 
 
-def _no_ttt_pass(score, runtime, ttt_code, ttt: TTTConfig, backend: str | None = None):
+def _no_ttt_pass(score, runtime, ttt_code, ttt: TTTConfig):
     """The --compare-no-ttt diagnostic: the scored pass's own windows with adaptation off. Document
     LoRA's windows are each document's own, so it runs the shipped lora with its learning rate 0
-    (its zero-learning test: exactly the plain forward on those windows) and no global phase.
-    ``backend`` compiles the forwards (None: eager)."""
+    (its zero-learning test: exactly the plain forward on those windows) and no global phase."""
     if ttt.mode in DOCUMENT_MODES:
         frozen = replace(ttt, mode="lora", lora_lr=0.0)
-        return score("eval (no ttt)", score_stream=partial(ttt_code.score_with_ttt, config=to_dict(frozen),
-                                                           **compiling(backend)))
-    return score("eval (no ttt)", score_stream=partial(runtime.score_stream, **compiling(backend)))
+        return score("eval (no ttt)", score_stream=partial(ttt_code.score_with_ttt, config=to_dict(frozen)))
+    return score("eval (no ttt)", score_stream=runtime.score_stream)
 
 
 def _stream_bpb_without_adaptation(ttt_mode: str, bpb: float, compared: dict) -> float | None:
@@ -300,19 +377,18 @@ def _stream_bpb_without_adaptation(ttt_mode: str, bpb: float, compared: dict) ->
     return None if ttt_mode in DOCUMENT_MODES else compared.get("val_bpb_no_ttt")
 
 
-def _scored_pass(score, runtime, ttt_code, ttt: TTTConfig, ledger, receipts, facts: dict, may_adapt,
-                 backend: str | None = None):
+def _scored_pass(score, runtime, ttt_code, ttt: TTTConfig, ledger, receipts, facts: dict, may_adapt):
     """The pass that is the score: plain windows (the shipped ``runtime``), or the shipped TTT mode
     (``ttt_code``) with its phases timed apart and ``may_adapt`` (the budget) asked before each
-    adaptation step; the mode's facts land in ``facts``; ``backend`` compiles (None: eager)."""
+    adaptation step; the mode's facts land in ``facts``."""
     if ttt.mode == "none":
         with ledger.measure("score", "eval", PHASE_NOTES["score"]):
-            return score("eval", score_stream=partial(runtime.score_stream, receipts=receipts, **compiling(backend)))
+            return score("eval", score_stream=partial(runtime.score_stream, receipts=receipts))
     for name in SCORED_PASS_PHASES:  # listed, in order, even when a single chunk never adapts
         ledger.add(name, 0.0, "eval", PHASE_NOTES[name])
     phase = lambda name: ledger.measure(name, "eval", phase_note(name))  # noqa: E731
     ttt_scorer = partial(ttt_code.score_with_ttt, config=to_dict(ttt), receipts=receipts, phase=phase,
-                         may_adapt=may_adapt, on_fact=facts.__setitem__, **compiling(backend))
+                         may_adapt=may_adapt, on_fact=facts.__setitem__)
     with shipped_errors(ttt_code):
         return score(f"eval (ttt {ttt.mode})", score_stream=ttt_scorer)
 
@@ -339,47 +415,31 @@ def phase_note(name: str) -> str:
     return next((note for key, note in PHASE_NOTES.items() if name.startswith(key)), OTHER_PHASE_NOTE)
 
 
-def _fit_batch(ttt_code, model, seq_len: int, config: EvalConfig, ctx: DistContext) -> tuple[EvalConfig, dict]:
+def _fit_batch(ttt_code, model, setup: ScoringSetup, config: EvalConfig) -> tuple[EvalConfig, dict]:
     """Document modes: the config with the documents per batch that fit the device (the shipped rule,
-    ttt/batch_fit.py), and its facts for the metrics; other modes (or older code): as they are."""
-    fit_ttt_batch = getattr(ttt_code, "fit_ttt_batch", None)
-    if config.ttt.mode not in DOCUMENT_MODES or fit_ttt_batch is None:
+    ttt/batch_fit.py), and its facts for the metrics; other modes: as they are."""
+    if config.ttt.mode not in DOCUMENT_MODES:
         return config, {}
     with shipped_errors(ttt_code):
-        fit = fit_ttt_batch(model, seq_len, ctx.device, autocast_dtype(ctx.device), config=to_dict(config.ttt))
+        fit = ttt_code.fit_ttt_batch(model, setup, config=to_dict(config.ttt))
     return replace(config, ttt=replace(config.ttt, lora_batch_docs=fit["ttt_batch_docs"])), fit
 
 
-def compile_backend(config: EvalConfig, device, runtime) -> str | None:
+def compile_backend(config: EvalConfig, device) -> str | None:
     """The torch.compile backend the eval's forwards use, or None (eager): ``config.compile``, where
-    'auto' compiles on CUDA only; the shipped ``runtime`` must know how."""
+    'auto' compiles on CUDA only."""
     on = config.compile == "on" or (config.compile == "auto" and torch.device(device).type == "cuda")
-    if on and "compile_backend" not in inspect.signature(runtime.score_stream).parameters:
-        raise GolfError("the artifact's code cannot compile its forward (packed by an older golf); "
-                        "pass --set compile=off")
     return config.compile_backend if on else None
 
 
-def compiling(backend: str | None) -> dict:
-    """The shipped scorers' keyword that compiles with ``backend``; none when eager (so code packed
-    before it existed still scores eagerly)."""
-    return {} if backend is None else {"compile_backend": backend}
-
-
-def _warm_up(runtime, ttt_code, model, table, seq_len: int, stride: int, config: EvalConfig, ctx: DistContext,
-             backend: str | None) -> None:
+def _warm_up(runtime, ttt_code, model, table, setup: ScoringSetup, config: EvalConfig) -> None:
     """The shipped TTT mode's warm-up (plain scoring: the compiled scoring forward's) at the shapes of
     the scored pass; it is given no val tokens."""
     if config.ttt.mode == "none":
-        runtime.warm_up_scoring(model, table, seq_len, config.batch_windows, ctx.device, autocast_dtype(ctx.device),
-                                backend)
+        runtime.warm_up_scoring(model, table, setup)
         return
-    warm_up_ttt = getattr(ttt_code, "warm_up_ttt", None)
-    if warm_up_ttt is None:
-        raise GolfError("the artifact's code has no TTT warm-up (packed by an older golf); pass --set warmup=false")
     with shipped_errors(ttt_code):
-        warm_up_ttt(model, table, seq_len, stride, config.batch_windows, ctx.device, ctx.rank, ctx.world_size,
-                    autocast_dtype(ctx.device), backend, config=to_dict(config.ttt))
+        ttt_code.warm_up_ttt(model, table, setup, config=to_dict(config.ttt))
 
 
 def _check_receipts_path(path: Path, force: bool, inputs: dict) -> None:
@@ -426,11 +486,9 @@ def _save_receipts(path: Path, tensors: dict, sums, run_id: str) -> dict:
     return {"token_nll_file": str(path), "token_nll_sha256": sha256_bytes(data), "token_nll_rows": len(positions)}
 
 
-def _choose_attention(model, device) -> str:
+def _choose_attention(model, setup: ScoringSetup) -> str:
     """Pin the shipped model's attention backend for scoring's precision; its name for the log."""
-    if not hasattr(model, "choose_attention"):  # an artifact whose code predates the choice
-        return "shipped code's own"
-    return model.choose_attention(device, autocast_dtype(device) or next(model.parameters()).dtype)
+    return model.choose_attention(setup.device, setup.autocast_dtype or next(model.parameters()).dtype)
 
 
 def _non_finite_failure(metrics: dict) -> str:

@@ -15,7 +15,7 @@ from typing import Callable
 
 from ..contract.stage_dir import StageDir
 from ..scoring.bpb import BpbSums, stream_bytes
-from ..scoring.stream import plan_windows, usable_targets
+from ..scoring.windows import plan_windows, usable_targets
 from ..scoring.val_data import ValData
 from ..scoring.validate import scored_prefix
 from ..model.config import ModelConfig

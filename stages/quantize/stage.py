@@ -32,7 +32,7 @@ from ..errors import GolfError
 from ..scoring.bpb import BpbSums
 from ..scoring.val_data import ValData, load_val
 from ..data.folder import train_shard_paths
-from ..scoring.validate import validate
+from ..scoring.validate import scoring_setup, validate
 from ..model.checkpoint import load_model_weights, load_tensors, save_tensors
 from ..model.config import ModelConfig
 from ..model.gpt import GPT
@@ -118,8 +118,8 @@ class Scoring:
     def score(self, model: GPT, label: str) -> BpbSums:
         """The model's loss and bpb on the windows, logged as ``<label>_val_loss`` and ``<label>_val_bpb``."""
         with self.ledger.measure(f"evaluate_{label}", note="diagnostic scoring on val: outside both budgets"):
-            sums = validate(model, self.val, self.seq_len, self.stride, self.batch_windows, self.device, self.tokens,
-                            self.reporter, f"{label} bpb")
+            setup = scoring_setup(self.seq_len, self.stride, self.batch_windows, self.device)
+            sums = validate(model, self.val, setup, self.tokens, self.reporter, f"{label} bpb")
         self.reporter.log(**{f"{label}_val_loss": sums.loss, f"{label}_val_bpb": sums.bpb})
         return sums
 

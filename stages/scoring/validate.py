@@ -6,42 +6,39 @@ import torch
 import torch.distributed as dist
 
 from ..progress import Reporter
-from . import stream
+from . import scorer
 from .bpb import BpbSums
+from .setup import ScoringSetup
 from .val_data import ValData
+from .windows import count_windows
 
 
-def validate(
-    model: torch.nn.Module,
-    val: ValData,
-    seq_len: int,
-    stride: int | None = None,
-    batch_windows: int = 8,
-    device: torch.device | str = "cpu",
-    max_tokens: int = 0,
-    reporter: Reporter | None = None,
-    label: str = "validate",
-    score_stream=stream.score_stream,
-    count_windows=stream.count_windows,
-) -> BpbSums:
-    """Non-overlapping windows unless ``stride`` is given. ``max_tokens`` > 0 scores a prefix only.
+def validate(model: torch.nn.Module, val: ValData, setup: ScoringSetup, max_tokens: int = 0,
+             reporter: Reporter | None = None, label: str = "validate",
+             score_stream=scorer.score_stream) -> BpbSums:
+    """The sums over every rank of scoring ``val`` (a prefix of ``max_tokens`` targets if > 0) as
+    ``setup`` says (``scoring_setup``: this process's), with progress under ``label``.
 
-    ``score_stream`` and ``count_windows`` default to this package's; `golf eval` passes the
-    ones shipped inside the artifact so that the counted code is the code that scores.
+    ``score_stream`` defaults to this package's; `golf eval` passes the one shipped inside the
+    artifact (or the shipped test-time training's, which takes the same arguments) so that the
+    counted code is the code that scores.
     """
     reporter = reporter or Reporter()
-    stride = stride or seq_len
     tokens = scored_prefix(val.tokens, max_tokens)
     sidecar = None if val.sidecar is None else val.sidecar[: len(tokens)]
+    windows = count_windows(len(tokens), setup.seq_len, setup.stride) // setup.world_size
+    with reporter.progress(label, windows) as advance:
+        sums = score_stream(model, tokens, val.table, setup, sidecar, on_windows=advance)
+    return sums.all_reduce(setup.device)
+
+
+def scoring_setup(seq_len: int, stride: int, batch_windows: int, device: torch.device | str,
+                  compile_backend: str | None = None) -> ScoringSetup:
+    """This process's setup: its rank and the number of processes from torch.distributed, and the
+    scoring precision of ``device`` (``autocast_dtype``); ``compile_backend`` None scores eagerly."""
     device = torch.device(device)
-    autocast = autocast_dtype(device)
     rank, world = rank_and_world()
-    with reporter.progress(label, count_windows(len(tokens), seq_len, stride) // world) as advance:
-        sums = score_stream(
-            model, tokens, val.table, seq_len, stride, batch_windows, device,
-            sidecar=sidecar, rank=rank, world_size=world, autocast_dtype=autocast, on_windows=advance,
-        )
-    return sums.all_reduce(device)
+    return ScoringSetup(seq_len, stride, batch_windows, device, rank, world, autocast_dtype(device), compile_backend)
 
 
 def autocast_dtype(device: torch.device | str) -> torch.dtype | None:

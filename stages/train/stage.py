@@ -24,7 +24,7 @@ from ..errors import GolfError
 from ..data.shards import read_shard
 from ..scoring.val_data import load_val
 from ..data.folder import split_files, train_shard_paths
-from ..scoring.validate import validate
+from ..scoring.validate import scoring_setup, validate
 from ..model.checkpoint import model_metadata, save_tensors
 from ..model.gpt import GPT, count_parameters
 from ..progress import Reporter, silent_reporter
@@ -179,7 +179,7 @@ def _fit(config: RunConfig, data: StageDir, ctx: DistContext, ledger: TimeLedger
 
     def run_validation() -> None:
         with ledger.measure("validation", note="validation with the clock paused: not counted"):
-            sums = validate(model, val, tcfg.seq_len, None, tcfg.val_batch_windows, device,
+            sums = validate(model, val, scoring_setup(tcfg.seq_len, tcfg.seq_len, tcfg.val_batch_windows, device),
                             tcfg.val_tokens, reporter, "validate")
         curves["val"].append({"step": trainer.step, "val_loss": sums.loss, "val_bpb": sums.bpb})
         reporter.log(step=trainer.step, val_loss=sums.loss, val_bpb=sums.bpb)

@@ -12,15 +12,17 @@ it is handed no val data at all, so it cannot train on (or even see) a val token
 
 from __future__ import annotations
 
-import inspect
 from contextlib import contextmanager
 from typing import Callable
 
+import numpy as np
 import torch
 
 from ...ranges import ConfigError
 from ...scoring.bpb import BpbSums, ByteTable
-from ...scoring.stream import WindowScorer, score_stream
+from ...scoring.receipts import TokenReceipts
+from ...scoring.scorer import WindowScorer, finish_warm_up, random_stream
+from ...scoring.setup import ScoringSetup
 from .batch_fit import fit_batch_docs
 from .chunk_sgd import score_with_chunk_sgd
 from .chunk_sgd import warm_up as warm_up_chunk_sgd
@@ -37,70 +39,42 @@ MODES = {"chunk-sgd": score_with_chunk_sgd, "lora": score_with_lora, "phased": s
 WARM_UPS = {"chunk-sgd": warm_up_chunk_sgd, "lora": warm_up_lora, "phased": warm_up_phased}
 
 
-def score_with_ttt(
-    *stream_args,
-    config: dict,
-    phase=None,
-    may_adapt: Callable[[], bool] = always,
-    on_fact: Callable[[str, object], None] | None = None,
-    **stream_kwargs,
-) -> BpbSums:
-    """``score_stream(*stream_args, **stream_kwargs)`` (the same arguments, bound to its signature,
-    so the two cannot drift apart) with the adaptation ``config['mode']`` names: a TTTConfig as a
-    dict, rebuilt and range-checked by the shipped TTTConfig. ``phase``, ``may_adapt`` and
-    ``on_fact`` are TTTPass's."""
+def score_with_ttt(model: torch.nn.Module, tokens: np.ndarray, table: ByteTable, setup: ScoringSetup,
+                   sidecar: np.ndarray | None = None, receipts: TokenReceipts | None = None,
+                   on_windows: Callable[[int], None] | None = None, *, config: dict, phase=None,
+                   may_adapt: Callable[[], bool] = always,
+                   on_fact: Callable[[str, object], None] | None = None) -> BpbSums:
+    """``score_stream``'s pass (the same arguments, so the eval hands either to ``validate``) with the
+    adaptation ``config['mode']`` names: a TTTConfig as a dict, rebuilt and range-checked by the
+    shipped TTTConfig. ``phase``, ``may_adapt`` and ``on_fact`` are TTTPass's."""
     ttt = ttt_config(config)
-    stream = inspect.signature(score_stream).bind(*stream_args, **stream_kwargs)
-    stream.apply_defaults()
-    args = stream.arguments
-    scorer = WindowScorer(args["tokens"], args["table"], args["seq_len"], args["device"], args["sidecar"],
-                          args["autocast_dtype"], args["compile_backend"])
-    run = TTTPass(scorer, args["stride"], args["batch_windows"], args["rank"], args["world_size"], args["receipts"],
-                  args["on_windows"], phase, may_adapt, on_fact)
-    with training_mode_kept(args["model"]):
-        return built(MODES, ttt.mode)(args["model"], run, ttt)
+    run = TTTPass(WindowScorer(tokens, table, setup, sidecar), receipts, on_windows, phase, may_adapt, on_fact)
+    with training_mode_kept(model):
+        return built(MODES, ttt.mode)(model, run, ttt)
 
 
-def warm_up_ttt(
-    model: torch.nn.Module,
-    table: ByteTable,
-    seq_len: int,
-    stride: int,
-    batch_windows: int = 8,
-    device: torch.device | str = "cpu",
-    rank: int = 0,
-    world_size: int = 1,
-    autocast_dtype: torch.dtype | None = None,
-    compile_backend: str | None = None,
-    *,
-    config: dict,
-    seed: int = 0,
-) -> None:
-    """Run mode ``config['mode']``'s warm-up at the eval's shapes, before the timed loop.
+def warm_up_ttt(model: torch.nn.Module, table: ByteTable, setup: ScoringSetup, *, config: dict, seed: int = 0) -> None:
+    """Run mode ``config['mode']``'s warm-up at the eval's shapes (``setup``), before the timed loop.
 
     The pass it gets scores a stream of random tokens (``batch_windows`` windows long), not the
     val stream: the records that warmed up on val tokens were challenged, later ones used random
     tokens (docs/TTT_CASEOPS.md sections A.3, E). The tokens come from a generator of their own,
-    so the global random state (adapter init) is what it would be without a warm-up. With
+    so the global random state (adapter init) is what it would be without a warm-up. With a
     ``compile_backend`` the mode's compiled forwards are compiled here, at the pass's shapes.
     """
     ttt = ttt_config(config)
-    generator = torch.Generator().manual_seed(seed)
-    stream = torch.randint(0, model.config.vocab_size, (batch_windows * seq_len + 1,), generator=generator)
-    scorer = WindowScorer(stream.numpy(), table, seq_len, device, None, autocast_dtype, compile_backend)
-    run = TTTPass(scorer, stride, batch_windows, rank, world_size)
+    run = TTTPass(WindowScorer(random_stream(model.config.vocab_size, setup, seed), table, setup))
     with training_mode_kept(model):
         built(WARM_UPS, ttt.mode)(model, run, ttt)
-    if torch.device(device).type == "cuda":  # its kernels finish inside the 'warmup' bucket
-        torch.cuda.synchronize(device)
+    finish_warm_up(setup)
 
 
-def fit_ttt_batch(model: torch.nn.Module, seq_len: int, device: torch.device | str = "cpu",
-                  autocast_dtype: torch.dtype | None = None, *, config: dict) -> dict:
-    """The documents per batch a document mode (lora, phased) runs with on ``device`` and the rule
-    that chose them (batch_fit.py), as JSON facts: 'ttt_batch_docs', 'ttt_batch_docs_rule', ..."""
+def fit_ttt_batch(model: torch.nn.Module, setup: ScoringSetup, *, config: dict) -> dict:
+    """The documents per batch a document mode (lora, phased) runs with at ``setup``'s window length,
+    device and precision, and the rule that chose them (batch_fit.py), as JSON facts:
+    'ttt_batch_docs', 'ttt_batch_docs_rule', ..."""
     with training_mode_kept(model):
-        return fit_batch_docs(model, ttt_config(config), seq_len, device, autocast_dtype).facts()
+        return fit_batch_docs(model, ttt_config(config), setup.seq_len, setup.device, setup.autocast_dtype).facts()
 
 
 def built(registry: dict[str, Callable], mode: str) -> Callable:

@@ -17,7 +17,7 @@ import torch
 
 from ...ranges import ConfigError
 from ...scoring.bpb import BpbSums
-from ...scoring.stream import plan_windows
+from ...scoring.windows import plan_windows
 from .common import TTTPass, chunk_sequence_starts, cosine_lr, plan_chunks, train_sequences, warm_up_backward
 from .config import TTTConfig
 

@@ -17,7 +17,9 @@ import torch.distributed as dist
 
 from ...scoring.bpb import BpbSums
 from ...scoring.compiled import IGNORE, pad_rows
-from ...scoring.stream import TokenReceipts, Window, WindowScorer, score_windows
+from ...scoring.receipts import TokenReceipts
+from ...scoring.scorer import WindowScorer, score_windows
+from ...scoring.windows import Window
 
 
 def always(stopped_elsewhere: bool = False) -> bool:
@@ -31,15 +33,8 @@ class TTTPass:
     and where the scores, the timings and the budget's verdict come from and go to."""
 
     scorer: WindowScorer
-    """The val stream (truncated to whole windows), its bytes, and the plain scorer every mode scores with."""
-    stride: int
-    """Sliding-window stride of the stream's windows (seq_len: non-overlapping)."""
-    batch_windows: int
-    """Windows (or document rows) per scoring forward."""
-    rank: int = 0
-    """This process's rank."""
-    world_size: int = 1
-    """Processes sharing the pass."""
+    """The val stream (truncated to whole windows), its bytes, and the plain scorer every mode scores
+    with; its ``setup`` says the windows, the batch and this rank's share (``stride``, ... below)."""
     receipts: TokenReceipts | None = None
     """Where each committed target and each update is noted, if anywhere."""
     on_windows: Callable[[int], None] | None = None
@@ -52,6 +47,26 @@ class TTTPass:
     and tells a rank whose own budget said yes that another's stopped (``stopped_elsewhere=True``)."""
     on_fact: Callable[[str, object], None] | None = None
     """Called with (name, JSON value) for a fact about the pass that the eval's metrics keep (phased: its phases)."""
+
+    @property
+    def stride(self) -> int:
+        """Sliding-window stride of the stream's windows (seq_len: non-overlapping)."""
+        return self.scorer.setup.stride
+
+    @property
+    def batch_windows(self) -> int:
+        """Windows (or document rows) per scoring forward."""
+        return self.scorer.setup.batch_windows
+
+    @property
+    def rank(self) -> int:
+        """This process's rank."""
+        return self.scorer.setup.rank
+
+    @property
+    def world_size(self) -> int:
+        """Processes sharing the pass."""
+        return self.scorer.setup.world_size
 
     def note(self, name: str, value: object) -> None:
         """State a fact about the pass (see ``on_fact``)."""

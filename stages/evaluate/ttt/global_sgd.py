@@ -26,7 +26,7 @@ from typing import Iterable, Sequence
 
 import torch
 
-from ...scoring.stream import TokenReceipts
+from ...scoring.receipts import TokenReceipts
 from .common import TTTPass, chunk_sequence_starts, cosine_lr, requires_grad, train_sequences
 from .config import TTTConfig
 

@@ -25,7 +25,9 @@ import torch
 from ...model.lora import LoRASet
 from ...scoring.bpb import BpbSums
 from ...scoring.compiled import pad_rows, padded_width
-from ...scoring.stream import TokenReceipts, WindowScorer, commit, model_nll, plan_windows
+from ...scoring.receipts import TokenReceipts
+from ...scoring.scorer import WindowScorer, commit, model_nll
+from ...scoring.windows import plan_windows
 from .common import TTTPass, requires_grad
 from .config import TTTConfig
 from .documents import Document, find_documents, plan_batches, rank_batches

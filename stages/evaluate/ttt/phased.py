@@ -18,7 +18,7 @@ import torch
 import torch.distributed as dist
 
 from ...scoring.bpb import BpbSums
-from ...scoring.stream import TokenReceipts
+from ...scoring.receipts import TokenReceipts
 from .common import TTTPass, requires_grad, warm_up_backward
 from .config import TTTConfig
 from .documents import DocumentBatch, find_documents, plan_batches, takes_batch
