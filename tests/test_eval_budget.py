@@ -136,7 +136,7 @@ class PhasedRuntime:
 
 def test_ledger_takes_any_phase_name_with_the_note_of_its_prefix():
     ledger = TimeLedger()
-    sums = _scored_pass(lambda label, score_stream: score_stream(), None, PhasedRuntime, TTTConfig(mode="phased"),
+    sums = _scored_pass(lambda label, score_stream: score_stream(), None, PhasedRuntime, TTTConfig(mode="chunk-sgd"),
                         ledger, None, {}, lambda: True)
     assert sums == "sums"
     assert list(ledger.buckets) == ["score", "adapt", "global_sgd_1", "global_sgd_2", "rescue"]

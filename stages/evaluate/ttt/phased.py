@@ -14,20 +14,22 @@ last phase (the suffix) are never trained on by global SGD.
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import torch
 import torch.distributed as dist
 
 from ...scoring.bpb import BpbSums
 from ...scoring.stream import TokenReceipts
+from . import lora
 from .adapters import batch_adapters
-from .batch_fit import BATCH_FIT_NOTE, fit_batch_docs, with_batch_docs
 from .common import TTTPass, requires_grad, warm_up_backward
 from .config import TTTConfig
 from .documents import DocumentBatch, find_documents, plan_batches, takes_batch
 from .global_sgd import (ScoredDocument, phase_boundaries, run_global_phase, schedule_phases)
-from .lora import score_batch, windows_progress, without_learning
+from .lora import score_batch, windows_progress
 from .lora import warm_up as warm_up_lora
-from .mode import TTTMode, register
+from .mode import register
 
 # Seeds the random tokens of the global SGD warm-up (never val tokens).
 WARM_UP_SEED = 0x6C0B
@@ -100,7 +102,10 @@ def warm_up(model: torch.nn.Module, run: TTTPass, config: TTTConfig) -> None:
                      scorer.autocast_dtype)
 
 
-MODE = register(TTTMode(
+# The lora mode's declaration (document windows, its no-adaptation comparison, batch fit, memory),
+# with the phased scorer and warm-up and the global SGD phases' ledger bucket.
+MODE = register(replace(
+    lora.MODE,
     name="phased",
     help="'phased' (#1610 lineage, #1790, top #1855) is 'lora' with ttt.phased.phases pauses: pause k (1..phases) "
          "trains every base weight with SGD on the first ttt.phased.docs * k / phases documents already scored "
@@ -108,11 +113,6 @@ MODE = register(TTTMode(
          "new base.",
     score=score_with_phased,
     warm_up=warm_up,
-    scores_documents=True,
-    without_adaptation=without_learning,
-    fit_batch=fit_batch_docs,
-    with_batch_docs=with_batch_docs,
-    memory_keys=("lora.rank", "lora.batch_docs"),
-    notes={"batch_fit": BATCH_FIT_NOTE,
+    notes={**lora.MODE.notes,
            "global_sgd": "phased: SGD of the base weights on documents already scored (every phase in this bucket)"},
 ))
