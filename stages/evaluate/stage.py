@@ -50,6 +50,11 @@ from .budget import EvalBudget
 from .config import EvalConfig
 from ..scoring.stream import usable_targets
 from .ttt.config import TTTConfig
+# What each TTT mode declares (its windows, comparison, notes, batch fit) is read from golf's own copy
+# of ttt/, not the artifact's: the stage needs it before the artifact is read (memory messages) and
+# without TTT code (--no-ttt artifacts score 'none'), golf runs shipped code only when it is this very
+# code (or trusted), and the manifest's bookkeeping stays golf's word. Scoring, warm-up and batch fit
+# run from the artifact's bytes (``score_with_ttt`` ... look the mode up in the shipped registry).
 from .ttt.mode import REGISTRY, mode_named
 from ..scoring.val_data import load_val
 from ..scoring.validate import autocast_dtype, validate
