@@ -153,7 +153,7 @@ run_stages() {
         preset=tiny run="$WORK/tiny" data="${DATA:-$WORK/tokenize-cpu}"
         tokenize_set=(--vocab-size 512 --max-docs 400) quantize_set=(--preset tiny)
         train_set=(--set train.seq_len=64 --set train.batch_tokens=512 --set train.val_tokens=2048)
-        eval_set=(--set ttt.lora_batch_docs=8 --set ttt.lora_rank=8 --set ttt.phase_docs=16 --set ttt.global_batch_seqs=4)
+        eval_set=(--set ttt.lora.batch_docs=8 --set ttt.lora.rank=8 --set ttt.phased.docs=16 --set ttt.phased.global_batch_seqs=4)
     fi
     if [ ! -f "$data/manifest.json" ]; then
         if has_news; then

@@ -23,9 +23,10 @@ from common import ROOT, print_table, save
 
 from stages.config import apply_overrides, to_dict
 from stages.evaluate.stage import run_eval
+from stages.evaluate.ttt.mode import REGISTRY
 from stages.train.presets import get_preset
 
-MODES = ["none", "chunk-sgd", "lora", "phased"]
+MODES = list(REGISTRY)  # every mode golf holds, in its registry's order
 # Ledger buckets shown as columns; global SGD phases are summed into one.
 PHASES = ["load_artifact", "load_val", "warmup", "score", "adapt", "global_sgd"]
 LOOP = ("score", "adapt", "global_sgd")
@@ -73,7 +74,7 @@ def main() -> None:
     parser.add_argument("--eval-tokens", type=int, default=0, help="score only this many val tokens (0: all)")
     parser.add_argument("--modes", nargs="*", default=MODES)
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="eval config override for every mode (e.g. ttt.lora_lr=0.001)")
+                        help="eval config override for every mode (e.g. ttt.lora.lr=0.001)")
     args = parser.parse_args()
     if not (args.artifact / "manifest.json").is_file():
         raise SystemExit(f"error: {args.artifact}: no pack folder (run ./run_all.sh first, or give --artifact)")

@@ -3,6 +3,7 @@ without score-first test-time training), from a preset's eval settings plus over
 
 from __future__ import annotations
 
+from dataclasses import fields
 from pathlib import Path
 from typing import get_args
 
@@ -15,7 +16,8 @@ from stages.evaluate.budget import OverBudget
 from stages.errors import GolfError
 from stages.evaluate.stage import FOREIGN_DATA_FLAG, check_eval_inputs, open_artifact, run_eval
 from stages.evaluate.config import EvalConfig
-from stages.evaluate.ttt.config import TTTMode
+from stages.evaluate.ttt.config import TTTConfig
+from stages.evaluate.ttt.mode import REGISTRY
 from stages.progress import silent_reporter
 from stages.train.presets import PRESETS, get_preset
 
@@ -25,25 +27,18 @@ from .common import (
 )
 
 TTT_HELP = (
-    f"Test-time training mode: {' | '.join(get_args(TTTMode))}; score first, so each target is scored once "
-    "before any update uses it. 'chunk-sgd' (records #1413/#1477/#1493) scores each chunk of ttt.chunk_tokens "
-    "targets, then trains every weight on it with SGD (ttt.lr cosine over chunks, ttt.momentum, ttt.epochs, "
-    "ttt.grad_clip, ttt.freeze_blocks); the records run it with --seq-len 2048 --stride 64. 'lora' (records "
-    "#1530/#1667) gives each document its own LoRA adapters and scores it ttt.lora_chunk predictions at a time "
-    "in its own window of --seq-len tokens, one AdamW step on each scored chunk but its last (ttt.lora_rank, "
-    "ttt.lora_lr, ttt.lora_batch_docs documents side by side, ttt.lora_warm_start_a; --stride plays no part). "
-    "'phased' (#1610 lineage, #1790, top #1855) is 'lora' with ttt.phases pauses: pause k (1..phases) trains "
-    "every base weight with SGD on the first ttt.phase_docs * k / phases documents already scored (ttt.global_lr, "
-    "ttt.global_chunk_tokens), then the later documents are scored with the new base. "
+    f"Test-time training mode: {' | '.join(REGISTRY)}; score first, so each target is scored once before any "
+    f"update uses it. {' '.join(mode.help for mode in REGISTRY.values())} "
     "Before the timed loop a mode warms up on random tokens only, never val data (--set warmup=false skips it). "
-    "Change any value with --set ttt.<key>=...; --ttt MODE is --set ttt.mode=MODE."
+    "Change any value with --set ttt.<section>.<key>=... (sections: "
+    f"{', '.join(f'ttt.{f.name}' for f in fields(TTTConfig) if f.name != 'mode')}); --ttt MODE is --set ttt.mode=MODE."
 )
 NPROC_HELP = (
     "Processes to score with, launched by torchrun (one per GPU with NCCL; gloo on CPU): each rank reads the "
     "artifact and scores its share of the windows (chunk-sgd: of each chunk, with gradients averaged over "
     "all ranks; lora and phased: every N-th batch of documents); the sums and --token-nll rows are gathered on "
     "rank 0, which alone writes and prints. The score equals one process's up to float rounding (lora and "
-    "phased with ttt.lora_warm_start_a off: warm A passes from batch to batch on each rank)."
+    "phased with ttt.lora.warm_start_a off: warm A passes from batch to batch on each rank)."
 )
 BUDGET_HELP = (
     "Evaluation budget in seconds (default 600): every second from the start of the stage (reading, "

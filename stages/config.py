@@ -4,7 +4,9 @@ Overrides come as ``key=value`` strings (``model.num_layers=6``) and are parsed 
 own type. An unknown key is an error that lists the valid ones: the record scripts' silently
 ignored environment variables are exactly what this replaces. Each numeric field declares the
 range it accepts (``stages/ranges.py``); a value outside it is a ``ConfigError`` (a GolfError)
-naming the dotted field, whether it came from an override, a manifest or a checkpoint.
+naming the dotted field, whether it came from an override, a manifest or a checkpoint. A config
+may name its renamed fields (``RENAMED``, old name -> new dotted key): an old key is refused in
+one line that names the new one.
 """
 
 from __future__ import annotations
@@ -51,10 +53,13 @@ def from_dict(cls: type, data: dict, where: str = ""):
         raise GolfError(f"{where}: {exc}") from None
 
 
-def _from_dict(cls: type, data: dict):
+def _from_dict(cls: type, data: dict, prefix: str = ""):
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - names)
+    renamed = [f"{prefix}{old} is now {prefix}{_renamed(cls)[old]}" for old in unknown if old in _renamed(cls)]
+    if renamed:
+        raise GolfError(f"{cls.__name__}: renamed field(s): {', '.join(renamed)}")
     if unknown:
         raise GolfError(f"{cls.__name__}: unknown field(s) {', '.join(unknown)}")
     values = {}
@@ -62,7 +67,7 @@ def _from_dict(cls: type, data: dict):
         hint = hints[name]
         if dataclasses.is_dataclass(hint) and isinstance(value, dict):
             try:
-                value = _from_dict(hint, value)
+                value = _from_dict(hint, value, f"{prefix}{name}.")
             except ConfigError as exc:
                 raise exc.under(name) from None
         elif typing.get_origin(hint) is tuple and isinstance(value, list):
@@ -150,6 +155,9 @@ def _collect(cls: type, path: list[str], text: str, full_key: str, changes: dict
     """Parse one override into ``changes``, a nested {field: value or {field: ...}} dict."""
     hints = typing.get_type_hints(cls)
     name = path[0]
+    if name in _renamed(cls):
+        new = full_key.removesuffix(".".join(path)) + _renamed(cls)[name]
+        raise GolfError(f"config key {full_key!r} was renamed: use {new!r}")
     if name not in {f.name for f in dataclasses.fields(cls)}:
         raise GolfError(f"unknown config key {full_key!r}; valid keys: {', '.join(valid_keys(cls))}")
     hint = hints[name]
@@ -161,6 +169,11 @@ def _collect(cls: type, path: list[str], text: str, full_key: str, changes: dict
         raise GolfError(f"unknown config key {full_key!r}")
     else:
         changes[name] = _parse_value(text, hint, full_key)
+
+
+def _renamed(cls: type) -> dict[str, str]:
+    """A config's renamed fields: old name -> its new key, dotted from the config (``RENAMED``)."""
+    return getattr(cls, "RENAMED", {})
 
 
 def _rebuild(config, changes: dict):

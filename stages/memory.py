@@ -30,10 +30,10 @@ import torch
 from torch._subclasses.fake_tensor import FakeTensorMode
 
 from .scoring.scorer import model_nll
-from .evaluate.ttt.batch_fit import BatchFit, fit_batch_docs
+from .evaluate.ttt.adapters import BatchAdapters
+from .evaluate.ttt.batch_fit import BatchFit, fit_batch_docs, with_batch_docs
 from .evaluate.ttt.common import requires_grad, sgd_step
 from .evaluate.ttt.config import TTTConfig
-from .evaluate.ttt.lora import BatchAdapters
 from .model import attention
 from .model.gpt import GPT
 from .model.live_bytes import LiveBytes
@@ -207,7 +207,7 @@ def training_memory(config: RunConfig, world_size: int = RECORD_WORLD_SIZE) -> M
 def ttt_memory(config: RunConfig, ttt: TTTConfig, seq_len: int | None = None, batch_windows: int = 8,
                world_size: int = RECORD_WORLD_SIZE) -> MemoryReport:
     """One rank's TTT steps at full size, in the order the mode runs them: a scoring forward of
-    ``batch_windows`` windows; lora and phased: two adapter steps on ``lora_batch_docs`` windows of
+    ``batch_windows`` windows; lora and phased: two adapter steps on ``lora.batch_docs`` windows of
     ``seq_len`` (the second with the first's optimizer state); phased: then two global SGD steps with
     the adapters still alive; chunk-sgd: two SGD steps on its sequences."""
     seq_len = seq_len or config.train.seq_len
@@ -222,12 +222,12 @@ def ttt_memory(config: RunConfig, ttt: TTTConfig, seq_len: int | None = None, ba
         adapters = None
         if ttt.mode in ("lora", "phased"):
             adapters = adapter_steps(model, ttt, seq_len, tracker)
-            shape += f"; {ttt.lora_batch_docs} documents x {seq_len} with adapters"
+            shape += f"; {ttt.lora.batch_docs} documents x {seq_len} with adapters"
         if ttt.mode in ("chunk-sgd", "phased"):
-            seqs = ttt.global_batch_seqs if ttt.mode == "phased" else ttt.batch_seqs
-            doc_mask = ttt.global_doc_mask if ttt.mode == "phased" else None
-            momentum = ttt.global_momentum if ttt.mode == "phased" else ttt.momentum
-            clip = ttt.global_grad_clip if ttt.mode == "phased" else ttt.grad_clip
+            seqs = ttt.phased.global_batch_seqs if ttt.mode == "phased" else ttt.chunk_sgd.batch_seqs
+            doc_mask = ttt.phased.global_doc_mask if ttt.mode == "phased" else None
+            momentum = ttt.phased.global_momentum if ttt.mode == "phased" else ttt.chunk_sgd.momentum
+            clip = ttt.phased.global_grad_clip if ttt.mode == "phased" else ttt.chunk_sgd.grad_clip
             rows = math.ceil(seqs / world_size)
             base_sgd_steps(model, rows, seq_len, doc_mask, momentum, clip, tracker)
             shape += f"; SGD of the base on {rows} x {seq_len} per rank"
@@ -240,12 +240,12 @@ def adapter_steps(model: GPT, ttt: TTTConfig, seq_len: int, tracker: LiveBytes, 
     warm-up runs it at the eval window's width."""
     with tracker.label(ADAPTERS):
         adapters = BatchAdapters(model, ttt, "cpu")
-        adapters.reset(list(range(ttt.lora_batch_docs)))
+        adapters.reset(list(range(ttt.lora.batch_docs)))
     label_gradients(adapters.lora.parameters(), tracker, ADAPTER_GRADS)
     with requires_grad(model, False):
         for _ in range(steps):
             with tracker.label(INPUTS):
-                inputs, targets = tokens(ttt.lora_batch_docs, seq_len, model.config.vocab_size)
+                inputs, targets = tokens(ttt.lora.batch_docs, seq_len, model.config.vocab_size)
             with tracker.label(ACTIVATIONS):
                 nll = model_nll(model, inputs, targets, AUTOCAST, adapters=adapters.lora)
             with tracker.label(HEAD):
@@ -295,7 +295,7 @@ def preset_reports(config: RunConfig, ttt: TTTConfig, device_gb: float, seq_len:
     reports = [training_memory(config, world_size)]
     if ttt.mode != "none":
         if ttt.mode in ("lora", "phased"):
-            ttt = replace(ttt, lora_batch_docs=fitted_docs(config, ttt, device_gb, seq_len).docs)
+            ttt = with_batch_docs(ttt, fitted_docs(config, ttt, device_gb, seq_len).docs)
         reports.append(ttt_memory(config, ttt, seq_len, batch_windows, world_size))
     return reports
 
@@ -304,6 +304,6 @@ def fitted_docs(config: RunConfig, ttt: TTTConfig, device_gb: float, seq_len: in
     """The eval's own rule (ttt/batch_fit.py), its probes run on fake tensors for a ``device_gb`` device."""
     with counting() as tracker:
         model = built_model(config.model, tracker)
-        limited = replace(ttt, memory_limit_gb=device_gb)
+        limited = replace(ttt, lora=replace(ttt.lora, memory_limit_gb=device_gb))
         return fit_batch_docs(model, limited, seq_len or config.train.seq_len, "cpu", AUTOCAST)
 

@@ -163,9 +163,9 @@ def test_every_config_refuses_a_value_outside_a_declared_range(cls, field):
         cls(**{field.name: value})
 
 
-@pytest.mark.parametrize("override", ["ttt.lr=inf", "ttt.lora_lr=-inf"])
+@pytest.mark.parametrize("override", ["ttt.chunk_sgd.lr=inf", "ttt.lora.lr=-inf"])
 def test_infinity_is_refused_where_it_would_score_nan(override):
-    """inf passes every lower bound: ttt.lr=inf (or train.matrix_lr=inf) used to give val_bpb nan
+    """inf passes every lower bound: ttt.chunk_sgd.lr=inf (or train.matrix_lr=inf) used to give val_bpb nan
     with status ok, and mlp.clip_sigmas=inf a traceback."""
     with pytest.raises(ConfigError, match="must be a finite number"):
         apply_overrides(EvalConfig(), [override])

@@ -5,7 +5,7 @@ import pytest
 from stages.config import apply_overrides, field_docs, from_dict, to_dict
 from stages.errors import GolfError
 from stages.evaluate.config import EvalConfig
-from stages.evaluate.ttt.config import TTTConfig
+from stages.evaluate.ttt.config import ChunkSGDConfig, LoRAConfig, PhasedConfig, TTTConfig
 from stages.model.config import ModelConfig
 from stages.pack.config import PackConfig
 from stages.quantize.config import CalibrationConfig, GroupQuant, QuantizeConfig
@@ -14,7 +14,7 @@ from stages.train.config import RunConfig, TrainConfig
 from stages.train.presets import PRESETS
 
 CONFIGS = [ModelConfig, TrainConfig, RunConfig, TokenizeConfig, QuantizeConfig, GroupQuant, CalibrationConfig,
-           PackConfig, EvalConfig, TTTConfig]
+           PackConfig, EvalConfig, TTTConfig, ChunkSGDConfig, LoRAConfig, PhasedConfig]
 
 
 @pytest.mark.parametrize("cls", CONFIGS)

@@ -2,7 +2,7 @@
 
 Budget verdicts are checked on a fake clock (no test depends on how fast the machine is) and,
 at the stage, with a budget of one microsecond that any real run exceeds at its first check.
-The warm-up tests run for every mode registered in MODES: whatever a mode does before the timed
+The warm-up tests run for every mode in the registry that adapts (ttt/mode.py): whatever a mode does before the timed
 loop, it sees no val token, leaves the weights bitwise as they were, and no backward pass or
 optimizer step on val data happens outside the adaptation phases.
 """
@@ -17,7 +17,6 @@ import re
 import sys
 import types
 from contextlib import contextmanager
-from typing import get_args
 
 import numpy as np
 import pytest
@@ -33,18 +32,21 @@ from stages.scoring.setup import ScoringSetup
 from stages.scoring.receipts import TokenReceipts
 from stages.scoring.windows import usable_targets
 from stages.evaluate.stage import OTHER_PHASE_NOTE, PHASE_NOTES, _scored_pass, run_eval, shipped_errors
-from stages.evaluate.ttt import MODES, score_with_ttt, warm_up_ttt
-from stages.evaluate.ttt.config import TTTConfig, TTTMode
+from stages.evaluate.ttt import score_with_ttt, warm_up_ttt
+from stages.evaluate.ttt.config import TTTConfig
+from stages.evaluate.ttt.mode import REGISTRY
 from stages.progress import Reporter
 
 from .conftest import golf
-from .test_ttt import BATCH_WINDOWS, CHUNK, FAST_TTT, SEQ, STRIDE, byte_table, eval_config, synthetic_docs, tiny_gpt
+from .test_ttt import (BATCH_WINDOWS, CHUNK, FAST_TTT, SEQ, STRIDE, byte_table, eval_config, merged, synthetic_docs,
+                       tiny_gpt)
 
 MICROSECOND_BUDGET = "budget_s=0.000001"  # past it at the first check, however fast the machine
 # Small settings of every mode (each reads its own fields), sized for tiny_gpt and synthetic_docs.
-SMALL_TTT = {**FAST_TTT, "lora_chunk": 8, "lora_batch_docs": 4, "lora_rank": 4, "phase_docs": 6, "phases": 2,
-             "global_chunk_tokens": CHUNK, "global_batch_seqs": 2}
-STEPS_PER_CHUNK = FAST_TTT["epochs"] * -(-(CHUNK // SEQ) // FAST_TTT["batch_seqs"])
+SMALL_TTT = merged(FAST_TTT, lora={"chunk": 8, "batch_docs": 4, "rank": 4},
+                   phased={"docs": 6, "phases": 2, "global_chunk_tokens": CHUNK, "global_batch_seqs": 2})
+STEPS_PER_CHUNK = FAST_TTT["chunk_sgd"]["epochs"] * -(-(CHUNK // SEQ) // FAST_TTT["chunk_sgd"]["batch_seqs"])
+ADAPTING = [mode.name for mode in REGISTRY.values() if mode.adapts]
 
 
 def ticking_clock(step: float = 1.0):
@@ -141,7 +143,8 @@ def test_ledger_takes_any_phase_name_with_the_note_of_its_prefix():
     assert sums == "sums"
     assert list(ledger.buckets) == ["score", "adapt", "global_sgd_1", "global_sgd_2", "rescue"]
     assert all(bucket.counts_toward == "eval" for bucket in ledger.buckets.values())
-    assert ledger.buckets["global_sgd_2"].note == PHASE_NOTES["global_sgd"]
+    assert ledger.buckets["global_sgd_2"].note == REGISTRY["phased"].notes["global_sgd"]
+    assert ledger.buckets["score"].note == PHASE_NOTES["score"]
     assert ledger.buckets["rescue"].note == OTHER_PHASE_NOTE
 
 
@@ -153,7 +156,7 @@ def budgeted_config(*settings: str, **ttt):
 
 
 def test_stage_past_the_budget_scores_everything_with_no_update(pack_dir, tmp_path):
-    config = budgeted_config("compare_no_ttt=true", mode="chunk-sgd", chunk_tokens=1024)
+    config = budgeted_config("compare_no_ttt=true", mode="chunk-sgd", chunk_sgd={"chunk_tokens": 1024})
     manifest = run_eval(config, pack_dir, None, tmp_path / "eval", token_nll=tmp_path / "nll.safetensors")
     metrics, ledger = manifest.metrics, manifest.ledger
     receipts = load_file(tmp_path / "nll.safetensors")
@@ -182,7 +185,7 @@ def test_stage_within_budget_records_it_and_plain_scoring_has_no_warm_up(pack_di
 
 
 def test_stage_times_the_warm_up_apart_and_can_switch_it_off(pack_dir, tmp_path):
-    config = apply_overrides(eval_config(mode="chunk-sgd", chunk_tokens=1024), ["warmup=false"])
+    config = apply_overrides(eval_config(mode="chunk-sgd", chunk_sgd={"chunk_tokens": 1024}), ["warmup=false"])
     assert "warmup" not in run_eval(config, pack_dir, None, tmp_path / "eval").ledger
 
 
@@ -192,7 +195,7 @@ def test_cli_over_budget_fail_is_one_line_and_keeps_the_old_folder(pack_dir, tmp
     run_eval(eval_config(), pack_dir, None, out)
     before = (out / "manifest.json").read_bytes()
     result = golf("eval", pack_dir, "--ttt", ttt, "--stride", "16", "--set", "eval_tokens=4096",
-                  "--set", "ttt.chunk_tokens=1024", "--eval-budget-s", "0.000001", "--over-budget", "fail",
+                  "--set", "ttt.chunk_sgd.chunk_tokens=1024", "--eval-budget-s", "0.000001", "--over-budget", "fail",
                   "--out", out, "--force")
     assert result.returncode != 0
     assert result.stderr.startswith("error: over the eval budget") and len(result.stderr.strip().splitlines()) == 1
@@ -203,10 +206,10 @@ def test_cli_over_budget_fail_is_one_line_and_keeps_the_old_folder(pack_dir, tmp
 
 
 def test_cli_a_setting_the_shipped_code_refuses_is_one_line(pack_dir, tmp_path):
-    result = golf("eval", pack_dir, "--ttt", "chunk-sgd", "--set", "eval_tokens=4096", "--set", "ttt.freeze_blocks=99",
-                  "--out", tmp_path / "eval")
+    result = golf("eval", pack_dir, "--ttt", "chunk-sgd", "--set", "eval_tokens=4096",
+                  "--set", "ttt.chunk_sgd.freeze_blocks=99", "--out", tmp_path / "eval")
     assert result.returncode != 0 and "Traceback" not in result.stderr
-    assert result.stderr.startswith("error: ttt.freeze_blocks: must be at most the model's 2 blocks, got 99")
+    assert result.stderr.startswith("error: ttt.chunk_sgd.freeze_blocks: must be at most the model's 2 blocks, got 99")
     assert len(result.stderr.strip().splitlines()) == 1 and not (tmp_path / "eval").exists()
 
 
@@ -226,7 +229,7 @@ def test_the_shipped_copy_of_golf_error_becomes_golfs(monkeypatch):
 
 def test_cli_prints_the_ledger_and_the_budget(pack_dir, tmp_path):
     result = golf("eval", pack_dir, "--ttt", "chunk-sgd", "--stride", "16", "--set", "eval_tokens=4096",
-                  "--set", "ttt.chunk_tokens=1024", "--eval-budget-s", "0.000001", "--out", tmp_path / "eval")
+                  "--set", "ttt.chunk_sgd.chunk_tokens=1024", "--eval-budget-s", "0.000001", "--out", tmp_path / "eval")
     assert result.returncode == 0, result.stderr
     ledger_line = next(line for line in result.stdout.splitlines() if line.startswith("ledger:"))
     assert all(f"{name}=" in ledger_line for name in ("load_artifact", "load_val", "warmup", "score", "adapt"))
@@ -240,7 +243,8 @@ def test_eval_help_documents_every_mode_the_budget_and_presets():
     result = golf("eval", "--help")
     assert result.returncode == 0, result.stderr
     text = re.sub(r"[\s│]+", " ", result.stdout)
-    assert all(f"'{mode}'" in text for mode in get_args(TTTMode) if mode != "none")
+    assert all(f"'{mode}'" in text for mode in REGISTRY)
+    assert all(" ".join(mode.help.split()) in text for mode in REGISTRY.values())
     assert all(record in text for record in ("#1413", "#1530", "#1790", "#1855"))
     for words in ("--eval-budget-s SECONDS", "--over-budget POLICY", "stop-adapting | fail", "--preset",
                   "--print-config", "random tokens only", "the records timed only their scoring and adaptation loop"):
@@ -291,7 +295,7 @@ def val_spy(model: torch.nn.Module, stream: np.ndarray, width: int = 8):
 
 
 def warm_up(model, mode: str) -> None:
-    warm_up_ttt(model, byte_table(), ScoringSetup(SEQ, STRIDE, BATCH_WINDOWS), config={**SMALL_TTT, "mode": mode})
+    warm_up_ttt(model, byte_table(), ScoringSetup(SEQ, STRIDE, BATCH_WINDOWS), config=merged(SMALL_TTT, mode=mode))
 
 
 def adapting(name: str) -> bool:
@@ -299,7 +303,7 @@ def adapting(name: str) -> bool:
     return name == "adapt" or name.startswith("global_sgd")
 
 
-@pytest.mark.parametrize("mode", list(MODES))
+@pytest.mark.parametrize("mode", ADAPTING)
 def test_warm_up_sees_no_val_token_and_leaves_the_weights_bitwise(mode):
     stream = synthetic_docs()
     model = tiny_gpt(smear_gate=True, doc_mask=True)
@@ -313,7 +317,7 @@ def test_warm_up_sees_no_val_token_and_leaves_the_weights_bitwise(mode):
     assert all(param.grad is None for param in model.parameters()) and model.training == training
 
 
-@pytest.mark.parametrize("mode", list(MODES))
+@pytest.mark.parametrize("mode", ADAPTING)
 def test_no_backward_or_step_on_val_data_outside_adaptation(mode):
     stream = synthetic_docs()
     model = tiny_gpt(smear_gate=True, doc_mask=True)
@@ -321,20 +325,18 @@ def test_no_backward_or_step_on_val_data_outside_adaptation(mode):
         with spy.phase("warmup"):
             warm_up(model, mode)
         score_with_ttt(model, stream, byte_table(), ScoringSetup(SEQ, STRIDE, BATCH_WINDOWS),
-                       config={**SMALL_TTT, "mode": mode}, phase=spy.phase)
+                       config=merged(SMALL_TTT, mode=mode), phase=spy.phase)
     assert any(adapting(name) for name in spy.backwards), "the spy saw no adaptation"
     assert all(adapting(name) or name == "warmup" for name in spy.backwards), spy.backwards
     assert all(adapting(name) or name == "warmup" for name in spy.steps), spy.steps
     assert not any(holds_val for name, holds_val in spy.forwards if name == "warmup")
 
 
-@pytest.mark.parametrize("registry", ["MODES", "WARM_UPS"])
-def test_a_mode_the_code_does_not_hold_is_one_line(monkeypatch, registry):
-    import stages.evaluate.ttt as ttt
-
-    monkeypatch.delitem(getattr(ttt, registry), "chunk-sgd")
+def test_a_mode_the_code_does_not_hold_is_one_line(monkeypatch):
+    monkeypatch.delitem(REGISTRY, "chunk-sgd")
     with pytest.raises(GolfError, match="ttt.mode: 'chunk-sgd' is not built into this code"):
         warm_up(tiny_gpt(), "chunk-sgd")
+    with pytest.raises(GolfError, match="ttt.mode: 'chunk-sgd' is not built into this code"):
         score_with_ttt(tiny_gpt(), synthetic_docs(), byte_table(), ScoringSetup(SEQ, STRIDE), config=FAST_TTT)
 
 
@@ -350,7 +352,7 @@ def test_warm_up_does_not_move_the_global_random_state():
 def test_stage_says_plainly_when_the_budget_stops_adaptation(pack_dir, tmp_path):
     """A stop on the time cap is a plain log line, not only a manifest field."""
     reporter = Reporter(stream=io.StringIO())
-    run_eval(budgeted_config(mode="chunk-sgd", chunk_tokens=1024), pack_dir, None, tmp_path / "eval", reporter=reporter)
+    run_eval(budgeted_config(mode="chunk-sgd", chunk_sgd={"chunk_tokens": 1024}), pack_dir, None, tmp_path / "eval", reporter=reporter)
     stops = [line for line in reporter.lines if line.startswith("stopped:")]
     assert len(stops) == 1 and stops[0].startswith("stopped:eval reason:time_cap part:adaptation "), reporter.lines
     assert " check:1 " in stops[0] and stops[0].endswith("scoring:continues")

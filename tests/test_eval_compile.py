@@ -24,7 +24,8 @@ from stages.evaluate.ttt import score_with_ttt, warm_up_ttt
 from stages.ranges import ConfigError
 
 from .test_lora_adapters import adapters_for, preset_model
-from .test_ttt import BATCH_WINDOWS, FAST_TTT, SEQ, STRIDE, byte_table, eval_config, synthetic_docs, tiny_gpt
+from .test_ttt import (BATCH_WINDOWS, FAST_TTT, SEQ, STRIDE, byte_table, eval_config, merged, synthetic_docs,
+                       tiny_gpt)
 from .test_ttt_lora import FAST_LORA
 from .test_ttt_phased import PHASED
 
@@ -33,9 +34,9 @@ TOLERANCE = 1e-5  # compiled and eager differ by float rounding only
 # Each mode with a partial last batch/step (so padding is exercised) and short chunks.
 MODES = {
     "none": None,
-    "chunk-sgd": {**FAST_TTT, "batch_seqs": 3},
-    "lora": {**FAST_LORA, "lora_batch_docs": 5, "lora_warm_start_a": True},
-    "phased": {**PHASED, "lora_batch_docs": 5, "global_batch_seqs": 3},
+    "chunk-sgd": merged(FAST_TTT, chunk_sgd={"batch_seqs": 3}),
+    "lora": merged(FAST_LORA, lora={"batch_docs": 5, "warm_start_a": True}),
+    "phased": merged(PHASED, lora={"batch_docs": 5}, phased={"global_batch_seqs": 3}),
 }
 
 

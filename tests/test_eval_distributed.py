@@ -2,7 +2,7 @@
 in the receipts once, updates that follow the targets of every rank, and only rank 0 writing.
 
 The library tests spawn the ranks once for every mode (``TWO_RANK_CONFIGS``: a TTT mode joins
-with one line, and runs as soon as ``stages/evaluate/ttt`` registers it in ``MODES``).
+with one line, and runs as soon as its module registers it: ``stages/evaluate/ttt/mode.py``).
 """
 
 from __future__ import annotations
@@ -26,10 +26,11 @@ from stages.scoring.scorer import score_stream
 from stages.scoring.windows import usable_targets
 from stages.evaluate.stage import run_eval
 from stages.evaluate.config import EvalConfig
-from stages.evaluate.ttt import MODES, score_with_ttt
+from stages.evaluate.ttt import score_with_ttt
+from stages.evaluate.ttt.mode import REGISTRY
 
 from .conftest import golf, sets
-from .test_ttt import CHUNK, FAST_TTT, SEQ, STRIDE, byte_table, synthetic_docs, tiny_gpt
+from .test_ttt import CHUNK, FAST_TTT, SEQ, STRIDE, byte_table, merged, synthetic_docs, tiny_gpt
 
 WORLD = 2
 # Chunk 0 holds 13 windows, the others 16: shares of 6 and 7 windows take 2 and 3 scoring steps, so
@@ -41,15 +42,13 @@ BATCH_WINDOWS = 3
 # number of ranks (as in the records): the world-size comparison runs without it.
 TWO_RANK_CONFIGS = {
     "none": None,
-    "chunk-sgd": {**FAST_TTT, "batch_seqs": 3},
-    "lora": {"mode": "lora", "lora_chunk": 16, "lora_batch_docs": 4, "lora_rank": 4, "lora_lr": 0.01,
-             "lora_warm_start_a": False},
-    "phased": {"mode": "phased", "lora_chunk": 16, "lora_batch_docs": 4, "lora_rank": 4, "lora_lr": 0.01,
-               "lora_warm_start_a": False,
-               "phase_docs": 8, "phases": 2, "global_lr": 0.01, "global_chunk_tokens": 2 * CHUNK,
-               "global_batch_seqs": 3},
+    "chunk-sgd": merged(FAST_TTT, chunk_sgd={"batch_seqs": 3}),
+    "lora": {"mode": "lora", "lora": {"chunk": 16, "batch_docs": 4, "rank": 4, "lr": 0.01, "warm_start_a": False}},
+    "phased": {"mode": "phased", "lora": {"chunk": 16, "batch_docs": 4, "rank": 4, "lr": 0.01, "warm_start_a": False},
+               "phased": {"docs": 8, "phases": 2, "global_lr": 0.01, "global_chunk_tokens": 2 * CHUNK,
+                          "global_batch_seqs": 3}},
 }
-BUILT = [mode for mode in TWO_RANK_CONFIGS if mode == "none" or mode in MODES]
+BUILT = [mode for mode in TWO_RANK_CONFIGS if mode in REGISTRY]
 
 
 def score_mode(mode: str, rank: int, world_size: int) -> dict:
@@ -144,7 +143,7 @@ def test_two_rank_updates_train_only_on_committed_targets(two_ranks, mode):
 
 
 # Steps of 5 sequences over the 16 of a chunk: the last one is shared 0 + 1.
-CLI_OVERRIDES = ["stride=16", "eval_tokens=4096", "ttt.chunk_tokens=1024", "ttt.batch_seqs=5"]
+CLI_OVERRIDES = ["stride=16", "eval_tokens=4096", "ttt.chunk_sgd.chunk_tokens=1024", "ttt.chunk_sgd.batch_seqs=5"]
 
 
 def test_cli_two_ranks_score_as_one_and_only_rank_0_writes(pack_dir, tmp_path):

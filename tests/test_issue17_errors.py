@@ -15,7 +15,7 @@ from stages.data.split import make_split
 from stages.errors import GolfError
 from stages.evaluate.stage import run_eval
 from stages.evaluate.config import EvalConfig
-from stages.evaluate.ttt.config import TTTConfig
+from stages.evaluate.ttt.config import LoRAConfig, TTTConfig
 from stages.pack.stage import run_pack
 from stages.pack.config import PackConfig
 from stages.quantize import target
@@ -99,11 +99,11 @@ def test_inspect_and_eval_of_a_manifest_with_a_wrong_type_are_one_line(pack_dir,
 
 
 def test_empty_lora_targets_are_refused_for_the_adapter_modes():
-    with pytest.raises(ConfigError, match=r"^ttt\.lora_targets: needs at least one of q, k, v"):
-        apply_overrides(EvalConfig(), ["ttt.mode=lora", "ttt.lora_targets="])
-    with pytest.raises(ConfigError, match="^lora_targets: needs at least one"):
-        TTTConfig(mode="phased", lora_targets=())
-    assert TTTConfig(mode="none", lora_targets=()).lora_targets == ()  # unused there
+    with pytest.raises(ConfigError, match=r"^ttt\.lora\.targets: needs at least one of q, k, v"):
+        apply_overrides(EvalConfig(), ["ttt.mode=lora", "ttt.lora.targets="])
+    with pytest.raises(ConfigError, match="^lora.targets: needs at least one"):
+        TTTConfig(mode="phased", lora=LoRAConfig(targets=()))
+    assert TTTConfig(mode="none", lora=LoRAConfig(targets=())).lora.targets == ()  # unused there
 
 
 def test_a_model_too_large_for_memory_is_refused_before_it_is_built(data_dir, tmp_path):
@@ -124,8 +124,8 @@ def test_a_failed_allocation_in_training_is_one_line(data_dir, tmp_path, monkeyp
 
 
 def test_a_lora_rank_that_cannot_be_allocated_is_one_line(pack_dir, tmp_path):
-    config = apply_overrides(EvalConfig(), ["ttt.mode=lora", "ttt.lora_rank=1000000000000", "ttt.lora_batch_docs=2"])
-    with pytest.raises(GolfError, match=r"^out of memory with ttt\.lora_rank=1000000000000, ttt\.lora_batch_docs=2"):
+    config = apply_overrides(EvalConfig(), ["ttt.mode=lora", "ttt.lora.rank=1000000000000", "ttt.lora.batch_docs=2"])
+    with pytest.raises(GolfError, match=r"^out of memory with ttt\.lora\.rank=1000000000000, ttt\.lora\.batch_docs=2"):
         run_eval(config, pack_dir, None, tmp_path / "eval")
     assert not (tmp_path / "eval").exists()
 

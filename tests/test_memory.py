@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from stages.evaluate.ttt.batch_fit import HEADROOM, fit_batch_docs, probe_peak, resident_bytes
-from stages.evaluate.ttt.config import TTTConfig
+from stages.evaluate.ttt.config import LoRAConfig, TTTConfig
 from stages.memory import (ACTIVATIONS, ATTENTION, GRADIENTS, HEAD, OPTIMIZER, WEIGHTS, counting, flash_attend,
                            preset_reports, training_memory)
 from stages.model.config import ModelConfig
@@ -134,7 +134,12 @@ def test_record_presets_fit_an_h100_for_training_and_ttt(name):
 # ---- documents per batch ----
 
 
-LORA = TTTConfig(mode="lora", lora_chunk=8, lora_batch_docs=16, lora_rank=4, lora_alpha=8.0)
+LORA = TTTConfig(mode="lora", lora=LoRAConfig(chunk=8, batch_docs=16, rank=4, alpha=8.0))
+
+
+def limited(gb: float) -> TTTConfig:
+    """LORA with a memory limit of ``gb``."""
+    return replace(LORA, lora=replace(LORA.lora, memory_limit_gb=gb))
 
 
 def test_without_a_limit_the_configured_documents_stand():
@@ -149,21 +154,21 @@ def test_the_rule_picks_the_most_documents_that_fit():
     resident = resident_bytes(model, torch.device("cpu"))
     needs = {docs: resident + probe_peak(model, LORA, docs, seq, torch.device("cpu"), None) for docs in (5, 6)}
     limit_gb = (needs[5] + needs[6]) / 2 / HEADROOM / 1e9
-    fit = fit_batch_docs(model, replace(LORA, memory_limit_gb=limit_gb), seq, "cpu", None)
+    fit = fit_batch_docs(model, limited(limit_gb), seq, "cpu", None)
     assert fit.docs == 5 and fit.rule.startswith("measured")
     assert needs[5] <= HEADROOM * fit.limit_bytes < needs[6]
-    assert fit_batch_docs(model, replace(LORA, memory_limit_gb=1e-9), seq, "cpu", None).docs == 1
+    assert fit_batch_docs(model, limited(1e-9), seq, "cpu", None).docs == 1
 
 
 def test_the_eval_manifest_records_the_documents_and_the_rule(pack_dir, tmp_path):
-    result = golf("eval", pack_dir, "--ttt", "lora", "--set", "eval_tokens=2048", "--set", "ttt.lora_batch_docs=8",
-                  "--set", "ttt.memory_limit_gb=0.000001", "--out", tmp_path / "eval")
+    result = golf("eval", pack_dir, "--ttt", "lora", "--set", "eval_tokens=2048", "--set", "ttt.lora.batch_docs=8",
+                  "--set", "ttt.lora.memory_limit_gb=0.000001", "--out", tmp_path / "eval")
     assert result.returncode == 0, result.stderr
     manifest = json.loads((tmp_path / "eval" / "manifest.json").read_text())
     metrics = manifest["metrics"]
     assert metrics["ttt_batch_docs"] == 1 and metrics["ttt_batch_docs_configured"] == 8
     assert metrics["ttt_batch_docs_rule"].startswith("measured") and metrics["ttt_bytes_per_doc"] > 0
-    assert manifest["config"]["ttt"]["lora_batch_docs"] == 1  # the config it ran with
+    assert manifest["config"]["ttt"]["lora"]["batch_docs"] == 1  # the config it ran with
 
 
 def test_print_memory_prints_the_table_and_the_verdict():

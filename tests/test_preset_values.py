@@ -124,19 +124,20 @@ ROWS = [
     *across("eval.ttt.mode", "chunk-sgd", "chunk-sgd", "chunk-sgd", "phased", "phased"),
     *across("eval.seq_len", 2048, 2048, 2048, 2048, 2048),
     *[row for name in ("pr1413", "pr1776", "pr1880") for key, value in (
-        ("eval.stride", 64), ("eval.ttt.chunk_tokens", 32768), ("eval.ttt.lr", 0.005), ("eval.ttt.momentum", 0.9),
-        ("eval.ttt.epochs", 3), ("eval.ttt.batch_seqs", 32), ("eval.ttt.grad_clip", 1.0),
-        ("eval.ttt.freeze_blocks", 0),
+        ("eval.stride", 64), ("eval.ttt.chunk_sgd.chunk_tokens", 32768), ("eval.ttt.chunk_sgd.lr", 0.005),
+        ("eval.ttt.chunk_sgd.momentum", 0.9), ("eval.ttt.chunk_sgd.epochs", 3), ("eval.ttt.chunk_sgd.batch_seqs", 32),
+        ("eval.ttt.chunk_sgd.grad_clip", 1.0), ("eval.ttt.chunk_sgd.freeze_blocks", 0),
     ) for row in only(name, key, value)],
     # pr1790 (seed 000): #1767's LoRA and 3 phases over 2,000 documents; top: the G.1 table and log.
     *[row for name, rank, decay, beta2, docs in (("pr1790", 128, 1.0, 0.999, 2000), ("top", 80, 0.5, 0.99, 2500))
       for key, value in (
-        ("eval.ttt.lora_rank", rank), ("eval.ttt.lora_alpha", 144.0), ("eval.ttt.lora_weight_decay", decay),
-        ("eval.ttt.lora_beta1", 0.0), ("eval.ttt.lora_beta2", beta2), ("eval.ttt.lora_warm_start_a", True),
-        ("eval.ttt.phase_docs", docs), ("eval.ttt.phases", 3), ("eval.ttt.lora_chunk", 48),
-        ("eval.ttt.lora_batch_docs", 64), ("eval.ttt.lora_lr", 1e-4), ("eval.ttt.global_lr", 0.001),
-        ("eval.ttt.global_momentum", 0.9), ("eval.ttt.global_epochs", 1), ("eval.ttt.global_chunk_tokens", 32768),
-        ("eval.ttt.global_batch_seqs", 32), ("eval.ttt.global_grad_clip", 1.0), ("eval.ttt.global_doc_mask", True),
+        ("eval.ttt.lora.rank", rank), ("eval.ttt.lora.alpha", 144.0), ("eval.ttt.lora.weight_decay", decay),
+        ("eval.ttt.lora.beta1", 0.0), ("eval.ttt.lora.beta2", beta2), ("eval.ttt.lora.warm_start_a", True),
+        ("eval.ttt.phased.docs", docs), ("eval.ttt.phased.phases", 3), ("eval.ttt.lora.chunk", 48),
+        ("eval.ttt.lora.batch_docs", 64), ("eval.ttt.lora.lr", 1e-4), ("eval.ttt.phased.global_lr", 0.001),
+        ("eval.ttt.phased.global_momentum", 0.9), ("eval.ttt.phased.global_epochs", 1),
+        ("eval.ttt.phased.global_chunk_tokens", 32768), ("eval.ttt.phased.global_batch_seqs", 32),
+        ("eval.ttt.phased.global_grad_clip", 1.0), ("eval.ttt.phased.global_doc_mask", True),
       ) for row in only(name, key, value)],
 ]
 
@@ -165,7 +166,8 @@ SCALED = {"model.loop_first", "model.loop_last", "model.parallel_residual_from",
           "train.muon_momentum_warmup_steps", "train.warmdown_steps", "train.ema_decay", "train.swa_every",
           "train.gptq_reserve_seconds", "quantize.calibration.batch_tokens",
           # the CPU window (256), token counts with it, the phased prefix with the val documents
-          "eval.seq_len", "eval.ttt.chunk_tokens", "eval.ttt.global_chunk_tokens", "eval.ttt.phase_docs"}
+          "eval.seq_len", "eval.ttt.chunk_sgd.chunk_tokens", "eval.ttt.phased.global_chunk_tokens",
+          "eval.ttt.phased.docs"}
 
 
 # The CPU form matches its full preset whatever the value.
@@ -195,9 +197,9 @@ def test_cpu_form_scales_step_counts_and_sizes(name):
 def test_cpu_form_scales_the_eval_with_the_window_and_the_val_documents(name):
     full, cpu = PRESETS[name].eval, PRESETS[f"{name}-cpu"].eval
     assert cpu.seq_len == PRESETS[f"{name}-cpu"].config.train.seq_len == 256 and cpu.stride == full.stride
-    assert cpu.ttt.chunk_tokens == full.ttt.chunk_tokens // 8 == 4096  # still 16 sequences per chunk
-    assert cpu.ttt.global_chunk_tokens == full.ttt.global_chunk_tokens // 8
-    assert cpu.ttt.phase_docs == round(full.ttt.phase_docs * CPU_VAL_DOCS / RECORD_VAL_DOCS)
+    assert cpu.ttt.chunk_sgd.chunk_tokens == full.ttt.chunk_sgd.chunk_tokens // 8 == 4096  # 16 sequences per chunk
+    assert cpu.ttt.phased.global_chunk_tokens == full.ttt.phased.global_chunk_tokens // 8
+    assert cpu.ttt.phased.docs == round(full.ttt.phased.docs * CPU_VAL_DOCS / RECORD_VAL_DOCS)
     assert (full.device, cpu.device) == ("auto", "cpu")
 
 
@@ -263,20 +265,21 @@ def test_eval_print_config_lists_every_eval_row(name, tmp_path):
 
 
 def test_eval_flags_and_set_override_the_preset(tmp_path):
-    result = golf("eval", "--preset", "top", "--set", "ttt.lora_rank=8", "--stride", "32", "--ttt", "lora",
+    result = golf("eval", "--preset", "top", "--set", "ttt.lora.rank=8", "--stride", "32", "--ttt", "lora",
                   "--eval-budget-s", "450", "--over-budget", "fail", "--print-config", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     pairs = dict(line.split(": ", 1) for line in result.stdout.splitlines())
-    assert (pairs["ttt.lora_rank"], pairs["stride"], pairs["ttt.mode"]) == ("8", "32", "lora")
+    assert (pairs["ttt.lora.rank"], pairs["stride"], pairs["ttt.mode"]) == ("8", "32", "lora")
     assert (pairs["budget_s"], pairs["over_budget"]) == ("450.0", "fail")
-    assert pairs["ttt.phase_docs"] == "2500" and pairs["ttt.lora_beta2"] == "0.99"  # the rest stays the preset's
+    assert pairs["ttt.phased.docs"] == "2500" and pairs["ttt.lora.beta2"] == "0.99"  # the rest stays the preset's
     default = golf("eval", "--print-config", cwd=tmp_path)
     assert "preset: none" in default.stdout and "ttt.mode: none" in default.stdout
 
 
 @pytest.mark.parametrize("args, message", [
     (["--preset", "nope"], "unknown preset 'nope'; available: tiny, baseline"),
-    (["--preset", "top", "--set", "ttt.lora_rank=0"], "ttt.lora_rank: must be >= 1, got 0"),
+    (["--preset", "top", "--set", "ttt.lora.rank=0"], "ttt.lora.rank: must be >= 1, got 0"),
+    (["--preset", "top", "--set", "ttt.lora_rank=8"], "config key 'ttt.lora_rank' was renamed: use 'ttt.lora.rank'"),
     (["--over-budget", "later"], "over_budget: expected one of stop-adapting, fail, got 'later'"),
     (["--eval-budget-s", "0"], "budget_s: must be > 0, got 0.0"),
 ])
@@ -289,11 +292,12 @@ def test_eval_bad_preset_or_setting_is_one_line(args, message, tmp_path):
 
 def test_eval_preset_runs_with_its_settings_under_the_flags(pack_dir, tmp_path):
     result = golf("eval", pack_dir, "--preset", "pr1413-cpu", "--seq-len", "64", "--stride", "16",
-                  "--set", "eval_tokens=4096", "--set", "ttt.chunk_tokens=1024", "--out", tmp_path / "eval")
+                  "--set", "eval_tokens=4096", "--set", "ttt.chunk_sgd.chunk_tokens=1024", "--out", tmp_path / "eval")
     assert result.returncode == 0, result.stderr
     config = json.loads((tmp_path / "eval" / "manifest.json").read_text())["config"]
-    assert (config["seq_len"], config["stride"], config["ttt"]["chunk_tokens"]) == (64, 16, 1024)
-    assert config["ttt"]["mode"] == "chunk-sgd" and config["ttt"]["lr"] == 0.005 and config["device"] == "cpu"
+    assert (config["seq_len"], config["stride"], config["ttt"]["chunk_sgd"]["chunk_tokens"]) == (64, 16, 1024)
+    assert config["ttt"]["mode"] == "chunk-sgd" and config["ttt"]["chunk_sgd"]["lr"] == 0.005
+    assert config["device"] == "cpu"
 
 
 def test_print_config_refuses_a_bad_override_in_one_line(tmp_path):

@@ -13,7 +13,7 @@ from PIL import Image
 
 from stages.evaluate.stage import run_eval
 from stages.evaluate.config import EvalConfig
-from stages.evaluate.ttt.config import TTTConfig
+from stages.evaluate.ttt.config import ChunkSGDConfig, TTTConfig
 from stages.results.plots import PLOTS
 from stages.results.report import write_report
 from stages.results.run_folder import find_stages
@@ -21,7 +21,7 @@ from stages.results.ttt_gain import document_gains
 from tests.conftest import golf, rewrite_manifest
 
 EVAL_TOKENS = 2048  # the first val document of the tiny data is 1,399 tokens: two documents
-FAST_TTT = TTTConfig(mode="chunk-sgd", chunk_tokens=256, lr=0.05, epochs=1, batch_seqs=2)
+FAST_TTT = TTTConfig(mode="chunk-sgd", chunk_sgd=ChunkSGDConfig(chunk_tokens=256, lr=0.05, epochs=1, batch_seqs=2))
 
 
 @pytest.fixture(scope="module")

@@ -42,8 +42,14 @@ from .test_artifact_trust import Parts, as_pack_folder
 VOCAB, BOS = 64, 1
 SEQ, STRIDE, CHUNK, BATCH_WINDOWS = 32, 8, 128, 4
 # Learns fast enough on 1,024 random targets that adaptation visibly changes later NLLs.
-FAST_TTT = {"mode": "chunk-sgd", "chunk_tokens": CHUNK, "lr": 0.05, "momentum": 0.9, "epochs": 2,
-            "batch_seqs": 2, "grad_clip": 1.0, "freeze_blocks": 0}
+FAST_TTT = {"mode": "chunk-sgd", "chunk_sgd": {"chunk_tokens": CHUNK, "lr": 0.05, "momentum": 0.9, "epochs": 2,
+                                               "batch_seqs": 2, "grad_clip": 1.0, "freeze_blocks": 0}}
+
+
+def merged(config: dict, **changes) -> dict:
+    """A TTT config dict with ``changes``: the mode, or some fields of a section (chunk_sgd={"lr": 0.0})."""
+    return {**config, **{key: {**config.get(key, {}), **value} if isinstance(value, dict) else value
+                         for key, value in changes.items()}}
 
 
 def tiny_gpt(seed: int = 0, **switches) -> GPT:
@@ -153,7 +159,7 @@ def test_zero_learning_equals_plain_scoring_exactly(off):
     stream = synthetic_docs()
     model = tiny_gpt()
     plain, plain_sums = plain_receipts(copy.deepcopy(model), stream)
-    ttt, ttt_sums = ttt_receipts(copy.deepcopy(model), stream, {**FAST_TTT, **off})
+    ttt, ttt_sums = ttt_receipts(copy.deepcopy(model), stream, merged(FAST_TTT, chunk_sgd=off))
     assert torch.equal(plain["position"], ttt["position"])
     assert torch.equal(plain["nll"], ttt["nll"])
     assert ttt_sums.bpb == plain_sums.bpb
@@ -201,7 +207,7 @@ def test_updates_train_only_on_committed_targets_and_never_on_the_last_chunk():
         assert set(positions.tolist()) <= committed, "an update used a target not yet scored"
         assert not last_chunk & committed, "an update ran after the last chunk was scored"
     # H.2.5: epochs x ceil(sequences / batch_seqs) steps per trained chunk.
-    steps_per_chunk = FAST_TTT["epochs"] * math.ceil((CHUNK // SEQ) / FAST_TTT["batch_seqs"])
+    steps_per_chunk = FAST_TTT["chunk_sgd"]["epochs"] * math.ceil((CHUNK // SEQ) / FAST_TTT["chunk_sgd"]["batch_seqs"])
     assert len(spy.calls) == steps_per_chunk * (num_chunks - 1)
     # The saved update receipts say the same: each trained on targets committed by its order.
     saved = receipts.tensors()
@@ -216,16 +222,16 @@ def test_frozen_blocks_stay_bitwise_unchanged():
     model = tiny_gpt()
     start = copy.deepcopy(model.state_dict())
     score_with_ttt(model, synthetic_docs(), byte_table(), ScoringSetup(SEQ, STRIDE, BATCH_WINDOWS),
-                   config={**FAST_TTT, "freeze_blocks": 1})
+                   config=merged(FAST_TTT, chunk_sgd={"freeze_blocks": 1}))
     after = model.state_dict()
     assert all(torch.equal(after[k], v) for k, v in start.items() if k.startswith("blocks.0."))
     assert not torch.equal(after["blocks.1.mlp.fc.weight"], start["blocks.1.mlp.fc.weight"])
 
 
 def test_freezing_more_blocks_than_the_model_has_is_a_config_error():
-    with pytest.raises(ConfigError, match="ttt.freeze_blocks: must be at most the model's 2 blocks"):
+    with pytest.raises(ConfigError, match="ttt.chunk_sgd.freeze_blocks: must be at most the model's 2 blocks"):
         score_with_ttt(tiny_gpt(), synthetic_docs(), byte_table(), ScoringSetup(SEQ, STRIDE),
-                       config={**FAST_TTT, "freeze_blocks": 3})
+                       config=merged(FAST_TTT, chunk_sgd={"freeze_blocks": 3}))
 
 
 def test_learning_rate_is_cosine_over_chunks():
@@ -264,12 +270,16 @@ def test_smeargate_bos_mask_holds_inside_ttt(mask):
 
 
 def eval_config(**ttt) -> EvalConfig:
-    overrides = ["eval_tokens=4096", "stride=16", *(f"ttt.{k}={v}" for k, v in ttt.items())]
+    """The stage's config with ``ttt``: the mode and sections as in a TTT config dict (chunk_sgd={...})."""
+    settings = [(f"{key}.{field}", value) for key, section in ttt.items() if isinstance(section, dict)
+                for field, value in section.items()]
+    settings += [(key, value) for key, value in ttt.items() if not isinstance(value, dict)]
+    overrides = ["eval_tokens=4096", "stride=16", *(f"ttt.{key}={value}" for key, value in settings)]
     return apply_overrides(EvalConfig(), overrides)
 
 
 def test_stage_receipts_recompute_the_manifest_bpb(pack_dir, tmp_path):
-    config = apply_overrides(eval_config(mode="chunk-sgd", chunk_tokens=1024), ["compare_no_ttt=true"])
+    config = apply_overrides(eval_config(mode="chunk-sgd", chunk_sgd={"chunk_tokens": 1024}), ["compare_no_ttt=true"])
     manifest = run_eval(config, pack_dir, None, tmp_path / "eval", token_nll=tmp_path / "nll.safetensors")
     metrics = manifest.metrics
     receipts = load_file(tmp_path / "nll.safetensors")
@@ -307,10 +317,10 @@ def test_artifact_ships_the_ttt_code_and_eval_runs_the_shipped_copy(pack_dir, da
     parts = Parts(StageDir(pack_dir).file("artifact").read_bytes())
     assert "stages/evaluate/ttt/chunk_sgd.py" in read_artifact(StageDir(pack_dir).file("artifact")).code
     marked = dict(parts.files)
-    marked["stages/evaluate/ttt/chunk_sgd.py"] += (
-        "\n\ndef score_with_chunk_sgd(*args, **kwargs):\n    raise RuntimeError('the shipped chunk_sgd ran')\n")
-    marked["stages/evaluate/ttt/__init__.py"] = marked["stages/evaluate/ttt/__init__.py"].replace(
-        "from .chunk_sgd import score_with_chunk_sgd", "from . import chunk_sgd\nscore_with_chunk_sgd = chunk_sgd.score_with_chunk_sgd")
+    # The shipped mode registers a scorer that says it ran (golf's own copy is untouched).
+    marked["stages/evaluate/ttt/chunk_sgd.py"] = marked["stages/evaluate/ttt/chunk_sgd.py"].replace(
+        "def score_with_chunk_sgd(", "def score_with_chunk_sgd(*args, **kwargs):\n"
+        "    raise RuntimeError('the shipped chunk_sgd ran')\n\n\ndef golf_chunk_sgd(", 1)
     pack = as_pack_folder(pack_dir, parts.write(tmp_path / "model.golf", marked), tmp_path / "pack")
     with pytest.raises(RuntimeError, match="the shipped chunk_sgd ran"):
         run_eval(eval_config(mode="chunk-sgd"), pack, data_dir, tmp_path / "eval", trust_code=True)
@@ -334,12 +344,12 @@ def test_an_artifact_packed_without_ttt_code_is_golfs_own_and_refuses_ttt(pack_d
 
 def test_cli_chunk_sgd_with_receipts_and_comparison(pack_dir, tmp_path):
     result = golf("eval", pack_dir, "--ttt", "chunk-sgd", "--compare-no-ttt", "--stride", "16",
-                  "--set", "eval_tokens=4096", "--set", "ttt.chunk_tokens=1024", "--set", "ttt.lr=0.002",
+                  "--set", "eval_tokens=4096", "--set", "ttt.chunk_sgd.chunk_tokens=1024", "--set", "ttt.chunk_sgd.lr=0.002",
                   "--token-nll", tmp_path / "nll.safetensors", "--out", tmp_path / "eval")
     assert result.returncode == 0, result.stderr
     metrics = json.loads((tmp_path / "eval" / "manifest.json").read_text())["metrics"]
     config = json.loads((tmp_path / "eval" / "manifest.json").read_text())["config"]
-    assert config["ttt"]["lr"] == 0.002 and config["ttt"]["mode"] == "chunk-sgd"
+    assert config["ttt"]["chunk_sgd"]["lr"] == 0.002 and config["ttt"]["mode"] == "chunk-sgd"
     assert f"val_bpb_no_ttt:{metrics['val_bpb_no_ttt']:.8f}" in result.stdout
     assert metrics["token_nll_rows"] == metrics["tokens_scored"]
 
@@ -347,7 +357,10 @@ def test_cli_chunk_sgd_with_receipts_and_comparison(pack_dir, tmp_path):
 @pytest.mark.parametrize("args, message", [
     (["--ttt", "sideways"], "ttt.mode: expected one of none, chunk-sgd, lora, phased, got 'sideways'"),
     (["--compare-no-ttt"], "compare_no_ttt: needs a test-time training mode"),
-    (["--ttt", "chunk-sgd", "--set", "ttt.momentum=1"], "ttt.momentum: must be in [0, 1), got 1.0"),
+    (["--ttt", "chunk-sgd", "--set", "ttt.chunk_sgd.momentum=1"],
+     "ttt.chunk_sgd.momentum: must be in [0, 1), got 1.0"),
+    (["--ttt", "chunk-sgd", "--set", "ttt.momentum=0.5"],
+     "config key 'ttt.momentum' was renamed: use 'ttt.chunk_sgd.momentum'"),
     (["--token-nll", "no/such/folder/nll.safetensors"], "--token-nll folder no/such/folder does not exist"),
 ])
 def test_bad_ttt_input_is_one_line(pack_dir, tmp_path, args, message):

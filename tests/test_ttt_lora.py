@@ -26,17 +26,18 @@ from stages.scoring.windows import usable_targets
 from stages.evaluate.ttt import score_with_ttt
 from stages.evaluate.ttt import lora as lora_mode
 from stages.evaluate.ttt.common import TTTPass, requires_grad
-from stages.evaluate.ttt.config import TTTConfig
+from stages.evaluate.ttt.adapters import BatchAdapters
+from stages.evaluate.ttt.config import LoRAConfig, TTTConfig
 from stages.evaluate.ttt.documents import Document, find_documents, plan_batches, rank_batches
 
 from .conftest import golf
-from .test_ttt import BOS, VOCAB, by_position, byte_table, synthetic_docs, tiny_gpt
+from .test_ttt import BOS, VOCAB, by_position, byte_table, merged, synthetic_docs, tiny_gpt
 
 SEQ, CHUNK = 32, 8  # windows of 32 tokens: documents of up to 80 tokens slide inside themselves
 STREAM_TOKENS = 769  # 768 targets, 17 documents
 # Learns fast enough that adaptation visibly changes later NLLs of a document.
-FAST_LORA = {"mode": "lora", "lora_chunk": CHUNK, "lora_batch_docs": 4, "lora_rank": 4, "lora_alpha": 8.0,
-             "lora_lr": 0.03, "lora_weight_decay": 0.5, "lora_warm_start_a": False}
+FAST_LORA = {"mode": "lora", "lora": {"chunk": CHUNK, "batch_docs": 4, "rank": 4, "alpha": 8.0, "lr": 0.03,
+                                       "weight_decay": 0.5, "warm_start_a": False}}
 TOLERANCE = 1e-5  # the same row computed in batches of other widths differs by float rounding only
 
 
@@ -44,11 +45,12 @@ def stream(seed: int = 0) -> np.ndarray:
     return synthetic_docs(seed, STREAM_TOKENS)
 
 
-def run_lora(model, tokens, rank: int = 0, world_size: int = 1, sidecar=None, **overrides) -> tuple[dict, object]:
-    """Mode 'lora' over ``tokens`` on a copy of ``model``: (receipts as saved, sums)."""
+def run_lora(model, tokens, rank: int = 0, world_size: int = 1, sidecar=None, **lora) -> tuple[dict, object]:
+    """Mode 'lora' over ``tokens`` on a copy of ``model``, ``lora`` changing fields of its section:
+    (receipts as saved, sums)."""
     receipts = TokenReceipts()
     setup = ScoringSetup(SEQ, SEQ, rank=rank, world_size=world_size)
-    sums = score_with_ttt(copy.deepcopy(model), tokens, byte_table(), setup, sidecar, config={**FAST_LORA, **overrides},
+    sums = score_with_ttt(copy.deepcopy(model), tokens, byte_table(), setup, sidecar, config=merged(FAST_LORA, lora=lora),
                           receipts=receipts)
     return receipts.tensors(), sums
 
@@ -116,12 +118,12 @@ def test_documents_tile_the_targets_and_batches_go_longest_first():
 def test_a_token_changes_no_score_committed_before_it(warm_start):
     tokens = stream()
     model = tiny_gpt()
-    before, _ = run_lora(model, tokens, lora_warm_start_a=warm_start)
+    before, _ = run_lora(model, tokens, warm_start_a=warm_start)
     order = by_position(before, "order")
     # The last-processed document with 5 chunks or more: much was committed before it.
     start, end = max((d for d in documents(tokens) if d[1] - d[0] > 4 * CHUNK), key=lambda d: order[d[0] + 1])
     p = start + 2 * CHUNK + 3  # inside the document's chunk 2: its later chunks train on data holding it
-    after, _ = run_lora(model, perturbed(tokens, p), lora_warm_start_a=warm_start)
+    after, _ = run_lora(model, perturbed(tokens, p), warm_start_a=warm_start)
     positions = np.arange(len(order))
     earlier = np.flatnonzero((order < order[p]) | ((positions > start) & (positions < p)))
     assert len(earlier) > len(order) // 3
@@ -137,7 +139,7 @@ def test_a_token_changes_no_score_committed_before_it(warm_start):
 
 def test_every_target_is_scored_once_and_bytes_add_up():
     tokens = stream()
-    receipts, sums = run_lora(tiny_gpt(), tokens, lora_warm_start_a=True)
+    receipts, sums = run_lora(tiny_gpt(), tokens, warm_start_a=True)
     targets = usable_targets(len(tokens), SEQ)
     assert np.array_equal(np.sort(receipts["position"].numpy()), np.arange(1, targets + 1))
     assert sums.tokens == targets
@@ -161,7 +163,7 @@ def test_zero_learning_equals_plain_scoring_of_the_document_windows():
     tokens = stream()
     model = tiny_gpt()
     reference = reference_nll(model, tokens)[1:]
-    still, still_sums = run_lora(model, tokens, lora_lr=0.0, lora_warm_start_a=True)
+    still, still_sums = run_lora(model, tokens, lr=0.0, warm_start_a=True)
     np.testing.assert_allclose(by_position(still, "nll")[1:], reference, rtol=0, atol=TOLERANCE)
     assert abs(still_sums.nll - reference.sum()) < 1e-3
     learning, _ = run_lora(model, tokens)  # and learning does change the scores
@@ -172,7 +174,7 @@ def test_first_chunk_of_every_document_is_the_base_models():
     tokens = stream()
     model = tiny_gpt()
     reference = reference_nll(model, tokens)
-    receipts, _ = run_lora(model, tokens, lora_warm_start_a=True)
+    receipts, _ = run_lora(model, tokens, warm_start_a=True)
     first_chunks = np.concatenate([np.arange(s + 1, min(s + CHUNK, e) + 1) for s, e in documents(tokens)])
     np.testing.assert_allclose(by_position(receipts, "nll")[first_chunks], reference[first_chunks], rtol=0,
                                atol=TOLERANCE)
@@ -205,7 +207,7 @@ def test_updates_use_only_committed_targets_and_never_a_last_chunk(monkeypatch):
 def spy_on_steps(monkeypatch) -> list:
     """After each AdamW step: which rows the step's chunk trains, and each row's |grad| of B and A."""
     steps, last_rows = [], []
-    chunk_rows, step = lora_mode.chunk_rows, lora_mode.BatchAdapters.step
+    chunk_rows, step = lora_mode.chunk_rows, BatchAdapters.step
 
     def rows_spy(*args, **kwargs):
         last_rows[:] = [chunk_rows(*args, **kwargs)]
@@ -217,7 +219,7 @@ def spy_on_steps(monkeypatch) -> list:
         steps.append((last_rows[0].trained, b_grads, self.lora.a.grad.abs().sum(dim=(1, 2, 3))))
 
     monkeypatch.setattr(lora_mode, "chunk_rows", rows_spy)
-    monkeypatch.setattr(lora_mode.BatchAdapters, "step", step_spy)
+    monkeypatch.setattr(BatchAdapters, "step", step_spy)
     return steps
 
 
@@ -231,7 +233,7 @@ def test_a_documents_scores_depend_on_its_own_tokens_alone():
     model = tiny_gpt()
     reference = by_position(run_lora(model, tokens)[0], "nll")
     for batch_docs in (1, 3, 16):
-        other = by_position(run_lora(model, tokens, lora_batch_docs=batch_docs)[0], "nll")
+        other = by_position(run_lora(model, tokens, batch_docs=batch_docs)[0], "nll")
         np.testing.assert_allclose(other, reference, rtol=0, atol=TOLERANCE)
     start, end = documents(tokens)[5]
     changed = by_position(run_lora(model, perturbed(tokens, start + 3))[0], "nll")
@@ -252,10 +254,10 @@ def test_batch_order_and_slots_do_not_matter():
 
 def score_batch_alone(model, tokens, docs) -> dict[int, float]:
     """NLL by position of one batch of ``docs`` through ``score_batch`` itself."""
-    config = TTTConfig(**{**FAST_LORA, "lora_targets": TTTConfig.lora_targets})
+    config = TTTConfig.from_json(FAST_LORA)
     receipts = TokenReceipts()
     run = TTTPass(WindowScorer(tokens, byte_table(), ScoringSetup(SEQ, SEQ, 4)), receipts=receipts)
-    adapters = lora_mode.BatchAdapters(model, config, "cpu")
+    adapters = BatchAdapters(model, config, "cpu")
     adapters.start_batch(docs)
     with requires_grad(model, False):
         lora_mode.score_batch(model, run, config, docs, adapters, BpbSums())
@@ -269,7 +271,7 @@ def score_batch_alone(model, tokens, docs) -> dict[int, float]:
 @pytest.mark.parametrize("warm_start", [False, True])
 def test_each_batch_starts_from_zero_b_and_a_fresh_optimizer(monkeypatch, warm_start):
     resets = []
-    reset = lora_mode.BatchAdapters.reset
+    reset = BatchAdapters.reset
 
     def reset_spy(self, seeds):
         previous = None if self.lora is None else (self.lora, self.lora.a.detach().clone())
@@ -277,8 +279,8 @@ def test_each_batch_starts_from_zero_b_and_a_fresh_optimizer(monkeypatch, warm_s
         resets.append((previous, self.lora, self.lora.a.detach().clone(), seeds))
         assert all(not b.any() for b in self.lora.b) and not self.optimizer.state
 
-    monkeypatch.setattr(lora_mode.BatchAdapters, "reset", reset_spy)
-    run_lora(tiny_gpt(), stream(), lora_batch_docs=4, lora_warm_start_a=warm_start)
+    monkeypatch.setattr(BatchAdapters, "reset", reset_spy)
+    run_lora(tiny_gpt(), stream(), batch_docs=4, warm_start_a=warm_start)
     assert [len(seeds) for *_, seeds in resets] == [1, 4, 4, 4, 4]  # 17 documents: the longest alone, first
     for previous, lora, a, seeds in resets:
         drawn = torch.stack([torch.empty_like(a[0]).uniform_(-lora.bound, lora.bound,
@@ -346,7 +348,7 @@ def test_warm_up_reads_no_val_token_and_leaves_the_model_bitwise_unchanged():
     flags = {name: p.requires_grad for name, p in model.named_parameters()}
     scorer = WindowScorer(stream(), byte_table(), ScoringSetup(SEQ, SEQ, 4))
     scorer.stream = scorer.side = None  # any read of the val stream fails
-    config = TTTConfig(**{**FAST_LORA, "lora_targets": TTTConfig.lora_targets})
+    config = TTTConfig.from_json(FAST_LORA)
     lora_mode.warm_up(model, TTTPass(scorer), config)
     after = model.state_dict()
     assert all(torch.equal(after[name], value) for name, value in state.items())
@@ -359,7 +361,7 @@ def test_warm_up_reads_no_val_token_and_leaves_the_model_bitwise_unchanged():
 
 def test_cli_lora_with_receipts_and_comparison(pack_dir, tmp_path):
     result = golf("eval", pack_dir, "--ttt", "lora", "--compare-no-ttt", "--stride", "16",
-                  "--set", "eval_tokens=4096", "--set", "ttt.lora_lr=0.001",
+                  "--set", "eval_tokens=4096", "--set", "ttt.lora.lr=0.001",
                   "--token-nll", tmp_path / "nll.safetensors", "--out", tmp_path / "eval")
     assert result.returncode == 0, result.stderr
     manifest = json.loads((tmp_path / "eval" / "manifest.json").read_text())
@@ -389,8 +391,8 @@ def test_compare_no_ttt_scores_the_document_windows_and_skips_the_stream_compari
 
     score = lambda label, score_stream: score_stream()  # noqa: E731
     for mode in ("lora", "phased"):
-        _no_ttt_pass(score, None, Shipped, TTTConfig(mode=mode, lora_lr=0.01))
-        assert calls[-1]["mode"] == "lora" and calls[-1]["lora_lr"] == 0.0
+        _no_ttt_pass(score, None, Shipped, TTTConfig(mode=mode, lora=LoRAConfig(lr=0.01)))
+        assert calls[-1]["mode"] == "lora" and calls[-1]["lora"]["lr"] == 0.0
         assert _stream_bpb_without_adaptation(mode, 2.0, {"val_bpb_no_ttt": 2.1}) is None
     assert _stream_bpb_without_adaptation("chunk-sgd", 2.0, {"val_bpb_no_ttt": 2.1}) == 2.1
     assert _stream_bpb_without_adaptation("none", 2.0, {}) == 2.0

@@ -30,17 +30,24 @@ from stages.scoring.scorer import WindowScorer
 from stages.scoring.windows import usable_targets
 from stages.evaluate.ttt import phased, score_with_ttt
 from stages.evaluate.ttt.common import TTTPass, rank_share
-from stages.evaluate.ttt.config import TTTConfig
+from stages.evaluate.ttt.config import PhasedConfig, TTTConfig
 from stages.evaluate.ttt.global_sgd import (ScoredDocument, phase_boundaries, run_global_phase,
                                             schedule_phases, train_global_phase, training_documents,
                                             training_stream)
 
 from .conftest import golf, sets
-from .test_ttt import BATCH_WINDOWS, BOS, SEQ, STRIDE, VOCAB, by_position, byte_table, synthetic_docs, tiny_gpt
+from .test_ttt import (BATCH_WINDOWS, BOS, SEQ, STRIDE, VOCAB, by_position, byte_table, merged, synthetic_docs,
+                       tiny_gpt)
 
 # Two steps per trained chunk of 4 sequences (3, then 1), two epochs.
-GLOBAL = TTTConfig(mode="phased", global_lr=0.05, global_momentum=0.9, global_epochs=2, global_chunk_tokens=4 * SEQ,
-                   global_batch_seqs=3, global_grad_clip=1.0, global_doc_mask=True)
+GLOBAL = TTTConfig(mode="phased", phased=PhasedConfig(global_lr=0.05, global_momentum=0.9, global_epochs=2,
+                                                      global_chunk_tokens=4 * SEQ, global_batch_seqs=3,
+                                                      global_grad_clip=1.0, global_doc_mask=True))
+
+
+def globally(**changes) -> TTTConfig:
+    """GLOBAL with ``changes`` to its phased section."""
+    return replace(GLOBAL, phased=replace(GLOBAL.phased, **changes))
 
 
 def documents_of(stream: np.ndarray, batch_docs: int = 4) -> list[ScoredDocument]:
@@ -147,19 +154,19 @@ def test_every_chunk_but_the_last_is_trained_epochs_times():
     spy = LossSpy(model, tokens)
     receipts = TokenReceipts()
     train_global_phase(model, ttt_pass(stream, receipts), GLOBAL, tokens, positions)
-    chunk = GLOBAL.global_chunk_tokens
+    chunk = GLOBAL.phased.global_chunk_tokens
     num_chunks = math.ceil((len(tokens) - 1) / chunk)
     assert num_chunks >= 3
     trained = [s for c in range(num_chunks - 1)
                for s in range(c * chunk, min((c + 1) * chunk, len(tokens) - 1) - SEQ + 1, SEQ)]
-    assert sorted(spy.rows) == sorted(trained * GLOBAL.global_epochs)
+    assert sorted(spy.rows) == sorted(trained * GLOBAL.phased.global_epochs)
     assert max(spy.rows) + SEQ <= (num_chunks - 1) * chunk  # no target of the last chunk
     # The update receipts name the stream targets trained on: every pair of the rows but the joins'
     # (BOS after BOS: no pair of the stream).
     noted = [p for _, first, last in receipts.updates for p in range(first, last + 1)]
     pairs = [(positions[s + j - 1], positions[s + j]) for s in trained for j in range(1, SEQ + 1)]
-    assert sorted(noted) == sorted([int(t) for i, t in pairs if t == i + 1] * GLOBAL.global_epochs)
-    assert len(noted) < len(pairs) * GLOBAL.global_epochs  # the rows do cross joins
+    assert sorted(noted) == sorted([int(t) for i, t in pairs if t == i + 1] * GLOBAL.phased.global_epochs)
+    assert len(noted) < len(pairs) * GLOBAL.phased.global_epochs  # the rows do cross joins
 
 
 def test_zero_learning_rate_or_epochs_leave_every_weight_bitwise_unchanged():
@@ -167,7 +174,7 @@ def test_zero_learning_rate_or_epochs_leave_every_weight_bitwise_unchanged():
     model = tiny_gpt()
     start = copy.deepcopy(model.state_dict())
     for off in ({"global_lr": 0.0}, {"global_epochs": 0}):
-        after = trained_weights(model, stream, replace(GLOBAL, **off))
+        after = trained_weights(model, stream, globally(**off))
         assert all(torch.equal(after[k], v) for k, v in start.items())
     learned = trained_weights(model, stream)
     assert not torch.equal(learned["blocks.0.mlp.fc.weight"], start["blocks.0.mlp.fc.weight"])
@@ -209,13 +216,13 @@ def test_doc_masked_training_equals_training_on_each_document_alone(doc_mask):
     config has doc_mask off: the phase's switch decides)."""
     stream = synthetic_docs()
     tokens, positions = packed(stream)
-    one_step = replace(GLOBAL, global_chunk_tokens=SEQ, global_batch_seqs=1, global_epochs=1, global_momentum=0.0,
-                       global_grad_clip=0.0, global_doc_mask=doc_mask)
+    one_step = globally(global_chunk_tokens=SEQ, global_batch_seqs=1, global_epochs=1, global_momentum=0.0,
+                        global_grad_clip=0.0, global_doc_mask=doc_mask)
     first = documents_of(stream)[0].length - 10  # a row from inside the first document across the join
     tokens, positions = tokens[first : first + 2 * SEQ + 1], positions[first : first + 2 * SEQ + 1]  # two chunks:
     assert (tokens[1 : SEQ + 1] == BOS).sum() >= 2  # only the first trains; it holds the doubled BOS
     model = tiny_gpt()
-    expected = one_sgd_step_by_documents(copy.deepcopy(model), tokens[: SEQ + 1], one_step.global_lr)
+    expected = one_sgd_step_by_documents(copy.deepcopy(model), tokens[: SEQ + 1], one_step.phased.global_lr)
     train_global_phase(model, ttt_pass(stream), one_step, tokens, positions)
     close = all(torch.allclose(p, expected[name], atol=1e-6, rtol=0) for name, p in model.named_parameters())
     assert close == doc_mask
@@ -237,8 +244,8 @@ def test_a_phase_past_the_budget_trains_nothing():
 # The synthetic stream's plan: batches (ascending-length index: sizes) 4: 4, 5: 1 (the longest
 # document, alone), 3: 4, 2: 4, 1: 4, 0: 4 in processing order; phases after the first batch
 # (boundary 4) and the third (9 documents scored >= 8), training two-sequence chunks.
-PHASED = {"mode": "phased", "lora_rank": 4, "lora_chunk": 16, "lora_batch_docs": 4, "lora_lr": 0.01,
-          "phase_docs": 8, "phases": 2, "global_lr": 0.05, "global_chunk_tokens": 2 * SEQ, "global_batch_seqs": 2}
+PHASED = {"mode": "phased", "lora": {"rank": 4, "chunk": 16, "batch_docs": 4, "lr": 0.01},
+          "phased": {"docs": 8, "phases": 2, "global_lr": 0.05, "global_chunk_tokens": 2 * SEQ, "global_batch_seqs": 2}}
 
 
 class PhaseSpy:
@@ -332,18 +339,20 @@ def test_a_token_changes_no_score_committed_before_it_through_both_adaptations(p
     assert np.abs(nll_after[later] - nll_before[later]).max() > 1e-4
 
 
-@pytest.mark.parametrize("off", [{"lora_lr": 0.0, "global_lr": 0.0}, {"global_lr": 0.0, "lora_warm_start_a": False}])
+@pytest.mark.parametrize("off", [{"lora": {"lr": 0.0}, "phased": {"global_lr": 0.0}},
+                                 {"phased": {"global_lr": 0.0}, "lora": {"warm_start_a": False}}])
 def test_without_global_learning_phased_is_lora_exactly(off):
     """With global_lr 0 the phases change nothing; the adapters' rebuild after a phase changes
-    nothing either when no A is learned (lora_lr 0: B stays 0) or none carries over (no warm start)."""
+    nothing either when no A is learned (lora.lr 0: B stays 0) or none carries over (no warm start)."""
     stream = synthetic_docs()
     model = tiny_gpt()
-    lora, lora_sums = phased_receipts(copy.deepcopy(model), stream, {**PHASED, **off, "mode": "lora"})
-    ours, our_sums = phased_receipts(copy.deepcopy(model), stream, {**PHASED, **off})
+    lora, lora_sums = phased_receipts(copy.deepcopy(model), stream, merged(PHASED, **off, mode="lora"))
+    ours, our_sums = phased_receipts(copy.deepcopy(model), stream, merged(PHASED, **off))
     lora, ours = lora.tensors(), ours.tensors()
     assert torch.equal(lora["position"], ours["position"]) and torch.equal(lora["order"], ours["order"])
     assert torch.equal(lora["nll"], ours["nll"]) and our_sums.bpb == lora_sums.bpb
-    learning, _ = phased_receipts(copy.deepcopy(model), stream, {**PHASED, **off, "global_lr": 0.05})
+    learning, _ = phased_receipts(copy.deepcopy(model), stream,
+                                  merged(merged(PHASED, **off), phased={"global_lr": 0.05}))
     assert not torch.equal(learning.tensors()["nll"], ours["nll"])
 
 
@@ -352,7 +361,7 @@ def test_warm_up_leaves_the_base_bitwise_unchanged_and_without_gradients():
     model.blocks[0].requires_grad_(False)
     start = copy.deepcopy(model.state_dict())
     flags = [p.requires_grad for p in model.parameters()]
-    config = TTTConfig(**{**PHASED, "lora_targets": TTTConfig.lora_targets})
+    config = TTTConfig.from_json(PHASED)
     phased.warm_up(model, ttt_pass(synthetic_docs()), config)
     assert all(torch.equal(model.state_dict()[k], v) for k, v in start.items())
     assert all(p.grad is None for p in model.parameters()) and [p.requires_grad for p in model.parameters()] == flags
@@ -383,7 +392,7 @@ def phased_worker(rank: int, world: int, store_path: str, out_path: str) -> None
 
 # Documents independent of the rank that scores them (no warm start); steps of 3 sequences split
 # 1 + 2 over two ranks, steps of 1 split 0 + 1.
-RANKED = {**PHASED, "lora_warm_start_a": False, "global_chunk_tokens": 4 * SEQ, "global_batch_seqs": 3}
+RANKED = merged(PHASED, lora={"warm_start_a": False}, phased={"global_chunk_tokens": 4 * SEQ, "global_batch_seqs": 3})
 
 
 def test_two_ranks_score_like_one_and_keep_identical_bases(tmp_path):
@@ -415,8 +424,8 @@ def test_adapters_are_rebuilt_after_each_phase():
     with pytest.MonkeyPatch.context() as monkeypatch:
         spy = PhaseSpy(monkeypatch, receipts)
         score_with_ttt(copy.deepcopy(model), stream, byte_table(), ScoringSetup(SEQ, STRIDE, BATCH_WINDOWS),
-                       config={**PHASED, "global_lr": 0.0}, receipts=receipts)
-    lora, _ = phased_receipts(copy.deepcopy(model), stream, {**PHASED, "mode": "lora"})
+                       config=merged(PHASED, phased={"global_lr": 0.0}), receipts=receipts)
+    lora, _ = phased_receipts(copy.deepcopy(model), stream, merged(PHASED, mode="lora"))
     ours, lora = receipts.tensors(), lora.tensors()
     before = ours["order"] < spy.phases[1][0]
     assert torch.equal(ours["nll"][before], lora["nll"][before])
@@ -428,8 +437,8 @@ def test_adapters_are_rebuilt_after_each_phase():
 
 def test_cli_phased_with_receipts_ledger_and_phases(pack_dir, tmp_path):
     # 4,096 val tokens hold three documents (news articles): a batch each, a phase after each of the first two.
-    settings = ["eval_tokens=4096", "ttt.lora_batch_docs=1", "ttt.lora_rank=8", "ttt.lora_chunk=64", "ttt.phase_docs=2",
-                "ttt.phases=2", "ttt.global_chunk_tokens=256", "ttt.global_batch_seqs=4"]
+    settings = ["eval_tokens=4096", "ttt.lora.batch_docs=1", "ttt.lora.rank=8", "ttt.lora.chunk=64", "ttt.phased.docs=2",
+                "ttt.phased.phases=2", "ttt.phased.global_chunk_tokens=256", "ttt.phased.global_batch_seqs=4"]
     result = golf("eval", pack_dir, "--ttt", "phased", "--compare-no-ttt", *sets(settings),
                   "--token-nll", tmp_path / "nll.safetensors", "--out", tmp_path / "eval")
     assert result.returncode == 0, result.stderr
@@ -454,6 +463,6 @@ def test_a_phase_whose_tokens_fit_one_chunk_is_not_recorded_as_trained():
     model = tiny_gpt()
     start = copy.deepcopy(model.state_dict())
     documents = documents_of(stream)[:1]
-    one_chunk = replace(GLOBAL, global_chunk_tokens=documents[0].length + 2 * SEQ)
+    one_chunk = globally(global_chunk_tokens=documents[0].length + 2 * SEQ)
     assert run_global_phase(model, ttt_pass(stream), one_chunk, documents, 1) == []
     assert all(torch.equal(model.state_dict()[k], v) for k, v in start.items())

@@ -24,7 +24,7 @@ import math
 import sys
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
-from functools import partial
+from functools import partial, reduce
 from pathlib import Path
 from types import ModuleType
 
@@ -51,20 +51,25 @@ from .config import EvalConfig
 from ..scoring.setup import ScoringSetup
 from ..scoring.windows import usable_targets
 from .ttt.config import TTTConfig
+# What each TTT mode declares (its windows, comparison, notes, batch fit) is read from golf's own copy
+# of ttt/, not the artifact's: the stage needs it before the artifact is read (memory messages) and
+# without TTT code (--no-ttt artifacts score 'none'), golf runs shipped code only when it is this very
+# code (or trusted), and the manifest's bookkeeping stays golf's word. Scoring, warm-up and batch fit
+# run from the artifact's bytes (``score_with_ttt`` ... look the mode up in the shipped registry).
+from .ttt.mode import REGISTRY, mode_named
 from ..scoring.val_data import ValData, load_val
 from ..scoring.validate import scoring_setup, validate
 
 IN_MEMORY_TOLERANCE = 1e-6
 FOREIGN_DATA_FLAG = "--foreign-data"
-# Why each ledger bucket of the scored pass counts toward the evaluation budget. The shipped TTT
-# code names its phases (``run.timed(name)``); a name a key here begins (global_sgd_2) takes its note.
+# Why each ledger bucket the stage opens around every mode counts toward the evaluation budget; the
+# TTT modes declare their own buckets' notes (``TTTMode.notes``: batch_fit, global_sgd). The shipped
+# TTT code names its phases (``run.timed(name)``); a name a key begins (global_sgd_2) takes its note.
 PHASE_NOTES = {
     "warmup": "the TTT mode's warm-up (or, compiled, the scoring forward's) on random tokens (no val data) "
               "before scoring, compiling included: counted here, not by the records (docs/TTT_CASEOPS.md section E)",
-    "batch_fit": "document TTT: measuring the adapter step's memory to choose the documents per batch",
     "score": "scoring every val target once (no_grad)",
     "adapt": "test-time training on targets already scored",
-    "global_sgd": "phased: SGD of the base weights on documents already scored (every phase in this bucket)",
 }
 OTHER_PHASE_NOTE = "a phase of the shipped test-time training, on targets already scored"
 SCORED_PASS_PHASES = ("score", "adapt")  # listed in every TTT ledger, in order, even at 0 s
@@ -220,8 +225,8 @@ def _before_scoring(config: EvalConfig, shipped: Shipped, table, setup: ScoringS
             config, fit = _fit_batch(shipped.ttt, shipped.model, setup, config)
             _warm_up(shipped.runtime, shipped.ttt, shipped.model, table, setup, config)
         return config, fit
-    if config.ttt.mode in DOCUMENT_MODES:
-        with ledger.measure("batch_fit", "eval", PHASE_NOTES["batch_fit"]):
+    if mode_named(config.ttt.mode).fit_batch is not None:
+        with ledger.measure("batch_fit", "eval", phase_note("batch_fit")):
             return _fit_batch(shipped.ttt, shipped.model, setup, config)
     return config, {}
 
@@ -287,11 +292,11 @@ def _log_result(reporter: Reporter, ledger: TimeLedger, config: EvalConfig, scor
 
 
 def memory_sizing(config: EvalConfig) -> str:
-    """The eval settings that size its memory beside the model, as --set writes them (for messages)."""
-    if config.ttt.mode in DOCUMENT_MODES:
-        settings = [f"ttt.lora_rank={config.ttt.lora_rank}", f"ttt.lora_batch_docs={config.ttt.lora_batch_docs}"]
-    else:
-        settings = [f"batch_windows={config.batch_windows}"]
+    """The eval settings that size its memory beside the model, as --set writes them (for messages):
+    the TTT mode's ``memory_keys``, else batch_windows."""
+    settings = [f"ttt.{key}={reduce(getattr, key.split('.'), config.ttt)}"
+                for key in mode_named(config.ttt.mode).memory_keys]
+    settings = settings or [f"batch_windows={config.batch_windows}"]
     return ", ".join(settings + ([f"seq_len={config.seq_len}"] if config.seq_len else []))
 
 
@@ -347,24 +352,23 @@ def _gather_receipts(runtime, receipts, ctx: DistContext) -> dict | None:
     return runtime.merge_receipts(parts) if ctx.is_main else None
 
 
-# Modes that score each document in windows of its own (document LoRA), not the stream's windows.
-DOCUMENT_MODES = ("lora", "phased")
-
-
 def _windows_kind(ttt_mode: str, seq_len: int, stride: int) -> str:
-    """How the scored pass cut the stream: document LoRA scores each document chunk by chunk in
-    windows of its own (the stride plays no part); the others slide or step windows over the stream."""
-    if ttt_mode in DOCUMENT_MODES:
+    """How the scored pass cut the stream: a mode that ``scores_documents`` (document LoRA) scores each
+    document chunk by chunk in windows of its own (the stride plays no part); the others slide or step
+    windows over the stream."""
+    if mode_named(ttt_mode).scores_documents:
         return "document chunks"
     return "non-overlapping" if stride == seq_len else "sliding"
 
 
 def _no_ttt_pass(score, runtime, ttt_code, ttt: TTTConfig):
-    """The --compare-no-ttt diagnostic: the scored pass's own windows with adaptation off. Document
-    LoRA's windows are each document's own, so it runs the shipped lora with its learning rate 0
-    (its zero-learning test: exactly the plain forward on those windows) and no global phase."""
-    if ttt.mode in DOCUMENT_MODES:
-        frozen = replace(ttt, mode="lora", lora_lr=0.0)
+    """The --compare-no-ttt diagnostic: the scored pass's own windows with adaptation off, as the mode
+    declares it (``without_adaptation``): the shipped TTT code with the config it gives (document LoRA:
+    learning rate 0, exactly the plain forward on each document's own windows, and no global phase),
+    else the runtime's plain scoring of the stream's windows."""
+    without_adaptation = mode_named(ttt.mode).without_adaptation
+    if without_adaptation is not None:
+        frozen = without_adaptation(ttt)
         return score("eval (no ttt)", score_stream=partial(ttt_code.score_with_ttt, config=to_dict(frozen)))
     return score("eval (no ttt)", score_stream=runtime.score_stream)
 
@@ -372,16 +376,17 @@ def _no_ttt_pass(score, runtime, ttt_code, ttt: TTTConfig):
 def _stream_bpb_without_adaptation(ttt_mode: str, bpb: float, compared: dict) -> float | None:
     """The score of the artifact's weights on the stream's windows, comparable with quantize's in
     memory: the score itself without TTT, else the --compare-no-ttt pass if it used stream windows."""
-    if ttt_mode == "none":
+    mode = mode_named(ttt_mode)
+    if not mode.adapts:
         return bpb
-    return None if ttt_mode in DOCUMENT_MODES else compared.get("val_bpb_no_ttt")
+    return None if mode.scores_documents else compared.get("val_bpb_no_ttt")
 
 
 def _scored_pass(score, runtime, ttt_code, ttt: TTTConfig, ledger, receipts, facts: dict, may_adapt):
     """The pass that is the score: plain windows (the shipped ``runtime``), or the shipped TTT mode
     (``ttt_code``) with its phases timed apart and ``may_adapt`` (the budget) asked before each
     adaptation step; the mode's facts land in ``facts``."""
-    if ttt.mode == "none":
+    if not mode_named(ttt.mode).adapts:
         with ledger.measure("score", "eval", PHASE_NOTES["score"]):
             return score("eval", score_stream=partial(runtime.score_stream, receipts=receipts))
     for name in SCORED_PASS_PHASES:  # listed, in order, even when a single chunk never adapts
@@ -408,21 +413,25 @@ def shipped_errors(shipped_module):
 
 
 def phase_note(name: str) -> str:
-    """Why a phase the shipped TTT code names counts: its own note, the note of the name it begins
-    with (global_sgd_1), or a general one; every phase counts toward the eval budget."""
-    if name in PHASE_NOTES:
-        return PHASE_NOTES[name]
-    return next((note for key, note in PHASE_NOTES.items() if name.startswith(key)), OTHER_PHASE_NOTE)
+    """Why a phase the stage or the shipped TTT code names counts: its own note (the stage's, or the
+    one a mode declares), the note of the name it begins with (global_sgd_1), or a general one; every
+    phase counts toward the eval budget."""
+    notes = {**PHASE_NOTES, **{key: note for mode in REGISTRY.values() for key, note in mode.notes.items()}}
+    if name in notes:
+        return notes[name]
+    return next((note for key, note in notes.items() if name.startswith(key)), OTHER_PHASE_NOTE)
 
 
 def _fit_batch(ttt_code, model, setup: ScoringSetup, config: EvalConfig) -> tuple[EvalConfig, dict]:
-    """Document modes: the config with the documents per batch that fit the device (the shipped rule,
-    ttt/batch_fit.py), and its facts for the metrics; other modes: as they are."""
-    if config.ttt.mode not in DOCUMENT_MODES:
+    """A mode that declares a ``fit_batch`` (document modes): the config with the documents per batch
+    that fit the device (the shipped rule, ttt/batch_fit.py), and its facts for the metrics; other
+    modes: as they are."""
+    mode = mode_named(config.ttt.mode)
+    if mode.fit_batch is None:
         return config, {}
     with shipped_errors(ttt_code):
         fit = ttt_code.fit_ttt_batch(model, setup, config=to_dict(config.ttt))
-    return replace(config, ttt=replace(config.ttt, lora_batch_docs=fit["ttt_batch_docs"])), fit
+    return replace(config, ttt=mode.with_batch_docs(config.ttt, fit["ttt_batch_docs"])), fit
 
 
 def compile_backend(config: EvalConfig, device) -> str | None:

@@ -15,7 +15,7 @@ from dataclasses import dataclass, replace
 
 from ..errors import GolfError
 from ..evaluate.config import EvalConfig
-from ..evaluate.ttt.config import TTTConfig
+from ..evaluate.ttt.config import ChunkSGDConfig, LoRAConfig, PhasedConfig, TTTConfig
 from ..model.config import ModelConfig
 from ..quantize.config import CalibrationConfig, GroupQuant, QuantizeConfig
 from ..quantize.config import DEFAULT_SCHEME, SCHEMES
@@ -139,20 +139,21 @@ QUANTIZE: dict[str, QuantizeConfig] = {
 RECORD_WINDOWS = dict(seq_len=2048, stride=64, device="auto")
 SLIDING_EVAL = EvalConfig(**RECORD_WINDOWS)
 # Chunk SGD as #1413/#1477/#1493 ran it (section B.1), every value spelled out.
-CHUNK_SGD_EVAL = EvalConfig(**RECORD_WINDOWS, ttt=TTTConfig(
-    mode="chunk-sgd", chunk_tokens=32768, lr=0.005, momentum=0.9, epochs=3, batch_seqs=32, grad_clip=1.0,
-    freeze_blocks=0))
+CHUNK_SGD_EVAL = EvalConfig(**RECORD_WINDOWS, ttt=TTTConfig(mode="chunk-sgd", chunk_sgd=ChunkSGDConfig(
+    chunk_tokens=32768, lr=0.005, momentum=0.9, epochs=3, batch_seqs=32, grad_clip=1.0, freeze_blocks=0)))
 # Phased doc-LoRA as seed 000 (#1790) describes it: #1767's LoRA (rank 128, alpha 144, warm-start A,
 # weight decay 1.0, AdamW betas (0, 0.999)) and 3 global SGD phases over 2,000 documents. Documents
-# are scored in chunks of lora_chunk inside 2048-token windows of their own, so no stride is set.
+# are scored in chunks of lora.chunk inside 2048-token windows of their own, so no stride is set.
 PHASED_1790 = TTTConfig(
-    mode="phased", lora_chunk=48, lora_batch_docs=64, lora_rank=128, lora_alpha=144.0, lora_lr=1e-4,
-    lora_beta1=0.0, lora_beta2=0.999, lora_weight_decay=1.0, lora_warm_start_a=True, phase_docs=2000, phases=3,
-    global_lr=0.001, global_momentum=0.9, global_epochs=1, global_chunk_tokens=32768, global_batch_seqs=32,
-    global_grad_clip=1.0, global_doc_mask=True)
+    mode="phased",
+    lora=LoRAConfig(chunk=48, batch_docs=64, rank=128, alpha=144.0, lr=1e-4, beta1=0.0, beta2=0.999, weight_decay=1.0,
+                    warm_start_a=True),
+    phased=PhasedConfig(docs=2000, phases=3, global_lr=0.001, global_momentum=0.9, global_epochs=1,
+                        global_chunk_tokens=32768, global_batch_seqs=32, global_grad_clip=1.0, global_doc_mask=True))
 # The top record's nine overrides include four of these (section G.1): rank 80, beta2 0.99, weight
 # decay 0.5, 2,500 prefix documents.
-PHASED_TOP = replace(PHASED_1790, lora_rank=80, lora_beta2=0.99, lora_weight_decay=0.5, phase_docs=2500)
+PHASED_TOP = replace(PHASED_1790, lora=replace(PHASED_1790.lora, rank=80, beta2=0.99, weight_decay=0.5),
+                     phased=replace(PHASED_1790.phased, docs=2500))
 EVAL: dict[str, EvalConfig] = {
     "baseline": EvalConfig(device="auto"),
     "pr401": SLIDING_EVAL,
@@ -272,10 +273,10 @@ def cpu_eval(evaluation: EvalConfig, train: TrainConfig) -> EvalConfig:
     if evaluation.seq_len is None:
         return replace(evaluation, device="cpu")
     ratio = train.seq_len / evaluation.seq_len
-    ttt = evaluation.ttt
-    ttt = replace(ttt, chunk_tokens=max(1, round(ttt.chunk_tokens * ratio)),
-                  global_chunk_tokens=max(1, round(ttt.global_chunk_tokens * ratio)),
-                  phase_docs=max(ttt.phases, round(ttt.phase_docs * CPU_VAL_DOCS / RECORD_VAL_DOCS)))
+    ttt, phased = evaluation.ttt, evaluation.ttt.phased
+    ttt = replace(ttt, chunk_sgd=replace(ttt.chunk_sgd, chunk_tokens=max(1, round(ttt.chunk_sgd.chunk_tokens * ratio))),
+                  phased=replace(phased, global_chunk_tokens=max(1, round(phased.global_chunk_tokens * ratio)),
+                                 docs=max(phased.phases, round(phased.docs * CPU_VAL_DOCS / RECORD_VAL_DOCS))))
     return replace(evaluation, seq_len=train.seq_len, device="cpu", ttt=ttt)
 
 

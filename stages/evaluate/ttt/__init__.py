@@ -3,7 +3,8 @@
 Every mode scores the val stream chunk by chunk through the plain scorer (``scoring.WindowScorer``:
 the model's own forward, with the mode's adapters if it has any) and only then adapts on that
 chunk, so a target's NLL is committed before any update that used it, every target is scored
-exactly once, and nothing is rescored. One module per mode; ``common.py`` holds what they share.
+exactly once, and nothing is rescored. One module per mode, each declaring itself in the registry
+(``mode.py``: its scorer, warm-up, windows, notes and help); ``common.py`` holds what they share.
 Ships inside the artifact: the code that adapts is the code that is counted.
 
 Each mode also has a warm-up (``warm_up_ttt``), run before the timed loop on random tokens only:
@@ -18,25 +19,14 @@ from typing import Callable
 import numpy as np
 import torch
 
-from ...ranges import ConfigError
 from ...scoring.bpb import BpbSums, ByteTable
 from ...scoring.receipts import TokenReceipts
 from ...scoring.scorer import WindowScorer, finish_warm_up, random_stream
 from ...scoring.setup import ScoringSetup
-from .batch_fit import fit_batch_docs
-from .chunk_sgd import score_with_chunk_sgd
-from .chunk_sgd import warm_up as warm_up_chunk_sgd
+from . import plain, chunk_sgd, lora, phased  # noqa: F401  each registers its TTTMode, in this order
 from .common import TTTPass, always
 from .config import TTTConfig
-from .lora import score_with_lora
-from .lora import warm_up as warm_up_lora
-from .phased import score_with_phased
-from .phased import warm_up as warm_up_phased
-
-# mode -> its scorer: score_with_MODE(model, TTTPass, TTTConfig) -> BpbSums.
-MODES = {"chunk-sgd": score_with_chunk_sgd, "lora": score_with_lora, "phased": score_with_phased}
-# mode -> its warm-up: warm_up(model, TTTPass over random tokens, TTTConfig) -> None; weights unchanged.
-WARM_UPS = {"chunk-sgd": warm_up_chunk_sgd, "lora": warm_up_lora, "phased": warm_up_phased}
+from .mode import mode_named
 
 
 def score_with_ttt(model: torch.nn.Module, tokens: np.ndarray, table: ByteTable, setup: ScoringSetup,
@@ -50,7 +40,7 @@ def score_with_ttt(model: torch.nn.Module, tokens: np.ndarray, table: ByteTable,
     ttt = ttt_config(config)
     run = TTTPass(WindowScorer(tokens, table, setup, sidecar), receipts, on_windows, phase, may_adapt, on_fact)
     with training_mode_kept(model):
-        return built(MODES, ttt.mode)(model, run, ttt)
+        return mode_named(ttt.mode, adapting=True).score(model, run, ttt)
 
 
 def warm_up_ttt(model: torch.nn.Module, table: ByteTable, setup: ScoringSetup, *, config: dict, seed: int = 0) -> None:
@@ -65,28 +55,23 @@ def warm_up_ttt(model: torch.nn.Module, table: ByteTable, setup: ScoringSetup, *
     ttt = ttt_config(config)
     run = TTTPass(WindowScorer(random_stream(model.config.vocab_size, setup, seed), table, setup))
     with training_mode_kept(model):
-        built(WARM_UPS, ttt.mode)(model, run, ttt)
+        mode_named(ttt.mode, adapting=True).warm_up(model, run, ttt)
     finish_warm_up(setup)
 
 
 def fit_ttt_batch(model: torch.nn.Module, setup: ScoringSetup, *, config: dict) -> dict:
-    """The documents per batch a document mode (lora, phased) runs with at ``setup``'s window length,
-    device and precision, and the rule that chose them (batch_fit.py), as JSON facts:
-    'ttt_batch_docs', 'ttt_batch_docs_rule', ..."""
+    """The documents per batch a document mode (one that declares ``fit_batch``: lora, phased) runs
+    with at ``setup``'s window length, device and precision, and the rule that chose them
+    (batch_fit.py), as JSON facts: 'ttt_batch_docs', 'ttt_batch_docs_rule', ..."""
+    ttt = ttt_config(config)
     with training_mode_kept(model):
-        return fit_batch_docs(model, ttt_config(config), setup.seq_len, setup.device, setup.autocast_dtype).facts()
-
-
-def built(registry: dict[str, Callable], mode: str) -> Callable:
-    """The mode's function; a mode the config names but this code does not hold is one line."""
-    if mode not in registry:
-        raise ConfigError("ttt.mode", f"{mode!r} is not built into this code (built: {', '.join(registry)})")
-    return registry[mode]
+        return mode_named(ttt.mode, adapting=True).fit_batch(model, ttt, setup.seq_len, setup.device,
+                                                              setup.autocast_dtype).facts()
 
 
 def ttt_config(config: dict) -> TTTConfig:
-    """The shipped TTTConfig from its dict form (JSON gives lists where the config has tuples)."""
-    return TTTConfig(**{**config, "lora_targets": tuple(config.get("lora_targets", TTTConfig.lora_targets))})
+    """The shipped TTTConfig from its dict form (a golf config's ``to_dict``)."""
+    return TTTConfig.from_json(config)
 
 
 @contextmanager

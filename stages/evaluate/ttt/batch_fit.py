@@ -1,5 +1,5 @@
 """Documents per batch that fit the device (lora and phased): the adapter step's memory grows with
-the documents side by side, and ``lora_batch_docs`` = 64 at the records' shapes can outgrow a GPU.
+the documents side by side, and ``ttt.lora.batch_docs`` = 64 at the records' shapes can outgrow a GPU.
 
 The rule, measured rather than assumed: run the adapter step (two steps, so AdamW's state is there
 as it is from a batch's second chunk on) at the eval window's width on random tokens and take the
@@ -7,9 +7,9 @@ peak bytes it allocated above what was resident before; do it with 1 and 2 docum
 along the line through the two largest counts measured so far to the most documents that fit
 ``HEADROOM * limit``, measure that count, and repeat (up to ``REFINEMENTS`` times: the peak is
 the largest of several phases' lines, so a line measured at small counts can be too shallow).
-The choice is the largest measured count that fit, at most ``lora_batch_docs`` (at least 1). On
+The choice is the largest measured count that fit, at most ``batch_docs`` (at least 1). On
 CUDA the peaks are the allocator's (``max_memory_allocated``) and the limit the device's memory;
-elsewhere they are counted op by op (stages/model/live_bytes.py) and only ``memory_limit_gb``
+elsewhere they are counted op by op (stages/model/live_bytes.py) and only ``ttt.lora.memory_limit_gb``
 sets a limit. Every rank takes the smallest rank's choice, so all plan the same batches. Ships inside the
 artifact: torch only.
 """
@@ -17,7 +17,7 @@ artifact: torch only.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 import torch.distributed as dist
@@ -25,8 +25,10 @@ import torch.distributed as dist
 from ...model.live_bytes import LiveBytes
 from .common import requires_grad
 from .config import TTTConfig
-from .lora import A_SEED, BatchAdapters, adapter_step
+from .adapters import A_SEED, BatchAdapters, adapter_step
 
+# Why the 'batch_fit' ledger bucket counts (the lora and phased modes declare it).
+BATCH_FIT_NOTE = "document TTT: measuring the adapter step's memory to choose the documents per batch"
 HEADROOM = 0.9  # the share of the limit a batch's measured peak may take: the allocator needs the rest
 PROBE_DOCS = (1, 2)
 REFINEMENTS = 3  # probes after the first two: each at the count the last line predicts
@@ -39,7 +41,7 @@ class BatchFit:
     docs: int
     """Documents adapted side by side (at most ``configured``)."""
     configured: int
-    """The config's lora_batch_docs."""
+    """The config's lora.batch_docs."""
     rule: str
     """How ``docs`` was chosen, in words (the eval manifest keeps it)."""
     limit_bytes: int = 0
@@ -60,21 +62,26 @@ def fit_batch_docs(model: torch.nn.Module, config: TTTConfig, seq_len: int, devi
     device = torch.device(device)
     limit = memory_limit(config, device)
     if not limit:
-        return BatchFit(config.lora_batch_docs, config.lora_batch_docs, f"configured: no memory limit on {device.type}")
+        return BatchFit(config.lora.batch_docs, config.lora.batch_docs, f"configured: no memory limit on {device.type}")
     budget = int(HEADROOM * limit) - resident_bytes(model, device)  # what the step may allocate
     measured = {docs: probe_peak(model, config, docs, seq_len, device, autocast_dtype) for docs in PROBE_DOCS}
     for _ in range(REFINEMENTS):
-        guess = extrapolated(measured, budget, config.lora_batch_docs)
+        guess = extrapolated(measured, budget, config.lora.batch_docs)
         if guess in measured:
             break
         measured[guess] = probe_peak(model, config, guess, seq_len, device, autocast_dtype)
-    fitting = [docs for docs, peak in measured.items() if peak <= budget and docs <= config.lora_batch_docs]
+    fitting = [docs for docs, peak in measured.items() if peak <= budget and docs <= config.lora.batch_docs]
     docs = agreed(max(fitting, default=1), device)
     per_doc, high, high_peak = last_line(measured)
-    rule = (f"measured: the most documents (of {sorted(measured)}, up to lora_batch_docs {config.lora_batch_docs}) "
+    rule = (f"measured: the most documents (of {sorted(measured)}, up to ttt.lora.batch_docs {config.lora.batch_docs}) "
             f"whose adapter step peaked within {HEADROOM:g} x limit less the resident bytes; at least 1; the "
             f"smallest over the ranks")
-    return BatchFit(docs, config.lora_batch_docs, rule, limit, round(per_doc), round(high_peak - per_doc * high))
+    return BatchFit(docs, config.lora.batch_docs, rule, limit, round(per_doc), round(high_peak - per_doc * high))
+
+
+def with_batch_docs(config: TTTConfig, docs: int) -> TTTConfig:
+    """``config`` with ``docs`` documents per batch (what the rule chose)."""
+    return replace(config, lora=replace(config.lora, batch_docs=docs))
 
 
 def extrapolated(measured: dict[int, int], budget: int, most: int) -> int:
@@ -92,8 +99,8 @@ def last_line(measured: dict[int, int]) -> tuple[float, int, int]:
 
 def memory_limit(config: TTTConfig, device: torch.device) -> int:
     """Bytes the batches must fit in: ``memory_limit_gb`` when set, else the CUDA device's memory, else 0."""
-    if config.memory_limit_gb:
-        return int(config.memory_limit_gb * 1e9)
+    if config.lora.memory_limit_gb:
+        return int(config.lora.memory_limit_gb * 1e9)
     if device.type == "cuda":
         return torch.cuda.get_device_properties(device).total_memory
     return 0

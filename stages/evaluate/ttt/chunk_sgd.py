@@ -19,7 +19,8 @@ from ...ranges import ConfigError
 from ...scoring.bpb import BpbSums
 from ...scoring.windows import plan_windows
 from .common import TTTPass, chunk_sequence_starts, cosine_lr, plan_chunks, train_sequences, warm_up_backward
-from .config import TTTConfig
+from .config import ChunkSGDConfig, TTTConfig
+from .mode import TTTMode, register
 
 
 def score_with_chunk_sgd(model: torch.nn.Module, run: TTTPass, config: TTTConfig) -> BpbSums:
@@ -31,11 +32,11 @@ def score_with_chunk_sgd(model: torch.nn.Module, run: TTTPass, config: TTTConfig
     are averaged over all of them before clipping, so every rank takes the same step and W ranks
     follow 1 rank's trajectory (up to the order floats are summed in).
     """
-    scorer = run.scorer
-    chunks = plan_chunks(plan_windows(scorer.num_targets, scorer.seq_len, run.stride), config.chunk_tokens,
+    scorer, settings = run.scorer, config.chunk_sgd
+    chunks = plan_chunks(plan_windows(scorer.num_targets, scorer.seq_len, run.stride), settings.chunk_tokens,
                          scorer.num_targets)
-    optimizer = torch.optim.SGD(trained_parameters(model, config.freeze_blocks), lr=config.lr,
-                                momentum=config.momentum)
+    optimizer = torch.optim.SGD(trained_parameters(model, settings.freeze_blocks), lr=settings.lr,
+                                momentum=settings.momentum)
     sums = BpbSums()
     for chunk, windows in enumerate(chunks):
         with run.timed("score"):
@@ -44,9 +45,9 @@ def score_with_chunk_sgd(model: torch.nn.Module, run: TTTPass, config: TTTConfig
             continue  # the last chunk would train a model nothing scores; past the budget, only score
         with run.timed("adapt"):
             for group in optimizer.param_groups:
-                group["lr"] = cosine_lr(config.lr, chunk, len(chunks))
-            starts = chunk_sequence_starts(chunk, config.chunk_tokens, scorer.num_targets, scorer.seq_len)
-            train_on_chunk(model, optimizer, run, starts, config)
+                group["lr"] = cosine_lr(settings.lr, chunk, len(chunks))
+            starts = chunk_sequence_starts(chunk, settings.chunk_tokens, scorer.num_targets, scorer.seq_len)
+            train_on_chunk(model, optimizer, run, starts, settings)
     return sums
 
 
@@ -54,7 +55,8 @@ def trained_parameters(model: torch.nn.Module, freeze_blocks: int) -> list[torch
     """Every parameter but those of the first ``freeze_blocks`` blocks (which stop needing grads)."""
     blocks = model.blocks
     if freeze_blocks > len(blocks):
-        raise ConfigError("ttt.freeze_blocks", f"must be at most the model's {len(blocks)} blocks, got {freeze_blocks}")
+        raise ConfigError("ttt.chunk_sgd.freeze_blocks",
+                          f"must be at most the model's {len(blocks)} blocks, got {freeze_blocks}")
     frozen = {id(p) for block in blocks[:freeze_blocks] for p in block.parameters()}
     for param in model.parameters():
         param.requires_grad_(id(param) not in frozen)
@@ -62,7 +64,7 @@ def trained_parameters(model: torch.nn.Module, freeze_blocks: int) -> list[torch
 
 
 def train_on_chunk(model: torch.nn.Module, optimizer: torch.optim.Optimizer, run: TTTPass, starts: list[int],
-                   config: TTTConfig) -> None:
+                   config: ChunkSGDConfig) -> None:
     """``epochs`` passes over the sequences at ``starts``, ``batch_seqs`` sequences (over all ranks)
     per SGD step."""
     if not starts:
@@ -88,7 +90,19 @@ def warm_up(model: torch.nn.Module, run: TTTPass, config: TTTConfig) -> None:
     windows = plan_windows(scorer.num_targets, scorer.seq_len, scorer.seq_len)[: run.batch_windows]
     scorer.score(model, windows, run.batch_windows)
     # A training step's batch: this rank's share of batch_seqs sequences, or of as many as one chunk holds.
-    rows = torch.randint(0, model.config.vocab_size, (run.step_rows(config.batch_seqs, config.chunk_tokens),
+    settings = config.chunk_sgd
+    rows = torch.randint(0, model.config.vocab_size, (run.step_rows(settings.batch_seqs, settings.chunk_tokens),
                                                       scorer.seq_len + 1),
                          generator=torch.Generator().manual_seed(0)).to(scorer.device)
     warm_up_backward(model, scorer.training_loss(model), rows, scorer.autocast_dtype)
+
+
+MODE = register(TTTMode(
+    name="chunk-sgd",
+    help="'chunk-sgd' (records #1413/#1477/#1493) scores each chunk of ttt.chunk_sgd.chunk_tokens targets, then "
+         "trains every weight on it with SGD (ttt.chunk_sgd.lr cosine over chunks, ttt.chunk_sgd.momentum, "
+         "ttt.chunk_sgd.epochs, ttt.chunk_sgd.grad_clip, ttt.chunk_sgd.freeze_blocks); the records run it with "
+         "--seq-len 2048 --stride 64.",
+    score=score_with_chunk_sgd,
+    warm_up=warm_up,
+))

@@ -3,7 +3,7 @@ between batches of document-LoRA scoring, pause and train every base weight with
 documents already scored, then score the rest with the updated base.
 
 Phase k of K trains on the first boundary_k = floor(P (k + 1) / K) scored documents (P:
-``phase_docs``). The records pause when a shared counter of completed documents reaches a
+``ttt.phased.docs``). The records pause when a shared counter of completed documents reaches a
 boundary, which depends on which rank finishes first; here the schedule is a function of the batch
 plan alone: phase k runs right after the first batch (in processing order) whose completion
 brings the documents of completed batches to boundary_k. Every batch after it is scored with the
@@ -118,21 +118,21 @@ def train_global_phase(model: torch.nn.Module, run: TTTPass, config: TTTConfig, 
     split into contiguous slices over the ranks; a fresh optimizer, so no momentum carries over
     from an earlier phase. The weights' requires_grad flags are restored afterwards, and the model
     is left in eval mode. Returns the number of SGD steps taken (0 when the tokens fit one chunk)."""
-    seq_len = run.scorer.seq_len
+    seq_len, settings = run.scorer.seq_len, config.phased
     steps = 0
-    num_chunks = math.ceil((len(tokens) - 1) / config.global_chunk_tokens)
-    optimizer = torch.optim.SGD(model.parameters(), lr=config.global_lr, momentum=config.global_momentum)
-    loss_fn = run.scorer.training_loss(model, doc_mask=config.global_doc_mask)
+    num_chunks = math.ceil((len(tokens) - 1) / settings.global_chunk_tokens)
+    optimizer = torch.optim.SGD(model.parameters(), lr=settings.global_lr, momentum=settings.global_momentum)
+    loss_fn = run.scorer.training_loss(model, doc_mask=settings.global_doc_mask)
     model.train()
     with requires_grad(model, True):
         for chunk in range(num_chunks - 1):  # the records never train the stream's last chunk
             for group in optimizer.param_groups:
-                group["lr"] = cosine_lr(config.global_lr, chunk, num_chunks)
-            starts = chunk_sequence_starts(chunk, config.global_chunk_tokens, len(tokens) - 1, seq_len)
-            steps += train_sequences(loss_fn, optimizer, run, tokens, starts, config.global_batch_seqs,
-                                     config.global_epochs, config.global_grad_clip,
+                group["lr"] = cosine_lr(settings.global_lr, chunk, num_chunks)
+            starts = chunk_sequence_starts(chunk, settings.global_chunk_tokens, len(tokens) - 1, seq_len)
+            steps += train_sequences(loss_fn, optimizer, run, tokens, starts, settings.global_batch_seqs,
+                                     settings.global_epochs, settings.global_grad_clip,
                                      lambda step, mine: note_trained_targets(run.receipts, positions, mine, seq_len),
-                                     run.pad_to(config.global_batch_seqs, config.global_chunk_tokens))
+                                     run.pad_to(settings.global_batch_seqs, settings.global_chunk_tokens))
     optimizer.zero_grad(set_to_none=True)  # no gradient outlives the phase
     model.eval()
     return steps

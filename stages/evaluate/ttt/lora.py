@@ -9,15 +9,15 @@ one forward of the model with the batch's adapters scores the chunk's targets (c
 once), and, unless it is the document's last chunk, the same NLLs' mean is its loss for one AdamW
 step over the adapters (the base model stays frozen). Each batch starts from B = 0 (an exact
 no-op) and a fresh optimizer; A is drawn per document from a generator seeded by the document's
-position, or kept from the previous batch (``lora_warm_start_a``).
+position, or kept from the previous batch (``ttt.lora.warm_start_a``).
 
 The pieces a phased mode reuses: ``plan_batches``/``takes_batch`` (documents.py), ``BatchAdapters``
-(its ``rebuild`` after a global phase) and ``score_batch``.
+(adapters.py; its ``rebuild`` after a global phase), ``score_batch`` and ``without_learning``.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable, Sequence
 
 import torch
@@ -26,15 +26,15 @@ from ...model.lora import LoRASet
 from ...scoring.bpb import BpbSums
 from ...scoring.compiled import pad_rows, padded_width
 from ...scoring.receipts import TokenReceipts
-from ...scoring.scorer import WindowScorer, commit, model_nll
+from ...scoring.scorer import WindowScorer, commit
 from ...scoring.windows import plan_windows
+from .adapters import A_SEED, BatchAdapters, batch_adapters
+from .batch_fit import BATCH_FIT_NOTE, fit_batch_docs, with_batch_docs
 from .common import TTTPass, requires_grad
 from .config import TTTConfig
 from .documents import Document, find_documents, plan_batches, rank_batches
+from .mode import TTTMode, register
 
-# A document's A matrices come from a generator seeded with this plus its stream position: a run
-# reproduces, and (without warm start) a document's scores depend on its own tokens alone.
-A_SEED = 0x5EED_0000
 PAD_TOKEN = 0  # right padding of short rows; causal attention keeps it out of every scored position
 
 
@@ -43,7 +43,7 @@ def score_with_lora(model: torch.nn.Module, run: TTTPass, config: TTTConfig) -> 
     and 'adapt' apart. ``run.stride`` plays no part: each chunk is scored in its document's window."""
     scorer = run.scorer
     documents = find_documents(scorer.stream, scorer.num_targets, model.config.bos_id)
-    batches = rank_batches(plan_batches(documents, config.lora_batch_docs), run.rank, run.world_size)
+    batches = rank_batches(plan_batches(documents, config.lora.batch_docs), run.rank, run.world_size)
     adapters = batch_adapters(model, config, scorer)
     progress = windows_progress(run)
     sums = BpbSums()
@@ -54,61 +54,6 @@ def score_with_lora(model: torch.nn.Module, run: TTTPass, config: TTTConfig) -> 
             score_batch(model, run, config, batch.docs, adapters, sums)
             progress(sum(doc.targets for doc in batch.docs))
     return sums
-
-
-# ---- adapters and their optimizer ----
-
-
-class BatchAdapters:
-    """The LoRA adapters and AdamW of the batch of documents in flight, one adapter per document
-    in every virtual layer slot and on the head (stages/model/lora.py); reset for each batch.
-    Compiled (``rows``: lora_batch_docs), every batch has ``rows`` adapters, a short batch's extra
-    ones zero (they see only padding rows)."""
-
-    def __init__(self, model: torch.nn.Module, config: TTTConfig, device: torch.device | str, rows: int = 0):
-        self.model_config, self.config, self.device = model.config, config, torch.device(device)
-        self.slots = len(model.config.layer_sequence(model.looping))
-        self.rows = rows
-        self.docs = 0  # documents of the batch in flight
-        self.lora: LoRASet | None = None
-        self.optimizer: torch.optim.AdamW | None = None
-
-    def start_batch(self, docs: Sequence[Document]) -> None:
-        """Adapters for ``docs``, row b for docs[b]; see ``reset``."""
-        self.reset([A_SEED + doc.start for doc in docs])
-
-    def reset(self, seeds: list[int]) -> None:
-        """B <- 0 and a fresh AdamW (no moments, step 0), so every document starts from the base
-        model; row b's A drawn from ``seeds[b]``, unless warm start keeps the last batch's A (a batch
-        of another size gets new adapters, its A drawn)."""
-        config = self.config
-        reuse = self.lora is not None and self.docs == len(seeds)
-        if reuse:
-            self.lora.zero_b()
-        else:
-            self.lora = LoRASet(self.model_config, self.slots, max(self.rows, len(seeds)), config.lora_rank,
-                                config.lora_alpha, config.lora_targets, self.device)
-            with torch.no_grad():
-                self.lora.a[len(seeds):].zero_()
-        self.docs = len(seeds)
-        if not (reuse and config.lora_warm_start_a):
-            for row, seed in enumerate(seeds):
-                self.lora.draw_a(row, torch.Generator(self.device).manual_seed(seed))
-        self.optimizer = torch.optim.AdamW(
-            self.lora.parameters(), lr=config.lora_lr, betas=(config.lora_beta1, config.lora_beta2),
-            eps=config.lora_eps, weight_decay=config.lora_weight_decay, fused=self.device.type == "cuda")
-
-    def rebuild(self) -> None:
-        """Drop the adapters, so the next batch draws fresh A even with warm start (after a global
-        phase has changed the base model the A's were learned on)."""
-        self.lora = self.optimizer = None
-        self.docs = 0
-
-    def step(self, loss: torch.Tensor) -> None:
-        """One AdamW step on ``loss`` over the adapters (the base takes no gradient: ``requires_grad``)."""
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        self.optimizer.step()
 
 
 # ---- one batch of documents ----
@@ -177,8 +122,8 @@ def score_batch(model: torch.nn.Module, run: TTTPass, config: TTTConfig, docs: S
     chunk, committing each chunk before the step that trains on it; a document's last chunk is
     never trained on. Every target of every document is committed when this returns."""
     scorer, device = run.scorer, run.scorer.device
-    for ci in range(max(doc.num_chunks(config.lora_chunk) for doc in docs)):
-        rows = chunk_rows(scorer.stream, docs, ci, config.lora_chunk, scorer.seq_len)
+    for ci in range(max(doc.num_chunks(config.lora.chunk) for doc in docs)):
+        rows = chunk_rows(scorer.stream, docs, ci, config.lora.chunk, scorer.seq_len)
         if scorer.compile_backend is not None:
             rows = padded_chunk_rows(rows, adapters.lora.batch)
         adapt = bool(rows.trained.any()) and run.may_adapt()
@@ -225,24 +170,23 @@ def windows_progress(run: TTTPass) -> Callable[[int], None]:
 
     return advance
 
-
 # ---- compile warm-up ----
 
 
 def warm_up(model: torch.nn.Module, run: TTTPass, config: TTTConfig) -> None:
     """One forward, backward and AdamW step at each width the scoring loop starts from
-    (lora_chunk and the eval window) on random tokens, with throw-away adapters: kernels and
+    (lora.chunk and the eval window) on random tokens, with throw-away adapters: kernels and
     allocations are ready before the timed loop (section E). Reads no val token; the base model
     is left bitwise unchanged (only the adapters step)."""
     scorer = run.scorer
     generator = torch.Generator().manual_seed(A_SEED)
     adapters = batch_adapters(model, config, scorer)
-    adapters.reset(list(range(config.lora_batch_docs)))
+    adapters.reset(list(range(config.lora.batch_docs)))
     compiling = scorer.compile_backend is not None
     with requires_grad(model, False):
-        for width in dict.fromkeys((min(config.lora_chunk, scorer.seq_len), scorer.seq_len)):
+        for width in dict.fromkeys((min(config.lora.chunk, scorer.seq_len), scorer.seq_len)):
             width = padded_width(width) if compiling else width
-            tokens = torch.randint(model.config.vocab_size, (config.lora_batch_docs, width + 1), generator=generator)
+            tokens = torch.randint(model.config.vocab_size, (config.lora.batch_docs, width + 1), generator=generator)
             nll = adapted_nll(model, scorer, tokens[:, :-1], tokens[:, 1:], adapters.lora)
             adapters.step(nll.mean(dim=1).sum())
         if compiling:  # a step that trains nothing (every document in its last chunk) scores without grad
@@ -251,16 +195,27 @@ def warm_up(model: torch.nn.Module, run: TTTPass, config: TTTConfig) -> None:
     adapters.rebuild()
 
 
-def batch_adapters(model: torch.nn.Module, config: TTTConfig, scorer: WindowScorer) -> BatchAdapters:
-    """The pass's ``BatchAdapters``: compiled, every batch padded to lora_batch_docs documents."""
-    rows = 0 if scorer.compile_backend is None else config.lora_batch_docs
-    return BatchAdapters(model, config, scorer.device, rows)
+# ---- what the eval stage needs to know ----
 
 
-def adapter_step(model: torch.nn.Module, adapters: BatchAdapters, tokens: torch.Tensor,
-                 autocast_dtype: torch.dtype | None) -> None:
-    """One eager adapter step at the scoring loop's cost on ``tokens`` (rows of inputs, then the next
-    token): every target's NLL through the adapters, the rows' mean NLLs summed, backward, AdamW
-    (the documents-per-batch rule measures it, batch_fit.py)."""
-    nll = model_nll(model, tokens[:, :-1], tokens[:, 1:], autocast_dtype, adapters=adapters.lora)
-    adapters.step(nll.mean(dim=1).sum())
+def without_learning(config: TTTConfig) -> TTTConfig:
+    """The same document windows scored without learning: lora at learning rate 0 (its zero-learning
+    test: exactly the plain forward on those windows), and no global phase (the mode is lora)."""
+    return replace(config, mode="lora", lora=replace(config.lora, lr=0.0))
+
+
+MODE = register(TTTMode(
+    name="lora",
+    help="'lora' (records #1530/#1667) gives each document its own LoRA adapters and scores it ttt.lora.chunk "
+         "predictions at a time in its own window of --seq-len tokens, one AdamW step on each scored chunk but its "
+         "last (ttt.lora.rank, ttt.lora.lr, ttt.lora.batch_docs documents side by side, ttt.lora.warm_start_a; "
+         "--stride plays no part).",
+    score=score_with_lora,
+    warm_up=warm_up,
+    scores_documents=True,
+    without_adaptation=without_learning,
+    fit_batch=fit_batch_docs,
+    with_batch_docs=with_batch_docs,
+    memory_keys=("lora.rank", "lora.batch_docs"),
+    notes={"batch_fit": BATCH_FIT_NOTE},
+))

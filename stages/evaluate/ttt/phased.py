@@ -14,17 +14,22 @@ last phase (the suffix) are never trained on by global SGD.
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import torch
 import torch.distributed as dist
 
 from ...scoring.bpb import BpbSums
 from ...scoring.receipts import TokenReceipts
+from . import lora
+from .adapters import batch_adapters
 from .common import TTTPass, requires_grad, warm_up_backward
 from .config import TTTConfig
 from .documents import DocumentBatch, find_documents, plan_batches, takes_batch
 from .global_sgd import (ScoredDocument, phase_boundaries, run_global_phase, schedule_phases)
-from .lora import batch_adapters, score_batch, windows_progress
+from .lora import score_batch, windows_progress
 from .lora import warm_up as warm_up_lora
+from .mode import register
 
 # Seeds the random tokens of the global SGD warm-up (never val tokens).
 WARM_UP_SEED = 0x6C0B
@@ -36,10 +41,10 @@ def score_with_phased(model: torch.nn.Module, run: TTTPass, config: TTTConfig) -
     the fact 'ttt_global_phases' (per phase: documents, the batch it followed, whether it trained)."""
     scorer = run.scorer
     documents = find_documents(scorer.stream, scorer.num_targets, model.config.bos_id)
-    batches = plan_batches(documents, config.lora_batch_docs)
+    batches = plan_batches(documents, config.lora.batch_docs)
     schedule = schedule_phases([len(batch.docs) for batch in batches],
-                               phase_boundaries(config.phase_docs, config.phases))
-    trained = [False] * config.phases
+                               phase_boundaries(config.phased.docs, config.phased.phases))
+    trained = [False] * config.phased.phases
     adapters = batch_adapters(model, config, scorer)
     progress = windows_progress(run)
     scored: list[ScoredDocument] = []  # by this rank
@@ -90,8 +95,24 @@ def warm_up(model: torch.nn.Module, run: TTTPass, config: TTTConfig) -> None:
     timed loop (section E). The base weights are left bitwise unchanged and without gradients."""
     warm_up_lora(model, run, config)
     scorer = run.scorer
-    rows = run.step_rows(config.global_batch_seqs, config.global_chunk_tokens)
+    rows = run.step_rows(config.phased.global_batch_seqs, config.phased.global_chunk_tokens)
     generator = torch.Generator().manual_seed(WARM_UP_SEED)
     tokens = torch.randint(model.config.vocab_size, (rows, scorer.seq_len + 1), generator=generator).to(scorer.device)
-    warm_up_backward(model, scorer.training_loss(model, doc_mask=config.global_doc_mask), tokens,
+    warm_up_backward(model, scorer.training_loss(model, doc_mask=config.phased.global_doc_mask), tokens,
                      scorer.autocast_dtype)
+
+
+# The lora mode's declaration (document windows, its no-adaptation comparison, batch fit, memory),
+# with the phased scorer and warm-up and the global SGD phases' ledger bucket.
+MODE = register(replace(
+    lora.MODE,
+    name="phased",
+    help="'phased' (#1610 lineage, #1790, top #1855) is 'lora' with ttt.phased.phases pauses: pause k (1..phases) "
+         "trains every base weight with SGD on the first ttt.phased.docs * k / phases documents already scored "
+         "(ttt.phased.global_lr, ttt.phased.global_chunk_tokens), then the later documents are scored with the "
+         "new base.",
+    score=score_with_phased,
+    warm_up=warm_up,
+    notes={**lora.MODE.notes,
+           "global_sgd": "phased: SGD of the base weights on documents already scored (every phase in this bucket)"},
+))
