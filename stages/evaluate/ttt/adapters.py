@@ -10,7 +10,7 @@ from typing import Sequence
 import torch
 
 from ...model.lora import LoRASet
-from ...scoring.stream import WindowScorer, model_nll
+from ...scoring.scorer import WindowScorer, model_nll
 from .config import TTTConfig
 from .documents import Document
 

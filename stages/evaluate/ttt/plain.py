@@ -1,5 +1,5 @@
 """The 'none' mode: no test-time training. The runtime's own scorer scores the stream's windows
-(``scoring.stream``); nothing of ``ttt`` runs, so an artifact packed without it scores this mode."""
+(``scoring.scorer``); nothing of ``ttt`` runs, so an artifact packed without it scores this mode."""
 
 from __future__ import annotations
 
