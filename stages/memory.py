@@ -29,7 +29,6 @@ from functools import partial
 import torch
 from torch._subclasses.fake_tensor import FakeTensorMode
 
-from .scoring.scorer import model_nll
 from .evaluate.ttt.adapters import BatchAdapters
 from .evaluate.ttt.batch_fit import BatchFit, fit_batch_docs, with_batch_docs
 from .evaluate.ttt.common import requires_grad, sgd_step
@@ -37,6 +36,7 @@ from .evaluate.ttt.config import TTTConfig
 from .model import attention
 from .model.gpt import GPT
 from .model.live_bytes import LiveBytes
+from .scoring.scorer import model_nll
 from .train.averaging import EMA, TightSWA
 from .train.config import RunConfig, resolve_grad_accum
 from .train.optim import build_optimizers

@@ -57,9 +57,9 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
-from .shards import read_shard
 from ..errors import GolfError
 from ..model.attention_backends import Segments, find_segments
+from .shards import read_shard
 
 LOADER_MODES = ("contiguous", "shuffled", "doc_packed")
 # Shards are searched for their first BOS this many tokens at a time (they normally start with one).

@@ -36,11 +36,11 @@ from ..contract.stage_dir import StageDir
 from ..errors import GolfError
 from ..progress import silent_reporter
 from ..scoring.bpb import token_bytes
-from ..scoring.windows import usable_targets
-from .stage import run_eval
-from .config import EvalConfig
-from ..scoring.validate import scored_prefix
 from ..scoring.val_data import load_val
+from ..scoring.validate import scored_prefix
+from ..scoring.windows import usable_targets
+from .config import EvalConfig
+from .stage import run_eval
 
 # Two numbers computed from the same counts in float64 agree far closer than this.
 COUNTS_TOLERANCE = 1e-9

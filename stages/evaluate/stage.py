@@ -29,27 +29,29 @@ from pathlib import Path
 from types import ModuleType
 
 import numpy as np
-from safetensors import safe_open
 import torch
 import torch.distributed as dist
+from safetensors import safe_open
 from safetensors.torch import save as save_safetensors
 
 from ..artifact.verify import Artifact, load_runtime, load_ttt, read_artifact, vouch_for_code
 from ..config import check_scoring_window, to_dict
 from ..contract.hashing import sha256_bytes
+from ..contract.ledger import TimeLedger
 from ..contract.lineage import lineage_folder, require_same_tokenizer
 from ..contract.manifest import MANIFEST_NAME
-from ..contract.ledger import TimeLedger
 from ..contract.output_path import OutputKind, check_output_path
 from ..contract.stage_dir import StageDir, StageWriter, atomic_write_bytes
 from ..device import allocation_failures, resolve_device
 from ..distributed import DistContext, init_distributed, shutdown
 from ..errors import GolfError
 from ..progress import Reporter, silent_reporter
+from ..scoring.setup import ScoringSetup
+from ..scoring.val_data import ValData, load_val
+from ..scoring.validate import scoring_setup, validate
+from ..scoring.windows import usable_targets
 from .budget import EvalBudget
 from .config import EvalConfig
-from ..scoring.setup import ScoringSetup
-from ..scoring.windows import usable_targets
 from .ttt.config import TTTConfig
 # What each TTT mode declares (its windows, comparison, notes, batch fit) is read from golf's own copy
 # of ttt/, not the artifact's: the stage needs it before the artifact is read (memory messages) and
@@ -57,8 +59,6 @@ from .ttt.config import TTTConfig
 # code (or trusted), and the manifest's bookkeeping stays golf's word. Scoring, warm-up and batch fit
 # run from the artifact's bytes (``score_with_ttt`` ... look the mode up in the shipped registry).
 from .ttt.mode import REGISTRY, mode_named
-from ..scoring.val_data import ValData, load_val
-from ..scoring.validate import scoring_setup, validate
 
 IN_MEMORY_TOLERANCE = 1e-6
 FOREIGN_DATA_FLAG = "--foreign-data"

@@ -14,12 +14,12 @@ from dataclasses import dataclass
 from typing import Callable
 
 from ..contract.stage_dir import StageDir
-from ..scoring.bpb import BpbSums, stream_bytes
-from ..scoring.windows import plan_windows, usable_targets
-from ..scoring.val_data import ValData
-from ..scoring.validate import scored_prefix
 from ..model.config import ModelConfig
 from ..progress import Reporter
+from ..scoring.bpb import BpbSums, stream_bytes
+from ..scoring.val_data import ValData
+from ..scoring.validate import scored_prefix
+from ..scoring.windows import plan_windows, usable_targets
 
 
 @dataclass(frozen=True)

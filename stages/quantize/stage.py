@@ -27,17 +27,17 @@ from ..contract.environment import capture
 from ..contract.ledger import BUDGET_LIMIT_SECONDS, TimeLedger
 from ..contract.lineage import lineage_folder, require_same_tokenizer
 from ..contract.stage_dir import StageDir, StageWriter
+from ..data.folder import train_shard_paths
+from ..data.loader import make_loader
 from ..device import resolve_device
 from ..errors import GolfError
-from ..scoring.bpb import BpbSums
-from ..scoring.val_data import ValData, load_val
-from ..data.folder import train_shard_paths
-from ..scoring.validate import scoring_setup, validate
 from ..model.checkpoint import load_model_weights, load_tensors, save_tensors
 from ..model.config import ModelConfig
 from ..model.gpt import GPT
 from ..progress import Reporter
-from ..data.loader import make_loader
+from ..scoring.bpb import BpbSums
+from ..scoring.val_data import ValData, load_val
+from ..scoring.validate import scoring_setup, validate
 from .calibration import Hessians, collect_hessians, generated_batches, training_batches
 from .config import QuantizeConfig
 from .dequant import KIND_FLOAT, dequantize_state

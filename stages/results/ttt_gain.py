@@ -17,8 +17,8 @@ from safetensors.numpy import load_file
 
 from ..contract.hashing import sha256_file
 from ..contract.stage_dir import StageDir
-from ..data.shards import read_shards
 from ..data.folder import split_files
+from ..data.shards import read_shards
 from .run_folder import RunStages, Unavailable
 
 RECEIPTS_HINT = "run `golf eval --token-nll FILE` once with --ttt MODE and once without, on the same artifact"

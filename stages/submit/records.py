@@ -11,9 +11,9 @@ from __future__ import annotations
 from ..contract.environment import hardware_name
 from ..contract.ledger import BUDGET_LIMIT_SECONDS, budget_report
 from ..pack.gate import SizeVerdict
+from ..results.significance import Summary
 from ..results.stats import Baseline
 from .runs import SeedRun
-from ..results.significance import Summary
 from .summary import significance
 
 CHALLENGE_GPUS = 8

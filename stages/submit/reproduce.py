@@ -18,10 +18,10 @@ from ..config import from_dict
 from ..contract.stage_dir import StageDir
 from ..data.shards import shard_index
 from ..errors import GolfError
-from ..evaluate.stage import run_eval
 from ..evaluate.config import EvalConfig
-from ..pack.stage import run_pack
+from ..evaluate.stage import run_eval
 from ..pack.config import PackConfig
+from ..pack.stage import run_pack
 from ..progress import Reporter, format_line
 from ..quantize.config import QuantizeConfig
 from ..quantize.stage import run_quantize

@@ -20,13 +20,13 @@ import numpy as np
 
 from ..contract.hashing import sha256_bytes
 from ..contract.stage_dir import StageWriter, relative_path
+from ..contract.stage_dir import atomic_write_bytes
+from ..data.corpus import load_corpus
 from ..data.overlap import iter_documents, shared_documents
 from ..data.shards import read_shard, shard_index
 from ..errors import GolfError
-from ..scoring.bpb import build_byte_table
 from ..progress import Reporter
-from ..contract.stage_dir import atomic_write_bytes
-from ..data.corpus import load_corpus
+from ..scoring.bpb import build_byte_table
 from ..scoring.sidecar import VAL_TEXT_FILE, SidecarMismatch, audit_against_text, audit_sidecar, control_ids, val_text_bytes
 from .audit import audit_val_bytes
 from .spm import BOS_ID, load_processor, spec_of

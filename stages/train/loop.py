@@ -25,6 +25,7 @@ import torch
 import torch.distributed as dist
 from torch.profiler import record_function
 
+from ..data.loader import Batch, packed_batch
 from ..distributed import rank_and_world, start_mean
 from ..errors import GolfError
 from ..model.attention_backends import unbounded_reason
@@ -32,7 +33,6 @@ from ..model.gpt import GPT
 from ..model.layers import Linear
 from .averaging import EMA, TightSWA
 from .config import RunConfig, resolve_grad_accum
-from ..data.loader import Batch, packed_batch
 from .muon import Muon
 from .optim import build_optimizers, use_record_precision
 from .schedule import lr_multiplier, muon_momentum, progress

@@ -19,21 +19,21 @@ from ..config import to_dict
 from ..contract.ledger import TimeLedger
 from ..contract.output_path import check_output_path
 from ..contract.stage_dir import StageDir, StageWriter, atomic_write_text, relative_path
+from ..data.folder import split_files, train_shard_paths
+from ..data.shards import read_shard
 from ..device import allocation_failures, check_fits, resolve_device
 from ..errors import GolfError
-from ..data.shards import read_shard
-from ..scoring.val_data import load_val
-from ..data.folder import split_files, train_shard_paths
-from ..scoring.validate import scoring_setup, validate
 from ..model.checkpoint import model_metadata, save_tensors
 from ..model.gpt import GPT, count_parameters
 from ..progress import Reporter, silent_reporter
+from ..scoring.val_data import load_val
+from ..scoring.validate import scoring_setup, validate
 from .config import RunConfig, resolve_grad_accum
 from .checkpointing import (
     STATE_FILE, TENSORS_FILE, Resumed, data_identity, restore_checkpoint, run_checkpoint_dir, save_checkpoint,
 )
-from ..distributed import DistContext, all_reduce_max, barrier, init_distributed, shutdown
 from ..data.loader import make_loader
+from ..distributed import DistContext, all_reduce_max, barrier, init_distributed, shutdown
 from .loop import Trainer, float32_copy
 from .plot import plot_curves
 from .presets import PRESETS

@@ -23,9 +23,9 @@ import torch
 import torch.distributed as dist
 
 from ...model.live_bytes import LiveBytes
+from .adapters import A_SEED, BatchAdapters, adapter_step
 from .common import requires_grad
 from .config import TTTConfig
-from .adapters import A_SEED, BatchAdapters, adapter_step
 
 # Why the 'batch_fit' ledger bucket counts (the lora and phased modes declare it).
 BATCH_FIT_NOTE = "document TTT: measuring the adapter step's memory to choose the documents per batch"
