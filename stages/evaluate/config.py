@@ -60,3 +60,8 @@ class EvalConfig:
             raise ConfigError("compile", f"must be one of {', '.join(get_args(CompileSwitch))}, got {self.compile!r}")
         if self.compare_no_ttt and self.ttt.mode == "none":
             raise ConfigError("compare_no_ttt", "needs a test-time training mode (ttt.mode is 'none')")
+
+    def check_window(self, seq_len: int) -> None:
+        """The window rule against the length scoring runs at (``seq_len``: the artifact's
+        train_seq_len when seq_len is unset, known only once the artifact is read)."""
+        check_scoring_window(self, "seq_len", "eval_tokens", "stride", length=seq_len)

@@ -35,7 +35,7 @@ from safetensors import safe_open
 from safetensors.torch import save as save_safetensors
 
 from ..artifact.verify import Artifact, load_runtime, load_ttt, read_artifact, vouch_for_code
-from ..config import check_scoring_window, to_dict
+from ..config import to_dict
 from ..contract.hashing import sha256_bytes
 from ..contract.ledger import TimeLedger
 from ..contract.lineage import lineage_folder, require_same_tokenizer
@@ -212,7 +212,7 @@ def _windows(config: EvalConfig, header: dict) -> tuple[int, int]:
     """(seq_len, stride) of the scored windows: --seq-len, else the artifact's train_seq_len, held to
     the window rules (the stride and eval_tokens against it) now that it is known."""
     seq_len = config.seq_len or header["train_seq_len"]
-    check_scoring_window(replace(config, seq_len=seq_len), "seq_len", "eval_tokens", "stride")
+    config.check_window(seq_len)
     return seq_len, config.stride or seq_len
 
 
