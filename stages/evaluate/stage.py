@@ -187,7 +187,7 @@ def _load(path: Path, config: EvalConfig, trust_code: bool, ledger: TimeLedger, 
         artifact = read_artifact(path)
         code = vouch_for_code(artifact, trust_code, reporter)
         runtime = load_runtime(artifact)
-        ttt = load_ttt(artifact) if config.ttt.mode != "none" else None
+        ttt = load_ttt(artifact) if mode_named(config.ttt.mode).adapts else None
         return Shipped(artifact, code.record(trust_code), runtime, ttt, build_model(runtime, artifact))
 
 
@@ -220,7 +220,7 @@ def _before_scoring(config: EvalConfig, shipped: Shipped, table, setup: ScoringS
                     ledger: TimeLedger) -> tuple[EvalConfig, dict]:
     """Document modes: fit the documents per batch to the device (the config then holds them; the
     facts go to the metrics). The TTT mode's warm-up, or a compiled scoring forward's, unless off."""
-    if config.warmup and (config.ttt.mode != "none" or setup.compile_backend is not None):
+    if config.warmup and (mode_named(config.ttt.mode).adapts or setup.compile_backend is not None):
         with ledger.measure("warmup", "eval", PHASE_NOTES["warmup"]):
             config, fit = _fit_batch(shipped.ttt, shipped.model, setup, config)
             _warm_up(shipped.runtime, shipped.ttt, shipped.model, table, setup, config)
@@ -444,7 +444,7 @@ def compile_backend(config: EvalConfig, device) -> str | None:
 def _warm_up(runtime, ttt_code, model, table, setup: ScoringSetup, config: EvalConfig) -> None:
     """The shipped TTT mode's warm-up (plain scoring: the compiled scoring forward's) at the shapes of
     the scored pass; it is given no val tokens."""
-    if config.ttt.mode == "none":
+    if not mode_named(config.ttt.mode).adapts:
         runtime.warm_up_scoring(model, table, setup)
         return
     with shipped_errors(ttt_code):

@@ -36,6 +36,7 @@ from ..model.config import ModelConfig
 from ..model.gpt import GPT
 from ..progress import Reporter
 from ..scoring.bpb import BpbSums
+from ..scoring.setup import ScoringSetup
 from ..scoring.val_data import ValData, load_val
 from ..scoring.validate import scoring_setup, validate
 from .calibration import Hessians, collect_hessians, generated_batches, training_batches
@@ -100,16 +101,11 @@ class Scoring:
 
     val: ValData
     """The val split of the data folder."""
-    seq_len: int
-    """Window length: eval_seq_len, else the train run's."""
-    stride: int
-    """Positions between window starts: eval_stride, else seq_len (non-overlapping)."""
-    batch_windows: int
-    """Windows per forward pass (eval_batch_windows)."""
+    setup: ScoringSetup
+    """The windows (eval_seq_len, else the train run's; eval_stride, else non-overlapping), the batch
+    (eval_batch_windows), the device and this process's share."""
     tokens: int
     """Val tokens scored (eval_tokens; 0: all)."""
-    device: torch.device
-    """Where the model runs."""
     ledger: TimeLedger
     """The stage's ledger (scoring is outside both budgets)."""
     reporter: Reporter
@@ -118,14 +114,13 @@ class Scoring:
     def score(self, model: GPT, label: str) -> BpbSums:
         """The model's loss and bpb on the windows, logged as ``<label>_val_loss`` and ``<label>_val_bpb``."""
         with self.ledger.measure(f"evaluate_{label}", note="diagnostic scoring on val: outside both budgets"):
-            setup = scoring_setup(self.seq_len, self.stride, self.batch_windows, self.device)
-            sums = validate(model, self.val, setup, self.tokens, self.reporter, f"{label} bpb")
+            sums = validate(model, self.val, self.setup, self.tokens, self.reporter, f"{label} bpb")
         self.reporter.log(**{f"{label}_val_loss": sums.loss, f"{label}_val_bpb": sums.bpb})
         return sums
 
     def windows(self) -> Windows:
         """The windows ``score`` covers."""
-        return scoring_windows(self.val, self.seq_len, self.stride, self.tokens)
+        return scoring_windows(self.val, self.setup.seq_len, self.setup.stride, self.tokens)
 
 
 def _load(config: QuantizeConfig, train: StageDir, data: StageDir, model_config: ModelConfig, seq_len: int,
@@ -136,8 +131,8 @@ def _load(config: QuantizeConfig, train: StageDir, data: StageDir, model_config:
         model = load_model_weights(GPT(model_config), state, str(train.file("weights"))).to(device)
         val = load_val(data, model_config.vocab_size)
     val.check_window_fits(seq_len, "eval_seq_len" if config.eval_seq_len else "the train run's seq_len")
-    scoring = Scoring(val, seq_len, config.eval_stride or seq_len, config.eval_batch_windows, config.eval_tokens,
-                      device, ledger, reporter)
+    setup = scoring_setup(seq_len, config.eval_stride or seq_len, config.eval_batch_windows, device)
+    scoring = Scoring(val, setup, config.eval_tokens, ledger, reporter)
     return state, model, scoring
 
 
@@ -199,7 +194,7 @@ def _metrics(scoring: Scoring, pre: BpbSums, pre_source: dict, post: BpbSums, qu
     the bytes, the train budget with calibration, and the per-tensor report."""
     report = quantized.report
     return {
-        "eval": {"seq_len": scoring.seq_len, "stride": scoring.stride, "tokens_scored": pre.tokens,
+        "eval": {"seq_len": scoring.setup.seq_len, "stride": scoring.setup.stride, "tokens_scored": pre.tokens,
                  "bytes_scored": pre.bytes},
         "pre_quant_val_loss": pre.loss,
         "pre_quant_val_bpb": pre.bpb,

@@ -33,7 +33,7 @@ def score_with_chunk_sgd(model: torch.nn.Module, run: TTTPass, config: TTTConfig
     follow 1 rank's trajectory (up to the order floats are summed in).
     """
     scorer, settings = run.scorer, config.chunk_sgd
-    chunks = plan_chunks(plan_windows(scorer.num_targets, scorer.seq_len, run.stride), settings.chunk_tokens,
+    chunks = plan_chunks(plan_windows(scorer.num_targets, scorer.seq_len, run.setup.stride), settings.chunk_tokens,
                          scorer.num_targets)
     optimizer = torch.optim.SGD(trained_parameters(model, settings.freeze_blocks), lr=settings.lr,
                                 momentum=settings.momentum)
@@ -78,7 +78,7 @@ def train_on_chunk(model: torch.nn.Module, optimizer: torch.optim.Optimizer, run
 
 def note_chunk_step(run: TTTPass, step: list[int], mine: torch.Tensor) -> None:
     """One step of all ranks: rank 0 notes it. The targets of sequence s are positions s + 1 .. s + seq_len."""
-    if run.receipts is not None and run.rank == 0:
+    if run.receipts is not None and run.setup.rank == 0:
         run.receipts.note_update(min(step) + 1, max(step) + run.scorer.seq_len)
 
 
@@ -87,8 +87,8 @@ def warm_up(model: torch.nn.Module, run: TTTPass, config: TTTConfig) -> None:
     the pass will use, on random tokens (``run`` scores a random stream: ``warm_up_ttt``). No
     optimizer step, so the weights are bitwise unchanged."""
     scorer = run.scorer
-    windows = plan_windows(scorer.num_targets, scorer.seq_len, scorer.seq_len)[: run.batch_windows]
-    scorer.score(model, windows, run.batch_windows)
+    windows = plan_windows(scorer.num_targets, scorer.seq_len, scorer.seq_len)[: run.setup.batch_windows]
+    scorer.score(model, windows, run.setup.batch_windows)
     # A training step's batch: this rank's share of batch_seqs sequences, or of as many as one chunk holds.
     settings = config.chunk_sgd
     rows = torch.randint(0, model.config.vocab_size, (run.step_rows(settings.batch_seqs, settings.chunk_tokens),

@@ -19,6 +19,7 @@ from ...scoring.bpb import BpbSums
 from ...scoring.compiled import IGNORE, pad_rows
 from ...scoring.receipts import TokenReceipts
 from ...scoring.scorer import WindowScorer, score_windows
+from ...scoring.setup import ScoringSetup
 from ...scoring.windows import Window
 
 
@@ -34,7 +35,7 @@ class TTTPass:
 
     scorer: WindowScorer
     """The val stream (truncated to whole windows), its bytes, and the plain scorer every mode scores
-    with; its ``setup`` says the windows, the batch and this rank's share (``stride``, ... below)."""
+    with; its ``setup`` says the windows, the batch and this rank's share."""
     receipts: TokenReceipts | None = None
     """Where each committed target and each update is noted, if anywhere."""
     on_windows: Callable[[int], None] | None = None
@@ -49,24 +50,9 @@ class TTTPass:
     """Called with (name, JSON value) for a fact about the pass that the eval's metrics keep (phased: its phases)."""
 
     @property
-    def stride(self) -> int:
-        """Sliding-window stride of the stream's windows (seq_len: non-overlapping)."""
-        return self.scorer.setup.stride
-
-    @property
-    def batch_windows(self) -> int:
-        """Windows (or document rows) per scoring forward."""
-        return self.scorer.setup.batch_windows
-
-    @property
-    def rank(self) -> int:
-        """This process's rank."""
-        return self.scorer.setup.rank
-
-    @property
-    def world_size(self) -> int:
-        """Processes sharing the pass."""
-        return self.scorer.setup.world_size
+    def setup(self) -> ScoringSetup:
+        """The windows, the batch per forward and this rank's share (``scorer.setup``)."""
+        return self.scorer.setup
 
     def note(self, name: str, value: object) -> None:
         """State a fact about the pass (see ``on_fact``)."""
@@ -78,7 +64,7 @@ class TTTPass:
         reach together before a collective update (chunk-sgd's chunks, the global SGD phases): no
         rank may skip an update the others then wait for in its all-reduce."""
         allowed = self.may_adapt()
-        if self.world_size > 1 and dist.is_available() and dist.is_initialized():
+        if self.setup.world_size > 1 and dist.is_available() and dist.is_initialized():
             flag = torch.tensor([int(allowed)], device=self.scorer.device)
             dist.all_reduce(flag, op=dist.ReduceOp.MIN)
             if allowed and not flag.item():
@@ -93,12 +79,12 @@ class TTTPass:
         """Score this rank's contiguous share of ``windows`` (the records' split) into ``sums``; the
         receipts then count the steps of the rank with the largest share, so that an update after
         this follows every rank's scoring in ``order`` (see ``TokenReceipts``)."""
-        share = rank_share(windows, self.rank, self.world_size)
+        share = rank_share(windows, self.setup.rank, self.setup.world_size)
         first_step = self.receipts.steps if self.receipts is not None else 0
-        score_windows(model, self.scorer, share, self.batch_windows, sums, self.receipts, self.on_windows)
+        score_windows(model, self.scorer, share, self.setup.batch_windows, sums, self.receipts, self.on_windows)
         if self.receipts is not None:
-            largest = max(len(rank_share(windows, r, self.world_size)) for r in range(self.world_size))
-            self.receipts.catch_up(first_step + math.ceil(largest / self.batch_windows))
+            largest = max(len(rank_share(windows, r, self.setup.world_size)) for r in range(self.setup.world_size))
+            self.receipts.catch_up(first_step + math.ceil(largest / self.setup.batch_windows))
 
 
     def step_rows(self, batch_seqs: int, chunk_tokens: int) -> int:
@@ -106,7 +92,7 @@ class TTTPass:
         ranks) drawn from chunks of ``chunk_tokens``: the rows its warm-up runs, and, compiled,
         the static row count every step is padded to (``train_sequences``); 0 when eager."""
         per_step = max(1, min(batch_seqs, chunk_tokens // self.scorer.seq_len))
-        return math.ceil(per_step / self.world_size)
+        return math.ceil(per_step / self.setup.world_size)
 
     def pad_to(self, batch_seqs: int, chunk_tokens: int) -> int:
         """Rows a compiled training step is padded to (``step_rows``); 0 (no padding) when eager."""
@@ -164,7 +150,7 @@ def train_sequences(loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor
     for _ in range(epochs):
         for first in range(0, len(starts), batch_seqs):
             step = starts[first : first + batch_seqs]
-            mine = torch.tensor(rank_share(step, run.rank, run.world_size), dtype=torch.int64)
+            mine = torch.tensor(rank_share(step, run.setup.rank, run.setup.world_size), dtype=torch.int64)
             rows = tokens[mine[:, None] + offsets].to(run.scorer.device)
             sgd_step(loss_fn, optimizer, rows, grad_clip, run.scorer.autocast_dtype, share=len(mine) / len(step),
                      pad_to=pad_to)

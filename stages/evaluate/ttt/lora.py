@@ -40,10 +40,10 @@ PAD_TOKEN = 0  # right padding of short rows; causal attention keeps it out of e
 
 def score_with_lora(model: torch.nn.Module, run: TTTPass, config: TTTConfig) -> BpbSums:
     """Score this rank's share of the documents (the caller all-reduces the sums); times 'score'
-    and 'adapt' apart. ``run.stride`` plays no part: each chunk is scored in its document's window."""
+    and 'adapt' apart. ``run.setup.stride`` plays no part: each chunk is scored in its document's window."""
     scorer = run.scorer
     documents = find_documents(scorer.stream, scorer.num_targets, model.config.bos_id)
-    batches = rank_batches(plan_batches(documents, config.lora.batch_docs), run.rank, run.world_size)
+    batches = rank_batches(plan_batches(documents, config.lora.batch_docs), run.setup.rank, run.setup.world_size)
     adapters = batch_adapters(model, config, scorer)
     progress = windows_progress(run)
     sums = BpbSums()
@@ -159,7 +159,7 @@ def windows_progress(run: TTTPass) -> Callable[[int], None]:
     if run.on_windows is None:
         return lambda targets: None
     scorer = run.scorer
-    windows_per_target = len(plan_windows(scorer.num_targets, scorer.seq_len, run.stride)) / scorer.num_targets
+    windows_per_target = len(plan_windows(scorer.num_targets, scorer.seq_len, run.setup.stride)) / scorer.num_targets
     done = {"targets": 0, "windows": 0}
 
     def advance(targets: int) -> None:

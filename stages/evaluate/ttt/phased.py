@@ -52,7 +52,7 @@ def score_with_phased(model: torch.nn.Module, run: TTTPass, config: TTTConfig) -
     model.eval()
     with requires_grad(model, False):
         for processed, batch in enumerate(batches):
-            if takes_batch(processed, run.rank, run.world_size):
+            if takes_batch(processed, run.setup.rank, run.setup.world_size):
                 adapters.start_batch(batch.docs)
                 score_batch(model, run, config, batch.docs, adapters, sums)
                 scored += scored_documents(batch)
